@@ -1,0 +1,11 @@
+"""The sampling side: sigma schedules, samplers and noise sources, each in a registry.
+
+Depends only on the denoiser protocol ``D(x, sigma, **cond) -> x0_hat``, never on ``edm``.
+"""
+
+from . import ancestral, dpm_solver, karras, multistep  # noqa: F401  (register the samplers)
+from . import noise, schedules
+from .api import sample
+from .registry import SamplerSpec, get, list, register, steps_for_nfe
+
+__all__ = ["SamplerSpec", "get", "list", "noise", "register", "sample", "schedules", "steps_for_nfe"]

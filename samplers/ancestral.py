@@ -1,0 +1,58 @@
+"""Ancestral samplers: a deterministic step to sigma_down, then fresh noise of std sigma_up.
+
+``sigma_down^2 + sigma_up^2 = sigma_next^2`` (``steps.ancestral_split``). In the sigma parameterisation,
+DDIM with parameter eta is exactly this with an Euler step (its x0/eps update is the Euler step of the
+PF-ODE in sigma, its noise std is sigma_up), and DDPM's ancestral step is DDIM with eta = 1
+(Song et al. 2021, Sec. 4.1), so those are registered here too.
+"""
+
+from __future__ import annotations
+
+from .registry import register
+from .steps import ancestral_split, dpm2_step, dpmpp_2s_step, euler_step
+
+ANCESTRAL = {"eta": 1.0, "s_noise": 1.0}
+
+
+def ancestral(update, model, x, sigmas, *, noise, callback, eta, s_noise):
+    """Step with ``update`` to sigma_down, then add ``s_noise * sigma_up`` of fresh noise."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
+        x = update(model, x, sigma, denoised, sigma_down)
+        if sigma_next > 0 and sigma_up > 0:
+            x = x + noise(sigma, sigma_next) * (s_noise * sigma_up)
+    return x
+
+
+def _ancestral_sampler(update, doc):
+    def sampler(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0):
+        return ancestral(update, model, x, sigmas, noise=noise, callback=callback, eta=eta,
+                         s_noise=s_noise)
+
+    sampler.__doc__ = doc
+    return sampler
+
+
+K_DIFFUSION = "Crowson, k-diffusion (github.com/crowsonkb/k-diffusion)"
+
+_euler_ancestral = _ancestral_sampler(euler_step, "Ancestral sampling with Euler steps.")
+register("euler_ancestral", order=1, nfe_per_step=1, stochastic=True, noise="iid", options=ANCESTRAL,
+         reference=K_DIFFUSION)(_euler_ancestral)
+register("ddim", order=1, nfe_per_step=1, noise="iid",
+         options={"eta": 0.0, "s_noise": 1.0},
+         reference="Song et al. 2021, Denoising Diffusion Implicit Models (eq. 12)",
+         description="DDIM with parameter eta (0: deterministic, 1: DDPM), in sigma form")(_euler_ancestral)
+register("ddpm", order=1, nfe_per_step=1, stochastic=True, noise="iid", options={"s_noise": 1.0},
+         reference="Ho et al. 2020, Denoising Diffusion Probabilistic Models (Algorithm 2)",
+         description="DDPM ancestral sampling: the posterior q(x_{t-1} | x_t, x0_hat) each step")(
+    _euler_ancestral)
+register("dpm_2_ancestral", order=2, nfe_per_step=2, last_step_nfe=1, stochastic=True, noise="iid",
+         options=ANCESTRAL, reference=K_DIFFUSION)(
+    _ancestral_sampler(dpm2_step, "Ancestral sampling with DPM-Solver-2 steps."))
+register("dpmpp_2s_ancestral", order=2, nfe_per_step=2, last_step_nfe=1, stochastic=True, noise="iid",
+         options=ANCESTRAL, reference="Lu et al. 2022, DPM-Solver++ (2S), ancestral as k-diffusion")(
+    _ancestral_sampler(dpmpp_2s_step, "Ancestral sampling with DPM-Solver++(2S) steps."))

@@ -1,0 +1,65 @@
+"""Karras et al. (2022) Algorithm 2: ODE steps with optional "churn" (euler, heun, dpm_2, edm).
+
+Each step first raises the noise level from sigma_i to sigma_hat = (1 + gamma_i) sigma_i by adding fresh
+noise, then takes one ODE step from sigma_hat to sigma_{i+1}. With S_churn = 0 (the default) this is a
+deterministic ODE solver.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .registry import register
+from .steps import churn_gamma, dpm2_step, euler_step, heun_step
+
+EDM_PAPER = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models"
+CHURN = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
+
+
+def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tmax, s_noise,
+            round_sigma=None):
+    """Algorithm 2's loop around a single-step ``update``."""
+    steps = len(sigmas) - 1
+    for i in range(steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        gamma = churn_gamma(sigma, steps, s_churn, s_tmin, s_tmax)
+        sigma_hat = sigma * (1 + gamma)
+        if round_sigma is not None:
+            sigma_hat = float(round_sigma(sigma_hat))
+        if sigma_hat > sigma:
+            x = x + noise(sigma_hat, sigma) * (s_noise * math.sqrt(sigma_hat**2 - sigma**2))
+        denoised = model(x, sigma_hat)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+        x = update(model, x, sigma_hat, denoised, sigma_next)
+    return x
+
+
+def _churn_sampler(update):
+    def sampler(model, x, sigmas, *, noise=None, callback=None, **churn):
+        return churned(update, model, x, sigmas, noise=noise, callback=callback, **churn)
+
+    sampler.__doc__ = update.__doc__
+    return sampler
+
+
+register("euler", order=1, nfe_per_step=1, noise="iid", options=CHURN, reference=EDM_PAPER,
+         description="Euler steps of the probability-flow ODE, with optional EDM churn")(
+    _churn_sampler(euler_step))
+register("heun", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid", options=CHURN,
+         reference=EDM_PAPER, description="Heun (2nd order) steps, Euler on the last; optional churn")(
+    _churn_sampler(heun_step))
+register("dpm_2", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid", options=CHURN,
+         reference="Lu et al. 2022 (DPM-Solver-2) in Karras' Algorithm 2, as k-diffusion",
+         description="Midpoint in log-sigma (DPM-Solver-2 style), Euler on the last; optional churn")(
+    _churn_sampler(dpm2_step))
+
+
+@register("edm", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid", options=CHURN,
+          reference=EDM_PAPER + ", Algorithm 2",
+          description="EDM stochastic Heun (Algorithm 2), sigma_hat rounded by the model's round_sigma")
+def edm(model, x, sigmas, *, noise=None, callback=None, **churn):
+    """EDM Algorithm 2 as NVlabs' edm_sampler: Heun with churn, gamma = min(S_churn/N, sqrt(2) - 1),
+    and sigma_hat passed through the model's ``round_sigma`` when it has one (discrete-time models)."""
+    return churned(heun_step, model, x, sigmas, noise=noise, callback=callback,
+                   round_sigma=getattr(model, "round_sigma", None), **churn)

@@ -1,0 +1,104 @@
+"""The sampler registry: every sampler with the metadata a benchmark needs.
+
+A sampler is a function ``fn(model, x, sigmas, *, noise, callback, **options) -> x`` where
+``model(x, sigma)`` is the denoiser with ``sigma`` a Python float, ``sigmas`` a list of floats
+(decreasing, ending in 0) and ``noise(sigma, sigma_next)`` a standard normal draw shaped like ``x``.
+``samplers.sample`` builds those arguments from a user's denoiser, schedule and seeds.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+NOISE_KINDS = (None, "iid", "brownian")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What is known about a sampler without running it.
+
+    ``nfe_per_step`` denoiser calls per step, except the final step onto sigma = 0 which costs
+    ``last_step_nfe`` (second-order samplers finish with one Euler/denoising call).
+    ``noise`` is the kind of randomness it consumes: None, i.i.d. normals per draw, or increments of
+    one Brownian path (samplers whose noise over overlapping intervals must be correlated).
+    """
+
+    name: str
+    fn: Callable = field(repr=False)
+    order: int
+    nfe_per_step: int | None
+    last_step_nfe: int | None
+    stochastic: bool
+    noise: str | None
+    options: Mapping[str, Any]
+    reference: str
+    description: str
+
+    @property
+    def adaptive(self) -> bool:
+        """Adaptive samplers choose their own steps, so their NFE is known only after running."""
+        return self.nfe_per_step is None
+
+    def nfe(self, steps: int) -> int:
+        """Denoiser evaluations used by ``steps`` steps on a schedule that ends in 0."""
+        if self.adaptive:
+            raise ValueError(f"sampler {self.name!r} is adaptive: its NFE is not known before it runs")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        return (steps - 1) * self.nfe_per_step + self.last_step_nfe
+
+
+_REGISTRY: dict[str, SamplerSpec] = {}
+
+
+def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False, noise=None,
+             options=None, reference="", description=""):
+    """Decorator adding a sampler function to the registry under ``name``.
+
+    One function may be registered several times (e.g. ``ddpm`` is ``ddim`` with eta = 1); the
+    spec's ``options`` are the defaults passed to it, and the only options a user may override.
+    """
+    if noise not in NOISE_KINDS:
+        raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+
+    def decorate(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"sampler {name!r} is already registered")
+        _REGISTRY[name] = SamplerSpec(
+            name=name, fn=fn, order=order, nfe_per_step=nfe_per_step,
+            last_step_nfe=nfe_per_step if last_step_nfe is None else last_step_nfe,
+            stochastic=stochastic, noise=noise, options=MappingProxyType(dict(options or {})),
+            reference=reference, description=description or (fn.__doc__ or "").strip().splitlines()[0],
+        )
+        return fn
+
+    return decorate
+
+
+def list() -> builtins.list[str]:  # noqa: A001 - public name fixed by the API
+    """Names of all registered samplers, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> SamplerSpec:
+    """The spec of sampler ``name``; ValueError naming the valid ones otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(list())}") from None
+
+
+def steps_for_nfe(name: str, nfe: int) -> int:
+    """The most steps of sampler ``name`` whose NFE does not exceed the budget ``nfe``."""
+    spec = get(name)
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
+        raise ValueError(f"NFE budget must be a positive integer, got {nfe!r}")
+    if spec.adaptive:
+        raise ValueError(f"sampler {name!r} is adaptive: it cannot be given a fixed NFE budget")
+    if spec.last_step_nfe > nfe:
+        raise ValueError(f"sampler {name!r} needs at least {spec.last_step_nfe} NFE, budget is {nfe}")
+    return 1 + (nfe - spec.last_step_nfe) // spec.nfe_per_step

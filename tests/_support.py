@@ -1,0 +1,63 @@
+"""Shared test fixtures: an exact denoiser and noise that both libraries can be fed identically."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import torch
+
+from edm.gaussian_mixture import GaussianMixture
+
+SHAPE = (3, 8, 8)
+
+
+def mixture(dtype=torch.float64) -> GaussianMixture:
+    """A fixed image-shaped Gaussian mixture: its exact denoiser is nonlinear over the sampling range."""
+    return GaussianMixture.random(SHAPE, k=8, seed=0, dtype=dtype)
+
+
+def start(batch=3, sigma_max=80.0, seed=1234, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *SHAPE), generator=g, dtype=dtype) * sigma_max
+
+
+class KeyedNoise:
+    """Noise that depends only on the interval it is asked for, not on call order.
+
+    Lets k-diffusion's samplers (which sometimes draw noise they then multiply by 0) and ours (which do
+    not) see identical noise wherever it matters.
+    """
+
+    def __init__(self, like: torch.Tensor, salt: str = ""):
+        self.shape, self.dtype, self.salt = like.shape, like.dtype, salt
+
+    def key(self, *sigmas) -> int:
+        text = self.salt + "|".join(f"{float(s):.9e}" for s in sigmas)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+
+    def __call__(self, sigma, sigma_next=None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.key(sigma, sigma_next))
+        return torch.randn(self.shape, generator=g, dtype=self.dtype)
+
+
+@contextlib.contextmanager
+def patched_randn_like(queue):
+    """Make torch.randn_like pop from ``queue`` (k-diffusion's churn samplers call it directly)."""
+    original = torch.randn_like
+    torch.randn_like = lambda x, *a, **k: queue.pop(0)
+    try:
+        yield
+    finally:
+        torch.randn_like = original
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """k-diffusion's DPM-Solver builds its time tensors with torch.tensor(float): make them float64."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
