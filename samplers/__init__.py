@@ -3,8 +3,7 @@
 Depends only on the denoiser protocol ``D(x, sigma, **cond) -> x0_hat``, never on ``edm``.
 """
 
-from . import ancestral, dpm_solver, karras, multistep  # noqa: F401  (register the samplers)
-from . import noise, schedules
+from . import ancestral, dpm_solver, karras, multistep, noise, schedules  # noqa: F401  (register the samplers)
 from .api import sample
 from .registry import SamplerSpec, get, list, register, steps_for_nfe
 

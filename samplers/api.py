@@ -42,7 +42,8 @@ def _check_options(spec, options):
         raise ValueError(f"sampler {spec.name!r} has no option {', '.join(unknown)}; its options: {valid}")
     for key in _NON_NEGATIVE:
         value = options.get(key)
-        if value is not None and not (isinstance(value, int | float) and value >= 0 and not math.isnan(value)):
+        valid = isinstance(value, int | float) and value >= 0 and not math.isnan(value)
+        if value is not None and not valid:
             raise ValueError(f"option {key} must be a non-negative number, got {value!r}")
 
 

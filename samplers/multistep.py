@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -22,7 +22,7 @@ K_DIFFUSION = "Crowson, k-diffusion (github.com/crowsonkb/k-diffusion)"
 # --- lms -----------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gauss_legendre(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     nodes, weights = np.polynomial.legendre.leggauss(n)
     return tuple((nodes + 1) / 2), tuple(weights / 2)  # on [0, 1]
@@ -107,7 +107,8 @@ def dpmpp_multistep(model, x, sigmas, *, noise, callback, order, eta=0.0, s_nois
             terms += [(c, denoised), (-c, d_1)]
         x = lincomb(*terms)
         if eta and s_noise:
-            x.add_(noise(sigma, sigma_next), alpha=sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise)
+            noise_std = sigma_next * math.sqrt(-math.expm1(-2 * eta * h))
+            x.add_(noise(sigma, sigma_next), alpha=noise_std * s_noise)
         history.insert(0, (denoised, h))
         del history[2:]
     return x
