@@ -1,0 +1,433 @@
+"""Preconditioning of a raw network into an EDM denoiser (Karras et al. 2022, Table 1).
+
+A *scheme* holds one column of Table 1: the coefficients ``c_skip, c_out, c_in, c_noise`` as
+functions of sigma, the training distribution of sigma and the loss weight ``lambda(sigma)``.
+:class:`Precond` turns any backbone ``F(x_in, c_noise, **cond)`` into the denoiser
+
+    D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma)),
+
+whose training target for ``F`` is ``(y - c_skip (y + n)) / c_out`` with ``n ~ N(0, sigma^2 I)``.
+
+Schemes live in the registry :data:`schemes`: ``schemes.get("edm", sigma_data=0.5)``,
+``schemes.list()``.  All coefficient functions take and return tensors and follow the dtype and
+device of their input; discrete tables are kept in float64 and moved on demand.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Scheme",
+    "EDMScheme",
+    "VPScheme",
+    "VEScheme",
+    "IDDPMScheme",
+    "SchemeRegistry",
+    "schemes",
+    "Precond",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def table_dtype(device: torch.device) -> torch.dtype:
+    """The dtype used for lookup tables on ``device`` (float64, float32 where unsupported)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class Table:
+    """A 1-D float64 lookup table with cached copies per (device, dtype)."""
+
+    def __init__(self, values: Tensor):
+        self.values = values.detach().to("cpu", torch.float64, copy=True)
+        self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def on(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
+        device = torch.device(device)
+        dtype = table_dtype(device) if dtype is None else dtype
+        key = (device, dtype)
+        copy = self._copies.get(key)
+        if copy is None:
+            copy = self._copies[key] = self.values.to(device=device, dtype=dtype)
+        return copy
+
+
+def _uniform(shape, generator, device, dtype) -> Tensor:
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _normal(shape, generator, device, dtype) -> Tensor:
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schemes
+
+
+class Scheme:
+    """One column of EDM Table 1.  Subclasses define the four coefficients and the training setup.
+
+    Attributes: ``name``, ``sigma_min``, ``sigma_max``, ``sigma_data`` (``None`` where undefined)
+    and ``sigmas`` (ascending discrete table, or ``None`` for continuous schemes).
+    """
+
+    name: str = "scheme"
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    sigma_data: float | None = None
+    sigmas: Tensor | None = None
+
+    def c_skip(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def c_out(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def c_in(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def c_noise(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        """lambda(sigma) of Table 1."""
+        raise NotImplementedError
+
+    def sample_sigma(self, shape, generator=None, device=None, dtype=None) -> Tensor:
+        """Draw training noise levels of the given shape."""
+        raise NotImplementedError(f"scheme {self.name!r} defines no training distribution of sigma")
+
+    def round_sigma(self, sigma) -> Tensor:
+        """Nearest noise level the model supports (identity for continuous schemes)."""
+        return torch.as_tensor(sigma)
+
+    def target(self, y: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """Training target of the backbone: ``(y - c_skip x) / c_out`` with ``x = y + n``."""
+        return (y - self.c_skip(sigma) * x) / self.c_out(sigma)
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in vars(self).items() if not k.startswith("_") and not isinstance(v, Tensor)}
+        params = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        return f"{type(self).__name__}({params})"
+
+
+class SchemeRegistry:
+    """Name -> scheme class.  ``get(name, **params)`` builds one; unknown names raise ValueError."""
+
+    def __init__(self):
+        self._classes: dict[str, type[Scheme]] = {}
+
+    def register(self, name: str) -> Callable[[type[Scheme]], type[Scheme]]:
+        def decorate(cls: type[Scheme]) -> type[Scheme]:
+            if name in self._classes:
+                raise ValueError(f"scheme {name!r} is already registered")
+            cls.name = name
+            self._classes[name] = cls
+            return cls
+
+        return decorate
+
+    def list(self) -> list[str]:
+        return sorted(self._classes)
+
+    def get(self, name: str | Scheme, **params) -> Scheme:
+        if isinstance(name, Scheme):
+            if params:
+                raise ValueError("parameters cannot be given together with a scheme instance")
+            return name
+        try:
+            cls = self._classes[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown scheme {name!r}; valid schemes: {', '.join(self.list())}") from None
+        return cls(**params)
+
+    def __contains__(self, name) -> bool:
+        return name in self._classes
+
+    def __iter__(self):
+        return iter(self.list())
+
+
+schemes = SchemeRegistry()
+
+
+@schemes.register("edm")
+class EDMScheme(Scheme):
+    """EDM (Karras et al. 2022): unit-variance input and target at every sigma."""
+
+    def __init__(self, sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, P_mean=-1.2, P_std=1.2):
+        self.sigma_data = float(sigma_data)
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.P_mean = float(P_mean)
+        self.P_std = float(P_std)
+
+    def c_skip(self, sigma):
+        sd2 = self.sigma_data**2
+        return sd2 / (sigma**2 + sd2)
+
+    def c_out(self, sigma):
+        return sigma * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
+
+    def c_in(self, sigma):
+        return (sigma**2 + self.sigma_data**2).rsqrt()
+
+    def c_noise(self, sigma):
+        return sigma.log() / 4
+
+    def loss_weight(self, sigma):
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
+    def sample_sigma(self, shape, generator=None, device=None, dtype=None):
+        return (_normal(shape, generator, device, dtype) * self.P_std + self.P_mean).exp()
+
+
+@schemes.register("vp")
+class VPScheme(Scheme):
+    """Variance preserving (Song et al. 2021), continuous time t in [epsilon_t, 1]."""
+
+    sigma_data = 1.0  # implied by c_in = 1 / sqrt(sigma^2 + 1)
+
+    def __init__(self, beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5):
+        self.beta_d = float(beta_d)
+        self.beta_min = float(beta_min)
+        self.M = int(M)
+        self.epsilon_t = float(epsilon_t)
+        self.sigma_min = float(self.sigma(torch.tensor(self.epsilon_t, dtype=torch.float64)))
+        self.sigma_max = float(self.sigma(torch.tensor(1.0, dtype=torch.float64)))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
+        return torch.special.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t).sqrt()
+
+    def sigma_inv(self, sigma: Tensor) -> Tensor:
+        """t(sigma), the inverse of :meth:`sigma`."""
+        root = (self.beta_min**2 + 2 * self.beta_d * torch.log1p(sigma**2)).sqrt()
+        return (root - self.beta_min) / self.beta_d
+
+    def c_skip(self, sigma):
+        return torch.ones_like(sigma)
+
+    def c_out(self, sigma):
+        return -sigma
+
+    def c_in(self, sigma):
+        return (sigma**2 + 1).rsqrt()
+
+    def c_noise(self, sigma):
+        return (self.M - 1) * self.sigma_inv(sigma)
+
+    def loss_weight(self, sigma):
+        return sigma**-2
+
+    def sample_sigma(self, shape, generator=None, device=None, dtype=None):
+        t = 1 + _uniform(shape, generator, device, dtype) * (self.epsilon_t - 1)  # t ~ U(epsilon_t, 1)
+        return self.sigma(t)
+
+
+@schemes.register("ve")
+class VEScheme(Scheme):
+    """Variance exploding (Song et al. 2021): sigma log-uniform in [sigma_min, sigma_max]."""
+
+    def __init__(self, sigma_min=0.02, sigma_max=100.0, sigma_data=0.5):
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.sigma_data = float(sigma_data)  # informational only: VE's coefficients do not use it
+
+    def c_skip(self, sigma):
+        return torch.ones_like(sigma)
+
+    def c_out(self, sigma):
+        return sigma
+
+    def c_in(self, sigma):
+        return torch.ones_like(sigma)
+
+    def c_noise(self, sigma):
+        return (0.5 * sigma).log()
+
+    def loss_weight(self, sigma):
+        return sigma**-2
+
+    def sample_sigma(self, shape, generator=None, device=None, dtype=None):
+        u = _uniform(shape, generator, device, dtype)
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** u
+
+
+@schemes.register("iddpm")
+class IDDPMScheme(Scheme):
+    """Improved DDPM (Nichol & Dhariwal 2021): discrete cosine schedule of M noise levels.
+
+    ``u`` is the table ``u_0 > ... > u_M = 0`` of EDM Appendix C.3.4, built with the recursion of
+    NVlabs' ``iDDPMPrecond`` carried out in ``u_dtype``: float64 by default (the recursion loses
+    up to 1e-3 relative accuracy near ``u_{M-1}`` in float32), ``torch.float32`` reproduces NVlabs'
+    table bit for bit.  ``u[0]`` is sigma_max and ``u[M-1]`` sigma_min.
+    """
+
+    sigma_data = 1.0  # implied by c_in = 1 / sqrt(sigma^2 + 1)
+
+    def __init__(self, C_1=0.001, C_2=0.008, M=1000, u_dtype=torch.float64):
+        self.C_1 = float(C_1)
+        self.C_2 = float(C_2)
+        self.M = int(M)
+        self.u_dtype = u_dtype
+        self._u = Table(self._build_u(self.C_1, self.C_2, self.M, u_dtype))
+        self.sigma_min = float(self.u[self.M - 1])
+        self.sigma_max = float(self.u[0])
+        self.sigmas = self.u[: self.M].flip(0)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def _build_u(C_1: float, C_2: float, M: int, dtype: torch.dtype) -> Tensor:
+        def alpha_bar(j: int) -> Tensor:
+            return (0.5 * math.pi * torch.tensor(j, dtype=dtype) / M / (C_2 + 1)).sin() ** 2
+
+        u = torch.zeros(M + 1, dtype=dtype)
+        for j in range(M, 0, -1):
+            u[j - 1] = ((u[j] ** 2 + 1) / (alpha_bar(j - 1) / alpha_bar(j)).clip(min=C_1) - 1).sqrt()
+        return u
+
+    @property
+    def u(self) -> Tensor:
+        return self._u.values
+
+    def sigma_index(self, sigma) -> Tensor:
+        """Index j of the table entry u_j nearest to sigma (u_M = 0 included)."""
+        sigma = torch.as_tensor(sigma)
+        u = self._u.on(sigma.device)
+        return (sigma.to(u.dtype).reshape(-1, 1) - u).abs().argmin(dim=1).reshape(sigma.shape)
+
+    def round_sigma(self, sigma):
+        sigma = torch.as_tensor(sigma)
+        u = self._u.on(sigma.device)
+        dtype = sigma.dtype if sigma.is_floating_point() else u.dtype
+        return u[self.sigma_index(sigma)].to(dtype)
+
+    def c_skip(self, sigma):
+        return torch.ones_like(sigma)
+
+    def c_out(self, sigma):
+        return -sigma
+
+    def c_in(self, sigma):
+        return (sigma**2 + 1).rsqrt()
+
+    def c_noise(self, sigma):
+        return (self.M - 1 - self.sigma_index(sigma)).to(sigma.dtype)
+
+    def loss_weight(self, sigma):
+        return sigma**-2
+
+    def sample_sigma(self, shape, generator=None, device=None, dtype=None):
+        j = torch.randint(0, self.M, shape, generator=generator, device=device)
+        u = self._u.on(j.device)
+        return u[j].to(dtype or torch.get_default_dtype())
+
+
+# ----------------------------------------------------------------------------------------------
+# The preconditioned denoiser
+
+
+def _module_device(module) -> torch.device:
+    if isinstance(module, nn.Module):
+        for tensor in module.parameters():
+            return tensor.device
+        for tensor in module.buffers():
+            return tensor.device
+    return torch.device("cpu")
+
+
+class Precond(nn.Module):
+    """``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` for a backbone ``F`` and a scheme.
+
+    Args:
+        backbone: any callable ``F(x_in, c_noise, **cond)`` with ``c_noise`` of shape ``[B]``.
+        scheme: a registered scheme name (see ``schemes.list()``) or a :class:`Scheme` instance.
+        backbone_dtype: dtype of the backbone call (e.g. ``torch.float16``); the skip connection
+            and the coefficients stay in the dtype of ``x``.
+        validate_sigma: raise ValueError on negative or NaN sigma (one small check per call).
+        **scheme_params: parameters of the scheme (e.g. ``sigma_data=0.5``).
+
+    ``forward(x, sigma, **cond)`` accepts sigma as a Python number, a 0-dim tensor, a ``[B]``
+    tensor or a ``[B, 1, ..., 1]`` tensor, and returns a tensor of the shape and dtype of ``x``.
+    """
+
+    def __init__(self, backbone, scheme="edm", *, backbone_dtype=None, validate_sigma=True, **scheme_params):
+        super().__init__()
+        self.backbone = backbone
+        self.scheme = schemes.get(scheme, **scheme_params)
+        self.backbone_dtype = backbone_dtype
+        self.validate_sigma = validate_sigma
+
+    # Protocol attributes ------------------------------------------------------------------
+
+    def _scheme_attribute(self, name):
+        value = getattr(self.scheme, name, None)
+        if value is None:
+            raise AttributeError(f"scheme {self.scheme.name!r} defines no {name}")
+        return value
+
+    @property
+    def sigma_min(self) -> float:
+        return self._scheme_attribute("sigma_min")
+
+    @property
+    def sigma_max(self) -> float:
+        return self._scheme_attribute("sigma_max")
+
+    @property
+    def sigma_data(self) -> float:
+        return self._scheme_attribute("sigma_data")
+
+    @property
+    def sigmas(self) -> Tensor:
+        """Ascending table of the discrete noise levels, on the backbone's device."""
+        table = self._scheme_attribute("sigmas")
+        device = _module_device(self.backbone)
+        return table.to(device=device, dtype=table_dtype(device))
+
+    def round_sigma(self, sigma) -> Tensor:
+        return self.scheme.round_sigma(sigma)
+
+    # Evaluation ---------------------------------------------------------------------------
+
+    def sigma_vector(self, x: Tensor, sigma) -> Tensor:
+        """sigma as a ``[B]`` tensor in the dtype and on the device of ``x``."""
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        batch = x.shape[0]
+        if sigma.shape[0] == 1 and batch != 1:
+            sigma = sigma.expand(batch)
+        elif sigma.shape[0] != batch:
+            raise ValueError(f"sigma has {sigma.shape[0]} entries for a batch of {batch}")
+        if self.validate_sigma and not bool((sigma >= 0).all()):
+            raise ValueError(f"sigma must be non-negative and not NaN, got {sigma.tolist()}")
+        return sigma
+
+    def backbone_output(self, x: Tensor, sigma, **cond) -> tuple[Tensor, Tensor, Tensor]:
+        """``(F, c_skip, c_out)`` at ``(x, sigma)``; ``F`` in x's dtype, coefficients as ``[B,1,...]``."""
+        sigma = self.sigma_vector(x, sigma)
+        column = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        scheme = self.scheme
+        x_in = scheme.c_in(column) * x
+        if self.backbone_dtype is not None:
+            x_in = x_in.to(self.backbone_dtype)
+        F = self.backbone(x_in, scheme.c_noise(sigma), **cond)
+        return F.to(x.dtype), scheme.c_skip(column), scheme.c_out(column)
+
+    def forward(self, x: Tensor, sigma, **cond) -> Tensor:
+        F, c_skip, c_out = self.backbone_output(x, sigma, **cond)
+        return c_skip * x + c_out * F
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme!r}, backbone_dtype={self.backbone_dtype}"
