@@ -69,11 +69,13 @@ def lms(model, x, sigmas, *, noise=None, callback=None, order=4):
 
 
 def dpmpp_multistep(model, x, sigmas, *, noise, callback, order, eta=0.0, s_noise=1.0,
-                    solver_type="heun"):
+                    solver_type="heun", phi_3_weight=1.0):
     """DPM-Solver++(order M), optionally SDE (eta > 0), with lower-order warm start.
 
     First-order part: x' = e^{-h(1+eta)} x + (1 - e^{-h(1+eta)}) D, h = lambda_next - lambda.
     Higher orders add finite differences of past D's weighted by phi_2, phi_3 of h(1+eta).
+    ``phi_3_weight`` = 1 is k-diffusion's (and DPM-Solver's reference code's) third-order term; since
+    its D2 approximates h^2 D''/2, the Taylor expansion asks for 2, and only then is 3M third order.
     """
     if solver_type not in ("heun", "midpoint"):
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
@@ -94,7 +96,7 @@ def dpmpp_multistep(model, x, sigmas, *, noise, callback, order, eta=0.0, s_nois
         if order >= 3 and len(history) >= 2:
             (d_1, h_1), (d_2, h_2) = history[:2]
             r0, r1 = h_1 / h, h_2 / h
-            phi_3 = phi_2 / h_eta - 0.5
+            phi_3 = (phi_2 / h_eta - 0.5) * phi_3_weight
             # phi_2 * D' - phi_3 * D'' with D', D'' from divided differences of D over the last three
             # points, written as weights on (D - D_1) and (D_1 - D_2).
             a = (phi_2 * (1 + r0 / (r0 + r1)) - phi_3 / (r0 + r1)) / r0
