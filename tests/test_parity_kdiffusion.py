@@ -9,9 +9,9 @@ import warnings
 
 import pytest
 import torch
-from _support import KeyedNoise, default_dtype, mixture, patched_randn_like, start
 
 import samplers
+from _support import KeyedNoise, default_dtype, mixture, patched_randn_like, start
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
