@@ -8,6 +8,8 @@ PF-ODE in sigma, its noise std is sigma_up), and DDPM's ancestral step is DDIM w
 
 from __future__ import annotations
 
+import torch
+
 from .registry import register
 from .steps import ancestral_split, dpm2_step, dpmpp_2s_step, euler_step
 
@@ -24,7 +26,7 @@ def ancestral(update, model, x, sigmas, *, noise, callback, eta, s_noise):
         sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
         x = update(model, x, sigma, denoised, sigma_down)
         if sigma_next > 0 and sigma_up > 0:
-            x = x + noise(sigma, sigma_next) * (s_noise * sigma_up)
+            x = torch.add(x, noise(sigma, sigma_next), alpha=s_noise * sigma_up)
     return x
 
 

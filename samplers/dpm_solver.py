@@ -195,12 +195,12 @@ def dpmpp_sde(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1
         sigma_down, sigma_up = ancestral_split(sigma, sigma_s, eta)
         x_2 = euler_step(model, x, sigma, denoised, sigma_down)
         if sigma_up:
-            x_2 = x_2 + noise(sigma, sigma_s) * (s_noise * sigma_up)
+            x_2 = torch.add(x_2, noise(sigma, sigma_s), alpha=s_noise * sigma_up)
         denoised_2 = model(x_2, sigma_s)
         # Step 2: the full step with D interpolated between the two evaluations.
         sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
         denoised_d = lincomb((1 - fac, denoised), (fac, denoised_2))
         x = euler_step(model, x, sigma, denoised_d, sigma_down)
         if sigma_up:
-            x = x + noise(sigma, sigma_next) * (s_noise * sigma_up)
+            x = torch.add(x, noise(sigma, sigma_next), alpha=s_noise * sigma_up)
     return x

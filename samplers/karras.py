@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .registry import register
 from .steps import churn_gamma, dpm2_step, euler_step, heun_step
 
@@ -27,7 +29,7 @@ def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tma
         if round_sigma is not None:
             sigma_hat = float(round_sigma(sigma_hat))
         if sigma_hat > sigma:
-            x = x + noise(sigma_hat, sigma) * (s_noise * math.sqrt(sigma_hat**2 - sigma**2))
+            x = torch.add(x, noise(sigma_hat, sigma), alpha=s_noise * math.sqrt(sigma_hat**2 - sigma**2))
         denoised = model(x, sigma_hat)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})

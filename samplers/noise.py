@@ -97,8 +97,12 @@ class SeededNormal:
         if self._gens is None:
             self._gens = _generators(self.seeds, self._stream, self.device)
         size = self._cap
-        if self._remaining_hint is not None and self._remaining_hint > 0:
-            size = min(size, self._remaining_hint)
+        if self._remaining_hint is not None:
+            # Past the hint (samplers drawing more than one noise per step), repeat the last block size.
+            if self._remaining_hint > 0:
+                size = min(size, self._remaining_hint)
+            elif self._block is not None:
+                size = self._block.shape[0]
         # Sample-major so each generator fills one contiguous row: the values a generator produces
         # then do not depend on how many other samples share the batch.
         block = torch.empty((len(self.seeds), size, *self.shape), device=self.device,
