@@ -193,8 +193,25 @@ class EDMScheme(Scheme):
         return (_normal(shape, generator, device, dtype) * self.P_std + self.P_mean).exp()
 
 
+class EpsScheme(Scheme):
+    """The columns of Table 1 whose network predicts the noise (VP, iDDPM):
+    D = x - sigma F(x / sqrt(sigma^2 + 1)), trained with lambda = 1 / sigma^2 (a plain MSE on eps)."""
+
+    def c_skip(self, sigma):
+        return torch.ones_like(sigma)
+
+    def c_out(self, sigma):
+        return -sigma
+
+    def c_in(self, sigma):
+        return (sigma**2 + 1).rsqrt()
+
+    def loss_weight(self, sigma):
+        return sigma**-2
+
+
 @schemes.register("vp")
-class VPScheme(Scheme):
+class VPScheme(EpsScheme):
     """Variance preserving (Song et al. 2021), continuous time t in [epsilon_t, 1]."""
 
     sigma_data = 1.0  # implied by c_in = 1 / sqrt(sigma^2 + 1)
@@ -216,20 +233,8 @@ class VPScheme(Scheme):
         root = (self.beta_min**2 + 2 * self.beta_d * torch.log1p(sigma**2)).sqrt()
         return (root - self.beta_min) / self.beta_d
 
-    def c_skip(self, sigma):
-        return torch.ones_like(sigma)
-
-    def c_out(self, sigma):
-        return -sigma
-
-    def c_in(self, sigma):
-        return (sigma**2 + 1).rsqrt()
-
     def c_noise(self, sigma):
         return (self.M - 1) * self.sigma_inv(sigma)
-
-    def loss_weight(self, sigma):
-        return sigma**-2
 
     def sample_sigma(self, shape, generator=None, device=None, dtype=None):
         t = 1 + _uniform(shape, generator, device, dtype) * (self.epsilon_t - 1)  # t ~ U(epsilon_t, 1)
@@ -266,7 +271,7 @@ class VEScheme(Scheme):
 
 
 @schemes.register("iddpm")
-class IDDPMScheme(Scheme):
+class IDDPMScheme(EpsScheme):
     """Improved DDPM (Nichol & Dhariwal 2021): discrete cosine schedule of M noise levels.
 
     ``u`` is the table ``u_0 > ... > u_M = 0`` of EDM Appendix C.3.4, built with the recursion of
@@ -314,20 +319,8 @@ class IDDPMScheme(Scheme):
         dtype = sigma.dtype if sigma.is_floating_point() else u.dtype
         return u[self.sigma_index(sigma)].to(dtype)
 
-    def c_skip(self, sigma):
-        return torch.ones_like(sigma)
-
-    def c_out(self, sigma):
-        return -sigma
-
-    def c_in(self, sigma):
-        return (sigma**2 + 1).rsqrt()
-
     def c_noise(self, sigma):
         return (self.M - 1 - self.sigma_index(sigma)).to(sigma.dtype)
-
-    def loss_weight(self, sigma):
-        return sigma**-2
 
     def sample_sigma(self, shape, generator=None, device=None, dtype=None):
         j = torch.randint(0, self.M, shape, generator=generator, device=device)

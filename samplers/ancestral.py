@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .registry import register
-from .steps import ancestral_split, dpm2_step, dpmpp_2s_step, euler_step
+from .steps import ancestral_split, dpm2_step, dpmpp_2s_step, euler_step, report
 
 ANCESTRAL = {"eta": 1.0, "s_noise": 1.0}
 
@@ -21,8 +21,7 @@ def ancestral(update, model, x, sigmas, *, noise, callback, eta, s_noise):
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        report(callback, i, x, sigma, denoised)
         sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
         x = update(model, x, sigma, denoised, sigma_down)
         if sigma_next > 0 and sigma_up > 0:

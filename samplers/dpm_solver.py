@@ -16,7 +16,7 @@ import math
 import torch
 
 from .registry import register
-from .steps import ancestral_split, euler_step, lam, lincomb
+from .steps import ancestral_split, euler_step, lam, lincomb, report
 
 DPM_SOLVER = "Lu et al. 2022, DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Models"
 
@@ -80,10 +80,8 @@ def _ancestral_target(t, t_next, t_end, eta):
 
 
 def _report(callback, eps, i, x, t):
-    if callback is not None:
-        sigma = _sigma(t)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma,
-                  "denoised": x - sigma * eps("eps", x, t)})
+    if callback is not None:  # D from the cached eps, so reporting costs no evaluation
+        report(callback, i, x, _sigma(t), x - _sigma(t) * eps("eps", x, t))
 
 
 @register("dpm_fast", order=3, nfe_per_step=1, options={"eta": 0.0, "s_noise": 1.0}, noise="iid",
@@ -183,8 +181,7 @@ def dpmpp_sde(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        report(callback, i, x, sigma, denoised)
         if sigma_next == 0:
             x = denoised
             continue

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .registry import register
-from .steps import churn_gamma, dpm2_step, euler_step, heun_step
+from .steps import churn_gamma, dpm2_step, euler_step, heun_step, report
 
 EDM_PAPER = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models"
 CHURN = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
@@ -31,8 +31,7 @@ def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tma
         if sigma_hat > sigma:
             x = torch.add(x, noise(sigma_hat, sigma), alpha=s_noise * math.sqrt(sigma_hat**2 - sigma**2))
         denoised = model(x, sigma_hat)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+        report(callback, i, x, sigma, denoised, sigma_hat)
         x = update(model, x, sigma_hat, denoised, sigma_next)
     return x
 

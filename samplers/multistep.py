@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 
 from .registry import register
-from .steps import lam, lincomb
+from .steps import lam, lincomb, report
 
 K_DIFFUSION = "Crowson, k-diffusion (github.com/crowsonkb/k-diffusion)"
 
@@ -56,8 +56,7 @@ def lms(model, x, sigmas, *, noise=None, callback=None, order=4):
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i]
         denoised = model(x, sigma)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        report(callback, i, x, sigma, denoised)
         ds.insert(0, (x - denoised) / sigma)
         del ds[order:]
         coeffs = lms_coefficients(sigmas[i::-1][: len(ds)], sigmas[i + 1])
@@ -83,8 +82,7 @@ def dpmpp_multistep(model, x, sigmas, *, noise, callback, order, eta=0.0, s_nois
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        report(callback, i, x, sigma, denoised)
         if sigma_next == 0:
             x = denoised  # the limit h -> inf of every formula below
             continue

@@ -52,7 +52,31 @@ class SamplerSpec:
         return (steps - 1) * self.nfe_per_step + self.last_step_nfe
 
 
-_REGISTRY: dict[str, SamplerSpec] = {}
+class Registry:
+    """Name -> record, shared by the sampler and schedule registries; lookups of unknown names raise
+    a ValueError that lists the valid ones."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._records: dict[str, Any] = {}
+
+    def add(self, name: str, record) -> None:
+        if name in self._records:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._records[name] = record
+
+    def names(self) -> builtins.list[str]:
+        return sorted(self._records)
+
+    def __getitem__(self, name: str):
+        try:
+            return self._records[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown {self.kind} {name!r}; valid {self.kind}s: "
+                             f"{', '.join(self.names())}") from None
+
+
+_REGISTRY = Registry("sampler")
 
 
 def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False, noise=None,
@@ -66,14 +90,12 @@ def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False,
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
 
     def decorate(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"sampler {name!r} is already registered")
-        _REGISTRY[name] = SamplerSpec(
+        _REGISTRY.add(name, SamplerSpec(
             name=name, fn=fn, order=order, nfe_per_step=nfe_per_step,
             last_step_nfe=nfe_per_step if last_step_nfe is None else last_step_nfe,
             stochastic=stochastic, noise=noise, options=MappingProxyType(dict(options or {})),
             reference=reference, description=description or (fn.__doc__ or "").strip().splitlines()[0],
-        )
+        ))
         return fn
 
     return decorate
@@ -81,15 +103,12 @@ def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False,
 
 def list() -> builtins.list[str]:  # noqa: A001 - public name fixed by the API
     """Names of all registered samplers, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str) -> SamplerSpec:
     """The spec of sampler ``name``; ValueError naming the valid ones otherwise."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(list())}") from None
+    return _REGISTRY[name]
 
 
 def steps_for_nfe(name: str, nfe: int) -> int:

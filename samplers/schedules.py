@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from .registry import Registry
+
 # ---------------------------------------------------------------------------------------------------
 # Registry
 
@@ -62,7 +64,7 @@ class ScheduleSpec:
         return self.options
 
 
-_REGISTRY: dict[str, ScheduleSpec] = {}
+_REGISTRY = Registry("schedule")
 
 
 def register(name: str, *, reference: str, needs_table: bool = False, range_optional: bool = False,
@@ -78,8 +80,6 @@ def register(name: str, *, reference: str, needs_table: bool = False, range_opti
     range_optional = range_optional or needs_table
 
     def decorate(inner: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        if name in _REGISTRY:
-            raise ValueError(f"schedule {name!r} is already registered")
         params = inspect.signature(inner).parameters
         keywords = [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
         options = {k: params[k].default for k in keywords if k != "sigmas"}
@@ -109,11 +109,11 @@ def register(name: str, *, reference: str, needs_table: bool = False, range_opti
             inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=torch.float64),
         ])
         doc_line = (inner.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ScheduleSpec(
+        _REGISTRY.add(name, ScheduleSpec(
             name=name, fn=schedule, options=MappingProxyType(options),
             description=description or (doc_line[0] if doc_line else ""), reference=reference,
             needs_table=needs_table, range_optional=range_optional,
-        )
+        ))
         return schedule
 
     return decorate
@@ -121,15 +121,12 @@ def register(name: str, *, reference: str, needs_table: bool = False, range_opti
 
 def list() -> builtins.list[str]:  # noqa: A001 - public name fixed by the API
     """Names of all registered schedules, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def spec(name: str) -> ScheduleSpec:
     """The registry record of schedule ``name``; ValueError naming the valid ones otherwise."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(list())}") from None
+    return _REGISTRY[name]
 
 
 def get(name: str) -> Callable[..., torch.Tensor]:

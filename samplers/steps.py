@@ -23,6 +23,13 @@ def lincomb(*terms: tuple[float, torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def report(callback, i, x, sigma, denoised, sigma_hat=None) -> None:
+    """Pass a step to a k-diffusion-style callback (a dict with x, i, sigma, sigma_hat, denoised)."""
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma if sigma_hat is None else sigma_hat,
+                  "denoised": denoised})
+
+
 def lam(sigma: float) -> float:
     """Half log-SNR ``lambda = -log sigma`` (the time variable of DPM-Solver)."""
     return -math.log(sigma)
