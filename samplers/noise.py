@@ -4,9 +4,8 @@ A noise source is called like k-diffusion's ``noise_sampler``: ``noise(sigma, si
 standard normal tensor shaped like the batch. Sources built from per-sample seeds make sample ``i``
 depend on seed ``i`` only, so an image is bit-identical whatever batch, position or rank it is in.
 
-* ``SeededNormal``: i.i.d. draws; each sample owns a ``torch.Generator``. Draws are made ahead in
-  blocks of several steps per generator, so a batch of B costs B generator calls per block rather
-  than per step.
+* ``SeededNormal``: i.i.d. draws; each sample owns a ``torch.Generator``. Draws for small images are
+  made ahead in blocks of several steps per generator, so call overhead does not dominate.
 * ``BrownianNoise``: normalised increments ``(W(sigma_next) - W(sigma)) / sqrt|sigma_next - sigma|`` of
   one Brownian path per sample, revealed lazily: a new point is drawn from the exact conditional
   law given its known neighbours (a Brownian bridge between them, a free increment beyond them).
@@ -26,9 +25,11 @@ import torch
 LATENT_STREAM = 0
 SAMPLER_STREAM = 1
 
-# Per-sample elements drawn ahead per block (256 KiB of float32): big enough that a batch costs few
-# generator calls, small enough that blocks stay cache- and allocator-friendly.
-_BLOCK_ELEMENTS = 1 << 16
+# Per-sample elements drawn ahead per block (16 KiB of float32). Small images get many steps of noise
+# per generator call (call overhead dominates there); large ones one step per call, so the noise is
+# consumed while still in cache (writing blocks of many steps out to memory and reading them back
+# cost more than the calls saved).
+_BLOCK_ELEMENTS = 1 << 12
 
 
 def check_seeds(seeds, batch: int) -> list[int]:
@@ -100,8 +101,9 @@ class SeededNormal:
         size = self._cap
         if self._remaining_hint is not None:
             # Past the hint (samplers drawing more than one noise per step), repeat the last block size.
-            if self._remaining_hint > 0:
-                size = min(size, self._remaining_hint)
+            if self._remaining_hint > 0:  # equal blocks that cover the hint: no draws wasted
+                blocks = -(-self._remaining_hint // self._cap)
+                size = -(-self._remaining_hint // blocks)
             elif self._block is not None:
                 size = self._block.shape[0]
         # Sample-major so each generator fills one contiguous row: the values a generator produces
