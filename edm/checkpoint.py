@@ -14,6 +14,7 @@ the unconditional (label-dropped) input, as in NVlabs' networks.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -55,10 +56,22 @@ def paths(path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
+@functools.lru_cache(maxsize=1)
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
+
+    The temporary file is hidden and ends in ``.tmp`` (it never matches the final name's pattern) and
+    gets the usual mode of new files rather than mkstemp's 0600.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _new_file_mode())
     os.close(fd)
     try:
         write(tmp)

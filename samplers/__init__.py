@@ -3,8 +3,9 @@
 Depends only on the denoiser protocol ``D(x, sigma, **cond) -> x0_hat``, never on ``edm``.
 """
 
-from . import ancestral, dpm_solver, karras, multistep, noise, schedules  # noqa: F401  (register the samplers)
+from . import ancestral, dpm_solver, guidance, karras, multistep, noise, schedules  # noqa: F401  (register the samplers)
 from .api import sample
 from .registry import SamplerSpec, get, list, register, steps_for_nfe
 
-__all__ = ["SamplerSpec", "get", "list", "noise", "register", "sample", "schedules", "steps_for_nfe"]
+__all__ = ["SamplerSpec", "get", "guidance", "list", "noise", "register", "sample", "schedules",
+           "steps_for_nfe"]

@@ -248,5 +248,15 @@ def schedules_command(names: tuple[str, ...], as_json: bool) -> None:
         click.echo(schedules_table(specs))
 
 
+def _register_commands() -> None:
+    # Each command lives in its own module; importing them is cheap (torch loads when one runs).
+    from .generate_cli import generate, info
+
+    main.add_command(generate)
+    main.add_command(info)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()
