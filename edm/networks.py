@@ -1,0 +1,337 @@
+"""Small reference backbones ``F(x_in, c_noise, **cond)`` and the registry checkpoints name them by.
+
+``build_network("unet", **kwargs)`` builds the network a checkpoint's ``{"network": {"name", "kwargs"}}``
+describes; new architectures join with ``@register_network("name")``.
+
+:class:`UNet` follows the layout of the ADM / EDM ("DhariwalUNet") networks, scaled down:
+
+* the noise label ``c_noise`` (``ln(sigma) / 4`` under the EDM scheme) becomes positional (or
+  random Fourier) features, then a two-layer MLP; an optional class embedding (a bias-free
+  ``Linear`` of the one-hot ``class_labels``) is added to it;
+* an encoder of group-normed residual blocks per resolution, each modulated by the embedding
+  (``norm(h) * (1 + scale) + shift``), with self-attention at the chosen resolutions and a strided
+  downsampling between resolutions; a middle block; a decoder that mirrors the encoder and consumes
+  its activations as skip connections (concatenated), upsampling by nearest neighbour + conv;
+* a zero-initialised output convolution, so a fresh network predicts ``F = 0``.
+
+Class conditioning follows NVlabs: ``class_labels`` is ``[B, num_classes]`` float (one-hot, or all
+zeros for "no class"). ``label_dropout`` zeroes the class embedding of each sample with that
+probability in training mode only, so one model serves conditional, unconditional and
+classifier-free-guided sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["register_network", "build_network", "list_networks", "UNet", "PositionalEmbedding",
+           "FourierEmbedding"]
+
+_NETWORKS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_network(name: str):
+    """Class (or factory) decorator: ``@register_network("unet")`` makes it buildable by name."""
+
+    def decorate(factory):
+        if name in _NETWORKS:
+            raise ValueError(f"network {name!r} is already registered")
+        _NETWORKS[name] = factory
+        return factory
+
+    return decorate
+
+
+def list_networks() -> list[str]:
+    """Registered network names, sorted."""
+    return sorted(_NETWORKS)
+
+
+def build_network(name: str, **kwargs) -> nn.Module:
+    """A fresh network ``name`` built with ``kwargs``; ValueError naming the valid choices otherwise."""
+    try:
+        factory = _NETWORKS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown network {name!r}; valid: {', '.join(list_networks())}") from None
+    return factory(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _groups(channels: int, max_groups: int = 32, min_per_group: int = 4) -> int:
+    """The largest group count <= ``max_groups`` that divides ``channels`` with >= 4 channels each."""
+    for groups in range(min(max_groups, max(channels // min_per_group, 1)), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(_groups(channels), channels, eps=1e-6)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class PositionalEmbedding(nn.Module):
+    """Transformer-style sinusoidal features of a scalar per sample: ``[cos(x f_i), sin(x f_i)]``,
+    frequencies ``f_i = (1 / max_positions) ** (i / (n/2 - 1))`` (EDM's ``endpoint=True`` form)."""
+
+    def __init__(self, num_channels: int, max_positions: int = 10000):
+        super().__init__()
+        if num_channels % 2:
+            raise ValueError(f"PositionalEmbedding needs an even number of channels, got {num_channels}")
+        half = num_channels // 2
+        exponent = torch.arange(half, dtype=torch.float32) / max(half - 1, 1)
+        self.register_buffer("freqs", (1.0 / max_positions) ** exponent, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        angles = x.reshape(-1, 1).to(self.freqs.dtype) * self.freqs
+        return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class FourierEmbedding(nn.Module):
+    """Random Fourier features ``[cos(2 pi x f_i), sin(2 pi x f_i)]``, ``f_i ~ N(0, scale^2)`` (NCSN++).
+
+    The frequencies are a (persistent) buffer, so they travel with the checkpoint.
+    """
+
+    def __init__(self, num_channels: int, scale: float = 16.0):
+        super().__init__()
+        if num_channels % 2:
+            raise ValueError(f"FourierEmbedding needs an even number of channels, got {num_channels}")
+        self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        angles = x.reshape(-1, 1).to(self.freqs.dtype) * (2 * math.pi * self.freqs)
+        return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class ResBlock(nn.Module):
+    """``x -> skip(x) + conv(act(norm(h) * (1 + scale) + shift))``, ``h = conv(act(norm(x)))``,
+    with ``(scale, shift)`` a linear map of the (activated) embedding."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm0 = _norm(in_channels)
+        self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.affine = nn.Linear(emb_channels, 2 * out_channels)
+        self.norm1 = _norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv0(F.silu(self.norm0(x)))
+        scale, shift = self.affine(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+        h = self.conv1(self.dropout(h))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, pre-normed, residual."""
+
+    def __init__(self, channels: int, channels_per_head: int = 64):
+        super().__init__()
+        self.heads = max(channels // channels_per_head, 1)
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class Block(nn.Module):
+    """A residual block, followed by self-attention where asked."""
+
+    def __init__(self, in_channels, out_channels, emb_channels, dropout, attention, channels_per_head):
+        super().__init__()
+        self.res = ResBlock(in_channels, out_channels, emb_channels, dropout)
+        self.attn = SelfAttention(out_channels, channels_per_head) if attention else None
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        x = self.res(x, emb)
+        return self.attn(x) if self.attn is not None else x
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The UNet
+
+
+@register_network("unet")
+class UNet(nn.Module):
+    """EDM/ADM-style UNet backbone ``F(x, noise_labels, class_labels=None)``.
+
+    Args:
+        in_channels, out_channels: image channels in and out.
+        resolution: input height and width (square); must be divisible by ``2**(len(channel_mult)-1)``.
+        model_channels: channels at the first resolution; level ``i`` has
+            ``model_channels * channel_mult[i]``.
+        channel_mult: one multiplier per resolution level (each level after the first halves the size).
+        num_blocks: residual blocks per level in the encoder (the decoder has one more per level).
+        attn_resolutions: resolutions (e.g. ``(16, 8)``) whose blocks get self-attention; the middle
+            block always has one.
+        num_classes: 0 for an unconditional network, else the length of the one-hot ``class_labels``.
+        label_dropout: probability of dropping a sample's class (training mode only).
+        dropout: dropout inside the residual blocks.
+        embedding: ``"positional"`` (EDM's default for its EDM-preconditioned nets) or ``"fourier"``.
+        channels_per_head: attention head width.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        resolution: int = 32,
+        model_channels: int = 64,
+        channel_mult: Sequence[int] = (1, 2, 2),
+        num_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        num_classes: int = 0,
+        label_dropout: float = 0.0,
+        dropout: float = 0.0,
+        embedding: str = "positional",
+        channels_per_head: int = 64,
+    ):
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        channel_mult = tuple(int(m) for m in channel_mult)
+        attn_resolutions = {int(r) for r in attn_resolutions}
+        if not channel_mult or min(channel_mult) < 1:
+            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {channel_mult}")
+        if min(in_channels, out_channels, model_channels, num_blocks) < 1:
+            raise ValueError("in_channels, out_channels, model_channels and num_blocks must be >= 1")
+        levels = len(channel_mult)
+        if resolution < 1 or resolution % (2 ** (levels - 1)):
+            raise ValueError(f"resolution {resolution} is not divisible by 2**{levels - 1} "
+                             f"(channel_mult has {levels} levels)")
+        if not 0.0 <= label_dropout < 1.0 or not 0.0 <= dropout < 1.0:
+            raise ValueError("label_dropout and dropout must lie in [0, 1)")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.in_channels, self.out_channels, self.resolution = in_channels, out_channels, resolution
+        self.num_classes, self.label_dropout = int(num_classes), float(label_dropout)
+
+        # Embedding of the noise level (and class).
+        emb_channels = 4 * model_channels
+        if embedding == "positional":
+            self.map_noise = PositionalEmbedding(model_channels)
+        elif embedding == "fourier":
+            self.map_noise = FourierEmbedding(model_channels)
+        else:
+            raise ValueError(f"unknown embedding {embedding!r}; valid: fourier, positional")
+        self.map_layer0 = nn.Linear(model_channels, emb_channels)
+        self.map_layer1 = nn.Linear(emb_channels, emb_channels)
+        self.map_label = nn.Linear(num_classes, emb_channels, bias=False) if num_classes else None
+
+        def block(cin, cout, res):
+            return Block(cin, cout, emb_channels, dropout, res in attn_resolutions, channels_per_head)
+
+        # Encoder: remember the channel count of every activation handed to the decoder.
+        channels = model_channels * channel_mult[0]
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.enc = nn.ModuleList()
+        skips = [channels]
+        for level, mult in enumerate(channel_mult):
+            res = resolution >> level
+            if level > 0:
+                self.enc.append(Downsample(channels))
+                skips.append(channels)
+            for _ in range(num_blocks):
+                self.enc.append(block(channels, model_channels * mult, res))
+                channels = model_channels * mult
+                skips.append(channels)
+
+        # Middle.
+        self.mid = nn.ModuleList([
+            Block(channels, channels, emb_channels, dropout, True, channels_per_head),
+            block(channels, channels, -1),
+        ])
+
+        # Decoder.
+        self.dec = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            res = resolution >> level
+            for _ in range(num_blocks + 1):
+                self.dec.append(block(channels + skips.pop(), model_channels * mult, res))
+                channels = model_channels * mult
+            if level > 0:
+                self.dec.append(Upsample(channels))
+        assert not skips
+        self.norm_out = _norm(channels)
+        self.conv_out = _zero(nn.Conv2d(channels, out_channels, 3, padding=1))
+
+    def embed(self, noise_labels: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
+        """The activated embedding ``silu(MLP(features(c_noise)) + W class_labels)``, ``[B, 4 C]``."""
+        weight = self.map_layer0.weight
+        noise_labels = torch.as_tensor(noise_labels, device=weight.device).reshape(-1)
+        if noise_labels.shape[0] == 1 and batch != 1:
+            noise_labels = noise_labels.expand(batch)
+        if noise_labels.shape[0] != batch:
+            raise ValueError(f"noise_labels has {noise_labels.shape[0]} entries for a batch of {batch}")
+        emb = self.map_noise(noise_labels).to(weight.dtype)
+        emb = self.map_layer1(F.silu(self.map_layer0(emb)))
+        if self.map_label is not None and class_labels is not None:
+            labels = class_labels.to(weight.dtype)
+            if labels.shape != (batch, self.num_classes):
+                raise ValueError(f"class_labels must have shape [{batch}, {self.num_classes}] (one-hot), "
+                                 f"got {list(labels.shape)}")
+            if self.training and self.label_dropout:
+                keep = torch.rand(batch, 1, device=labels.device) >= self.label_dropout
+                labels = labels * keep.to(labels.dtype)
+            emb = emb + self.map_label(labels)
+        elif self.map_label is None and class_labels is not None:
+            raise ValueError("class_labels given to an unconditional network (num_classes=0)")
+        return F.silu(emb)
+
+    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.resolution,) * 2:
+            raise ValueError(f"expected input [B, {self.in_channels}, {self.resolution}, {self.resolution}], "
+                             f"got {list(x.shape)}")
+        emb = self.embed(noise_labels, class_labels, x.shape[0])
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.enc:
+            h = layer(h, emb) if isinstance(layer, Block) else layer(h)
+            skips.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for layer in self.dec:
+            if isinstance(layer, Block):
+                h = layer(torch.cat([h, skips.pop()], dim=1), emb)
+            else:
+                h = layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,378 @@
+"""Train an EDM-preconditioned backbone with EDM's loss (Karras et al. 2022, Section 5).
+
+:func:`train` is the whole loop: a dataset from :mod:`edm.data`, a network from :mod:`edm.networks`
+wrapped in :class:`~edm.precond.Precond` (scheme ``edm``), :class:`~edm.loss.EDMLoss`, Adam with a
+linear learning-rate warm-up, an exponential moving average (EMA) of the weights, and periodic
+checkpoints in ``outdir``:
+
+* ``network.safetensors`` + ``network.json``: the EMA model, loadable with
+  :func:`edm.checkpoint.load_checkpoint`; its JSON records the command, seed, dataset and step;
+* ``training-state.json`` + ``training-state-<step>.safetensors``: everything ``resume`` needs
+  (raw weights, EMA weights, Adam state, step, RNG states), tensors in safetensors and the rest in
+  JSON: nothing is pickled. The JSON names its tensor file and is replaced last, so a crash while
+  saving leaves the previous state intact.
+
+Every random draw comes from generators seeded by ``seed`` (initialisation and dropout from
+torch's global generator, forked so the caller's is untouched; minibatches and the loss's sigma and
+noise from their own generators), and all of them are saved, so a run is reproducible on CPU and a
+resumed run continues bit for bit where the saved one stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import atomic_write, save_checkpoint
+from .data import Dataset, load_dataset
+from .loss import EDMLoss
+from .networks import build_network
+from .precond import Precond
+
+__all__ = ["train", "TrainResult", "STATE_FORMAT", "default_network_kwargs", "load_training_state"]
+
+STATE_FORMAT = "edm-samplers/training-state-1"
+STATE_NAME = "training-state"
+NETWORK_NAME = "network"
+
+# Hyperparameters saved with the training state; a resumed run takes them from there.
+_HYPERPARAMETERS = ("data", "batch", "lr", "warmup", "ema_halflife_kimg", "ema_decay", "ema_rampup",
+                    "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs")
+
+
+@dataclass
+class TrainResult:
+    step: int  # steps done in total
+    loss: float  # mean training loss over the last (up to 100) steps of this call; nan if none ran
+    checkpoint: Path  # the EMA model: ``checkpoint.with_suffix(".json")`` / ``".safetensors"``
+    state: Path  # the training state JSON (pass it, or ``outdir``, as ``resume``)
+    seconds: float  # wall time of this call
+
+
+def default_network_kwargs(dataset: Dataset, **overrides) -> dict:
+    """UNet arguments fitted to ``dataset`` (channels, resolution, classes), updated by ``overrides``.
+
+    Defaults: ``model_channels=64``, ``channel_mult=(1, 2)``, ``num_blocks=2``, attention at the
+    lowest resolution when it is 16 or less.
+    """
+    C, H, W = dataset.shape
+    if H != W:
+        raise ValueError(f"dataset {dataset.name} has {H}x{W} images; the UNet needs square images")
+    kwargs = {"in_channels": C, "out_channels": C, "resolution": H, "num_classes": dataset.num_classes,
+              "model_channels": 64, "channel_mult": [1, 2], "num_blocks": 2}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    kwargs["channel_mult"] = [int(m) for m in kwargs["channel_mult"]]
+    if "attn_resolutions" not in kwargs:
+        lowest = H >> (len(kwargs["channel_mult"]) - 1)
+        kwargs["attn_resolutions"] = [lowest] if lowest <= 16 else []
+    return kwargs
+
+
+def _ema_beta(options: Mapping, step: int) -> float:
+    """EMA decay for update number ``step + 1`` (NVlabs' half-life in images, with its ramp-up)."""
+    if options["ema_decay"] is not None:
+        return float(options["ema_decay"])
+    halflife = options["ema_halflife_kimg"] * 1000
+    if options["ema_rampup"]:
+        halflife = min(halflife, (step + 1) * options["batch"] * options["ema_rampup"])
+    return 0.5 ** (options["batch"] / max(halflife, 1e-8))
+
+
+def _learning_rate(options: Mapping, step: int) -> float:
+    warmup = options["warmup"]
+    return options["lr"] * (min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training state (no pickle: tensors in safetensors, structure in JSON)
+
+
+def _rng_states(device: torch.device, generators: Mapping[str, torch.Generator]) -> dict:
+    states = {f"rng.{name}": gen.get_state() for name, gen in generators.items()}
+    states["rng.torch_cpu"] = torch.get_rng_state()
+    if device.type == "cuda":
+        states["rng.torch_cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _save_state(outdir: Path, step: int, options: dict, net, ema, optimizer, generators, device) -> Path:
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    optim = optimizer.state_dict()
+    for index, state in optim["state"].items():
+        for key, value in state.items():
+            tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
+    tensors.update(_rng_states(device, generators))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+    weights_name = f"{STATE_NAME}-{step:08d}.safetensors"
+    state_json = outdir / f"{STATE_NAME}.json"
+    previous = None
+    if state_json.is_file():
+        try:
+            previous = json.loads(state_json.read_text()).get("tensors")
+        except (OSError, ValueError):
+            previous = None
+    atomic_write(outdir / weights_name, lambda tmp: save_file(tensors, tmp))
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
+              for group in optim["param_groups"]]
+    state_keys = {str(i): sorted(s) for i, s in optim["state"].items()}
+    record = {"format": STATE_FORMAT, "step": step, "tensors": weights_name, "options": options,
+              "adam_param_groups": groups, "adam_state_keys": state_keys}
+    text = json.dumps(record, indent=2, sort_keys=True)
+    atomic_write(state_json, lambda tmp: Path(tmp).write_text(text + "\n"))
+    if previous and previous != weights_name:
+        (outdir / previous).unlink(missing_ok=True)
+    return state_json
+
+
+def load_training_state(path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(record, tensors)`` of the training state at ``path`` (its JSON, or the run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{STATE_NAME}.json"
+    if not path.is_file():
+        raise ValueError(f"training state not found: {path}")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"corrupt training state {path}: {e}") from None
+    if not isinstance(record, dict) or record.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not an edm-samplers training state (format {STATE_FORMAT!r})")
+    weights = path.parent / record["tensors"]
+    try:
+        tensors = load_file(weights)
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"cannot read training state tensors {weights}: {e}") from None
+    return record, tensors
+
+
+def _restore(record, tensors, net, ema, optimizer, generators, device) -> None:
+    def section(prefix):
+        n = len(prefix)
+        return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    net.load_state_dict(section("net."))
+    ema.load_state_dict(section("ema."))
+    state = {}
+    for index, keys in record["adam_state_keys"].items():
+        state[int(index)] = {key: tensors[f"adam.{index}.{key}"] for key in keys}
+    groups = []
+    for group in record["adam_param_groups"]:
+        group = dict(group)
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    for name, gen in generators.items():
+        gen.set_state(tensors[f"rng.{name}"])
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    if device.type == "cuda" and "rng.torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    data="digits",
+    outdir=None,
+    *,
+    steps: int | None = None,
+    kimg: float | None = None,
+    batch: int = 128,
+    lr: float = 1e-3,
+    warmup: int = 200,
+    ema_halflife_kimg: float = 50.0,
+    ema_decay: float | None = None,
+    ema_rampup: float | None = 0.05,
+    P_mean: float = -1.2,
+    P_std: float = 1.2,
+    sigma_data: float | str = 0.5,
+    network: str = "unet",
+    network_kwargs: dict | None = None,
+    seed: int = 0,
+    checkpoint_every: int | None = None,
+    resume=None,
+    device="cpu",
+    progress: bool = True,
+    command: str | None = None,
+) -> TrainResult:
+    """Train ``network`` on ``data`` with EDM's loss; write checkpoints to ``outdir``; see the module doc.
+
+    Args:
+        data: ``"digits"``, an image folder or a ``.npz``/``.npy`` file (see :func:`edm.data.load_dataset`).
+        outdir: run directory (created); with ``resume`` it defaults to the state's directory.
+        steps / kimg: length of training in optimizer steps or thousands of images (give one); with
+            ``resume`` the total to reach, defaulting to the saved run's.
+        batch, lr, warmup: minibatch size, Adam learning rate, linear warm-up length in steps.
+        ema_halflife_kimg, ema_rampup: EMA half-life in thousands of images, capped at
+            ``ema_rampup`` times the images seen so far (None or 0: no ramp-up); ``ema_decay``, when
+            given, is a fixed per-step decay instead.
+        P_mean, P_std, sigma_data: EDM's training distribution ``ln sigma ~ N(P_mean, P_std^2)`` and
+            data standard deviation (``"auto"``: measured on the dataset, to 3 decimals).
+        network, network_kwargs: registry name and arguments; channels, resolution and classes are
+            filled in from the data (:func:`default_network_kwargs`).
+        seed: seeds every random draw.
+        checkpoint_every: also write checkpoints every this many steps (always at the end).
+        resume: a training state (``outdir`` or its ``training-state.json``) to continue; all
+            hyperparameters above are then taken from it, only ``steps``/``kimg``,
+            ``checkpoint_every``, ``device`` and ``progress`` apply.
+        device: where to train (``"cpu"``, ``"cuda"``, ...).
+        command: the command line to record in the checkpoint.
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    if steps is not None and kimg is not None:
+        raise ValueError("give steps or kimg, not both")
+    options = {"data": str(data), "batch": int(batch), "lr": float(lr), "warmup": int(warmup),
+               "ema_halflife_kimg": float(ema_halflife_kimg),
+               "ema_decay": None if ema_decay is None else float(ema_decay),
+               "ema_rampup": float(ema_rampup or 0.0), "P_mean": float(P_mean), "P_std": float(P_std),
+               "sigma_data": sigma_data, "seed": int(seed), "network": network,
+               "network_kwargs": dict(network_kwargs or {})}
+    record = tensors = None
+    if resume is not None:
+        record, tensors = load_training_state(resume)
+        saved = record["options"]
+        options.update({k: saved[k] for k in _HYPERPARAMETERS})
+        options["total_steps"] = saved.get("total_steps")
+        if outdir is None:
+            outdir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    if outdir is None:
+        raise ValueError("outdir is required")
+    if kimg is not None:
+        steps = math.ceil(kimg * 1000 / options["batch"])
+    if steps is None:
+        steps = options.get("total_steps")
+    if steps is None or steps < 0:
+        raise ValueError(f"steps (or kimg) must be given and >= 0, got {steps}")
+    options["total_steps"] = int(steps)
+    _check_options(options, checkpoint_every)
+
+    dataset = load_dataset(options["data"])
+    if options["sigma_data"] == "auto":
+        options["sigma_data"] = round(dataset.std(), 3)
+    options["sigma_data"] = float(options["sigma_data"])
+    if record is None:
+        options["network_kwargs"] = default_network_kwargs(dataset, **options["network_kwargs"])
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(options["seed"])
+        if device.type == "cuda":
+            torch.cuda.manual_seed(options["seed"])
+        net = build_network(options["network"], **options["network_kwargs"]).to(device).train()
+        if tuple(dataset.shape) != (net.in_channels, net.resolution, net.resolution) and record is not None:
+            raise ValueError(f"dataset {dataset.name} has shape {list(dataset.shape)}, the saved network "
+                             f"expects [{net.in_channels}, {net.resolution}, {net.resolution}]")
+        ema = copy.deepcopy(net).eval().requires_grad_(False)
+        optimizer = torch.optim.Adam(net.parameters(), lr=options["lr"], betas=(0.9, 0.999), eps=1e-8)
+        generators = {"data": torch.Generator("cpu").manual_seed(options["seed"]),
+                      "noise": torch.Generator(device).manual_seed(options["seed"] + 1)}
+        step = 0
+        if record is not None:
+            _restore(record, tensors, net, ema, optimizer, generators, device)
+            step = int(record["step"])
+        precond = Precond(net, "edm", sigma_data=options["sigma_data"])
+        loss_fn = EDMLoss(P_mean=options["P_mean"], P_std=options["P_std"], sigma_data=options["sigma_data"])
+        images = dataset.images.to(device)
+        labels = dataset.labels.to(device) if dataset.labels is not None and dataset.num_classes else None
+        batch = min(options["batch"], len(dataset))
+
+        def save():
+            config = _checkpoint_config(options, dataset, step, command, recent)
+            path = outdir / NETWORK_NAME
+            save_checkpoint(path, ema, config)
+            return _save_state(outdir, step, options, net, ema, optimizer, generators, device)
+
+        recent: list[float] = []
+        bar = _progress(progress, steps, step)
+        state_path = outdir / f"{STATE_NAME}.json"
+        try:
+            while step < steps:
+                index = torch.randperm(len(dataset), generator=generators["data"])[:batch].to(device)
+                onehot = None
+                if labels is not None:
+                    onehot = torch.nn.functional.one_hot(labels[index], dataset.num_classes).to(images.dtype)
+                loss = loss_fn(precond, images[index], labels=onehot, generator=generators["noise"]).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for group in optimizer.param_groups:
+                    group["lr"] = _learning_rate(options, step)
+                optimizer.step()
+                beta = _ema_beta(options, step)
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), net.parameters()):
+                        p_ema.lerp_(p.detach(), 1.0 - beta)
+                    for b_ema, b in zip(ema.buffers(), net.buffers()):
+                        b_ema.copy_(b)
+                step += 1
+                recent.append(float(loss.detach()))
+                del recent[:-100]
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0 or step == steps:
+                        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+                if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+                    state_path = save()
+            state_path = save()
+        finally:
+            if bar is not None:
+                bar.close()
+    loss_value = sum(recent) / len(recent) if recent else float("nan")
+    return TrainResult(step, loss_value, outdir / NETWORK_NAME, state_path, time.perf_counter() - started)
+
+
+def _check_options(options: Mapping, checkpoint_every) -> None:
+    if options["batch"] < 1:
+        raise ValueError(f"batch must be >= 1, got {options['batch']}")
+    if not options["lr"] > 0:
+        raise ValueError(f"lr must be > 0, got {options['lr']}")
+    if options["warmup"] < 0:
+        raise ValueError(f"warmup must be >= 0, got {options['warmup']}")
+    if options["ema_decay"] is not None and not 0.0 <= options["ema_decay"] < 1.0:
+        raise ValueError(f"ema_decay must lie in [0, 1), got {options['ema_decay']}")
+    if options["ema_decay"] is None and not options["ema_halflife_kimg"] > 0:
+        raise ValueError(f"ema_halflife_kimg must be > 0, got {options['ema_halflife_kimg']}")
+    if not options["P_std"] > 0:
+        raise ValueError(f"P_std must be > 0, got {options['P_std']}")
+    sd = options["sigma_data"]
+    if sd != "auto" and not (isinstance(sd, (int, float)) and sd > 0):
+        raise ValueError(f"sigma_data must be > 0 or 'auto', got {sd!r}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+
+
+def _checkpoint_config(options, dataset: Dataset, step: int, command, recent) -> dict:
+    data = {"shape": list(dataset.shape), "num_classes": dataset.num_classes, "name": options["data"],
+            "size": len(dataset), "std": round(dataset.std(), 6)}
+    if dataset.class_names is not None:
+        data["class_names"] = dataset.class_names
+    training = {k: options[k] for k in _HYPERPARAMETERS if k not in ("network", "network_kwargs", "data")}
+    training.update({"step": step, "total_steps": options["total_steps"],
+                     "kimg": round(step * options["batch"] / 1000, 3),
+                     "loss": (sum(recent) / len(recent)) if recent else None,
+                     "torch": torch.__version__})
+    return {"network": {"name": options["network"], "kwargs": options["network_kwargs"]},
+            "precond": {"scheme": "edm", "params": {"sigma_data": options["sigma_data"]}},
+            "data": data, "command": command, "seed": options["seed"], "training": training}
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", mininterval=5.0, dynamic_ncols=True)

@@ -1,0 +1,238 @@
+"""Training loop, training state / resume, datasets and the ``edm train`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import samplers
+from edm import data as edm_data
+from edm import train as edm_train
+from edm.checkpoint import load_checkpoint
+from edm.data import load_dataset
+from edm.train import load_training_state, train
+from tools.train_cli import train as train_command
+
+TINY = {"model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4],
+        "label_dropout": 0.25, "dropout": 0.1}
+
+
+def _train(outdir, steps, **kwargs):
+    options = {"batch": 16, "lr": 2e-3, "warmup": 2, "ema_halflife_kimg": 0.05, "seed": 3,
+               "network_kwargs": TINY, "progress": False, "sigma_data": "auto"}
+    options.update(kwargs)
+    return train("digits", outdir, steps=steps, **options)
+
+
+def _files(path):
+    return sorted(p.name for p in path.iterdir())
+
+
+def test_train_writes_checkpoint_that_loads_and_samples(tmp_path):
+    result = _train(tmp_path, 4, command="edm train --test")
+    assert result.step == 4 and np.isfinite(result.loss)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.shape == (1, 8, 8) and ckpt.num_classes == 10
+    config = ckpt.config
+    assert config["command"] == "edm train --test"
+    assert config["seed"] == 3 and config["training"]["step"] == 4
+    assert config["data"]["name"] == "digits"
+    assert config["precond"]["params"]["sigma_data"] == pytest.approx(0.752)
+    assert config["network"]["kwargs"]["num_classes"] == 10
+
+    seeds = list(range(4))
+    sigmas = samplers.schedules.get("karras")(4, 0.002, 80.0)
+    x = samplers.noise.latents(seeds, ckpt.shape) * sigmas[0]
+    onehot = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3]), 10).float()
+    images = samplers.sample(ckpt.denoiser, x, sigmas, "heun", seeds=seeds, cond={"class_labels": onehot})
+    assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
+
+
+def test_training_is_reproducible_and_resume_is_exact(tmp_path):
+    straight = _train(tmp_path / "straight", 6)
+    again = _train(tmp_path / "again", 6)
+    half = _train(tmp_path / "resumed", 3)
+    assert half.step == 3
+    resumed = train(resume=tmp_path / "resumed", steps=6, progress=False)
+    assert resumed.step == 6
+
+    ref, ref_tensors = load_training_state(straight.state)
+    _, again_tensors = load_training_state(again.state)
+    res, res_tensors = load_training_state(resumed.state)
+    assert ref["step"] == res["step"] == 6
+    assert ref_tensors.keys() == res_tensors.keys()
+    for key, value in ref_tensors.items():
+        assert torch.equal(value, again_tensors[key]), key  # same seed: same run, bit for bit
+        torch.testing.assert_close(res_tensors[key], value, rtol=0, atol=1e-6, msg=key)
+    ema = load_file(straight.checkpoint.with_suffix(".safetensors"))
+    ema_resumed = load_file(resumed.checkpoint.with_suffix(".safetensors"))
+    for key, value in ema.items():
+        torch.testing.assert_close(ema_resumed[key], value, rtol=0, atol=1e-6)
+
+    different = _train(tmp_path / "other-seed", 2, seed=4)
+    _, other = load_training_state(different.state)
+    _, two = load_training_state(_train(tmp_path / "two", 2).state)
+    assert not torch.equal(other["net.conv_in.weight"], two["net.conv_in.weight"])
+
+
+def test_checkpoint_files_are_atomic(tmp_path, monkeypatch):
+    _train(tmp_path, 4, checkpoint_every=2)
+    assert _files(tmp_path) == ["network.json", "network.safetensors", "training-state-00000004.safetensors",
+                                "training-state.json"]
+    record = json.loads((tmp_path / "training-state.json").read_text())
+    assert record["step"] == 4 and record["tensors"] == "training-state-00000004.safetensors"
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(edm_train, "save_file", crash)  # the training state's tensors fail to write
+    with pytest.raises(OSError, match="disk full"):
+        train(resume=tmp_path, steps=6, progress=False)
+    # No temporary file is left behind and the previous state is intact and resumable.
+    assert not [name for name in _files(tmp_path) if name.endswith(".tmp")]
+    record, tensors = load_training_state(tmp_path)
+    assert record["step"] == 4 and "adam.0.exp_avg" in tensors
+    monkeypatch.undo()
+    assert train(resume=tmp_path / "training-state.json", steps=6, progress=False).step == 6
+    assert "training-state-00000004.safetensors" not in _files(tmp_path)
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(ValueError, match="training state not found"):
+        train(resume=tmp_path, steps=2)
+    (tmp_path / "training-state.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an edm-samplers training state"):
+        train(resume=tmp_path, steps=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def test_digits_dataset():
+    ds = load_dataset("digits")
+    assert ds.images.shape == (1797, 1, 8, 8) and ds.images.dtype == torch.float32
+    assert ds.images.min() == -1 and ds.images.max() == 1
+    assert ds.labels.dtype == torch.int64 and ds.num_classes == 10
+    assert ds.std() == pytest.approx(0.752, abs=1e-3)
+
+
+def test_array_datasets(tmp_path):
+    rng = np.random.default_rng(0)
+    nhwc = rng.integers(0, 256, (5, 6, 6, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=nhwc, labels=np.array([0, 2, 1, 2, 0]))
+    ds = load_dataset(tmp_path / "a.npz")
+    assert ds.images.shape == (5, 3, 6, 6) and ds.num_classes == 3
+    torch.testing.assert_close(ds.images[1, 2], torch.from_numpy(nhwc[1, :, :, 2]).float() / 127.5 - 1)
+    np.save(tmp_path / "b.npy", nhwc.transpose(0, 3, 1, 2))
+    ds = load_dataset(str(tmp_path / "b.npy"))
+    assert ds.images.shape == (5, 3, 6, 6) and ds.labels is None and ds.num_classes == 0
+    np.save(tmp_path / "gray.npy", nhwc[..., 0])
+    assert load_dataset(tmp_path / "gray.npy").images.shape == (5, 1, 6, 6)
+
+
+def test_image_folder_dataset(tmp_path):
+    from PIL import Image
+
+    for name, value in [("cat/a.png", 0), ("cat/sub/b.png", 255), ("dog/c.jpg", 128)]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (6, 6), value).save(tmp_path / name)
+    ds = load_dataset(tmp_path)
+    assert ds.images.shape == (3, 1, 6, 6) and ds.num_classes == 2
+    assert ds.class_names == ["cat", "dog"] and ds.labels.tolist() == [0, 0, 1]
+    Image.new("RGB", (6, 6), (255, 0, 0)).save(tmp_path / "top.png")  # not in a class folder: no labels
+    ds = load_dataset(tmp_path)
+    assert ds.images.shape == (4, 3, 6, 6) and ds.labels is None
+
+
+def test_bad_datasets(tmp_path):
+    from PIL import Image
+
+    with pytest.raises(ValueError, match="not found.*missing"):
+        load_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images.*empty"):
+        load_dataset(tmp_path / "empty")
+    (tmp_path / "mixed").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "mixed" / "a.png")
+    Image.new("L", (5, 4)).save(tmp_path / "mixed" / "b.png")
+    with pytest.raises(ValueError, match=r"b\.png is 5x4.*same size"):
+        load_dataset(tmp_path / "mixed")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read image .*x\.png"):
+        load_dataset(tmp_path / "broken")
+    np.save(tmp_path / "float.npy", np.zeros((2, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"float\.npy.*uint8"):
+        load_dataset(tmp_path / "float.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"empty\.npy holds no images"):
+        load_dataset(tmp_path / "empty.npy")
+    np.savez(tmp_path / "keys.npz", a=np.zeros((2, 4, 4), np.uint8), b=np.zeros(2))
+    with pytest.raises(ValueError, match=r"keys\.npz has no image array"):
+        load_dataset(tmp_path / "keys.npz")
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"bad\.npz"):
+        load_dataset(tmp_path / "bad.npz")
+    (tmp_path / "data.csv").write_text("1,2")
+    with pytest.raises(ValueError, match=r"unsupported dataset file .*data\.csv"):
+        load_dataset(tmp_path / "data.csv")
+    with pytest.raises(ValueError, match="square"):
+        edm_train.default_network_kwargs(edm_data.Dataset(torch.zeros(1, 1, 4, 6), None, 0, "rect"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command
+
+
+def test_cli_trains(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train_command, [
+        "--outdir", str(out), "--steps", "2", "--batch", "8", "--channels", "8", "--channel-mult", "1,2",
+        "--blocks", "1", "--seed", "5", "--sigma-data", "auto", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "network.json").read_text())
+    assert config["command"].startswith("edm train ")
+    assert "--seed 5" in config["command"] and "--steps 2" in config["command"]
+    assert config["seed"] == 5 and config["training"]["step"] == 2
+    result = CliRunner().invoke(train_command, ["--resume", str(out), "--steps", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "network.json").read_text())["training"]["step"] == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "no-such-dir"], "neither 'digits' nor an existing"),
+        (["--steps", "0"], "--steps"),
+        (["--channel-mult", "1,x"], "comma-separated positive integers"),
+        (["--sigma-data", "-1"], "positive number or 'auto'"),
+        (["--lr", "0"], "--lr"),
+        (["--label-dropout", "1.5"], "--label-dropout"),
+        (["--device", "nonsense"], "not a torch device"),
+        (["--steps", "3", "--kimg", "1"], "not both"),
+        (["--attn", "4,a"], "comma-separated resolutions"),
+    ],
+)
+def test_cli_usage_errors(tmp_path, args, message):
+    result = CliRunner().invoke(train_command, ["--outdir", str(tmp_path / "run"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_usage_errors_from_training(tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = ["--data", str(tmp_path / "empty"), "--outdir", str(tmp_path / "r")]
+    result = CliRunner().invoke(train_command, args)
+    assert result.exit_code == 2 and "no images" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(train_command, ["--steps", "2"])
+    assert result.exit_code == 2 and "--outdir is required" in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1

@@ -1,0 +1,157 @@
+"""``edm train``: train a UNet with EDM's loss on ``digits``, an image folder or a ``.npz``/``.npy`` file.
+
+The click command object :data:`train` is registered on the ``edm`` group in ``tools/cli.py``; it
+also runs alone as ``python -m tools.train_cli``. The command recorded in the checkpoint is the
+canonical ``edm train`` line with every option spelled out, so it reproduces the run exactly.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+
+__all__ = ["train", "canonical_command"]
+
+
+def _channel_mult(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        mult = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        mult = []
+    if not mult or min(mult) < 1:
+        raise click.BadParameter(f"expected comma-separated positive integers such as 1,2,2; got {value!r}")
+    return mult
+
+
+def _sigma_data(ctx, param, value):
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a positive number or 'auto', got {value!r}") from None
+    if not number > 0:
+        raise click.BadParameter(f"expected a positive number or 'auto', got {value!r}")
+    return number
+
+
+def _data(ctx, param, value):
+    from pathlib import Path
+
+    if value != "digits" and not Path(value).exists():
+        raise click.BadParameter(f"{value!r} is neither 'digits' nor an existing folder or .npz/.npy file")
+    return value
+
+
+def canonical_command(params: dict) -> str:
+    """``edm train`` with every option of ``params`` spelled out (None-valued ones left out)."""
+    words = ["edm", "train"]
+    for name, value in params.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            words.append(flag)
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        words += [flag, str(value)]
+    return shlex.join(words)
+
+
+@click.command("train")
+@click.option("--data", default="digits", show_default=True, callback=_data,
+              help="'digits' (scikit-learn 8x8 digits), a folder of images, or a .npz/.npy uint8 array.")
+@click.option("--outdir", type=click.Path(file_okay=False), default=None,
+              help="Run directory for checkpoints [required unless --resume].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 10000].")
+@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Training length in thousands of images (instead of --steps).")
+@click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True, help="Batch size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate.")
+@click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Linear learning-rate warm-up, in steps.")
+@click.option("--ema", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
+              help="EMA half-life in kimg (ramped up over the first images seen, as NVlabs).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
+@click.option("--channels", type=click.IntRange(min=1), default=64, show_default=True,
+              help="UNet channels at the first resolution.")
+@click.option("--channel-mult", default="1,2", show_default=True, callback=_channel_mult,
+              help="Channel multiplier per resolution level, comma-separated.")
+@click.option("--blocks", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Residual blocks per resolution level.")
+@click.option("--attn", default=None,
+              help="Resolutions with self-attention, comma-separated [default: the lowest if <= 16].")
+@click.option("--label-dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
+              show_default=True, help="Probability of dropping the class label (for unconditional/CFG use).")
+@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help="Dropout in the residual blocks.")
+@click.option("--sigma-data", default="0.5", show_default=True, callback=_sigma_data,
+              help="Data standard deviation for the preconditioning, or 'auto' to measure it.")
+@click.option("--p-mean", type=float, default=-1.2, show_default=True, help="Mean of ln(sigma) in training.")
+@click.option("--p-std", type=click.FloatRange(min=0, min_open=True), default=1.2, show_default=True,
+              help="Standard deviation of ln(sigma) in training.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+              help="Also write checkpoints every this many steps (always at the end).")
+@click.option("--resume", type=click.Path(exists=True), default=None,
+              help="Continue the run saved in this directory (or its training-state.json); "
+                   "the saved hyperparameters apply.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (1 is fastest on a busy machine) [default: torch's choice].")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def train(**params):
+    """Train a class-conditional (when the data has labels) EDM UNet; write checkpoints to --outdir."""
+    import torch
+
+    from edm.train import train as run_training
+
+    if params["outdir"] is None and params["resume"] is None:
+        raise click.UsageError("--outdir is required (unless --resume is given)")
+    if params["steps"] is not None and params["kimg"] is not None:
+        raise click.UsageError("give --steps or --kimg, not both")
+    if params["steps"] is None and params["kimg"] is None and params["resume"] is None:
+        params["steps"] = 10000
+    try:
+        device = torch.device(params["device"])
+    except RuntimeError:
+        raise click.BadParameter(f"not a torch device: {params['device']!r}", param_hint="--device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    if params["threads"] is not None:
+        torch.set_num_threads(params["threads"])
+    attn = None
+    if params["attn"] is not None:
+        try:
+            attn = [int(v) for v in params["attn"].split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated resolutions, got {params['attn']!r}",
+                                     param_hint="--attn") from None
+
+    recorded = {k: v for k, v in params.items() if k != "progress"}
+    network_kwargs = {"model_channels": params["channels"], "channel_mult": params["channel_mult"],
+                      "num_blocks": params["blocks"], "label_dropout": params["label_dropout"],
+                      "dropout": params["dropout"]}
+    if attn is not None:
+        network_kwargs["attn_resolutions"] = attn
+    try:
+        result = run_training(
+            params["data"], params["outdir"], steps=params["steps"], kimg=params["kimg"],
+            batch=params["batch"], lr=params["lr"], warmup=params["warmup"],
+            ema_halflife_kimg=params["ema"], P_mean=params["p_mean"], P_std=params["p_std"],
+            sigma_data=params["sigma_data"], network="unet", network_kwargs=network_kwargs,
+            seed=params["seed"], checkpoint_every=params["checkpoint_every"], resume=params["resume"],
+            device=device, progress=params["progress"], command=canonical_command(recorded),
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e).splitlines()[0]) from None
+    click.echo(f"trained {result.step} steps in {result.seconds:.1f} s, loss {result.loss:.4f}; "
+               f"model {result.checkpoint}.json, state {result.state}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    train()
