@@ -94,16 +94,23 @@ def save_checkpoint(path, backbone: torch.nn.Module, config: dict) -> tuple[Path
     return weights, config_path
 
 
+def read_record(path: Path, fmt: str, what: str, error: type[Exception] = CheckpointError) -> dict:
+    """The JSON object at ``path`` whose ``format`` is ``fmt``; else ``error`` with a one-line message
+    naming the file (``what`` says what it should have been)."""
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"corrupt {what} {path}: {e}") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise error(f"{path} is not an edm-samplers {what} (format {fmt!r})")
+    return record
+
+
 def read_config(path) -> dict:
     _, config_path = paths(path)
-    if not config_path.is_file():
-        raise CheckpointError(f"checkpoint config not found: {config_path}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"corrupt checkpoint config {config_path}: {e}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{config_path} is not an edm-samplers checkpoint (format {FORMAT!r})")
+    config = read_record(config_path, FORMAT, "checkpoint config")
     for key in ("network", "precond", "data"):
         if not isinstance(config.get(key), dict):
             raise CheckpointError(f"checkpoint config {config_path} lacks its {key!r} section")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_write, save_checkpoint
+from .checkpoint import atomic_write, read_record, save_checkpoint
 from .data import Dataset, load_dataset
 from .loss import EDMLoss
 from .networks import build_network
@@ -139,14 +139,7 @@ def load_training_state(path) -> tuple[dict, dict[str, torch.Tensor]]:
     path = Path(path)
     if path.is_dir():
         path = path / f"{STATE_NAME}.json"
-    if not path.is_file():
-        raise ValueError(f"training state not found: {path}")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"corrupt training state {path}: {e}") from None
-    if not isinstance(record, dict) or record.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not an edm-samplers training state (format {STATE_FORMAT!r})")
+    record = read_record(path, STATE_FORMAT, "training state", ValueError)
     weights = path.parent / record["tensors"]
     try:
         tensors = load_file(weights)
