@@ -233,7 +233,7 @@ class Plan:
                 f"{float(self.sigmas[-2]):g}{cls}{guidance}, {self.device} {_dtype_name(self.dtype)}")
 
 
-def _check_writable_dir(path: Path, param: str) -> None:
+def check_writable_dir(path: Path, param: str) -> None:
     """A directory that exists and is writable, or could be created: else GenerateError.
 
     Writability is probed with an anonymous temporary file in the nearest existing directory, so a
@@ -431,12 +431,12 @@ def prepare(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "kar
     _check_sampler(spec.name, options, sigmas)
 
     outdir = Path(outdir).expanduser()
-    _check_writable_dir(outdir, "outdir")
+    check_writable_dir(outdir, "outdir")
     if grid is not None:
         grid = Path(grid).expanduser()
         if grid.is_dir():
             raise GenerateError(f"grid path {grid} is a directory; give a file name such as grid.png", "grid")
-        _check_writable_dir(grid.parent, "grid")
+        check_writable_dir(grid.parent, "grid")
 
     denoiser = model.denoiser
     if dtype != _state_dtype(dtype):
@@ -474,7 +474,7 @@ def _check_denoiser(plan: Plan) -> None:
 # Running
 
 
-class _Ranks:
+class Ranks:
     """This process's place among the torchrun workers; sets up torch.distributed when needed."""
 
     def __init__(self):
@@ -552,7 +552,7 @@ class Summary:
         return text
 
 
-def _sample(plan: Plan, seeds: list[int]) -> np.ndarray:
+def sample_images(plan: Plan, seeds: list[int]) -> np.ndarray:
     """uint8 ``[B, H, W, C]`` images of ``seeds``."""
     device, dtype = plan.device, plan.state_dtype
     x = samplers.noise.latents(seeds, plan.model.shape, device=device, dtype=torch.float32).to(dtype)
@@ -567,7 +567,7 @@ def run(plan: Plan) -> Summary:
     """Sample and write the images of ``plan`` (this rank's share under torchrun); the grid on rank 0."""
     from tqdm import tqdm
 
-    ranks = _Ranks()
+    ranks = Ranks()
     ranks.start(plan.device)
     try:
         mine = plan.seeds[ranks.rank::ranks.world]
@@ -580,7 +580,7 @@ def run(plan: Plan) -> Summary:
                   disable=not plan.progress or ranks.rank != 0) as bar:
             for start in range(0, len(todo), plan.batch):
                 chunk = todo[start:start + plan.batch]
-                for seed, image in zip(chunk, _sample(plan, chunk)):
+                for seed, image in zip(chunk, sample_images(plan, chunk)):
                     write_png(plan.path(seed), image)
                     written += 1
                 bar.update(len(chunk))

@@ -177,9 +177,9 @@ def _resolve_ref(ref: str, need_features: bool, detector: str | None, *, num, se
 
 
 def _ranks(device):
-    from tools.generate import _Ranks
+    from tools.generate import Ranks
 
-    ranks = _Ranks()
+    ranks = Ranks()
     ranks.start(device)
     return ranks
 
@@ -331,14 +331,14 @@ _source_help = "'digits', a folder or .zip of images, or a .npz/.npy uint8 array
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 def ref_command(data, dest, detector, detector_weights, num, seed, batch, device, progress):
     """Compute reference statistics of a set of images and write them to REF.npz."""
-    from tools.generate import GenerateError, _check_writable_dir
+    from tools.generate import GenerateError, check_writable_dir
 
     from .stats import save_ref
 
     def body():
         dest_path = Path(dest).expanduser()
         try:
-            _check_writable_dir(dest_path.parent, "dest")
+            check_writable_dir(dest_path.parent, "dest")
         except GenerateError as e:
             raise _bad("--dest", e) from None
         dev = _device(device)
@@ -426,7 +426,7 @@ def gen_command(model, sampler, nfe, steps, num, seed_offset, ref, metrics, dete
                 device, trust_pickle, progress, as_json):
     """Score a sampler: generate K images in memory (those `edm generate` writes for seeds 0..K-1, a
     random class per seed, no guidance) and score them batch by batch, writing nothing."""
-    from tools.generate import GenerateError, _sample, prepare
+    from tools.generate import GenerateError, prepare, sample_images
 
     from .sources import ImageSource
 
@@ -447,7 +447,7 @@ def gen_command(model, sampler, nfe, steps, num, seed_offset, ref, metrics, dete
 
             def batches():
                 for start in range(0, len(mine), plan.batch):
-                    yield _sample(plan, mine[start:start + plan.batch])
+                    yield sample_images(plan, mine[start:start + plan.batch])
 
             source = ImageSource.from_batches(batches(), plan.model.shape, len(mine), name=f"{model}")
             source.batch = plan.batch
