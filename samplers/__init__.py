@@ -3,7 +3,7 @@
 Depends only on the denoiser protocol ``D(x, sigma, **cond) -> x0_hat``, never on ``edm``.
 """
 
-from . import ancestral, dpm_solver, guidance, karras, multistep, noise, schedules  # noqa: F401  (register the samplers)
+from . import adams, ancestral, dpm_solver, guidance, karras, multistep, noise, restart, schedules, unipc  # noqa: F401  (register the samplers)
 from .api import sample
 from .registry import SamplerSpec, get, list, register, steps_for_nfe
 

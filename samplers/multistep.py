@@ -4,6 +4,8 @@
 * ``dpmpp_2m`` / ``dpmpp_2m_sde`` / ``dpmpp_3m_sde``: DPM-Solver++ multistep in the half log-SNR
   lambda = -log sigma, data prediction. The SDE variants (eta > 0) damp x by exp(-eta h) more and add
   matching Brownian noise; at eta = 0 they are the ODE solvers (dpmpp_2m is 2m_sde at eta = 0).
+* ``dpmpp_3m``: deterministic DPM-Solver++(3M) with phi_3 weight 2, truly third order.
+* ``res_multistep``: RES multistep (ComfyUI), phi_1/phi_2 form: the heun-type 2M at eta = 0.
 """
 
 from __future__ import annotations
@@ -132,3 +134,14 @@ register("dpmpp_2m_sde", order=2, nfe_per_step=1, stochastic=True, noise="browni
 register("dpmpp_3m_sde", order=3, nfe_per_step=1, stochastic=True, noise="brownian",
          options={"eta": 1.0, "s_noise": 1.0}, reference=DPMPP,
          description="DPM-Solver++(3M) SDE")(_dpmpp(3, {}))
+register("dpmpp_3m", order=3, nfe_per_step=1, options={}, reference=DPMPP,
+         description="DPM-Solver++(3M), deterministic, third order (phi_3 weight 2)")(
+    _dpmpp(3, {"eta": 0.0, "phi_3_weight": 2.0}))
+
+# RES multistep (ComfyUI) weights the line through (lambda_prev, D_prev), (lambda, D) with phi_1, phi_2 of
+# -h: that is exactly the heun-type DPM-Solver++(2M) update above, so it is registered on the same code
+# (tests/test_new_multistep.py checks it against the phi-form written out independently).
+register("res_multistep", order=2, nfe_per_step=1, options={},
+         reference="Zhang et al. 2023, refined exponential solver (RES); multistep form as ComfyUI",
+         description="RES multistep: second-order exponential multistep with phi_1, phi_2 in lambda")(
+    _dpmpp(2, {"eta": 0.0, "solver_type": "heun"}))

@@ -455,3 +455,162 @@ def normal(n, sigma_min, sigma_max, *, sigmas=None):
 def sgm_uniform(n, sigma_min, sigma_max, *, sigmas=None):
     """Like normal, with n + 1 uniform timesteps of which the last (t(sigma_min)) is dropped."""
     return _normal_timesteps("sgm_uniform", n, sigma_min, sigma_max, sigmas, sgm=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Newer schedules: Align Your Steps, beta, KL-optimal, linear-quadratic
+
+# Align Your Steps' optimized 10-step noise levels (11 levels, sigma_max down to the model's sigma_min),
+# data from Sabour, Fidler & Kreis 2024, "Align Your Steps" (arXiv:2404.14507), as published on the
+# NVlabs project page (research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html) and in ComfyUI.
+AYS_NOISE_LEVELS: Mapping[str, tuple[float, ...]] = MappingProxyType({
+    "sd15": (14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092,
+             0.9642583904, 0.6523686016, 0.3977456272, 0.1515232662, 0.0291671582),
+    "sdxl": (14.6146412293, 6.3184485287, 3.7681790315, 2.1811480769, 1.3405244945, 0.8620721141,
+             0.5550693289, 0.3798540708, 0.2332364134, 0.1114188177, 0.0291671582),
+    "svd": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
+})
+
+
+def _loglinear_resample(levels: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` levels at uniform positions in [0, 1] of the piecewise-linear log-sigma curve through
+    ``levels`` (descending), which sit at uniform positions themselves; ends are kept exactly."""
+    log_levels = levels.log()
+    pos = torch.linspace(0, len(levels) - 1, count, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=len(levels) - 2)
+    w = pos - lo
+    out = ((1 - w) * log_levels[lo] + w * log_levels[lo + 1]).exp()
+    out[0], out[-1] = levels[0], levels[-1]
+    return out
+
+
+@register("ays", range_optional=True,
+          reference="Sabour, Fidler & Kreis 2024, Align Your Steps (arXiv:2404.14507), published 10-step "
+                    "tables; NVlabs howto loglinear_interp; ComfyUI comfy_extras/nodes_align_your_steps.py")
+def ays(n, sigma_min, sigma_max, *, model="sd15"):
+    """Align Your Steps: the paper's 10-step levels for model sd15/sdxl/svd, log-linearly resampled.
+
+    The table's 11 levels are the 10-step schedule's step boundaries, from sigma_max down to the model's
+    sigma_min. For n steps they are resampled to n + 1 levels (log sigma linearly interpolated at
+    uniform positions; n = 10 gives the table itself), and, as in ComfyUI, the last (sigma_min) is
+    replaced by the final 0: the n nonzero sigmas are the first n levels. A given sigma_max and/or
+    sigma_min *rescales* the table affinely in log sigma so its ends become them (a missing one keeps the
+    table's end); the shape of the schedule in log sigma is kept, nothing is clipped.
+    """
+    if not isinstance(model, str) or model not in AYS_NOISE_LEVELS:
+        raise ValueError(f"ays: model must be one of {', '.join(AYS_NOISE_LEVELS)}, got {model!r}")
+    levels = torch.tensor(AYS_NOISE_LEVELS[model], dtype=torch.float64)
+    top = levels[0].item() if sigma_max is None else sigma_max
+    bottom = levels[-1].item() if sigma_min is None else sigma_min
+    if bottom >= top:
+        raise ValueError(f"ays: needs sigma_min < sigma_max, got sigma_min={bottom} and sigma_max={top} "
+                         f"(the '{model}' table spans [{levels[-1].item()}, {levels[0].item()}])")
+    if sigma_min is not None or sigma_max is not None:
+        log_lo, log_hi = levels[-1].log().item(), levels[0].log().item()
+        frac = (levels.log() - log_lo) / (log_hi - log_lo)  # 1 at the top, 0 at the bottom
+        levels = (frac * math.log(top) + (1 - frac) * math.log(bottom)).exp()
+        levels[0], levels[-1] = top, bottom
+    if n + 1 != len(levels):
+        levels = _loglinear_resample(levels, n + 1)
+    return levels[:-1]
+
+
+@register("beta", range_optional=True,
+          reference="Lee et al. 2024, Beta Sampling is All You Need (arXiv:2407.12173); "
+                    "ComfyUI comfy/samplers.py beta_scheduler")
+def beta(n, sigma_min, sigma_max, *, alpha=0.6, beta=0.6, sigmas=None):
+    """Timesteps at Beta(alpha, beta) quantiles q_i = ppf(1 - i/n), i = 0..n-1, mapped to sigma.
+
+    Without a table (continuous models; sigma_min and sigma_max needed) a quantile q in [0, 1] is the
+    fraction of the way up in log sigma: log sigma = q log sigma_max + (1 - q) log sigma_min, so q = 1
+    is sigma_max. With ``sigmas=`` (a discrete model's ascending table, range optional and clamped as for
+    the other table schedules), q picks the entry at index first + rint(q (last - first)) of the entries
+    in range, as ComfyUI does; a repeated index is kept once, so there may be fewer than n steps.
+    The smallest quantile is ppf(1/n) > 0: like ComfyUI, the schedule stops above sigma_min.
+    """
+    alpha = _positive("beta", "alpha", alpha)
+    beta_ = _positive("beta", "beta", beta)
+    try:
+        from scipy.stats import beta as beta_dist
+    except ImportError:  # pragma: no cover - scipy is an optional dependency
+        raise ValueError("beta: this schedule needs scipy (scipy.stats.beta.ppf); "
+                         "pip install scipy") from None
+    u = 1 - torch.arange(n, dtype=torch.float64) / n  # 1, (n-1)/n, ..., 1/n
+    q = torch.as_tensor(beta_dist.ppf(u.numpy(), alpha, beta_), dtype=torch.float64)
+    if sigmas is None:
+        if sigma_min is None or sigma_max is None:
+            raise ValueError(f"beta: needs sigma_min and sigma_max (or a model table as sigmas=), "
+                             f"got {sigma_min!r} and {sigma_max!r}")
+        return (q * math.log(sigma_max) + (1 - q) * math.log(sigma_min)).exp()
+    table = _table("beta", sigmas)
+    first, last = _table_indices(table, *_table_range("beta", table, sigma_min, sigma_max))
+    if last < first:
+        raise ValueError(f"beta: no entry of the model's table lies in [{sigma_min}, {sigma_max}]")
+    idx = first + torch.round(q * (last - first)).long()  # round half to even, as numpy.rint
+    return table[torch.unique_consecutive(idx)]
+
+
+@register("kl_optimal",
+          reference="Sabour, Fidler & Kreis 2024, Align Your Steps (arXiv:2404.14507), appendix; "
+                    "ComfyUI comfy/samplers.py kl_optimal_scheduler")
+def kl_optimal(n, sigma_min, sigma_max):
+    """KL-optimal: sigma_i = tan(t_i atan(sigma_min) + (1 - t_i) atan(sigma_max)), t_i = i/(n-1)."""
+    ramp = _ramp(n)
+    return (ramp * math.atan(sigma_min) + (1 - ramp) * math.atan(sigma_max)).tan()
+
+
+def _linear_quadratic_time(n: int, threshold_noise: float, linear_steps: int) -> torch.Tensor:
+    """Normalized time u_0 = 0 < ... < u_n = 1: linear up to u_L = threshold_noise at i = L, then the
+    quadratic in i through (L, threshold_noise) and (n, 1) whose slope at L continues the linear part."""
+    i = torch.arange(n + 1, dtype=torch.float64)
+    slope = threshold_noise / linear_steps
+    q_steps = n - linear_steps
+    curve = (1 - threshold_noise - slope * q_steps) / q_steps ** 2
+    d = i - linear_steps
+    return torch.where(i < linear_steps, slope * i, threshold_noise + slope * d + curve * d ** 2)
+
+
+@register("linear_quadratic", range_optional=True,
+          reference="ComfyUI comfy/samplers.py linear_quadratic_schedule (Genmo Mochi 1 / LTX-Video)")
+def linear_quadratic(n, sigma_min, sigma_max, *, threshold_noise=0.025, linear_steps=None,
+                     mapping="linear"):
+    """Mochi's linear-then-quadratic schedule in a normalized time u, mapped to sigma.
+
+    u rises linearly from 0 to ``threshold_noise`` over the first ``linear_steps`` steps (default n // 2),
+    then quadratically to 1 at step n with a continuous slope. ``mapping='linear'`` (ComfyUI's):
+    sigma = sigma_max (1 - u), u being the flow-matching time. ``mapping='flow'``: 1 - u is the
+    rectified-flow time s scaled so s = s_max = sigma_max / (1 + sigma_max) at u = 0, and
+    sigma = s / (1 - s), the EDM noise level of the flow state x_s / (1 - s). u = 1 is the final 0.
+    n = 1 is [sigma_max]. sigma_max is needed; a given sigma_min is a floor the nonzero levels must
+    respect (ValueError otherwise), as the schedule does not itself end at sigma_min.
+    """
+    name = "linear_quadratic"
+    if sigma_max is None:
+        raise ValueError(f"{name}: needs sigma_max (sigma_min is optional), got {sigma_max!r}")
+    threshold_noise = _as_float(name, "threshold_noise", threshold_noise)
+    if not 0 < threshold_noise < 1:
+        raise ValueError(f"{name}: threshold_noise must be in (0, 1), got {threshold_noise}")
+    if mapping not in ("linear", "flow"):
+        raise ValueError(f"{name}: mapping must be 'linear' or 'flow', got {mapping!r}")
+    if n == 1:
+        u = torch.zeros(1, dtype=torch.float64)
+    else:
+        if linear_steps is None:
+            linear_steps = n // 2
+        if isinstance(linear_steps, bool) or not isinstance(linear_steps, int) or not 1 <= linear_steps < n:
+            raise ValueError(f"{name}: linear_steps must be an integer in [1, n - 1] = [1, {n - 1}], "
+                             f"got {linear_steps!r}")
+        u = _linear_quadratic_time(n, threshold_noise, linear_steps)
+        if not (u[1:] > u[:-1]).all():
+            raise ValueError(f"{name}: threshold_noise={threshold_noise} with linear_steps={linear_steps} "
+                             f"(n={n}) gives a time that does not increase to 1 (the quadratic turns back)")
+        u = u[:-1]
+    if mapping == "linear":
+        out = sigma_max * (1 - u)
+    else:
+        s = sigma_max / (1 + sigma_max) * (1 - u)
+        out = s / (1 - s)
+    if sigma_min is not None and out[-1].item() < sigma_min:
+        raise ValueError(f"{name}: the last nonzero level {out[-1].item():.6g} is below sigma_min="
+                         f"{sigma_min}; use fewer steps or a smaller sigma_min")
+    return out

@@ -42,6 +42,8 @@ def plain(value):
     """What an option default should look like in strict JSON: non-finite floats as strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, tuple | list):  # e.g. restart's restart_list: JSON arrays
+        return [plain(v) for v in value]
     return value
 
 

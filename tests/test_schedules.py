@@ -14,6 +14,7 @@ from samplers import schedules
 ALL = schedules.list()
 TABLE_FAMILIES = ["ddim_uniform", "normal", "sgm_uniform", "simple"]
 CONTINUOUS = ["exponential", "iddpm", "karras", "linear", "polyexponential", "ve", "vp"]
+BEYOND = ["ays", "beta", "kl_optimal", "linear_quadratic"]  # their own checks: tests/test_new_schedules.py
 
 # A hand-checkable table: sigma_t = 2^t for t = 0..9, so log-sigma interpolation gives 2^t exactly.
 POW2 = 2.0 ** torch.arange(10, dtype=torch.float64)
@@ -49,7 +50,7 @@ def assert_schedule(s, n=None):
 
 
 def test_registry_names_and_specs():
-    assert ALL == sorted(TABLE_FAMILIES + CONTINUOUS)
+    assert ALL == sorted(TABLE_FAMILIES + CONTINUOUS + BEYOND)
     for name in ALL:
         sp = schedules.spec(name)
         assert sp.name == name and sp.fn is schedules.get(name)
