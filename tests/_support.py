@@ -22,6 +22,17 @@ def start(batch=3, sigma_max=80.0, seed=1234, dtype=torch.float64) -> torch.Tens
     return torch.randn((batch, *SHAPE), generator=g, dtype=dtype) * sigma_max
 
 
+class Counting:
+    """A denoiser wrapper that counts its calls (NFE checks)."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.calls = denoiser, 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        return self.denoiser(x, sigma)
+
+
 class KeyedNoise:
     """Noise that depends only on the interval it is asked for, not on call order.
 

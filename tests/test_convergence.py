@@ -39,6 +39,25 @@ CASES = [
     # the exponential integrator needs 2 phi_3 (with D2 ~ h^2 D''/2); kept for parity, it is second
     # order, which this test pins down (see test_dpmpp_3m_sde_is_second_order_because_of_phi_3).
     ("dpmpp_3m_sde", {"eta": 0.0}, 2),
+    ("dpmpp_3m", {}, 3),  # the same multistep with phi_3 weight 2
+    ("res_multistep", {}, 2),
+    # Constant-step Adams weights on the graded Karras grid leave an O(h^3) local error: second order
+    # for any max_order >= 2 (measured 2.0-2.1 up to 256 steps), so ipndm is registered as order 2.
+    ("ipndm", {}, 2),
+    ("ipndm", {"max_order": 1}, 1),
+    ("ipndm", {"max_order": 3}, 2),
+    ("deis", {}, 3),
+    ("deis", {"order": 1}, 1),
+    ("deis", {"order": 2}, 2),
+    # UniPC-p + UniC is order p + 1 when every step is order p; diffusers' default lower_order_final
+    # ends with one uncorrected first-order step, which caps the default at 2 here.
+    ("unipc", {}, 2),
+    ("unipc", {"order": 1, "lower_order_final": False}, 2),
+    ("unipc", {"order": 2, "lower_order_final": False}, 3),
+    ("unipc", {"order": 3, "lower_order_final": False}, 4),
+    ("unipc", {"order": 3, "variant": "bh1", "lower_order_final": False}, 4),
+    ("unipc", {"order": 3, "corrector": False, "lower_order_final": False}, 3),
+    ("unipc", {"order": 1, "corrector": False}, 1),
 ]
 
 

@@ -8,18 +8,9 @@ import pytest
 import torch
 
 import samplers
-from _support import KeyedNoise, mixture, start
+from _support import Counting, KeyedNoise, mixture, start
 
 KARRAS = samplers.schedules.get("karras")
-
-
-class Counting:
-    def __init__(self, denoiser):
-        self.denoiser, self.calls = denoiser, 0
-
-    def __call__(self, x, sigma):
-        self.calls += 1
-        return self.denoiser(x, sigma)
 
 
 def test_registry_sizes_and_names():

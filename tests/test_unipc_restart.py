@@ -1,5 +1,5 @@
-"""UniPC against diffusers' UniPCMultistepScheduler and at its convergence order; Restart sampling's
-deterministic skeleton, exact NFE count and sampled marginals."""
+"""UniPC against diffusers' UniPCMultistepScheduler (its convergence orders are in
+tests/test_convergence.py); Restart sampling's deterministic skeleton, exact NFE count and marginals."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import samplers
-from _support import mixture, start
+from _support import Counting, mixture, start
 from edm.gaussian_mixture import GaussianMixture
 from samplers.restart import restart_nfe
-from tools.ode_reference import solve_probability_flow
 
 KARRAS = samplers.schedules.get("karras")
 
@@ -81,58 +80,8 @@ def test_unipc_nfe_is_steps_and_options_are_checked():
 
 # --- UniPC convergence order ---------------------------------------------------------------------
 
-SIGMA_MIN, SIGMA_MAX, STEPS, SLACK = 0.02, 20.0, (32, 64, 128), 0.3
-
-# options, expected global order. UniPC-p + UniC is order p + 1 when every step is order p; the
-# default lower_order_final ends with one uncorrected first-order step, which caps it at 2 here.
-CASES = [
-    ({}, 2),
-    ({"order": 1, "lower_order_final": False}, 2),
-    ({"order": 2, "lower_order_final": False}, 3),
-    ({"order": 3, "lower_order_final": False}, 4),
-    ({"order": 3, "variant": "bh1", "lower_order_final": False}, 4),
-    ({"order": 3, "corrector": False, "lower_order_final": False}, 3),
-    ({"order": 1, "corrector": False}, 1),
-]
-
-
-@pytest.fixture(scope="module")
-def problem():
-    mix = GaussianMixture.random((3, 8, 8), k=4, seed=0, std_range=(0.2, 0.4), dtype=torch.float64)
-    x = start(batch=4, sigma_max=SIGMA_MAX)
-    return mix, x, solve_probability_flow(mix, x, SIGMA_MAX, SIGMA_MIN, rtol=1e-12, atol=1e-12)
-
-
-def _case_id(case):
-    return "-".join(f"{k}={v}" for k, v in case[0].items()) or "defaults"
-
-
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_unipc_converges_at_its_order(problem, case):
-    options, order = case
-    mix, x, reference = problem
-    errs = []
-    for n in STEPS:
-        sigmas = KARRAS(n, SIGMA_MIN, SIGMA_MAX)[:-1]  # stop at sigma_min: the ODE solver's error alone
-        result = samplers.sample(mix, x.clone(), sigmas, "unipc", **options)
-        errs.append(((result - reference) ** 2).mean().sqrt().item())
-    orders = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
-    assert all(a > b for a, b in zip(errs, errs[1:])), errs
-    assert order - SLACK <= orders[-1] <= order + 1, (orders, errs)
-    if not options:
-        assert samplers.get("unipc").order == order
-
 
 # --- Restart -------------------------------------------------------------------------------------
-
-
-class Counting:
-    def __init__(self, denoiser):
-        self.denoiser, self.calls = denoiser, 0
-
-    def __call__(self, x, sigma):
-        self.calls += 1
-        return self.denoiser(x, sigma)
 
 
 def test_restart_without_noise_is_heun_plus_the_re_solves():
