@@ -22,6 +22,15 @@ def start(batch=3, sigma_max=80.0, seed=1234, dtype=torch.float64) -> torch.Tens
     return torch.randn((batch, *SHAPE), generator=g, dtype=dtype) * sigma_max
 
 
+def assert_schedule(s, n=None):
+    """A usable sigma schedule: 1-D, finite, strictly decreasing, positive but for a final 0."""
+    assert s.ndim == 1 and torch.isfinite(s).all()
+    assert s[-1] == 0 and (s[:-1] > 0).all()
+    assert (s[1:] < s[:-1]).all(), s
+    if n is not None:
+        assert len(s) == n + 1
+
+
 class Counting:
     """A denoiser wrapper that counts its calls (NFE checks)."""
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.stats import beta as beta_dist
 
+from _support import assert_schedule
 from samplers import schedules
 
 NEW = ["ays", "beta", "kl_optimal", "linear_quadratic"]
@@ -24,14 +25,6 @@ AYS = {
 
 def t(values):
     return torch.tensor(values, dtype=torch.float64)
-
-
-def assert_schedule(s, n=None):
-    assert s.ndim == 1 and torch.isfinite(s).all()
-    assert s[-1] == 0 and (s[:-1] > 0).all()
-    assert (s[1:] < s[:-1]).all(), s
-    if n is not None:
-        assert len(s) == n + 1
 
 
 def ddpm_table(M=1000):

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _support import assert_schedule
 from samplers import schedules
 
 ALL = schedules.list()
@@ -35,14 +36,6 @@ def call(name, n, sigma_min=None, sigma_max=None, **kw):
         sigma_min = 0.002 if sigma_min is None else sigma_min
         sigma_max = 80.0 if sigma_max is None else sigma_max
     return schedules.get(name)(n, sigma_min, sigma_max, **kw)
-
-
-def assert_schedule(s, n=None):
-    assert s.ndim == 1 and torch.isfinite(s).all()
-    assert s[-1] == 0 and (s[:-1] > 0).all()
-    assert (s[1:] < s[:-1]).all(), s
-    if n is not None:
-        assert len(s) == n + 1
 
 
 # ---------------------------------------------------------------------------------------------------

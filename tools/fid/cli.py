@@ -314,21 +314,37 @@ def fid() -> None:
 _source_help = "'digits', a folder or .zip of images, or a .npz/.npy uint8 array"
 
 
+# Options shared by ref, calc and gen (one definition each, so their flags and help stay alike).
+detector_weights_option = click.option("--detector-weights", type=click.Path(), default=None, metavar="PATH",
+                                       help="Read the detector's weights from PATH.")
+device_option = click.option("--device", default=None,
+                             help="cpu or cuda[:N].  [default: cuda when available]")
+progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
+                               help="Progress bars on stderr.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON object instead of the result line.")
+
+
+def selection_options(command):
+    """--num and --seed: a seeded subset of the images, chosen as NVlabs' fid.py does."""
+    command = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                           help="Seed of the --num choice.")(command)
+    return click.option("--num", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="Use N of the images, chosen by a seeded shuffle as NVlabs does.  "
+                             "[default: all]")(command)
+
+
 @fid.command("ref", context_settings=CONTEXT)
 @click.option("--data", required=True, metavar="SRC", help=f"The reference images: {_source_help}.")
 @click.option("--dest", required=True, type=click.Path(dir_okay=False), metavar="REF.npz",
               help="Where to write the statistics (mu, sigma, as NVlabs' fid.py).")
 @click.option("--detector", type=click.Choice(DETECTORS), default=None,
               help="Feature network.  [default: digits for 1x8x8 images, else inception]")
-@click.option("--detector-weights", type=click.Path(), default=None, metavar="PATH",
-              help="Read the detector's weights from PATH.")
-@click.option("--num", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Use N images, chosen by a seeded shuffle as NVlabs does.  [default: all]")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the --num choice.")
+@detector_weights_option
+@selection_options
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
-@click.option("--device", default=None, help="cpu or cuda[:N].  [default: cuda when available]")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@device_option
+@progress_option
 def ref_command(data, dest, detector, detector_weights, num, seed, batch, device, progress):
     """Compute reference statistics of a set of images and write them to REF.npz."""
     from tools.generate import GenerateError, check_writable_dir
@@ -370,16 +386,12 @@ def ref_command(data, dest, detector, detector_weights, num, seed, batch, device
               help="Comma-separated: fid (FD), kid, pr (precision/recall); kid and pr need reference images.")
 @click.option("--detector", type=click.Choice(DETECTORS), default=None,
               help="Feature network.  [default: the reference's; else digits for 1x8x8, else inception]")
-@click.option("--detector-weights", type=click.Path(), default=None, metavar="PATH",
-              help="Read the detector's weights from PATH.")
-@click.option("--num", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Score N of the images, chosen by a seeded shuffle as NVlabs does.  [default: all]")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the --num choice.")
+@detector_weights_option
+@selection_options
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
-@click.option("--device", default=None, help="cpu or cuda[:N].  [default: cuda when available]")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the result line.")
+@device_option
+@progress_option
+@json_option
 def calc_command(images, ref, metrics, detector, detector_weights, num, seed, batch, device, progress,
                  as_json):
     """Score a set of images against a reference: FD / FID, and optionally KID and precision/recall."""
@@ -414,14 +426,13 @@ def calc_command(images, ref, metrics, detector, detector_weights, num, seed, ba
 @click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr.")
 @click.option("--detector", type=click.Choice(DETECTORS), default=None,
               help="Feature network.  [default: the reference's; else digits for 1x8x8, else inception]")
-@click.option("--detector-weights", type=click.Path(), default=None, metavar="PATH",
-              help="Read the detector's weights from PATH.")
+@detector_weights_option
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per batch (generation and features).")
-@click.option("--device", default=None, help="cpu or cuda[:N].  [default: cuda when available]")
+@device_option
 @click.option("--trust-pickle", is_flag=True, help="Allow loading an NVlabs pickle (runs its code).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the result line.")
+@progress_option
+@json_option
 def gen_command(model, sampler, nfe, steps, num, seed_offset, ref, metrics, detector, detector_weights, batch,
                 device, trust_pickle, progress, as_json):
     """Score a sampler: generate K images in memory (those `edm generate` writes for seeds 0..K-1, a
