@@ -472,7 +472,7 @@ AYS_NOISE_LEVELS: Mapping[str, tuple[float, ...]] = MappingProxyType({
 })
 
 
-def _loglinear_resample(levels: torch.Tensor, count: int) -> torch.Tensor:
+def loglinear_resample(levels: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` levels at uniform positions in [0, 1] of the piecewise-linear log-sigma curve through
     ``levels`` (descending), which sit at uniform positions themselves; ends are kept exactly."""
     log_levels = levels.log()
@@ -511,7 +511,7 @@ def ays(n, sigma_min, sigma_max, *, model="sd15"):
         levels = (frac * math.log(top) + (1 - frac) * math.log(bottom)).exp()
         levels[0], levels[-1] = top, bottom
     if n + 1 != len(levels):
-        levels = _loglinear_resample(levels, n + 1)
+        levels = loglinear_resample(levels, n + 1)
     return levels[:-1]
 
 

@@ -42,7 +42,8 @@ from samplers.guidance import ClassifierFreeGuidance
 from .seeds import format_seeds, parse_seeds
 
 __all__ = ["DEFAULT_STEPS", "DTYPES", "GenerateError", "Plan", "Summary", "class_labels", "generate",
-           "grid_shape", "image_path", "prepare", "run", "to_uint8", "write_grid", "write_png"]
+           "grid_shape", "image_path", "prepare", "run", "schedule_sigmas", "to_uint8", "write_grid",
+           "write_png"]
 
 DEFAULT_STEPS = 18  # EDM's deterministic sampler on CIFAR-10 / FFHQ (35 NFE with heun)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -320,10 +321,27 @@ def _steps(spec, steps, nfe) -> tuple[int, int | None]:
     return steps, None if spec.adaptive else spec.nfe(steps)
 
 
-def _schedule(model, name, steps, sigma_min, sigma_max, rho) -> tuple[torch.Tensor, dict[str, Any]]:
+def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None,
+                    rho=None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The float64 CPU sigmas of schedule ``name`` for ``steps`` steps on ``model``, and the options given.
+
+    ``name`` is a registered schedule or ``file:PATH`` (a schedule file, see ``tools.schedule_file``).
+    The range defaults to the model's; table schedules get the model's ``sigmas``. Raises
+    :class:`GenerateError` with a one-line message.
+    """
+    from .schedule_file import ScheduleFileError, file_path, load_schedule
+
     try:
+        path = file_path(name)
+        if path is not None:
+            if sigma_min is not None or sigma_max is not None or rho is not None:
+                raise GenerateError("a schedule file fixes its own sigmas: drop sigma_min, sigma_max and rho",
+                                    "schedule")
+            return load_schedule(path)(steps), {}
         spec = schedules.spec(name)
-    except ValueError as e:
+    except (ScheduleFileError, ValueError) as e:
+        if isinstance(e, GenerateError):
+            raise
         raise GenerateError(_one_line(e), "schedule") from None
     options: dict[str, Any] = {}
     if rho is not None:
@@ -427,7 +445,7 @@ def prepare(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "kar
         raise GenerateError("classifier-free guidance needs a class-conditional model; this one is "
                             "unconditional", "guidance")
 
-    sigmas, schedule_options = _schedule(model, schedule, steps, sigma_min, sigma_max, rho)
+    sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
     _check_sampler(spec.name, options, sigmas)
 
     outdir = Path(outdir).expanduser()

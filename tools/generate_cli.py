@@ -196,7 +196,8 @@ def _usage_error(error) -> click.UsageError:
         help="Instead of --steps: a budget of denoiser evaluations per image; takes the most steps "
              "that fit (e.g. heun: 35 NFE = 18 steps).")
 @option("Sampling", "--schedule", default="karras", show_default=True, metavar="NAME",
-        help="The sigma schedule (`edm schedules` lists them).")
+        help="The sigma schedule (`edm schedules` lists them), or file:PATH for a schedule file "
+             "written by `edm tune-schedule`.")
 @option("Sampling", "--sigma-min", type=float, default=None, metavar="SIGMA",
         help="Lowest nonzero noise level.  [default: the model's]")
 @option("Sampling", "--sigma-max", type=float, default=None, metavar="SIGMA",
