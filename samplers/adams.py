@@ -3,7 +3,10 @@ Exponential Integrator"): one denoiser call per step, earlier derivatives reused
 
 * ``ipndm``: improved pseudo-numerical method (iPNDM), Adams-Bashforth on dx/dsigma with the classic
   constant-step coefficients and a lower-order warm start. On a non-uniform schedule those
-  coefficients are only consistent to second order (see ``ipndm``'s docstring).
+  coefficients are only consistent to second order (see ``ipndm``'s docstring). It is the algorithm of
+  diffusers' ``IPNDMScheduler`` (a v-prediction scheduler whose DDIM step on the combined eps is our
+  Euler step on the combined d; tests/test_ipndm_parity.py). The variable-step iPNDM (exact
+  Adams-Bashforth weights of the actual steps, ComfyUI's ``ipndm_v``) is ``lms`` here.
 * ``deis``: DEIS "tAB", an exponential-integrator Adams-Bashforth. In the EDM parametrisation the ODE is
   dx/dsigma = eps(sigma) with eps = (x - D)/sigma; DEIS fits a Lagrange polynomial in
   u = log sigma through the last ``order`` eps values and integrates it exactly:
@@ -44,7 +47,7 @@ def ipndm(model, x, sigmas, *, noise=None, callback=None, max_order=4):
     The first steps use orders 1, 2, 3 (as many derivatives as exist). The coefficients assume equal
     steps; on a smoothly graded schedule (Karras) the unequal past nodes leave an O(h^3) local error,
     so the method is globally second order whatever ``max_order`` >= 2 (measured in
-    tests/test_new_multistep.py); higher ``max_order`` still lowers the error constant at few steps.
+    tests/test_convergence.py); higher ``max_order`` still lowers the error constant at few steps.
     """
     if not isinstance(max_order, int) or isinstance(max_order, bool) or not 1 <= max_order <= 4:
         raise ValueError(f"ipndm max_order must be an integer in 1..4, got {max_order!r}")
