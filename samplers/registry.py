@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 NOISE_KINDS = (None, "iid", "brownian")
+NfeCounter = Callable[[builtins.list[float], Mapping[str, Any]], int]  # (sigmas, options) -> exact NFE
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class SamplerSpec:
     ``last_step_nfe`` (second-order samplers finish with one Euler/denoising call).
     ``noise`` is the kind of randomness it consumes: None, i.i.d. normals per draw, or increments of
     one Brownian path (samplers whose noise over overlapping intervals must be correlated).
+    ``count_nfe(sigmas, options) -> int``, when given, is the exact count on a schedule (a list of
+    floats) for samplers whose NFE depends on the schedule rather than on the number of steps alone.
     """
 
     name: str
@@ -37,6 +40,7 @@ class SamplerSpec:
     options: Mapping[str, Any]
     reference: str
     description: str
+    count_nfe: NfeCounter | None = field(default=None, repr=False)
 
     @property
     def adaptive(self) -> bool:
@@ -80,11 +84,12 @@ _REGISTRY = Registry("sampler")
 
 
 def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False, noise=None,
-             options=None, reference="", description=""):
+             options=None, reference="", description="", count_nfe=None):
     """Decorator adding a sampler function to the registry under ``name``.
 
     One function may be registered several times (e.g. ``ddpm`` is ``ddim`` with eta = 1); the
     spec's ``options`` are the defaults passed to it, and the only options a user may override.
+    ``count_nfe``: see :class:`SamplerSpec` (with ``nfe_per_step=None``, for a schedule-dependent NFE).
     """
     if noise not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
@@ -95,6 +100,7 @@ def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False,
             last_step_nfe=nfe_per_step if last_step_nfe is None else last_step_nfe,
             stochastic=stochastic, noise=noise, options=MappingProxyType(dict(options or {})),
             reference=reference, description=description or (fn.__doc__ or "").strip().splitlines()[0],
+            count_nfe=count_nfe,
         ))
         return fn
 
@@ -121,3 +127,21 @@ def steps_for_nfe(name: str, nfe: int) -> int:
     if spec.last_step_nfe > nfe:
         raise ValueError(f"sampler {name!r} needs at least {spec.last_step_nfe} NFE, budget is {nfe}")
     return 1 + (nfe - spec.last_step_nfe) // spec.nfe_per_step
+
+
+def nfe_on(name: str, sigmas, **options) -> int | None:
+    """Exact denoiser evaluations of sampler ``name`` over ``sigmas`` (decreasing, ending in 0 or not).
+
+    ``options`` override the sampler's defaults. None only for truly adaptive samplers, whose NFE is
+    known only after they run.
+    """
+    spec = get(name)
+    sigmas = [float(s) for s in sigmas]
+    if spec.count_nfe is not None:
+        return spec.count_nfe(sigmas, {**spec.options, **options})
+    if spec.adaptive:
+        return None
+    steps = len(sigmas) - 1
+    if sigmas[-1] == 0:
+        return spec.nfe(steps)
+    return steps * spec.nfe_per_step  # no final step onto 0: every step is a full one

@@ -10,7 +10,8 @@ noise, then re-solve the ODE from ``t_max`` back to ``sigma_j`` with ``n`` Heun 
 NFE: ``2 (steps - 1) + 1`` for the base steps plus ``2 n K`` for every interval that has an anchor.
 Whether an interval has one depends on the schedule (none on a single step straight to 0, none when
 every positive level is above t_max), so the count is not a per-step constant: the sampler is registered
-without a fixed NFE (``nfe_per_step=None``) and ``restart_nfe(sigmas, ...)`` gives the exact count.
+without a fixed NFE (``nfe_per_step=None``) and ``restart_nfe(sigmas, ...)`` gives the exact count
+(also as the spec's ``count_nfe``, so ``samplers.registry.nfe_on("restart", sigmas)`` knows it).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _sub_schedule(t_max: float, t_min: float, n: int, rho: float = 7.0) -> list[
 
 @register("restart", order=2, nfe_per_step=None, last_step_nfe=None, stochastic=True, noise="iid",
           options={"restart_list": DEFAULT_RESTARTS, "s_noise": 1.0}, reference=RESTART,
-          description="Restart sampling: Heun ODE steps, K noise-and-re-solve loops per restart interval")
+          description="Restart sampling: Heun ODE steps, K noise-and-re-solve loops per restart interval",
+          count_nfe=lambda sigmas, options: restart_nfe(sigmas, options["restart_list"]))
 def restart(model, x, sigmas, *, noise=None, callback=None, restart_list=DEFAULT_RESTARTS, s_noise=1.0):
     """Heun along ``sigmas`` with restart intervals (see the module docstring for the NFE)."""
     anchors = restart_anchors(sigmas, parse_restart_list(restart_list))

@@ -244,23 +244,53 @@ def _report(result: dict, info: dict, as_json: bool) -> None:
         click.echo(" ".join(f"{k} {v:.6g}" for k, v in result.items()))
 
 
-def _score(source, ref_arg: str, *, metrics, detector_name, detector_weights, device, num, seed, batch,
-           ranks, progress: bool, as_json: bool, info: dict) -> None:
-    """Score ``source`` against ``--ref``; prints on rank 0."""
-    need_features = any(m in FEATURE_METRICS for m in metrics)
+def _reference(ref_arg: str, shape, *, need_features: bool, detector_name, detector_weights, device, seed,
+               batch, ranks, progress: bool):
+    """``(ref, ref_stats, detector)`` for scoring images of ``shape`` against ``--ref``: the reference, its
+    feature statistics when it is a set of images (else None) and the checked detector."""
     ref = _resolve_ref(ref_arg, need_features, detector_name, num=None, seed=seed, batch=batch)
-    name = detector_name or _default_detector(ref.meta, source.shape)
+    name = detector_name or _default_detector(ref.meta, shape)
     if ref.stats is not None:
         _check_detector_matches(ref, name)
-    elif tuple(ref.source.shape) != tuple(source.shape):
+    elif tuple(ref.source.shape) != tuple(shape):
         raise _bad("--ref", f"{ref.name} holds {list(ref.source.shape)} images, the images are "
-                   f"{list(source.shape)}")
-    detector = _detector(name, detector_weights, device, source.shape)
+                   f"{list(shape)}")
+    detector = _detector(name, detector_weights, device, shape)
     if ref.stats is not None:
         _check_dims(ref, detector)
     ref_stats = None
     if ref.source is not None:
         ref_stats = _statistics(ref.source, detector, device, ranks, keep=need_features, progress=progress)
+    return ref, ref_stats, detector
+
+
+def fd_reference(ref: str, shape, *, detector: str | None = None, detector_weights=None, device="cpu",
+                 batch: int = 64, progress: bool = False):
+    """For other tools (``edm bench``): what `edm fid gen` scores images of ``shape`` against by FD.
+
+    Returns ``(detector, mu, sigma, name)``: the checked detector, the reference's feature mean and
+    covariance and its name. Raises the fid commands' one-line click errors (naming --ref, --detector or
+    --detector-weights). One process: an image reference is read whole.
+    """
+    import types
+
+    one_process = types.SimpleNamespace(rank=0, world=1)
+    found, ref_stats, det = _reference(str(ref), tuple(shape), need_features=False, detector_name=detector,
+                                       detector_weights=detector_weights, device=device, seed=0, batch=batch,
+                                       ranks=one_process, progress=progress)
+    mu, sigma = found.stats if ref_stats is None else ref_stats.mean_cov()
+    return det, mu, sigma, found.name
+
+
+def _score(source, ref_arg: str, *, metrics, detector_name, detector_weights, device, num, seed, batch,
+           ranks, progress: bool, as_json: bool, info: dict) -> None:
+    """Score ``source`` against ``--ref``; prints on rank 0."""
+    need_features = any(m in FEATURE_METRICS for m in metrics)
+    ref, ref_stats, detector = _reference(ref_arg, source.shape, need_features=need_features,
+                                          detector_name=detector_name, detector_weights=detector_weights,
+                                          device=device, seed=seed, batch=batch, ranks=ranks,
+                                          progress=progress)
+    name = detector.name
     stats = _statistics(source, detector, device, ranks, keep=need_features, progress=progress)
     if ranks.rank == 0:
         result = _scores(stats, ref, ref_stats, detector, metrics)

@@ -1,0 +1,406 @@
+"""``run_bench``: every sampler x schedule x NFE budget on the same seeds, measured, and written to a folder.
+
+``prepare_bench(...)`` checks every argument and plans the cells (nothing is written and the model is not
+sampled yet); ``Bench.run()`` computes what is missing, writing the outputs after every finished cell so
+that an interrupted run resumes where it stopped. ``run_bench(...)`` is both.
+
+Every cell samples the same seeds: the latents of ``samplers.noise.latents`` and, for class-conditional
+models, the class labels ``edm generate`` draws, so a cell's samples are the images ``edm generate`` writes
+with that sampler, schedule and step count.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import samplers
+from tools import generate as pipeline
+from tools.generate import GenerateError
+from tools.seeds import format_seeds, parse_seeds
+
+from .grid import Cell, parse_budgets, plan_cells
+from .inputs import BenchError, Conditioning, as_loaded, check_model, fd_reference, in_precision, is_digits
+from .metrics import SamplerTraits, Stopwatch, has_metric, parse_metrics, sampler_traits
+from .ode import ReferenceCache, rms_error
+from .resume import conflicts, merge_settings, plain, read_previous, reusable_metrics
+
+__all__ = ["DEFAULT_NFE", "Bench", "prepare_bench", "run_bench"]
+
+DEFAULT_NFE = (5, 10, 20, 50)
+DEFAULT_NUM = 64
+DEFAULT_ODE_NUM = 16  # the exact-ODE reference is expensive: by default the ode metric uses this many seeds
+
+
+@contextlib.contextmanager
+def _bench_errors(param: str | None = None):
+    """The pipeline's GenerateError and the parsers' ValueError as BenchError naming ``param``."""
+    try:
+        yield
+    except BenchError:
+        raise
+    except GenerateError as e:
+        raise BenchError(str(e), param or e.param) from None
+    except ValueError as e:
+        raise BenchError(pipeline._one_line(e), param) from None
+
+
+def _time_on(metrics: Sequence[str]) -> str:
+    """The pass ``time`` measures: the fd/time sampling pass, or the float64 ode pass if there is no other."""
+    return "ode" if "ode" in metrics and "fd" not in metrics else "sampling"
+
+
+@dataclass
+class Bench:
+    """A checked, planned benchmark (see :func:`prepare_bench`); :meth:`run` does the work."""
+
+    cells: list[Cell]
+    metrics: tuple[str, ...]
+    settings: dict[str, Any]
+    models: dict[torch.dtype, Any]  # the model in each precision a pass runs in (LoadedModel)
+    cond: Conditioning
+    seeds: list[int]
+    ode_num: int | None
+    batch: int
+    device: torch.device
+    dtype: torch.dtype
+    options: dict[str, dict[str, Any]]
+    traits: dict[str, SamplerTraits]
+    fd: tuple | None = None  # (detector, mu, sigma) of the reference
+    out: Path | None = None
+    previous: list[dict[str, Any]] = field(default_factory=list)
+    progress: bool = False
+    computed: int = 0  # cells (re)computed by run()
+    written: list[Path] = field(default_factory=list)  # the output files of the last write
+    _references: ReferenceCache | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """One line: what will be measured on what."""
+        axes = ("sampler", "schedule", "budget")
+        sizes = [(len({getattr(cell, axis) for cell in self.cells}), axis) for axis in axes]
+        grid = " x ".join(f"{n} {axis}{'s' if n > 1 else ''}" for n, axis in sizes)
+        dtype = str(self.dtype).removeprefix("torch.")
+        return (f"{len(self.cells)} cells ({grid}), {', '.join(self.metrics)} on {len(self.seeds)} samples, "
+                f"{self.device} {dtype}" + (f" -> {self.out}" if self.out else ""))
+
+    # -- running
+
+    def run(self) -> list[dict[str, Any]]:
+        """Compute every missing metric of every cell; return the cells of this run's grid.
+
+        The outputs (when ``out`` is set) hold these and the previous run's other cells.
+        """
+        from tqdm import tqdm
+
+        records = {_key(cell): cell for cell in self.previous}
+        for cell in self.cells:
+            records[cell.key] = self._record(cell, records.get(cell.key))
+        todo = [cell for cell in self.cells if self._missing(records[cell.key])]
+        if todo:
+            self._check_models()
+        with tqdm(total=len(todo), desc="bench", unit="cell", file=sys.stderr, dynamic_ncols=True,
+                  disable=not self.progress) as bar:
+            for cell in todo:
+                bar.set_postfix_str(f"{cell.sampler} {cell.schedule} NFE<={cell.budget}")
+                record = records[cell.key]
+                record.update(self._measure(cell, self._missing(record)))
+                self._write(list(records.values()), plots=False)
+                bar.update()
+        self.computed = len(todo)
+        self.written = self._write(list(records.values()), plots=True)
+        return [records[cell.key] for cell in self.cells]
+
+    def _record(self, cell: Cell, old: Mapping[str, Any] | None) -> dict[str, Any]:
+        record = cell.record(stochastic=self.traits[cell.sampler].stochastic, num=len(self.seeds))
+        record.update(reusable_metrics(old, record))
+        return record
+
+    def _missing(self, record: Mapping[str, Any]) -> list[str]:
+        if record["status"] != "ok":
+            return []
+        return [metric for metric in self.metrics if not has_metric(record, metric)]
+
+    def _check_models(self) -> None:
+        for dtype, model in self.models.items():
+            why = " for the ode metric" if dtype == torch.float64 and "ode" in self.metrics else ""
+            check_model(model, self.cond, dtype, self.device, why)
+
+    def _write(self, cells: list[dict[str, Any]], *, plots: bool) -> list[Path]:
+        if self.out is None:
+            return []
+        from .outputs import write_outputs
+
+        return write_outputs(self.out, cells, settings=self.settings, plots=plots)
+
+    # -- measuring one cell
+
+    def _measure(self, cell: Cell, missing: Sequence[str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        ode = "ode" in missing and not self.traits[cell.sampler].stochastic
+        timed_pass = _time_on(self.metrics) if "time" in missing else None
+        if ode or timed_pass == "ode":
+            watch = Stopwatch(self.device)
+            ode_seeds = self.seeds[:self.ode_num]
+            result = torch.cat(list(self._sample(cell, torch.float64, ode_seeds, watch)))
+            if ode:
+                values["ode_rmse"] = rms_error(result, self._reference(cell))
+            if timed_pass == "ode":
+                values.update(watch.metrics(len(ode_seeds)))
+        if "fd" in missing or timed_pass == "sampling":
+            watch = Stopwatch(self.device)
+            batches = self._sample(cell, self.dtype, self.seeds, watch)
+            if "fd" in missing:
+                values.update(fd=self._fd(batches), detector=self.fd[0].name)
+            else:
+                collections.deque(batches, maxlen=0)  # sample only, for the clock
+            if timed_pass == "sampling":
+                values.update(watch.metrics(len(self.seeds)))
+        return values
+
+    def _latents(self, seeds: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        # Drawn in float32 then cast, as edm generate draws them: the same noise in every precision.
+        shape = self.cond.model.shape
+        return samplers.noise.latents(seeds, shape, device=self.device, dtype=torch.float32).to(dtype)
+
+    def _sample(self, cell: Cell, dtype: torch.dtype, seeds: Sequence[int],
+                watch: Stopwatch) -> Iterator[torch.Tensor]:
+        """The cell's samples of ``seeds``, batch by batch, the model in ``dtype``; ``watch`` times them."""
+        denoiser = watch.wrap(self.models[dtype].denoiser)
+        state = pipeline._state_dtype(dtype)
+        options = self.options.get(cell.sampler, {})
+        for start in range(0, len(seeds), self.batch):
+            chunk = seeds[start:start + self.batch]
+            x = self._latents(chunk, state) * float(cell.sigmas[0])
+            cond = self.cond(start, start + len(chunk), state)
+            with watch.running():
+                result = samplers.sample(denoiser, x, cell.sigmas, cell.sampler, seeds=chunk, cond=cond,
+                                         **options)
+            yield result
+
+    def _reference(self, cell: Cell) -> torch.Tensor:
+        """The exact-ODE result for the ode seeds over the cell's schedule, ending as its sampler ends."""
+        if self._references is None:
+            seeds = self.seeds[:self.ode_num]
+            self._references = ReferenceCache(self.models[torch.float64].denoiser,
+                                              self._latents(seeds, torch.float64),
+                                              self.cond(0, len(seeds), torch.float64))
+        lands_on_zero = self.traits[cell.sampler].lands_on_zero
+        return self._references(cell.sigmas if lands_on_zero else cell.sigmas[:-1])
+
+    def _fd(self, batches: Iterator[torch.Tensor]) -> float:
+        from tools.fid import compute_statistics, frechet_distance
+
+        detector, mu_ref, sigma_ref = self.fd
+        images = (torch.from_numpy(pipeline.to_uint8(x)).permute(0, 3, 1, 2) for x in batches)
+        mu, sigma = compute_statistics(images, detector, device=self.device).mean_cov()
+        return float(frechet_distance(mu, sigma, mu_ref, sigma_ref))
+
+
+def _key(record: Mapping[str, Any]) -> tuple[str, str, int]:
+    return record["sampler"], record["schedule"], record["nfe_budget"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checking the arguments
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return list(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+
+
+def _sampler_names(value: str | Sequence[str]) -> list[str]:
+    names = _names(value)
+    if not names:
+        raise BenchError("no sampler given", "samplers")
+    if names == ["all"]:
+        return samplers.list()
+    with _bench_errors("samplers"):
+        return [samplers.get(name).name for name in names]
+
+
+def _sampler_options(options: Mapping[str, Mapping[str, Any]] | None, names: Sequence[str]) -> dict:
+    """Per-sampler option overrides, each checked by a run on a 1x1 zero problem."""
+    checked = {}
+    for name, given in (options or {}).items():
+        if name not in names:
+            raise BenchError(f"options given for sampler {name!r}, which is not benchmarked", "options")
+        with _bench_errors("options"):
+            pipeline._check_sampler(name, dict(given), samplers.schedules.get("karras")(2, 0.1, 10.0))
+        checked[name] = dict(given)
+    return checked
+
+
+def _seeds(seeds, num) -> list[int]:
+    if seeds is None:
+        with _bench_errors("num"):
+            return list(range(DEFAULT_NUM if num is None else pipeline._positive_int(num, "num", "num")))
+    with _bench_errors("seeds"):
+        seeds = parse_seeds(seeds)
+    if num is not None and num != len(seeds):
+        raise BenchError(f"num is {num} but {len(seeds)} seeds are given: give one or the other", "num")
+    return seeds
+
+
+def _ode_num(ode_num, metrics: Sequence[str], seeds: Sequence[int]) -> int | None:
+    if "ode" not in metrics:
+        return None
+    if ode_num is None:
+        return min(len(seeds), DEFAULT_ODE_NUM)
+    with _bench_errors("ode_num"):
+        ode_num = pipeline._positive_int(ode_num, "ode_num", "ode_num")
+    if ode_num > len(seeds):
+        raise BenchError(f"ode_num {ode_num} is more than the {len(seeds)} samples", "ode_num")
+    return ode_num
+
+
+def _out(out) -> Path | None:
+    if out is None:
+        return None
+    out = Path(out).expanduser()
+    with _bench_errors("out"):
+        pipeline.check_writable_dir(out, "out")
+    return out
+
+
+def _precisions(metrics: Sequence[str], dtype: torch.dtype) -> list[torch.dtype]:
+    """ode runs in float64; fd, and time unless measured on the ode pass, in the run's dtype."""
+    needed = [dtype] if "fd" in metrics or ("time" in metrics and _time_on(metrics) == "sampling") else []
+    return list(dict.fromkeys([*needed, *([torch.float64] if "ode" in metrics else [])]))
+
+
+def _sigmas(model, name: str, steps: int) -> torch.Tensor:
+    return pipeline.schedule_sigmas(model, name, steps)[0]
+
+
+def _schedules(value: str | Sequence[str], model, steps: int) -> dict[str, Any]:
+    """Name -> steps -> sigmas; each one tried once, so unknown names and schedules that cannot serve this
+    model (table schedules on a continuous one) are usage errors, not a grid of skipped cells."""
+    schedules = {name: functools.partial(_sigmas, model, name) for name in _names(value)}
+    if not schedules:
+        raise BenchError("no schedule given", "schedules")
+    for schedule in schedules.values():
+        with _bench_errors("schedules"):
+            schedule(steps)
+    return schedules
+
+
+def _time_label(metrics: Sequence[str], dtype: torch.dtype) -> str | None:
+    if "time" not in metrics:
+        return None
+    if _time_on(metrics) == "ode":
+        return "the ode pass: the first ode_num seeds, float64"
+    return f"the sampling pass: all seeds, {str(dtype).removeprefix('torch.')}"
+
+
+def _resume(out: Path | None, settings: dict[str, Any], overwrite: bool) -> tuple[list, dict[str, Any]]:
+    """The previous run's cells in ``out`` and the settings of all cells; a usage error if they disagree."""
+    settings = plain(settings)
+    if out is None or overwrite:
+        return [], settings
+    old, cells = read_previous(out)
+    if not old and not cells:
+        return [], settings
+    differences = conflicts(old, settings)
+    if differences:
+        raise BenchError(f"{out} holds a benchmark with other settings ({'; '.join(differences)}); "
+                         "use another --out or --overwrite", "out")
+    return cells, merge_settings(old, settings)
+
+
+def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequence[str] = ("karras",),
+                  nfe: str | int | Sequence[int] = DEFAULT_NFE,
+                  metrics: str | Sequence[str] = ("ode", "time"),
+                  num: int | None = None, seeds=None, ode_num: int | None = None,
+                  options: Mapping[str, Mapping[str, Any]] | None = None, batch: int = 64, device=None,
+                  dtype="float32", detector: str | None = None, detector_weights=None, ref=None, out=None,
+                  overwrite: bool = False, progress: bool = False, shape=None, sigma_min=None, sigma_max=None,
+                  sigmas=None, cond: Mapping[str, Any] | None = None, name: str | None = None,
+                  trust_pickle: bool = False) -> Bench:
+    """Check every argument of :func:`run_bench` and plan its cells; raises :class:`BenchError`."""
+    with _bench_errors("metrics"):
+        metrics = parse_metrics(metrics)
+    with _bench_errors("nfe"):
+        budgets = parse_budgets(nfe)
+    sampler_names = _sampler_names(samplers)
+    options = _sampler_options(options, sampler_names)
+    seeds = _seeds(seeds, num)
+    ode_num = _ode_num(ode_num, metrics, seeds)
+    if "fd" in metrics and len(seeds) < 2:
+        raise BenchError("the fd metric needs at least 2 samples", "num")
+    with _bench_errors():
+        batch = pipeline._positive_int(batch, "batch", "batch")
+        device, dtype = pipeline._resolve_device(device), pipeline._resolve_dtype(dtype)
+    out = _out(out)
+
+    loaded = as_loaded(model, shape=shape, sigma_min=sigma_min, sigma_max=sigma_max, sigmas=sigmas, name=name)
+    models = {p: in_precision(model, loaded, p, device, trust_pickle) for p in _precisions(metrics, dtype)}
+    base = next(iter(models.values()))  # its sigma range is the schedules'
+    base = replace(base, sigma_min=base.sigma_min if sigma_min is None else float(sigma_min),
+                   sigma_max=base.sigma_max if sigma_max is None else float(sigma_max))
+    schedule_fns = _schedules(schedules, base, budgets[0])
+    conditioning = Conditioning(base, seeds, device, cond)
+    fd = detector_name = ref_name = None
+    if "fd" in metrics:
+        if ref is None and not is_digits(model, base):
+            raise BenchError("the fd metric needs a reference (--ref): statistics .npz or a set of images",
+                             "ref")
+        detector_fn, mu, sigma, ref_name = fd_reference("digits" if ref is None else ref, base.shape,
+                                                        detector=detector, detector_weights=detector_weights,
+                                                        device=device, batch=batch)
+        fd, detector_name = (detector_fn, mu, sigma), detector_fn.name
+
+    settings = {
+        "model": str(model) if loaded is None else loaded.source, "shape": list(base.shape),
+        "sigma_min": base.sigma_min, "sigma_max": base.sigma_max, "seeds": format_seeds(seeds),
+        "num": len(seeds), "ode_num": ode_num, "dtype": str(dtype).removeprefix("torch."),
+        "device": device.type, "detector": detector_name, "ref": ref_name,
+        "time_measured_on": _time_label(metrics, dtype), "samplers": sampler_names,
+        "schedules": list(schedule_fns), "nfe": budgets, "metrics": list(metrics), "options": options,
+        "batch": batch,
+    }
+    previous, settings = _resume(out, settings, overwrite)
+    traits = {s: sampler_traits(s, options.get(s)) for s in sampler_names}
+    cells = plan_cells(sampler_names, schedule_fns, budgets, options)
+    return Bench(cells=cells, metrics=metrics, settings=settings, models=models, cond=conditioning,
+                 seeds=seeds, ode_num=ode_num, batch=batch, device=device, dtype=dtype, options=options,
+                 traits=traits, fd=fd, out=out, previous=previous, progress=progress)
+
+
+def run_bench(model, **kwargs) -> list[dict[str, Any]]:
+    """Benchmark samplers on ``model``: every sampler x schedule x NFE budget on the same seeds.
+
+    Args:
+        model: a model spec (``"digits"``, a checkpoint, ``"diffusers:DIR"``, ...), a
+            ``tools.models.LoadedModel``, or a plain denoiser ``D(x, sigma, **cond)`` with ``shape=``
+            (C, H, W), ``sigma_min=`` and ``sigma_max=`` (default: its own attributes) and optionally
+            ``sigmas=`` (a discrete model's ascending sigma table), ``cond=`` (keyword arguments of every
+            call; tensors with one row per sample are split by batch) and ``name=`` (its name in settings).
+            ``sigma_min``/``sigma_max`` also narrow a loaded model's schedules.
+        samplers: names, or ``"all"``. schedules: registry names or ``file:PATH``. nfe: the budgets; each
+            cell runs the most steps whose exact NFE fits its budget (cells that cannot fit, and adaptive
+            samplers, are reported as skipped).
+        metrics: ``ode`` (RMS error against the exact probability-flow ODE from the same noise, for
+            deterministic samplers; sampler, model and reference all in float64, on the first ``ode_num``
+            seeds, default ``min(num, 16)``), ``fd`` (alias ``fid``: Frechet distance through ``detector``
+            against ``ref``, by default the shipped statistics for the digits model) and ``time`` (wall
+            time per sample and the denoiser's share of it, on the fd/time pass in ``dtype``, or on the ode
+            pass when ``ode`` is the only other metric).
+        num, seeds: the samples: seeds ``0..num-1`` (default 64), or a seed list such as ``"0-99"``.
+        options: per-sampler option overrides, e.g. ``{"restart": {"s_noise": 1.0}}``.
+        batch, device, dtype: as for ``edm generate`` (default: cuda when available, float32).
+        out: a folder for ``results.csv``/``.json``/``.md`` and plots; a previous run there with the same
+            settings is resumed (only missing cells and metrics are computed) unless ``overwrite``.
+
+    Returns the cells of this grid: flat dicts with the keys ``tools.bench.CELL_KEYS``.
+    Raises :class:`BenchError` (one line, ``.param`` naming the argument) on bad input, before any work.
+    """
+    return prepare_bench(model, **kwargs).run()
