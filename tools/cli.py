@@ -250,14 +250,18 @@ def schedules_command(names: tuple[str, ...], as_json: bool) -> None:
 
 def _register_commands() -> None:
     # Each command lives in its own module; importing them is cheap (torch loads when one runs).
+    from .bench_cli import bench
     from .fid.cli import fid
     from .generate_cli import generate, info
     from .train_cli import train
+    from .tune_cli import tune_schedule
 
+    main.add_command(bench)
     main.add_command(fid)
     main.add_command(generate)
     main.add_command(info)
     main.add_command(train)
+    main.add_command(tune_schedule)
 
 
 _register_commands()
