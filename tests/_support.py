@@ -5,11 +5,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 
+import pytest
 import torch
 
 from edm.gaussian_mixture import GaussianMixture
 
 SHAPE = (3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The machine is shared: one thread, which is also fastest for the small models and problems of the
+    tests. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")`` after importing it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def mixture(dtype=torch.float64) -> GaussianMixture:
@@ -37,9 +48,9 @@ class Counting:
     def __init__(self, denoiser):
         self.denoiser, self.calls = denoiser, 0
 
-    def __call__(self, x, sigma):
+    def __call__(self, x, sigma, **cond):
         self.calls += 1
-        return self.denoiser(x, sigma)
+        return self.denoiser(x, sigma, **cond)
 
 
 class KeyedNoise:

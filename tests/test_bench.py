@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import samplers
+from _support import Counting, one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers.registry import nfe_on
 from tools import cli
@@ -22,24 +23,12 @@ KARRAS = samplers.schedules.get("karras")
 CHECK_CALLS = 1  # a run with work to do first evaluates the model once per precision it runs in
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine is shared: one thread, which is also fastest for models this small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Counting:
+def counting() -> Counting:
     """The mixture's exact denoiser, counting its calls."""
-
-    def __init__(self):
-        self.denoiser, self.calls = GaussianMixture.random(SHAPE, k=4, seed=0, dtype=torch.float64), 0
-
-    def __call__(self, x, sigma, **cond):
-        self.calls += 1
-        return self.denoiser(x, sigma)
+    return Counting(GaussianMixture.random(SHAPE, k=4, seed=0, dtype=torch.float64))
 
 
 def bench(denoiser, **kwargs):
@@ -59,7 +48,7 @@ def latents(num: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", samplers.list())
 def test_nfe_reported_is_the_number_of_denoiser_calls_and_within_budget(name):
     for budget in (5, 10):
-        model = Counting()
+        model = counting()
         (cell,) = bench(model, samplers=[name], nfe=[budget], metrics=["time"], num=1)
         assert set(cell) == set(CELL_KEYS)
         if samplers.get(name).adaptive and samplers.get(name).count_nfe is None:
@@ -107,11 +96,11 @@ def test_parsers():
 
 
 def test_ode_error_shrinks_with_nfe_and_matches_an_independent_computation():
-    cells = bench(Counting(), samplers=["heun", "dpm_fast"], nfe=[5, 10, 20, 40], metrics=["ode"], num=3)
+    cells = bench(counting(), samplers=["heun", "dpm_fast"], nfe=[5, 10, 20, 40], metrics=["ode"], num=3)
     heun = [c for c in cells if c["sampler"] == "heun"]
     errors = [c["ode_rmse"] for c in heun]
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
-    gm = Counting().denoiser
+    gm = counting().denoiser
     for cell in (heun[2], next(c for c in cells if c["sampler"] == "dpm_fast" and c["nfe_budget"] == 20)):
         sigmas = KARRAS(cell["steps"], SIGMA_MIN, SIGMA_MAX)
         x = latents(3) * SIGMA_MAX
@@ -123,7 +112,7 @@ def test_ode_error_shrinks_with_nfe_and_matches_an_independent_computation():
 
 
 def test_stochastic_samplers_have_no_ode_error_and_time_is_a_share():
-    cells = bench(Counting(), samplers=["euler_ancestral", "restart", "euler"], nfe=[4],
+    cells = bench(counting(), samplers=["euler_ancestral", "restart", "euler"], nfe=[4],
                   metrics=["ode", "time"], num=2)
     by_name = {c["sampler"]: c for c in cells}
     for name in ("euler_ancestral", "restart"):
@@ -136,7 +125,7 @@ def test_stochastic_samplers_have_no_ode_error_and_time_is_a_share():
 
 
 def test_options_decide_whether_a_sampler_is_stochastic():
-    (cell,) = bench(Counting(), samplers=["euler_ancestral"], nfe=[4], metrics=["ode"],
+    (cell,) = bench(counting(), samplers=["euler_ancestral"], nfe=[4], metrics=["ode"],
                     options={"euler_ancestral": {"eta": 0.0}})
     assert not cell["stochastic"] and cell["ode_rmse"] > 0
 
@@ -146,7 +135,7 @@ def test_options_decide_whether_a_sampler_is_stochastic():
 
 
 def test_rerun_computes_nothing_and_added_budgets_only_the_new_cells(tmp_path):
-    model = Counting()
+    model = counting()
     first = bench(model, samplers=["heun", "dpmpp_2m"], nfe=[4, 8], metrics=["time"], out=tmp_path)
     model.calls = 0
     again = bench(model, samplers=["heun", "dpmpp_2m"], nfe=[4, 8], metrics=["time"], out=tmp_path)
@@ -160,21 +149,21 @@ def test_rerun_computes_nothing_and_added_budgets_only_the_new_cells(tmp_path):
 
 
 def test_rerun_adds_only_the_missing_metric(tmp_path):
-    timed = bench(Counting(), samplers=["euler", "ddpm"], nfe=[4], metrics=["time"], out=tmp_path)
-    both = bench(Counting(), samplers=["euler", "ddpm"], nfe=[4], metrics=["ode"], out=tmp_path)
+    timed = bench(counting(), samplers=["euler", "ddpm"], nfe=[4], metrics=["time"], out=tmp_path)
+    both = bench(counting(), samplers=["euler", "ddpm"], nfe=[4], metrics=["ode"], out=tmp_path)
     for old, new in zip(timed, both):
         assert new["time_per_sample_s"] == old["time_per_sample_s"]  # kept, not re-measured
     assert both[0]["ode_rmse"] > 0 and both[1]["ode_rmse"] is None  # ddpm is stochastic
 
 
 def test_other_settings_in_the_folder_are_refused(tmp_path):
-    bench(Counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path)
+    bench(counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path)
     with pytest.raises(BenchError, match=r"holds a benchmark with other settings \(.*num: 2 there, 3 here"):
-        bench(Counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path, num=3)
+        bench(counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path, num=3)
     with pytest.raises(BenchError, match="options of euler"):
-        bench(Counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path,
+        bench(counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path,
               options={"euler": {"s_churn": 1.0}})
-    (cell,) = bench(Counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path, num=3,
+    (cell,) = bench(counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path, num=3,
                     overwrite=True)
     assert cell["num"] == 3
 
@@ -185,14 +174,14 @@ def test_bad_api_input_names_the_argument(tmp_path):
              "ode_num": dict(ode_num=5), "ref": dict(metrics=["fd"])}
     for param, kwargs in cases.items():
         with pytest.raises(BenchError) as info:
-            bench(Counting(), **{"samplers": ["euler"], "nfe": [4], **kwargs})
+            bench(counting(), **{"samplers": ["euler"], "nfe": [4], **kwargs})
         assert info.value.param == param, (param, str(info.value))
     with pytest.raises(BenchError, match="shape="):
-        run_bench(Counting(), samplers=["euler"], nfe=[4])
+        run_bench(counting(), samplers=["euler"], nfe=[4])
 
 
 def test_conditioning_of_a_plain_denoiser_is_split_by_batch():
-    gm, seen = Counting().denoiser, []
+    gm, seen = counting().denoiser, []
 
     def denoiser(x, sigma, offset, scale):
         seen.append((offset.shape[0], offset.dtype, scale))

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import samplers
+from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools import generate as pipeline
 from tools import generate_cli
 from tools.seeds import format_seeds, parse_seeds
@@ -34,13 +35,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine is shared: one thread, which is also fastest for a net this small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_checkpoint(path: Path, num_classes: int) -> Path:

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import assert_schedule
+from _support import assert_schedule, one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
 from tools import generate_cli, tune_cli
@@ -25,13 +25,7 @@ EVALUATION_SEEDS = range(64)
 DIGITS = Path(__file__).resolve().parents[1] / "edm" / "weights" / "digits.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine is shared: one thread, which is also fastest for problems this small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
