@@ -39,8 +39,12 @@ class ReferenceCache:
         final_jump = sig[-1] == 0
         key = (sig[0], sig[-2] if final_jump else sig[-1], final_jump)
         if key not in self._cache:
-            x = self.latents.to(torch.float64) * key[0]
-            ends = [key[0], key[1], *([0.0] if final_jump else [])]
-            self._cache[key] = reference_sample(self.denoiser, x, ends, rtol=self.rtol, atol=self.atol,
-                                                cond=self.cond)
+            start, end = key[:2]
+            if final_jump:  # the jump from the shared no-jump end point: one ODE solve serves both kinds
+                self._cache[key] = reference_sample(self.denoiser, self([start, end]), [end, 0.0],
+                                                    cond=self.cond)
+            else:
+                self._cache[key] = reference_sample(self.denoiser, self.latents.to(torch.float64) * start,
+                                                    [start, end], rtol=self.rtol, atol=self.atol,
+                                                    cond=self.cond)
         return self._cache[key]
