@@ -7,6 +7,8 @@ Exponential Integrator"): one denoiser call per step, earlier derivatives reused
   diffusers' ``IPNDMScheduler`` (a v-prediction scheduler whose DDIM step on the combined eps is our
   Euler step on the combined d; tests/test_ipndm_parity.py). The variable-step iPNDM (exact
   Adams-Bashforth weights of the actual steps, ComfyUI's ``ipndm_v``) is ``lms`` here.
+  ``ipndm_afs`` is iPNDM with the analytical first step (no model call at sigma_max), the variant
+  few-step studies use at NFE ~5; diffusers' scheduler also starts that way.
 * ``deis``: DEIS "tAB", an exponential-integrator Adams-Bashforth. In the EDM parametrisation the ODE is
   dx/dsigma = eps(sigma) with eps = (x - D)/sigma; DEIS fits a Lagrange polynomial in
   u = log sigma through the last ``order`` eps values and integrates it exactly:
@@ -22,6 +24,7 @@ import math
 from functools import cache
 
 import numpy as np
+import torch
 
 from .registry import register
 from .steps import lincomb, report
@@ -39,22 +42,37 @@ AB_COEFFS = (
 )
 
 
-@register("ipndm", order=2, nfe_per_step=1, options={"max_order": 4}, reference=ZHANG_CHEN,
-          description="iPNDM: constant-coefficient Adams-Bashforth (up to 4th) on dx/dsigma, warm start")
-def ipndm(model, x, sigmas, *, noise=None, callback=None, max_order=4):
+GENIE_AFS = ("Dockhorn et al. 2022, GENIE: Higher-Order Denoising Diffusion Solvers (analytical first "
+             "step); Zhou et al. 2024, Fast ODE-based Sampling for Diffusion Models in Around 5 Steps")
+
+
+def ipndm_nfe(sigmas, options) -> int:
+    """Denoiser calls of ``ipndm`` on ``sigmas``: one per step, none for an analytical first step."""
+    steps = len(sigmas) - 1
+    return steps - (1 if options["afs"] and steps else 0)
+
+
+def ipndm(model, x, sigmas, *, noise=None, callback=None, max_order=4, afs=False):
     """iPNDM: x_next = x + (sigma_next - sigma) * sum_k c_k d_{i-k} with the classic AB coefficients.
 
     The first steps use orders 1, 2, 3 (as many derivatives as exist). The coefficients assume equal
     steps; on a smoothly graded schedule (Karras) the unequal past nodes leave an O(h^3) local error,
     so the method is globally second order whatever ``max_order`` >= 2 (measured in
     tests/test_convergence.py); higher ``max_order`` still lowers the error constant at few steps.
+
+    ``afs`` (analytical first step): at sigma_max the noise dominates x, so d_0 = (x - D) / sigma is
+    taken as x / sigma (D := 0) without calling the model, and the saved call buys one more step.
+    The first step is then off by (sigma_0 - sigma_1) / sigma_0 * D(x; sigma_0) ~ the data mean, an
+    error the flow contracts on the way down but which makes the method first order as steps grow:
+    a few-step option, for data of mean near 0 started at sigma_max >> the data's scale. It is
+    diffusers' IPNDMScheduler's first step from t = 1 (tests/test_ipndm_parity.py).
     """
     if not isinstance(max_order, int) or isinstance(max_order, bool) or not 1 <= max_order <= 4:
         raise ValueError(f"ipndm max_order must be an integer in 1..4, got {max_order!r}")
     ds = []  # derivatives, newest first
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma)
+        denoised = torch.zeros_like(x) if afs and i == 0 else model(x, sigma)
         report(callback, i, x, sigma, denoised)
         ds.insert(0, (x - denoised) / sigma)
         del ds[max_order:]
@@ -62,6 +80,16 @@ def ipndm(model, x, sigmas, *, noise=None, callback=None, max_order=4):
         coeffs = AB_COEFFS[len(ds) - 1]
         x = lincomb((1.0, x), *((dt * c, d) for c, d in zip(coeffs, ds)))
     return x
+
+
+register("ipndm", order=2, nfe_per_step=1, options={"max_order": 4, "afs": False}, reference=ZHANG_CHEN,
+         description="iPNDM: constant-coefficient Adams-Bashforth (up to 4th) on dx/dsigma, warm start",
+         count_nfe=ipndm_nfe)(ipndm)
+# The saved first call is what last_step_nfe = 0 books: steps - 1 calls for `steps` steps.
+register("ipndm_afs", order=1, nfe_per_step=1, last_step_nfe=0, options={"max_order": 4, "afs": True},
+         reference=f"{ZHANG_CHEN}; {GENIE_AFS}",
+         description="iPNDM with an analytical first step (no call at sigma_max): a few-step sampler",
+         count_nfe=ipndm_nfe)(ipndm)
 
 
 # --- DEIS (tAB) ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import samplers
-from _support import default_dtype, mixture, start
+from _support import Counting, default_dtype, mixture, start
 
 # --- diffusers' IPNDMScheduler -------------------------------------------------------------------
 
@@ -121,3 +121,21 @@ def test_full_diffusers_run_is_ipndm_with_zero_denoiser_at_infinity():
 
     limit = samplers.sample(denoiser, noise * 1e8, [1e8, *sigmas], "ipndm")
     assert (limit - theirs).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("sigma_max", [80.0, 1e4])
+def test_full_diffusers_run_is_ipndm_afs(sigma_max):
+    """ipndm_afs makes that model-blind first step itself: started at any sigma_max from sigma_max * n,
+    it spends no call there (d_0 = x / sigma_max = n, x_1 = sigma_1 n) and then equals the whole
+    diffusers run from t = 1, with one call fewer than ipndm on the same schedule."""
+    scheduler, denoiser = ipndm_scheduler(10), mixture()
+    noise = start(batch=2, sigma_max=1.0)
+    _, theirs = run_diffusers(scheduler, v_model(denoiser), noise.clone())
+    sigmas = [sigma_max, *edm_sigmas(scheduler)]
+    model = Counting(denoiser)
+    ours = samplers.sample(model, noise * sigma_max, sigmas, "ipndm_afs")
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10 * theirs.abs().max().item())
+    assert model.calls == len(sigmas) - 2 == samplers.get("ipndm_afs").nfe(len(sigmas) - 1)
+    # the option on plain ipndm is the same sampler
+    again = samplers.sample(denoiser, noise * sigma_max, sigmas, "ipndm", afs=True)
+    assert torch.equal(again, ours)

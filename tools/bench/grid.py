@@ -80,9 +80,10 @@ def fit_budget(sampler: str, schedule_name: str, schedule: Schedule, budget: int
     spec = samplers.get(sampler)
     if spec.adaptive and spec.count_nfe is None:
         return cell(skip=f"{sampler} is adaptive: its NFE is known only after it runs")
-    # Every step evaluates the denoiser at least once, so more than `budget` steps never fit. Counting down
-    # finds the most steps that fit even where the NFE is not a fixed function of the step count.
-    for steps in range(budget, 0, -1):
+    # Every step but an analytical first one (ipndm_afs) evaluates the denoiser at least once, so more than
+    # `budget + 1` steps never fit. Counting down finds the most steps that fit even where the NFE is not a
+    # fixed function of the step count.
+    for steps in range(budget + 1, 0, -1):
         try:
             sigmas = schedule(steps)
         except ValueError as e:
