@@ -13,10 +13,12 @@ Side by side, at NFE budgets 5, 10, 20 and 50 (each sampler takes the most steps
   polyexponential schedules.
 * ours: every deterministic registered sampler with default options on every registered schedule that
   spans the same range (a schedule that stops above 0.002 solves another problem), plus, at each
-  budget, schedules tuned by ``tools.bench.tune_schedule`` for our best few samplers on a calibration
-  batch whose seeds are disjoint from the evaluation seeds.
+  budget, schedules tuned by ``tools.bench.tune_schedule`` for our best few samplers (the best three,
+  and any other within 1.5x of the best untuned error) on a calibration batch whose seeds are disjoint
+  from the evaluation seeds.
 
-    PYTHONPATH=. python bench/accuracy.py [--num 64] [--calibration 64] [--tune 3] [--out bench/results]
+    PYTHONPATH=. python bench/accuracy.py [--num 64] [--calibration 64] [--tune 3] [--tune-within 1.5]
+                                          [--out bench/results]
 
 Writes ``DIR/accuracy.md`` (summary + the full table), ``DIR/accuracy/`` (every cell as
 results.csv/json/md and ``ode_rmse.png``, via ``tools.bench.outputs``) and the tuned schedules as
@@ -227,17 +229,27 @@ def our_cells(problem: Problem, budget: int) -> list[dict]:
     return cells
 
 
-def tuned_cells(problem: Problem, budget: int, untuned: list[dict], count: int, calibration: int,
-                schedule_dir: Path) -> list[dict]:
-    """Tune the schedule of our ``count`` best samplers at this budget, starting from their best schedule."""
+def tune_candidates(untuned: list[dict], count: int, within: float) -> dict[str, dict]:
+    """Sampler -> its best untuned cell, for the ``count`` best samplers and every other one whose best
+    untuned error is within ``within`` x the best's (a sampler just behind may gain most from tuning)."""
     best_by_sampler: dict[str, dict] = {}
     for c in sorted(untuned, key=lambda c: c["ode_rmse"]):
         name = c["sampler"].removeprefix("ours:")
-        if samplers.get(name).nfe_per_step and name not in best_by_sampler and c["steps"] is not None:
+        if c["steps"] is not None and name not in best_by_sampler and samplers.get(name).nfe_per_step:
             best_by_sampler[name] = c
+    ranked = list(best_by_sampler.items())
+    if not ranked:
+        return {}
+    limit = ranked[0][1]["ode_rmse"] * within
+    return {name: c for rank, (name, c) in enumerate(ranked) if rank < count or c["ode_rmse"] <= limit}
+
+
+def tuned_cells(problem: Problem, budget: int, candidates: dict[str, dict], calibration: int,
+                schedule_dir: Path) -> list[dict]:
+    """Tune each candidate sampler's schedule at this budget, starting from its best untuned schedule."""
     cells = []
     seeds = list(range(CALIBRATION_SEED0, CALIBRATION_SEED0 + calibration))
-    for name, start in list(best_by_sampler.items())[:count]:
+    for name, start in candidates.items():
         init = schedules.get(start["schedule"])(start["steps"], SIGMA_MIN, SIGMA_MAX)
         result = tune_schedule(problem.denoiser, name, budget, shape=SHAPE, sigma_min=SIGMA_MIN,
                                sigma_max=SIGMA_MAX, seeds=seeds, init=init)
@@ -294,6 +306,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num", type=int, default=64, help="evaluation samples (seeds 0..num-1)")
     parser.add_argument("--calibration", type=int, default=64, help="calibration samples for tuning")
     parser.add_argument("--tune", type=int, default=3, help="our best samplers to tune per budget")
+    parser.add_argument("--tune-within", type=float, default=1.5,
+                        help="also tune every sampler whose untuned error is within this factor of the best")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
 
@@ -304,8 +318,8 @@ def main(argv=None) -> int:
     cells = []
     for budget in BUDGETS:
         theirs, ours = kdiffusion_cells(problem, budget), our_cells(problem, budget)
-        tuned = tuned_cells(problem, budget, ours, args.tune, args.calibration,
-                            args.out / "accuracy" / "schedules")
+        tuned = tuned_cells(problem, budget, tune_candidates(ours, args.tune, args.tune_within),
+                            args.calibration, args.out / "accuracy" / "schedules")
         cells += theirs + ours + tuned
         best = {side: min(c["ode_rmse"] for c in group) for side, group in
                 (("k-diffusion", theirs), ("ours", ours + tuned))}
@@ -325,7 +339,7 @@ def main(argv=None) -> int:
         "# ODE accuracy at equal NFE: ours vs k-diffusion",
         "",
         f"`PYTHONPATH=. python bench/accuracy.py --num {args.num} --calibration {args.calibration} "
-        f"--tune {args.tune}`, {environment()}; {elapsed / 60:.1f} min.",
+        f"--tune {args.tune} --tune-within {args.tune_within:g}`, {environment()}; {elapsed / 60:.1f} min.",
         "",
         f"Exact Gaussian-mixture denoiser of shape {'x'.join(map(str, SHAPE))} (16 components), sigma "
         f"{SIGMA_MAX:g} -> {SIGMA_MIN:g} then the final denoising jump, {args.num} evaluation seeds, all in "
