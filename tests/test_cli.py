@@ -112,7 +112,7 @@ def test_samplers_json_matches_the_registry():
         assert record["description"] == spec.description
         assert record["options"] == {k: plain(v) for k, v in spec.options.items()}
         if spec.adaptive:
-            assert record["nfe"] == "adaptive"
+            assert record["nfe"] == ("varies" if spec.count_nfe else "adaptive")
         else:
             for steps in (1, 2, 10, 37):
                 assert evaluate_rule(record["nfe"], steps) == spec.nfe(steps), record
@@ -205,15 +205,21 @@ def test_unknown_schedule_is_a_usage_error():
 
 
 class _Spec:
-    def __init__(self, per_step, last, name="s"):
+    def __init__(self, per_step, last, name="s", count_nfe=None):
         self.name, self.nfe_per_step, self.last_step_nfe = name, per_step, last
-        self.adaptive = per_step is None
+        self.adaptive, self.count_nfe = per_step is None, count_nfe
 
 
 @pytest.mark.parametrize("per_step,last,rule", [(1, 1, "N"), (2, 1, "2N-1"), (3, 1, "3N-2"),
-                                                (2, 2, "2N"), (1, 2, "N+1"), (None, None, "adaptive")])
+                                                (2, 2, "2N"), (1, 2, "N+1"), (1, 0, "N-1"),
+                                                (None, None, "adaptive")])
 def test_nfe_rule(per_step, last, rule):
     assert cli.nfe_rule(_Spec(per_step, last)) == rule
+
+
+def test_nfe_rule_of_a_schedule_counted_sampler():
+    assert cli.nfe_rule(_Spec(None, None, count_nfe=lambda sigmas, options: 0)) == "varies"
+    assert cli.nfe_rule(samplers.get("restart")) == "varies"
 
 
 def test_table_shrinks_only_the_named_columns():

@@ -121,12 +121,13 @@ def _lookup(names: Sequence[str], lookup: Callable[[str], Any], param_hint: str)
 
 
 def nfe_rule(spec) -> str:
-    """The sampler's denoiser evaluations for N steps as a formula in N: "N", "2N-1", ..., "adaptive".
+    """The sampler's denoiser evaluations for N steps as a formula in N: "N", "2N-1", ..., "adaptive",
+    or "varies" for a sampler whose count depends on the schedule's levels.
 
     From the spec: N steps cost ``(N - 1) * nfe_per_step + last_step_nfe``.
     """
-    if spec.adaptive:
-        return "adaptive"
+    if spec.adaptive:  # restart's count depends on where its intervals fall in the schedule
+        return "varies" if spec.count_nfe is not None else "adaptive"
     per_step, offset = spec.nfe_per_step, spec.last_step_nfe - spec.nfe_per_step
     if per_step == 0:
         return str(spec.last_step_nfe)
@@ -211,7 +212,8 @@ def samplers_command(names: tuple[str, ...], as_json: bool) -> None:
     Columns:
       order       order of accuracy of the ODE solver
       NFE         denoiser evaluations for N steps ("2N-1": the last step, onto
-                  sigma = 0, takes one call); "adaptive": chosen while it runs
+                  sigma = 0, takes one call); "adaptive": chosen while it runs;
+                  "varies": counted on the schedule it runs (restart)
       stochastic  whether it injects fresh noise by default
       noise       kind of noise it can draw: iid normals, increments of one
                   Brownian path, or none
