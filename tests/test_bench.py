@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -235,6 +236,18 @@ def test_cli_writes_the_results(tmp_path):
     assert "holds a benchmark with other settings (" in other.output
     assert "num: 2 there, 3 here" in other.output
     assert len(other.output.splitlines()) == 4  # click's usage line, its hint, a blank and the one error line
+
+
+def test_fd_on_the_shipped_reference_resumes_from_another_install(tmp_path):
+    """The default reference is recorded as 'digits', not as this checkout's path to the shipped file, so
+    a results folder made elsewhere (bench/results/digits_bench) resumes here."""
+    out = tmp_path / "out"
+    args = ["--samplers", "euler", "--nfe", "3", "--metrics", "fd", "--num", 2, "--out", out]
+    assert edm(*args).exit_code == 0
+    written = json.loads((out / "results.json").read_text())
+    assert written["settings"]["ref"] == "digits" and written["settings"]["detector"] == "digits"
+    assert math.isfinite(written["cells"][0]["fd"])
+    assert edm(*args, "--ref", "digits").output.splitlines()[-1].startswith("1 cells (0 computed, 1 already")
 
 
 @pytest.mark.parametrize("args", [

@@ -353,9 +353,12 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
         if ref is None and not is_digits(model, base):
             raise BenchError("the fd metric needs a reference (--ref): statistics .npz or a set of images",
                              "ref")
-        detector_fn, mu, sigma, ref_name = fd_reference("digits" if ref is None else ref, base.shape,
-                                                        detector=detector, detector_weights=detector_weights,
-                                                        device=device, batch=batch)
+        ref = "digits" if ref is None else ref
+        detector_fn, mu, sigma, ref_name = fd_reference(ref, base.shape, detector=detector,
+                                                        detector_weights=detector_weights, device=device,
+                                                        batch=batch)
+        if ref == "digits":  # the shipped statistics by name, not by this install's path: results resume
+            ref_name = "digits"  # from any checkout (the detector setting tells the two digits refs apart)
         fd, detector_name = (detector_fn, mu, sigma), detector_fn.name
 
     settings = {
