@@ -65,7 +65,8 @@ def ipndm(model, x, sigmas, *, noise=None, callback=None, max_order=4, afs=False
     The first step is then off by (sigma_0 - sigma_1) / sigma_0 * D(x; sigma_0) ~ the data mean, an
     error the flow contracts on the way down but which makes the method first order as steps grow:
     a few-step option, for data of mean near 0 started at sigma_max >> the data's scale. It is
-    diffusers' IPNDMScheduler's first step from t = 1 (tests/test_ipndm_parity.py).
+    diffusers' IPNDMScheduler's first step from t = 1 (tests/test_ipndm_parity.py). A callback sees
+    that step's denoised image as 0, the value the step used.
     """
     if not isinstance(max_order, int) or isinstance(max_order, bool) or not 1 <= max_order <= 4:
         raise ValueError(f"ipndm max_order must be an integer in 1..4, got {max_order!r}")
