@@ -291,12 +291,13 @@ def combo(c: dict) -> str:
 LINES = ("k-diffusion", "ours untuned", "ours")  # the comparison's three lines: each side's best per budget
 
 
-def best_lines(cells: list[dict]) -> dict[str, dict[int, dict]]:
-    """Per budget, the best cell of k-diffusion, of ours on registry schedules, and of ours overall."""
+def best_lines(cells: list[dict], metric: str = "ode_rmse") -> dict[str, dict[int, dict]]:
+    """Per budget, the best cell by ``metric`` of k-diffusion, of ours on registry schedules, and of ours
+    overall."""
     theirs = [c for c in cells if c["sampler"].startswith("k-diffusion:")]
     ours = [c for c in cells if c["sampler"].startswith("ours:")]
     untuned = [c for c in ours if "tuned" not in c["schedule"]]
-    return {line: best_per_budget(group, "ode_rmse") for line, group in zip(LINES, (theirs, untuned, ours))}
+    return {line: best_per_budget(group, metric) for line, group in zip(LINES, (theirs, untuned, ours))}
 
 
 def summary(cells: list[dict]) -> tuple[list[str], int]:
@@ -317,15 +318,13 @@ def summary(cells: list[dict]) -> tuple[list[str], int]:
 
 def median_rows(cells: list[dict]) -> list[str]:
     """Markdown rows of the same comparison on the median seed's error (each side's best by median)."""
-    sides = {side: best_per_budget([{**c, "ode_rmse": c["ode_median"]} for c in cells
-                                    if c["sampler"].startswith(side + ":")], "ode_rmse")
-             for side in ("k-diffusion", "ours")}
+    best = best_lines(cells, "ode_median")
     rows = ["| NFE | k-diffusion best | median error | ours best | median error | ratio |",
             "|---|---|---|---|---|---|"]
     for budget in BUDGETS:
-        k, o = sides["k-diffusion"][budget], sides["ours"][budget]
-        rows.append(f"| {budget} | {combo(k)} | {fmt(k['ode_rmse'])} | {combo(o)} | {fmt(o['ode_rmse'])} | "
-                    f"{o['ode_rmse'] / k['ode_rmse']:.2f} |")
+        k, o = best["k-diffusion"][budget]["ode_median"], best["ours"][budget]["ode_median"]
+        rows.append(f"| {budget} | {combo(best['k-diffusion'][budget])} | {fmt(k)} | "
+                    f"{combo(best['ours'][budget])} | {fmt(o)} | {o / k:.2f} |")
     return rows
 
 
