@@ -1,11 +1,13 @@
 """The sampling side: sigma schedules, samplers and noise sources, each in a registry.
 
-Depends only on the denoiser protocol ``D(x, sigma, **cond) -> x0_hat``, never on ``edm``.
+Depends only on the denoiser protocol ``D(x, sigma, **cond) -> x0_hat`` (``samplers.protocol``), never
+on ``edm``.
 """
 
 from . import adams, ancestral, dpm_solver, guidance, karras, multistep, noise, restart, schedules, unipc  # noqa: F401  (register the samplers)
-from .api import sample
+from .api import check_options, sample
+from .protocol import OPTIONAL_ATTRIBUTES, Denoiser
 from .registry import SamplerSpec, get, list, register, steps_for_nfe
 
-__all__ = ["SamplerSpec", "get", "guidance", "list", "noise", "register", "sample", "schedules",
-           "steps_for_nfe"]
+__all__ = ["OPTIONAL_ATTRIBUTES", "Denoiser", "SamplerSpec", "check_options", "get", "guidance", "list",
+           "noise", "register", "sample", "schedules", "steps_for_nfe"]

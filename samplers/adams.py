@@ -52,6 +52,9 @@ def ipndm_nfe(sigmas, options) -> int:
     return steps - (1 if options["afs"] and steps else 0)
 
 
+@register("ipndm", order=2, nfe_per_step=1, reference=ZHANG_CHEN,
+          description="iPNDM: constant-coefficient Adams-Bashforth (up to 4th) on dx/dsigma, warm start",
+          count_nfe=ipndm_nfe)
 def ipndm(model, x, sigmas, *, noise=None, callback=None, max_order=4, afs=False):
     """iPNDM: x_next = x + (sigma_next - sigma) * sum_k c_k d_{i-k} with the classic AB coefficients.
 
@@ -83,14 +86,14 @@ def ipndm(model, x, sigmas, *, noise=None, callback=None, max_order=4, afs=False
     return x
 
 
-register("ipndm", order=2, nfe_per_step=1, options={"max_order": 4, "afs": False}, reference=ZHANG_CHEN,
-         description="iPNDM: constant-coefficient Adams-Bashforth (up to 4th) on dx/dsigma, warm start",
-         count_nfe=ipndm_nfe)(ipndm)
-# The saved first call is what last_step_nfe = 0 books: steps - 1 calls for `steps` steps.
-register("ipndm_afs", order=1, nfe_per_step=1, last_step_nfe=0, options={"max_order": 4, "afs": True},
-         reference=f"{ZHANG_CHEN}; {GENIE_AFS}",
-         description="iPNDM with an analytical first step (no call at sigma_max): a few-step sampler",
-         count_nfe=ipndm_nfe)(ipndm)
+@register("ipndm_afs", order=1, nfe_per_step=1, last_step_nfe=0, reference=f"{ZHANG_CHEN}; {GENIE_AFS}",
+          description="iPNDM with an analytical first step (no call at sigma_max): a few-step sampler",
+          count_nfe=ipndm_nfe)
+def ipndm_afs(model, x, sigmas, *, noise=None, callback=None, max_order=4, afs=True):
+    """iPNDM with the analytical first step: ``ipndm`` with ``afs=True`` by default.
+
+    The saved first call is what last_step_nfe = 0 books: steps - 1 calls for ``steps`` steps."""
+    return ipndm(model, x, sigmas, noise=noise, callback=callback, max_order=max_order, afs=afs)
 
 
 # --- DEIS (tAB) ----------------------------------------------------------------------------------
@@ -140,7 +143,8 @@ def deis_coefficients(sigmas: list[float], sigma_next: float) -> list[float]:
     return coeffs
 
 
-@register("deis", order=3, nfe_per_step=1, options={"order": 3}, reference=ZHANG_CHEN,
+@register("deis", order=3, nfe_per_step=1, reference=ZHANG_CHEN,
+          option_help={"order": "Order of the DEIS Adams-Bashforth polynomial in log sigma, 1 to 3."},
           description="DEIS tAB: exponential-integrator Adams-Bashforth in log sigma, orders 1-3")
 def deis(model, x, sigmas, *, noise=None, callback=None, order=3):
     """DEIS tAB of ``order`` 1..3 on eps, lower orders while history is short.

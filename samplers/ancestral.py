@@ -13,7 +13,7 @@ import torch
 from .registry import register
 from .steps import ancestral_split, dpm2_step, dpmpp_2s_step, euler_step, report
 
-ANCESTRAL = {"eta": 1.0, "s_noise": 1.0}
+K_DIFFUSION = "Crowson, k-diffusion (github.com/crowsonkb/k-diffusion)"
 
 
 def ancestral(update, model, x, sigmas, *, noise, callback, eta, s_noise):
@@ -29,31 +29,39 @@ def ancestral(update, model, x, sigmas, *, noise, callback, eta, s_noise):
     return x
 
 
-def _ancestral_sampler(update, doc):
-    def sampler(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0):
-        return ancestral(update, model, x, sigmas, noise=noise, callback=callback, eta=eta,
-                         s_noise=s_noise)
-
-    sampler.__doc__ = doc
-    return sampler
+@register("euler_ancestral", order=1, nfe_per_step=1, stochastic=True, noise="iid", reference=K_DIFFUSION)
+def euler_ancestral(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0):
+    """Ancestral sampling with Euler steps."""
+    return ancestral(euler_step, model, x, sigmas, noise=noise, callback=callback, eta=eta, s_noise=s_noise)
 
 
-K_DIFFUSION = "Crowson, k-diffusion (github.com/crowsonkb/k-diffusion)"
+@register("ddim", order=1, nfe_per_step=1, noise="iid",
+          option_help={"eta": "DDIM's eta: 0 is deterministic DDIM, 1 is DDPM's posterior noise."},
+          reference="Song et al. 2021, Denoising Diffusion Implicit Models (eq. 12)",
+          description="DDIM with parameter eta (0: deterministic, 1: DDPM), in sigma form")
+def ddim(model, x, sigmas, *, noise=None, callback=None, eta=0.0, s_noise=1.0):
+    """DDIM with parameter eta: an Euler step to sigma_down plus noise of std eta-scaled sigma_up."""
+    return ancestral(euler_step, model, x, sigmas, noise=noise, callback=callback, eta=eta, s_noise=s_noise)
 
-_euler_ancestral = _ancestral_sampler(euler_step, "Ancestral sampling with Euler steps.")
-register("euler_ancestral", order=1, nfe_per_step=1, stochastic=True, noise="iid", options=ANCESTRAL,
-         reference=K_DIFFUSION)(_euler_ancestral)
-register("ddim", order=1, nfe_per_step=1, noise="iid",
-         options={"eta": 0.0, "s_noise": 1.0},
-         reference="Song et al. 2021, Denoising Diffusion Implicit Models (eq. 12)",
-         description="DDIM with parameter eta (0: deterministic, 1: DDPM), in sigma form")(_euler_ancestral)
-register("ddpm", order=1, nfe_per_step=1, stochastic=True, noise="iid", options={"s_noise": 1.0},
-         reference="Ho et al. 2020, Denoising Diffusion Probabilistic Models (Algorithm 2)",
-         description="DDPM ancestral sampling: the posterior q(x_{t-1} | x_t, x0_hat) each step")(
-    _euler_ancestral)
-register("dpm_2_ancestral", order=2, nfe_per_step=2, last_step_nfe=1, stochastic=True, noise="iid",
-         options=ANCESTRAL, reference=K_DIFFUSION)(
-    _ancestral_sampler(dpm2_step, "Ancestral sampling with DPM-Solver-2 steps."))
-register("dpmpp_2s_ancestral", order=2, nfe_per_step=2, last_step_nfe=1, stochastic=True, noise="iid",
-         options=ANCESTRAL, reference="Lu et al. 2022, DPM-Solver++ (2S), ancestral as k-diffusion")(
-    _ancestral_sampler(dpmpp_2s_step, "Ancestral sampling with DPM-Solver++(2S) steps."))
+
+@register("ddpm", order=1, nfe_per_step=1, stochastic=True, noise="iid",
+          reference="Ho et al. 2020, Denoising Diffusion Probabilistic Models (Algorithm 2)",
+          description="DDPM ancestral sampling: the posterior q(x_{t-1} | x_t, x0_hat) each step")
+def ddpm(model, x, sigmas, *, noise=None, callback=None, s_noise=1.0):
+    """DDPM ancestral sampling: DDIM with eta = 1."""
+    return ancestral(euler_step, model, x, sigmas, noise=noise, callback=callback, eta=1.0, s_noise=s_noise)
+
+
+@register("dpm_2_ancestral", order=2, nfe_per_step=2, last_step_nfe=1, stochastic=True, noise="iid",
+          reference=K_DIFFUSION)
+def dpm_2_ancestral(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0):
+    """Ancestral sampling with DPM-Solver-2 steps."""
+    return ancestral(dpm2_step, model, x, sigmas, noise=noise, callback=callback, eta=eta, s_noise=s_noise)
+
+
+@register("dpmpp_2s_ancestral", order=2, nfe_per_step=2, last_step_nfe=1, stochastic=True, noise="iid",
+          reference="Lu et al. 2022, DPM-Solver++ (2S), ancestral as k-diffusion")
+def dpmpp_2s_ancestral(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0):
+    """Ancestral sampling with DPM-Solver++(2S) steps."""
+    return ancestral(dpmpp_2s_step, model, x, sigmas, noise=noise, callback=callback, eta=eta,
+                     s_noise=s_noise)

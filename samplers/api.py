@@ -1,4 +1,6 @@
-"""``samplers.sample``: run any registered sampler on any denoiser following the protocol."""
+"""``samplers.sample``: run any registered sampler on any denoiser following the protocol
+(``samplers.protocol.Denoiser``: ``D(x, sigma, **cond) -> x0_hat``, with optional attributes
+``samplers.protocol.OPTIONAL_ATTRIBUTES``)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ _NON_NEGATIVE = ("eta", "s_noise", "s_churn", "s_tmin", "s_tmax")
 
 
 class Model:
-    """A user's denoiser as samplers call it: ``model(x, sigma: float)``.
+    """A user's denoiser (``samplers.protocol.Denoiser``) as samplers call it: ``model(x, sigma: float)``.
 
     Broadcasts sigma to a ``[B]`` tensor of x's dtype, passes the conditioning, returns x's dtype,
     and exposes ``round_sigma`` on floats when the denoiser has one (discrete-time models).
@@ -35,7 +37,10 @@ class Model:
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-def _check_options(spec, options):
+def check_options(sampler, options) -> None:
+    """ValueError (one line) unless every option is one sampler ``sampler`` (a name or spec) has, and the
+    noise scales among them are non-negative numbers. The one check of option names, for every caller."""
+    spec = registry.get(sampler) if isinstance(sampler, str) else sampler
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         valid = ", ".join(spec.options) or "none"
@@ -51,15 +56,17 @@ def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, co
            **options):
     """Sample from ``denoiser`` starting at ``x = latents * sigmas[0]`` (as k-diffusion).
 
+    ``denoiser``: any ``D(x, sigma, **cond) -> x0_hat`` (``samplers.protocol.Denoiser``); it is called
+    with ``sigma`` a ``[B]`` tensor of x's dtype, and its ``round_sigma``, when it has one, is used.
     ``sigmas``: decreasing 1-D schedule ending in 0 (see ``samplers.schedules``). ``seeds``: one int per
     sample; all randomness then comes from per-seed streams, so a sample does not depend on the batch
     it is in. ``seeds=None`` draws from torch's global generator, as k-diffusion. ``noise`` overrides the
     noise source (any ``noise(sigma, sigma_next) -> tensor`` callable, e.g. k-diffusion's samplers').
     ``cond``: keyword arguments passed to every denoiser call. ``options``: the sampler's own options
-    (``samplers.get(name).options`` lists them with their defaults).
+    (``samplers.get(name).options`` lists them with their defaults, ``.option_help`` describes them).
     """
     spec = registry.get(sampler)
-    _check_options(spec, options)
+    check_options(spec, options)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("x must be a floating-point tensor of shape [B, ...] with B >= 1")
     sigma_list = validate_sigmas(sigmas).tolist()

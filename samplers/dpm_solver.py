@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from .phi import phi
 from .registry import register
 from .steps import ancestral_split, euler_step, lam, lincomb, report
 
@@ -41,28 +42,40 @@ class _Eps:
 
 
 def dpm_solver_step(eps: _Eps, x, t: float, t_next: float, order: int, r1: float | None = None):
-    """One DPM-Solver-1/2/3 step from lambda = t to t_next (Lu et al. 2022, Algorithms 1 and 2)."""
+    """One DPM-Solver-1/2/3 step from lambda = t to t_next (Lu et al. 2022, Algorithms 1 and 2).
+
+    In phi-function form (``samplers.phi``; ``h phi_1(h) = e^h - 1``), with h = t_next - t and
+    intermediate points s_k = t + r_k h:
+
+        DPM-Solver-1: x' = x - sigma_next h phi_1(h) eps_0
+        DPM-Solver-2: u_1 = x - sigma(s_1) r_1 h phi_1(r_1 h) eps_0,
+                      x' = x - sigma_next h phi_1(h) (eps_0 + (eps_1 - eps_0) / (2 r_1))
+        DPM-Solver-3: u_2 = x - sigma(s_2) [r_2 h phi_1(r_2 h) eps_0
+                                            + (r_2 / r_1) r_2 h phi_2(r_2 h) (eps_1 - eps_0)],
+                      x' = x - sigma_next [h phi_1(h) eps_0 + h phi_2(h) (eps_2 - eps_0) / r_2]
+    """
     h = t_next - t
     sigma_next = _sigma(t_next)
     e0 = eps("eps", x, t)
+    h_phi_1 = h * phi(1, h)
     if order == 1:
-        return lincomb((1.0, x), (-sigma_next * math.expm1(h), e0))
+        return lincomb((1.0, x), (-sigma_next * h_phi_1, e0))
     if order == 2:
         r1 = 0.5 if r1 is None else r1
         s1 = t + r1 * h
-        u1 = lincomb((1.0, x), (-_sigma(s1) * math.expm1(r1 * h), e0))
+        u1 = lincomb((1.0, x), (-_sigma(s1) * r1 * h * phi(1, r1 * h), e0))
         e1 = eps("eps_r1", u1, s1)
-        c = sigma_next / (2 * r1) * math.expm1(h)
-        return lincomb((1.0, x), (-sigma_next * math.expm1(h) + c, e0), (-c, e1))
+        c = sigma_next / (2 * r1) * h_phi_1
+        return lincomb((1.0, x), (-sigma_next * h_phi_1 + c, e0), (-c, e1))
     r1, r2 = 1 / 3, 2 / 3
     s1, s2 = t + r1 * h, t + r2 * h
-    u1 = lincomb((1.0, x), (-_sigma(s1) * math.expm1(r1 * h), e0))
+    u1 = lincomb((1.0, x), (-_sigma(s1) * r1 * h * phi(1, r1 * h), e0))
     e1 = eps("eps_r1", u1, s1)
-    c2 = _sigma(s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1)
-    u2 = lincomb((1.0, x), (-_sigma(s2) * math.expm1(r2 * h) + c2, e0), (-c2, e1))
+    c2 = _sigma(s2) * (r2 / r1) * r2 * h * phi(2, r2 * h)
+    u2 = lincomb((1.0, x), (-_sigma(s2) * r2 * h * phi(1, r2 * h) + c2, e0), (-c2, e1))
     e2 = eps("eps_r2", u2, s2)
-    c3 = sigma_next / r2 * (math.expm1(h) / h - 1)
-    return lincomb((1.0, x), (-sigma_next * math.expm1(h) + c3, e0), (-c3, e2))
+    c3 = sigma_next / r2 * h * phi(2, h)
+    return lincomb((1.0, x), (-sigma_next * h_phi_1 + c3, e0), (-c3, e2))
 
 
 def _ends(sigmas):
@@ -84,7 +97,7 @@ def _report(callback, eps, i, x, t):
         report(callback, i, x, _sigma(t), x - _sigma(t) * eps("eps", x, t))
 
 
-@register("dpm_fast", order=3, nfe_per_step=1, options={"eta": 0.0, "s_noise": 1.0}, noise="iid",
+@register("dpm_fast", order=3, nfe_per_step=1, noise="iid",
           reference=DPM_SOLVER, description="DPM-Solver-fast: orders 3,..,3,2,1 on uniform lambda steps;"
           " NFE = number of steps")
 def dpm_fast(model, x, sigmas, *, noise=None, callback=None, eta=0.0, s_noise=1.0):
@@ -131,12 +144,10 @@ class PIDController:
         return accept
 
 
-ADAPTIVE = {"order": 3, "rtol": 0.05, "atol": 0.0078, "h_init": 0.05, "pcoeff": 0.0, "icoeff": 1.0,
-            "dcoeff": 0.0, "accept_safety": 0.81, "eta": 0.0, "s_noise": 1.0}
-
-
-@register("dpm_adaptive", order=3, nfe_per_step=None, last_step_nfe=None, options=ADAPTIVE, noise="iid",
+@register("dpm_adaptive", order=3, nfe_per_step=None, last_step_nfe=None, noise="iid",
           reference=DPM_SOLVER + " (adaptive step size, Sec. 4)",
+          option_help={"order": "Order of the higher solver of the embedded pair: 2 (DPM-Solver-12) or 3 "
+                                "(DPM-Solver-23)."},
           description="DPM-Solver-12/23 with PID step-size control; NFE depends on rtol/atol")
 def dpm_adaptive(model, x, sigmas, *, noise=None, callback=None, order=3, rtol=0.05, atol=0.0078,
                  h_init=0.05, pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81, eta=0.0,
@@ -172,7 +183,6 @@ def dpm_adaptive(model, x, sigmas, *, noise=None, callback=None, order=3, rtol=0
 
 
 @register("dpmpp_sde", order=2, nfe_per_step=2, last_step_nfe=1, stochastic=True, noise="brownian",
-          options={"eta": 1.0, "s_noise": 1.0, "r": 0.5},
           reference="Lu et al. 2022, DPM-Solver++ (2S) with SDE noise, as k-diffusion",
           description="DPM-Solver++ singlestep SDE: noise at the intermediate point and the step end")
 def dpmpp_sde(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0, r=0.5):

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["ClassifierFreeGuidance", "drop_class_labels", "guided"]
+from .protocol import forward_attribute
 
-_PROTOCOL = ("sigma_min", "sigma_max", "sigma_data", "sigmas", "round_sigma")
+__all__ = ["ClassifierFreeGuidance", "drop_class_labels", "guided"]
 
 
 def drop_class_labels(cond: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,8 +66,8 @@ class ClassifierFreeGuidance:
     """``D_w = D_cond + w (D_cond - D_uncond)`` over any denoiser ``D(x, sigma, **cond)``.
 
     Args:
-        denoiser: the conditional denoiser; its protocol attributes (``sigma_min``, ``sigma_max``,
-            ``sigma_data``, ``sigmas``, ``round_sigma``) are exposed unchanged.
+        denoiser: the conditional denoiser (``samplers.protocol.Denoiser``); its optional protocol
+            attributes (``samplers.protocol.OPTIONAL_ATTRIBUTES``) are exposed unchanged.
         w: guidance weight; 0 is no guidance (one conditional call of ``B``), else one call of ``2B``.
         uncond: how to build the unconditional keyword arguments from the conditional ones: None
             (``class_labels`` zeroed), a mapping of replacements, or a function ``cond -> uncond``.
@@ -96,8 +96,11 @@ class ClassifierFreeGuidance:
     def __getattr__(self, name):
         # Only reached for attributes not set in __init__: forward the denoiser protocol attributes, so
         # hasattr(guided, "round_sigma") is true exactly when the wrapped denoiser has one.
-        if name in _PROTOCOL:
-            return getattr(self.__dict__["denoiser"], name)
+        if "denoiser" in self.__dict__:
+            try:
+                return forward_attribute(self.__dict__["denoiser"], name)
+            except AttributeError:
+                pass
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def unconditional(self, cond: Mapping[str, Any]) -> dict[str, Any]:

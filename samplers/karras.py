@@ -15,7 +15,6 @@ from .registry import register
 from .steps import churn_gamma, dpm2_step, euler_step, heun_step, report
 
 EDM_PAPER = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models"
-CHURN = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
 
 
 def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tmax, s_noise,
@@ -36,31 +35,40 @@ def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tma
     return x
 
 
-def _churn_sampler(update):
-    def sampler(model, x, sigmas, *, noise=None, callback=None, **churn):
-        return churned(update, model, x, sigmas, noise=noise, callback=callback, **churn)
-
-    sampler.__doc__ = update.__doc__
-    return sampler
-
-
-register("euler", order=1, nfe_per_step=1, noise="iid", options=CHURN, reference=EDM_PAPER,
-         description="Euler steps of the probability-flow ODE, with optional EDM churn")(
-    _churn_sampler(euler_step))
-register("heun", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid", options=CHURN,
-         reference=EDM_PAPER, description="Heun (2nd order) steps, Euler on the last; optional churn")(
-    _churn_sampler(heun_step))
-register("dpm_2", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid", options=CHURN,
-         reference="Lu et al. 2022 (DPM-Solver-2) in Karras' Algorithm 2, as k-diffusion",
-         description="Midpoint in log-sigma (DPM-Solver-2 style), Euler on the last; optional churn")(
-    _churn_sampler(dpm2_step))
+@register("euler", order=1, nfe_per_step=1, noise="iid", reference=EDM_PAPER,
+          description="Euler steps of the probability-flow ODE, with optional EDM churn")
+def euler(model, x, sigmas, *, noise=None, callback=None, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf,
+          s_noise=1.0):
+    """Euler on the PF-ODE in Algorithm 2's loop (churn off by default)."""
+    return churned(euler_step, model, x, sigmas, noise=noise, callback=callback, s_churn=s_churn,
+                   s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
 
 
-@register("edm", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid", options=CHURN,
-          reference=EDM_PAPER + ", Algorithm 2",
+@register("heun", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid", reference=EDM_PAPER,
+          description="Heun (2nd order) steps, Euler on the last; optional churn")
+def heun(model, x, sigmas, *, noise=None, callback=None, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf,
+         s_noise=1.0):
+    """Heun's method (EDM Algorithm 1) in Algorithm 2's loop; an Euler step onto sigma = 0."""
+    return churned(heun_step, model, x, sigmas, noise=noise, callback=callback, s_churn=s_churn,
+                   s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+@register("dpm_2", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid",
+          reference="Lu et al. 2022 (DPM-Solver-2) in Karras' Algorithm 2, as k-diffusion",
+          description="Midpoint in log-sigma (DPM-Solver-2 style), Euler on the last; optional churn")
+def dpm_2(model, x, sigmas, *, noise=None, callback=None, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf,
+          s_noise=1.0):
+    """DPM-Solver-2 steps (log-sigma midpoint) in Algorithm 2's loop; an Euler step onto sigma = 0."""
+    return churned(dpm2_step, model, x, sigmas, noise=noise, callback=callback, s_churn=s_churn,
+                   s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+@register("edm", order=2, nfe_per_step=2, last_step_nfe=1, noise="iid", reference=EDM_PAPER + ", Algorithm 2",
           description="EDM stochastic Heun (Algorithm 2), sigma_hat rounded by the model's round_sigma")
-def edm(model, x, sigmas, *, noise=None, callback=None, **churn):
+def edm(model, x, sigmas, *, noise=None, callback=None, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf,
+        s_noise=1.0):
     """EDM Algorithm 2 as NVlabs' edm_sampler: Heun with churn, gamma = min(S_churn/N, sqrt(2) - 1),
     and sigma_hat passed through the model's ``round_sigma`` when it has one (discrete-time models)."""
-    return churned(heun_step, model, x, sigmas, noise=noise, callback=callback,
-                   round_sigma=getattr(model, "round_sigma", None), **churn)
+    return churned(heun_step, model, x, sigmas, noise=noise, callback=callback, s_churn=s_churn,
+                   s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
+                   round_sigma=getattr(model, "round_sigma", None))

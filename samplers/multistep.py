@@ -15,6 +15,7 @@ from functools import cache
 
 import numpy as np
 
+from .phi import phi
 from .registry import register
 from .steps import lam, lincomb, report
 
@@ -48,7 +49,8 @@ def lms_coefficients(ts: list[float], t_next: float) -> list[float]:
     return coeffs
 
 
-@register("lms", order=4, nfe_per_step=1, options={"order": 4}, reference=K_DIFFUSION,
+@register("lms", order=4, nfe_per_step=1, reference=K_DIFFUSION,
+          option_help={"order": "How many past derivatives the linear multistep combines (its order), >= 1."},
           description="Linear multistep (Adams-Bashforth in sigma), up to `order` past derivatives")
 def lms(model, x, sigmas, *, noise=None, callback=None, order=4):
     """Linear multistep method on dx/dsigma with the last ``order`` derivatives."""
@@ -73,10 +75,19 @@ def dpmpp_multistep(model, x, sigmas, *, noise, callback, order, eta=0.0, s_nois
                     solver_type="heun", phi_3_weight=1.0):
     """DPM-Solver++(order M), optionally SDE (eta > 0), with lower-order warm start.
 
-    First-order part: x' = e^{-h(1+eta)} x + (1 - e^{-h(1+eta)}) D, h = lambda_next - lambda.
-    Higher orders add finite differences of past D's weighted by phi_2, phi_3 of h(1+eta).
-    ``phi_3_weight`` = 1 is k-diffusion's (and DPM-Solver's reference code's) third-order term; since
-    its D2 approximates h^2 D''/2, the Taylor expansion asks for 2, and only then is 3M third order.
+    In lambda = -log sigma, h = lambda_next - lambda and h_eta = (1 + eta) h, the step is the
+    exponential integrator of the phi-function expansion (``samplers.phi``) with D's derivatives
+    replaced by divided differences of the last denoised values D, D_1, D_2 (r0 = h_1 / h and
+    r1 = h_2 / h the earlier steps relative to this one):
+
+        d1_0 = (D - D_1) / r0,  d1_1 = (D_1 - D_2) / r1               (~ h D', one step back)
+        d1 = d1_0 + (d1_0 - d1_1) r0 / (r0 + r1),  d2 = (d1_0 - d1_1) / (r0 + r1)   (~ h D', h^2 D''/2)
+        x' = (sigma_next / sigma) e^{-eta h} x + h_eta phi_1 D + h_eta phi_2 d1 + w h_eta phi_3 d2
+
+    with phi_k = phi_k(-h_eta). The second order uses ``d = d1_0`` alone, weighted by h_eta phi_2
+    (``solver_type='heun'``) or h_eta phi_1 / 2 (``'midpoint'``). ``phi_3_weight`` w = 1 is
+    k-diffusion's (and DPM-Solver's reference code's) third-order term; since d2 approximates
+    h^2 D''/2, the Taylor expansion asks for 2, and only then is 3M third order.
     """
     if solver_type not in ("heun", "midpoint"):
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
@@ -90,23 +101,21 @@ def dpmpp_multistep(model, x, sigmas, *, noise, callback, order, eta=0.0, s_nois
             continue
         h = lam(sigma_next) - lam(sigma)
         h_eta = h * (1 + eta)
-        decay = math.exp(-h_eta)
-        terms = [(decay, x), (1 - decay, denoised)]
-        phi_2 = math.expm1(-h_eta) / h_eta + 1
+        decay = sigma_next / sigma * math.exp(-eta * h)  # = e^{-h_eta}
+        terms = [(decay, x), (h_eta * phi(1, -h_eta), denoised)]
         if order >= 3 and len(history) >= 2:
-            (d_1, h_1), (d_2, h_2) = history[:2]
+            (denoised_1, h_1), (denoised_2, h_2) = history[:2]
             r0, r1 = h_1 / h, h_2 / h
-            phi_3 = (phi_2 / h_eta - 0.5) * phi_3_weight
-            # phi_2 * D' - phi_3 * D'' with D', D'' from divided differences of D over the last three
-            # points, written as weights on (D - D_1) and (D_1 - D_2).
-            a = (phi_2 * (1 + r0 / (r0 + r1)) - phi_3 / (r0 + r1)) / r0
-            b = (phi_3 - phi_2 * r0) / ((r0 + r1) * r1)
-            terms += [(a, denoised), (b - a, d_1), (-b, d_2)]
+            d1_0 = (denoised - denoised_1) / r0
+            d1_1 = (denoised_1 - denoised_2) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            terms += [(h_eta * phi(2, -h_eta), d1), (phi_3_weight * h_eta * phi(3, -h_eta), d2)]
         elif order >= 2 and history:
-            d_1, h_1 = history[0]
-            weight = phi_2 if solver_type == "heun" else 0.5 * (1 - decay)
-            c = weight * h / h_1  # weight * (D - D_1) / r, r = h_1 / h
-            terms += [(c, denoised), (-c, d_1)]
+            denoised_1, h_1 = history[0]
+            d = (denoised - denoised_1) / (h_1 / h)
+            weight = phi(2, -h_eta) if solver_type == "heun" else 0.5 * phi(1, -h_eta)
+            terms.append((h_eta * weight, d))
         x = lincomb(*terms)
         if eta and s_noise:
             noise_std = sigma_next * math.sqrt(-math.expm1(-2 * eta * h))
@@ -116,32 +125,50 @@ def dpmpp_multistep(model, x, sigmas, *, noise, callback, order, eta=0.0, s_nois
     return x
 
 
-def _dpmpp(order, fixed):
-    def sampler(model, x, sigmas, *, noise=None, callback=None, **options):
-        return dpmpp_multistep(model, x, sigmas, noise=noise, callback=callback, order=order,
-                               **fixed, **options)
-
-    return sampler
-
-
 DPMPP = "Lu et al. 2022, DPM-Solver++ (multistep); SDE variants as k-diffusion"
-register("dpmpp_2m", order=2, nfe_per_step=1, options={}, reference=DPMPP,
-         description="DPM-Solver++(2M): second-order multistep exponential integrator")(
-    _dpmpp(2, {"eta": 0.0, "solver_type": "midpoint"}))
-register("dpmpp_2m_sde", order=2, nfe_per_step=1, stochastic=True, noise="brownian",
-         options={"eta": 1.0, "s_noise": 1.0, "solver_type": "midpoint"}, reference=DPMPP,
-         description="DPM-Solver++(2M) SDE (solver_type midpoint or heun)")(_dpmpp(2, {}))
-register("dpmpp_3m_sde", order=3, nfe_per_step=1, stochastic=True, noise="brownian",
-         options={"eta": 1.0, "s_noise": 1.0}, reference=DPMPP,
-         description="DPM-Solver++(3M) SDE")(_dpmpp(3, {}))
-register("dpmpp_3m", order=3, nfe_per_step=1, options={}, reference=DPMPP,
-         description="DPM-Solver++(3M), deterministic, third order (phi_3 weight 2)")(
-    _dpmpp(3, {"eta": 0.0, "phi_3_weight": 2.0}))
+
+
+@register("dpmpp_2m", order=2, nfe_per_step=1, reference=DPMPP,
+          description="DPM-Solver++(2M): second-order multistep exponential integrator")
+def dpmpp_2m(model, x, sigmas, *, noise=None, callback=None):
+    """DPM-Solver++(2M): the midpoint-type second-order multistep, deterministic."""
+    return dpmpp_multistep(model, x, sigmas, noise=noise, callback=callback, order=2, eta=0.0,
+                           solver_type="midpoint")
+
+
+@register("dpmpp_2m_sde", order=2, nfe_per_step=1, stochastic=True, noise="brownian", reference=DPMPP,
+          option_help={"solver_type": "Second-order correction of dpmpp_2m_sde: midpoint or heun."},
+          description="DPM-Solver++(2M) SDE (solver_type midpoint or heun)")
+def dpmpp_2m_sde(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0,
+                 solver_type="midpoint"):
+    """DPM-Solver++(2M) SDE: the second-order multistep with Brownian noise (eta = 0: the ODE)."""
+    return dpmpp_multistep(model, x, sigmas, noise=noise, callback=callback, order=2, eta=eta,
+                           s_noise=s_noise, solver_type=solver_type)
+
+
+@register("dpmpp_3m_sde", order=3, nfe_per_step=1, stochastic=True, noise="brownian", reference=DPMPP,
+          description="DPM-Solver++(3M) SDE")
+def dpmpp_3m_sde(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0):
+    """DPM-Solver++(3M) SDE with k-diffusion's phi_3 weight 1 (second order, see dpmpp_multistep)."""
+    return dpmpp_multistep(model, x, sigmas, noise=noise, callback=callback, order=3, eta=eta,
+                           s_noise=s_noise)
+
+
+@register("dpmpp_3m", order=3, nfe_per_step=1, reference=DPMPP,
+          description="DPM-Solver++(3M), deterministic, third order (phi_3 weight 2)")
+def dpmpp_3m(model, x, sigmas, *, noise=None, callback=None):
+    """DPM-Solver++(3M), deterministic, with the Taylor-correct phi_3 weight 2: third order."""
+    return dpmpp_multistep(model, x, sigmas, noise=noise, callback=callback, order=3, eta=0.0,
+                           phi_3_weight=2.0)
+
 
 # RES multistep (ComfyUI) weights the line through (lambda_prev, D_prev), (lambda, D) with phi_1, phi_2 of
-# -h: that is exactly the heun-type DPM-Solver++(2M) update above, so it is registered on the same code
-# (tests/test_new_multistep.py checks it against the phi-form written out independently).
-register("res_multistep", order=2, nfe_per_step=1, options={},
-         reference="Zhang et al. 2023, refined exponential solver (RES); multistep form as ComfyUI",
-         description="RES multistep: second-order exponential multistep with phi_1, phi_2 in lambda")(
-    _dpmpp(2, {"eta": 0.0, "solver_type": "heun"}))
+# -h: that is exactly the heun-type DPM-Solver++(2M) update above, so it runs on the same code
+# (tests/test_multistep_solvers.py checks it against the phi-form written out independently).
+@register("res_multistep", order=2, nfe_per_step=1,
+          reference="Zhang et al. 2023, refined exponential solver (RES); multistep form as ComfyUI",
+          description="RES multistep: second-order exponential multistep with phi_1, phi_2 in lambda")
+def res_multistep(model, x, sigmas, *, noise=None, callback=None):
+    """RES multistep: the heun-type DPM-Solver++(2M) (phi_1, phi_2 weights), deterministic."""
+    return dpmpp_multistep(model, x, sigmas, noise=noise, callback=callback, order=2, eta=0.0,
+                           solver_type="heun")

@@ -61,14 +61,29 @@ def _generators(seeds, stream, device) -> list[torch.Generator]:
 
 
 def _draw_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Draw in float32 (float64 when asked) so half-precision runs see the same noise, rounded.
+    # Sampler noise: draw in float32 (float64 when asked) so half-precision runs see the same noise,
+    # rounded. (Latents are always drawn in float32, as NVlabs'.)
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def latents(seeds: Sequence[int], shape: Sequence[int], *, device="cpu", dtype=torch.float32):
-    """Standard normal latents ``[len(seeds), *shape]``, sample ``i`` drawn from seed ``i`` alone."""
+#: the latent streams: NVlabs' (float32 draws, cast to the dtype asked for) and native float64 draws
+LATENT_DRAWS = {"nvlabs": torch.float32, "float64": torch.float64}
+
+
+def latents(seeds: Sequence[int], shape: Sequence[int], *, device="cpu", dtype=torch.float32,
+            stream: str = "nvlabs"):
+    """Standard normal latents ``[len(seeds), *shape]``, sample ``i`` drawn from seed ``i`` alone.
+
+    ``stream="nvlabs"`` (the default, what ``edm generate`` uses): NVlabs' stream, float32 draws from
+    ``torch.Generator().manual_seed(seed % 2**32)``, then cast to ``dtype``; float64 (or float16) latents
+    are the float32 ones cast, whatever the dtype. ``stream="float64"``: a second stream, the same
+    generators drawing float64 directly (full float64 resolution; NOT NVlabs' latents), cast to
+    ``dtype``; kept for benchmarks defined on it (``bench/accuracy.py``).
+    """
+    if stream not in LATENT_DRAWS:
+        raise ValueError(f"unknown latent stream {stream!r}; valid: {', '.join(LATENT_DRAWS)}")
     seeds = check_seeds(seeds, len(seeds))
-    out = torch.empty((len(seeds), *shape), device=device, dtype=_draw_dtype(dtype))
+    out = torch.empty((len(seeds), *shape), device=device, dtype=LATENT_DRAWS[stream])
     for row, gen in zip(out, _generators(seeds, LATENT_STREAM, device)):
         row.normal_(generator=gen)
     return out.to(dtype)

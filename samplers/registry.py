@@ -1,21 +1,83 @@
 """The sampler registry: every sampler with the metadata a benchmark needs.
 
-A sampler is a function ``fn(model, x, sigmas, *, noise, callback, **options) -> x`` where
+A sampler is a function ``fn(model, x, sigmas, *, noise=None, callback=None, **options) -> x`` where
 ``model(x, sigma)`` is the denoiser with ``sigma`` a Python float, ``sigmas`` a list of floats
 (decreasing, ending in 0) and ``noise(sigma, sigma_next)`` a standard normal draw shaped like ``x``.
-``samplers.sample`` builds those arguments from a user's denoiser, schedule and seeds.
+``samplers.sample`` builds those arguments from a user's denoiser (anything following
+``samplers.protocol.Denoiser``), schedule and seeds.
+
+A sampler's options are declared once, in its function's signature: every keyword-only parameter
+other than ``noise`` and ``callback`` is an option and its default is the option's default (as the
+schedule registry does). The function is named after the sampler, so tracebacks and profiles tell
+samplers apart; entries sharing an algorithm are small named functions calling one implementation.
+Each option has a one-line description: the common text in :data:`OPTION_HELP`, or the sampler's own.
 """
 
 from __future__ import annotations
 
 import builtins
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 NOISE_KINDS = (None, "iid", "brownian")
+NON_OPTIONS = ("noise", "callback")  # keyword-only parameters of every sampler that are not options
 NfeCounter = Callable[[builtins.list[float], Mapping[str, Any]], int]  # (sigmas, options) -> exact NFE
+
+# One-line descriptions of the options several samplers share; ``register(option_help=...)`` overrides
+# or adds a sampler's own.
+OPTION_HELP: Mapping[str, str] = MappingProxyType({
+    "eta": "Noise scale of ancestral/SDE steps: 0 is deterministic (the ODE), 1 the full reverse SDE.",
+    "s_noise": "Scale of the fresh noise (EDM's S_noise; slightly above 1 offsets detail loss).",
+    "s_churn": "EDM churn: noise added back per step (EDM's S_churn; 0 is deterministic).",
+    "s_tmin": "Churn only at sigma >= this (EDM's S_tmin).",
+    "s_tmax": "Churn only at sigma <= this (EDM's S_tmax).",
+    "r": "Where the intermediate evaluation sits, as a fraction of the step in log sigma.",
+    "order": "Order of the solver (how many evaluations each step combines).",
+    "solver_type": "Second-order correction of the multistep: midpoint or heun.",
+    "rtol": "Relative error tolerance of the adaptive step-size control.",
+    "atol": "Absolute error tolerance of the adaptive step-size control.",
+    "h_init": "Initial step size (in log sigma) of the adaptive solver.",
+    "pcoeff": "Proportional coefficient of the PID step-size controller.",
+    "icoeff": "Integral coefficient of the PID step-size controller.",
+    "dcoeff": "Derivative coefficient of the PID step-size controller.",
+    "accept_safety": "Accept an adaptive step when its scaled error is at most this.",
+    "max_order": "Highest Adams-Bashforth order (1 to 4); the first steps warm up with lower ones.",
+    "afs": "Analytical first step: take D = 0 at sigma_max instead of calling the model (one NFE less).",
+    "restart_list": "Restart intervals 't_min,t_max,K,n;...': K times, noise up to t_max and re-solve "
+                    "back with n Heun steps.",
+    "variant": "UniPC's B(h): bh1 (B = -h) or bh2 (B = expm1(-h)).",
+    "corrector": "Correct each step with UniC, using the next step's evaluation (no extra NFE).",
+    "lower_order_final": "Lower the order on the last steps (at most the number of steps left).",
+})
+
+
+def signature_options(fn: Callable) -> dict[str, Any]:
+    """A sampler function's options: its keyword-only parameters but ``noise`` and ``callback``,
+    with their defaults. TypeError if one has no default, if the function takes ``**kwargs`` (options
+    it would accept but not declare) or if it cannot be called as a sampler."""
+    name = getattr(fn, "__name__", repr(fn))
+    params = inspect.signature(fn).parameters
+    kinds = [p.kind for p in params.values()]
+    positional = [p for p in params.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 3 and inspect.Parameter.VAR_POSITIONAL not in kinds:
+        raise TypeError(f"sampler function {name} must take (model, x, sigmas) positionally")
+    if inspect.Parameter.VAR_KEYWORD in kinds:
+        raise TypeError(f"sampler function {name} takes **kwargs: declare its options as keyword-only "
+                        "parameters with defaults")
+    for key in NON_OPTIONS:
+        if key not in params or params[key].default is not None:
+            raise TypeError(f"sampler function {name} must take {key}=None")
+    options = {}
+    for key, p in params.items():
+        if p.kind is p.KEYWORD_ONLY and key not in NON_OPTIONS:
+            if p.default is p.empty:
+                raise TypeError(f"option {key!r} of sampler function {name} has no default")
+            options[key] = p.default
+    return options
 
 
 @dataclass(frozen=True)
@@ -28,6 +90,8 @@ class SamplerSpec:
     one Brownian path (samplers whose noise over overlapping intervals must be correlated).
     ``count_nfe(sigmas, options) -> int``, when given, is the exact count on a schedule (a list of
     floats) for samplers whose NFE depends on the schedule rather than on the number of steps alone.
+    ``options`` are the keyword-only parameters of ``fn`` (but ``noise``, ``callback``) with their
+    defaults; ``option_help`` has a one-line description of each.
     """
 
     name: str
@@ -38,6 +102,7 @@ class SamplerSpec:
     stochastic: bool
     noise: str | None
     options: Mapping[str, Any]
+    option_help: Mapping[str, str] = field(repr=False)
     reference: str
     description: str
     count_nfe: NfeCounter | None = field(default=None, repr=False)
@@ -84,23 +149,41 @@ _REGISTRY = Registry("sampler")
 
 
 def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False, noise=None,
-             options=None, reference="", description="", count_nfe=None):
+             option_help=None, reference="", description="", count_nfe=None):
     """Decorator adding a sampler function to the registry under ``name``.
 
-    One function may be registered several times (e.g. ``ddpm`` is ``ddim`` with eta = 1); the
-    spec's ``options`` are the defaults passed to it, and the only options a user may override.
+    The function must be named ``name``; its keyword-only parameters other than ``noise`` and
+    ``callback`` are the sampler's options, their defaults the option defaults (the only options a
+    user may override). Each option is described by ``option_help[option]`` if given, else by the
+    common text in :data:`OPTION_HELP`; ValueError if an option has neither. Entries sharing an
+    algorithm with other defaults are small functions of their own calling the shared implementation.
     ``count_nfe``: see :class:`SamplerSpec` (with ``nfe_per_step=None``, for a schedule-dependent NFE).
     """
     if noise not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
+    own_help = dict(option_help or {})
 
     def decorate(fn):
+        if getattr(fn, "__name__", None) != name:
+            raise ValueError(f"sampler {name!r}: its function must be named {name!r} (got "
+                             f"{getattr(fn, '__name__', fn)!r}), so tracebacks and profiles name it")
+        options = signature_options(fn)
+        stray = sorted(set(own_help) - set(options))
+        if stray:
+            raise ValueError(f"sampler {name!r}: option_help for {', '.join(stray)}, which is not an option "
+                             f"(options: {', '.join(options) or 'none'})")
+        helps = {key: own_help.get(key, OPTION_HELP.get(key)) for key in options}
+        missing = [key for key, text in helps.items() if not text]
+        if missing:
+            raise ValueError(f"sampler {name!r}: option(s) {', '.join(missing)} have no description; "
+                             "pass option_help= or add them to registry.OPTION_HELP")
+        doc_line = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY.add(name, SamplerSpec(
             name=name, fn=fn, order=order, nfe_per_step=nfe_per_step,
             last_step_nfe=nfe_per_step if last_step_nfe is None else last_step_nfe,
-            stochastic=stochastic, noise=noise, options=MappingProxyType(dict(options or {})),
-            reference=reference, description=description or (fn.__doc__ or "").strip().splitlines()[0],
-            count_nfe=count_nfe,
+            stochastic=stochastic, noise=noise, options=MappingProxyType(options),
+            option_help=MappingProxyType(helps), reference=reference,
+            description=description or (doc_line[0] if doc_line else ""), count_nfe=count_nfe,
         ))
         return fn
 

@@ -24,7 +24,9 @@ from .registry import register
 from .steps import heun_step, report
 
 RESTART = "Xu et al. 2023, Restart Sampling for Improving Generative Processes"
-DEFAULT_RESTARTS = ((0.06, 0.30, 2, 3),)
+# The default intervals, in the string syntax ``parse_restart_list`` (and the CLI's --restart-list)
+# accepts, so the registered default can be printed and passed back; DEFAULT_RESTARTS is its parsed value.
+DEFAULT_RESTART_LIST = "0.06,0.30,2,3"
 
 
 def parse_restart_list(restart_list) -> tuple[tuple[float, float, int, int], ...]:
@@ -48,6 +50,9 @@ def parse_restart_list(restart_list) -> tuple[tuple[float, float, int, int], ...
     return tuple(out)
 
 
+DEFAULT_RESTARTS = parse_restart_list(DEFAULT_RESTART_LIST)  # ((0.06, 0.3, 2, 3),)
+
+
 def restart_anchors(sigmas, intervals) -> dict[int, list[tuple[float, float, int, int]]]:
     """Schedule index -> the intervals restarted right after reaching it."""
     anchors: dict[int, list] = {}
@@ -60,8 +65,9 @@ def restart_anchors(sigmas, intervals) -> dict[int, list[tuple[float, float, int
     return anchors
 
 
-def restart_nfe(sigmas, restart_list=DEFAULT_RESTARTS) -> int:
-    """Exact denoiser evaluations of ``restart`` on ``sigmas`` (a list of floats)."""
+def restart_nfe(sigmas, restart_list=DEFAULT_RESTART_LIST) -> int:
+    """Exact denoiser evaluations of ``restart`` on ``sigmas`` (a list of floats); ``restart_list`` as
+    ``parse_restart_list`` accepts it (a string or a sequence of intervals)."""
     sigmas = [float(s) for s in sigmas]
     base = sum(2 if s_next > 0 else 1 for s_next in sigmas[1:])
     anchors = restart_anchors(sigmas, parse_restart_list(restart_list))
@@ -74,11 +80,13 @@ def _sub_schedule(t_max: float, t_min: float, n: int, rho: float = 7.0) -> list[
 
 
 @register("restart", order=2, nfe_per_step=None, last_step_nfe=None, stochastic=True, noise="iid",
-          options={"restart_list": DEFAULT_RESTARTS, "s_noise": 1.0}, reference=RESTART,
+          reference=RESTART,
           description="Restart sampling: Heun ODE steps, K noise-and-re-solve loops per restart interval",
           count_nfe=lambda sigmas, options: restart_nfe(sigmas, options["restart_list"]))
-def restart(model, x, sigmas, *, noise=None, callback=None, restart_list=DEFAULT_RESTARTS, s_noise=1.0):
-    """Heun along ``sigmas`` with restart intervals (see the module docstring for the NFE)."""
+def restart(model, x, sigmas, *, noise=None, callback=None, restart_list=DEFAULT_RESTART_LIST, s_noise=1.0):
+    """Heun along ``sigmas`` with restart intervals (see the module docstring for the NFE).
+
+    ``restart_list``: a string ``"t_min,t_max,K,n;..."`` or a sequence of ``(t_min, t_max, K, n)``."""
     anchors = restart_anchors(sigmas, parse_restart_list(restart_list))
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

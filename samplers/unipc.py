@@ -9,15 +9,15 @@ integrator's first-order part ``x' = (sigma_next / sigma) x + (1 - sigma_next / 
   more difference (``r = 1``): order p + 1 at no extra NFE, because the evaluation it uses is the
   one the next predictor needs anyway. The corrected x is kept; its D is not recomputed.
 * ``B(h)`` is ``-h`` (``bh1``) or ``expm1(-h)`` (``bh2``); the weights ``rho`` solve the order
-  conditions ``R rho = b`` with ``R[i][k] = r_k^i`` and ``b`` from the phi-function recursion in
-  ``_b_and_bh``. Order 2's predictor and order 1's corrector use the fixed ``rho = 1/2``, as the
-  reference implementation.
+  conditions ``R rho = b`` with ``R[i][k] = r_k^i`` and ``b_i = i! (-h) phi_{i+1}(-h) / B(h)``
+  (``samplers.phi``; ``_b_and_bh``). Order 2's predictor and order 1's corrector use the fixed
+  ``rho = 1/2``, as the reference implementation.
 
 Order: UniPC-p with the corrector converges at order p + 1 (UniP-p alone at p) when every step uses
 order p. With ``lower_order_final`` (the default, as diffusers) the last step is an uncorrected
 first-order step, which on a schedule ending at a positive sigma caps the global order at 2; onto
 sigma = 0 the last step is D itself. The registry's order (2) is the one the default options show on
-tests/test_unipc_restart.py's convergence check; ``lower_order_final=False`` gives order + 1.
+tests/test_convergence.py's order check; ``lower_order_final=False`` gives order + 1.
 
 Warm start with lower orders, ``lower_order_final`` caps the order at the number of steps left, and the
 final step onto sigma = 0 returns D (the h -> inf limit), as diffusers' UniPCMultistepScheduler
@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 
+from .phi import phi
 from .registry import register
 from .steps import lam, lincomb, report
 
@@ -39,16 +40,11 @@ VARIANTS = ("bh1", "bh2")
 
 
 def _b_and_bh(h: float, order: int, variant: str) -> tuple[list[float], float]:
-    """Right-hand sides ``b_1..b_order`` of the order conditions and ``B(h)`` (data prediction)."""
+    """Right-hand sides ``b_1..b_order`` of the order conditions and ``B(h)`` (data prediction):
+    ``b_i = i! (-h) phi_{i+1}(-h) / B(h)`` with ``B(h) = -h`` (bh1) or ``-h phi_1(-h) = expm1(-h)`` (bh2)."""
     hh = -h
-    h_phi_1 = math.expm1(hh)
-    b_h = hh if variant == "bh1" else h_phi_1
-    b, h_phi_k, factorial = [], h_phi_1 / hh - 1, 1
-    for i in range(1, order + 1):
-        b.append(h_phi_k * factorial / b_h)
-        factorial *= i + 1
-        h_phi_k = h_phi_k / hh - 1 / factorial
-    return b, b_h
+    b_h = hh if variant == "bh1" else hh * phi(1, hh)
+    return [math.factorial(i) * hh * phi(i + 1, hh) / b_h for i in range(1, order + 1)], b_h
 
 
 def _update(x, sigma, sigma_next, history, order, variant, rhos_for, new_denoised=None):
@@ -89,9 +85,8 @@ def _corrector_rhos(rks, b):
     return [0.5] if len(rks) == 1 else _solve(rks, b)
 
 
-@register("unipc", order=2, nfe_per_step=1,
-          options={"order": 3, "variant": "bh2", "corrector": True, "lower_order_final": True},
-          reference=UNIPC,
+@register("unipc", order=2, nfe_per_step=1, reference=UNIPC,
+          option_help={"order": "Order p of the UniP predictor, 1 to 3 (with the corrector, p + 1)."},
           description="UniPC multistep predictor-corrector (UniP-p + UniC, data prediction), 1 NFE/step")
 def unipc(model, x, sigmas, *, noise=None, callback=None, order=3, variant="bh2", corrector=True,
           lower_order_final=True):

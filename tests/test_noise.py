@@ -65,6 +65,25 @@ def test_latents_equal_nvlabs_per_seed_generators():
         assert torch.equal(row, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_latents_of_every_dtype_are_the_float32_stream_cast(dtype):
+    """NVlabs draws float32 per seed and casts: float64 latents are the float32 ones exactly."""
+    x32 = latents([0, 1, 2**40 + 5], SHAPE, dtype=torch.float32)
+    x = latents([0, 1, 2**40 + 5], SHAPE, dtype=dtype)
+    assert x.dtype == dtype and torch.equal(x, x32.to(dtype))
+
+
+def test_the_float64_latent_stream_is_named_and_drawn_in_float64():
+    """The second, explicitly named stream: the same per-seed generators drawing float64 directly."""
+    x = latents([0, 3], SHAPE, dtype=torch.float64, stream="float64")
+    for row, seed in zip(x, [0, 3]):
+        gen = torch.Generator().manual_seed(seed)
+        assert torch.equal(row, torch.randn(SHAPE, generator=gen, dtype=torch.float64))
+    assert not torch.equal(x, latents([0, 3], SHAPE, dtype=torch.float64))  # not NVlabs' latents
+    with pytest.raises(ValueError, match="unknown latent stream"):
+        latents([0], SHAPE, stream="nope")
+
+
 def test_sampler_noise_stream_differs_from_the_latent_stream():
     noise = SeededNormal([11], SHAPE)
     assert not torch.allclose(noise.draw()[0], latents([11], SHAPE)[0])

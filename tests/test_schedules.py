@@ -15,7 +15,8 @@ from samplers import schedules
 ALL = schedules.list()
 TABLE_FAMILIES = ["ddim_uniform", "normal", "sgm_uniform", "simple"]
 CONTINUOUS = ["exponential", "iddpm", "karras", "linear", "polyexponential", "ve", "vp"]
-BEYOND = ["ays", "beta", "kl_optimal", "linear_quadratic"]  # their own checks: tests/test_new_schedules.py
+BEYOND = ["ays", "beta", "kl_optimal",
+          "linear_quadratic"]  # their own checks: tests/test_schedules_ays_beta_kl.py
 
 # A hand-checkable table: sigma_t = 2^t for t = 0..9, so log-sigma interpolation gives 2^t exactly.
 POW2 = 2.0 ** torch.arange(10, dtype=torch.float64)
