@@ -14,10 +14,12 @@ the unconditional (label-dropped) input, as in NVlabs' networks.
 
 from __future__ import annotations
 
-import functools
+import errno
 import json
 import os
+import re
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,42 +58,109 @@ def paths(path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-@functools.lru_cache(maxsize=1)
-def _new_file_mode() -> int:
-    umask = os.umask(0)
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``);
+    elsewhere by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-def atomic_write(path: Path, write) -> None:
+def new_file_mode() -> int:
+    """The mode a new regular file gets under the current umask (``0o666 & ~umask``: 0644 under 022)."""
+    return 0o666 & ~_umask()
+
+
+def atomic_write_all(files: Iterable[tuple[Path, Callable[[str], object]]]) -> None:
+    """Write several files so that each either keeps its old content or gets its complete new one.
+
+    ``files`` is a sequence of ``(path, write)``: every ``write(tmp_path)`` runs first, each into a
+    hidden temporary file beside its ``path`` (named ``.NAME.XXXXXX.tmp``, so it never matches the
+    final name's pattern); only when all of them succeeded are the temporary files renamed onto their
+    paths, in order. If a writer fails (disk full, ...) every temporary file is removed, no ``path``
+    is touched, and the error propagates (safetensors' I/O errors as the ``OSError`` they report).
+
+    Whatever mode the writer leaves (mkstemp's 0600; safetensors replaces the file with a 0600 one),
+    each file gets the usual mode of new files, ``0o666 & ~umask``, before the rename.
+    """
+    mode = new_file_mode()
+    done: list[tuple[str, Path]] = []
+    tmp = None
+    try:
+        for path, write in files:
+            path = Path(path)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                write(tmp)
+            except SafetensorError as e:  # safetensors reports a full disk as its own error type
+                raise _os_error(e, path) from e
+            _chmod(tmp, mode)
+            done.append((tmp, path))
+            tmp = None
+        for tmp_path, path in done:
+            os.replace(tmp_path, path)
+    except BaseException:
+        for tmp_path in [t for t, _ in done] + ([tmp] if tmp is not None else []):
+            Path(tmp_path).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
 
-    The temporary file is hidden and ends in ``.tmp`` (it never matches the final name's pattern) and
-    gets the usual mode of new files rather than mkstemp's 0600.
+    The temporary file is hidden and ends in ``.tmp`` (it never matches the final name's pattern); it
+    is removed if ``write`` fails. The file gets the usual mode of new files (``0o666 & ~umask``),
+    whatever mode ``write`` created it with. See :func:`atomic_write_all` for several files at once.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _new_file_mode())
-    os.close(fd)
+    atomic_write_all([(path, write)])
+
+
+def _os_error(error: Exception, path: Path) -> Exception:
+    """The ``OSError`` a safetensors error reports ("... I/O error: No space left on device (os error
+    28)"), or ``error`` itself when it names none."""
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if found is None:
+        return error
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), str(path))
+
+
+def _chmod(path, mode: int) -> None:
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.chmod(path, mode)
+    except OSError as e:  # file systems without Unix modes (some network mounts) refuse: keep the file
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+
+
+def checkpoint_files(path, backbone: torch.nn.Module,
+                     config: dict) -> list[tuple[Path, Callable[[str], object]]]:
+    """``[(weights, writer), (config, writer)]`` for :func:`atomic_write_all`, the JSON last."""
+    weights, config_path = paths(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    text = json.dumps({"format": FORMAT, **config}, indent=2, sort_keys=True)
+    return [(weights, lambda tmp: save_file(state, tmp)),
+            (config_path, lambda tmp: Path(tmp).write_text(text + "\n"))]
 
 
 def save_checkpoint(path, backbone: torch.nn.Module, config: dict) -> tuple[Path, Path]:
     """Write the backbone's weights and ``config`` (``format`` is filled in) atomically.
 
-    The JSON is written last, so a checkpoint whose JSON exists is complete.
+    Both files are written in full before either replaces an existing checkpoint, and the JSON is
+    renamed last, so a checkpoint whose JSON exists is complete, and a failed save (disk full, ...)
+    leaves the previous checkpoint, if any, as it was and no temporary file behind.
     """
-    weights, config_path = paths(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
-    atomic_write(weights, lambda tmp: save_file(state, tmp))
-    text = json.dumps({"format": FORMAT, **config}, indent=2, sort_keys=True)
-    atomic_write(config_path, lambda tmp: Path(tmp).write_text(text + "\n"))
-    return weights, config_path
+    files = checkpoint_files(path, backbone, config)
+    atomic_write_all(files)
+    return files[0][0], files[1][0]
 
 
 def read_record(path: Path, fmt: str, what: str, error: type[Exception] = CheckpointError) -> dict:

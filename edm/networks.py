@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["register_network", "build_network", "list_networks", "UNet", "PositionalEmbedding",
-           "FourierEmbedding"]
+__all__ = ["register_network", "build_network", "list_networks", "UNet", "unet_resolutions",
+           "PositionalEmbedding", "FourierEmbedding"]
 
 _NETWORKS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -191,6 +191,13 @@ class Upsample(nn.Module):
 # The UNet
 
 
+def unet_resolutions(resolution: int, channel_mult: Sequence[int]) -> list[int]:
+    """The feature-map resolutions of a :class:`UNet`, highest first: ``resolution // 2**level`` for each
+    level of ``channel_mult`` (8 and 4 for 8x8 input with ``channel_mult=(1, 2)``); ``attn_resolutions``
+    must be among them."""
+    return [int(resolution) >> level for level in range(len(channel_mult))]
+
+
 @register_network("unet")
 class UNet(nn.Module):
     """EDM/ADM-style UNet backbone ``F(x, noise_labels, class_labels=None)``.
@@ -202,8 +209,10 @@ class UNet(nn.Module):
             ``model_channels * channel_mult[i]``.
         channel_mult: one multiplier per resolution level (each level after the first halves the size).
         num_blocks: residual blocks per level in the encoder (the decoder has one more per level).
-        attn_resolutions: resolutions (e.g. ``(16, 8)``) whose blocks get self-attention; the middle
-            block always has one.
+        attn_resolutions: resolutions (e.g. ``(16, 8)``) whose blocks get self-attention; each must
+            be one of the network's (:func:`unet_resolutions`), else ValueError naming the valid ones.
+            Default (None): 16 when the network has that resolution, else none. The middle block
+            always has attention.
         num_classes: 0 for an unconditional network, else the length of the one-hot ``class_labels``.
         label_dropout: probability of dropping a sample's class (training mode only).
         dropout: dropout inside the residual blocks.
@@ -219,7 +228,7 @@ class UNet(nn.Module):
         model_channels: int = 64,
         channel_mult: Sequence[int] = (1, 2, 2),
         num_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (16,),
+        attn_resolutions: Sequence[int] | None = None,
         num_classes: int = 0,
         label_dropout: float = 0.0,
         dropout: float = 0.0,
@@ -229,7 +238,6 @@ class UNet(nn.Module):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         channel_mult = tuple(int(m) for m in channel_mult)
-        attn_resolutions = {int(r) for r in attn_resolutions}
         if not channel_mult or min(channel_mult) < 1:
             raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {channel_mult}")
         if min(in_channels, out_channels, model_channels, num_blocks) < 1:
@@ -238,6 +246,16 @@ class UNet(nn.Module):
         if resolution < 1 or resolution % (2 ** (levels - 1)):
             raise ValueError(f"resolution {resolution} is not divisible by 2**{levels - 1} "
                              f"(channel_mult has {levels} levels)")
+        resolutions = unet_resolutions(resolution, channel_mult)
+        if attn_resolutions is None:
+            attn_resolutions = [16] if 16 in resolutions else []
+        attn_resolutions = {int(r) for r in attn_resolutions}
+        if not attn_resolutions <= set(resolutions):
+            bad = ", ".join(map(str, sorted(attn_resolutions - set(resolutions))))
+            what = f"resolutions {bad} are" if "," in bad else f"resolution {bad} is"
+            raise ValueError(f"attention {what} not among this UNet's resolutions "
+                             f"{', '.join(map(str, resolutions))} (input {resolution}x{resolution}, halved "
+                             f"at each level of channel_mult {list(channel_mult)} after the first)")
         if not 0.0 <= label_dropout < 1.0 or not 0.0 <= dropout < 1.0:
             raise ValueError("label_dropout and dropout must lie in [0, 1)")
         if num_classes < 0:

@@ -9,8 +9,12 @@ checkpoints in ``outdir``:
   :func:`edm.checkpoint.load_checkpoint`; its JSON records the command, seed, dataset and step;
 * ``training-state.json`` + ``training-state-<step>.safetensors``: everything ``resume`` needs
   (raw weights, EMA weights, Adam state, step, RNG states), tensors in safetensors and the rest in
-  JSON: nothing is pickled. The JSON names its tensor file and is replaced last, so a crash while
-  saving leaves the previous state intact.
+  JSON: nothing is pickled. The JSON names its tensor file and is replaced last.
+
+All four files are written in full (to hidden ``.tmp`` files) before any of them replaces its
+predecessor, so a save that fails (disk full, ...) or a crash while saving leaves the previous
+checkpoint and state intact and no partial file behind. ``outdir`` is created, and checked to be
+writable, before the first training step; problems with it raise :class:`OutdirError`.
 
 Every random draw comes from generators seeded by ``seed`` (initialisation and dropout from
 torch's global generator, forked so the caller's is untouched; minibatches and the loss's sigma and
@@ -23,21 +27,24 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_write, read_record, save_checkpoint
+from .checkpoint import atomic_write_all, checkpoint_files, read_record
 from .data import Dataset, load_dataset
 from .loss import EDMLoss
 from .networks import build_network
 from .precond import Precond
 
-__all__ = ["train", "TrainResult", "STATE_FORMAT", "default_network_kwargs", "load_training_state"]
+__all__ = ["train", "TrainResult", "OutdirError", "STATE_FORMAT", "default_network_kwargs",
+           "load_training_state"]
 
 STATE_FORMAT = "edm-samplers/training-state-1"
 STATE_NAME = "training-state"
@@ -46,6 +53,35 @@ NETWORK_NAME = "network"
 # Hyperparameters saved with the training state; a resumed run takes them from there.
 _HYPERPARAMETERS = ("data", "batch", "lr", "warmup", "ema_halflife_kimg", "ema_decay", "ema_rampup",
                     "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs")
+
+
+class OutdirError(OSError):
+    """The run directory cannot be created or written: not a folder, read-only, disk full, ...
+
+    Raised as ``OutdirError(errno, message)``: ``errno`` is the underlying error's (e.g.
+    ``errno.ENOSPC``), ``str()`` the one-line message, which names the directory.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
+
+
+def _prepare_outdir(outdir: Path) -> None:
+    """Create ``outdir`` (with its parents) and check that a file can be created in it."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutdirError(e.errno, f"cannot create output folder {outdir}: {_reason(e)}") from e
+    try:  # os.access is no proof (root, read-only mounts, ACLs): create and remove a file
+        fd, probe = tempfile.mkstemp(dir=outdir, prefix=".edm-write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutdirError(e.errno, f"cannot write to output folder {outdir}: {_reason(e)}") from e
 
 
 @dataclass
@@ -103,7 +139,9 @@ def _rng_states(device: torch.device, generators: Mapping[str, torch.Generator])
     return states
 
 
-def _save_state(outdir: Path, step: int, options: dict, net, ema, optimizer, generators, device) -> Path:
+def _state_files(outdir: Path, step: int, options: dict, net, ema, optimizer, generators,
+                 device) -> list[tuple[Path, Callable[[str], object]]]:
+    """``[(tensors, writer), (training-state.json, writer)]`` for :func:`atomic_write_all`."""
     tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     optim = optimizer.state_dict()
@@ -114,24 +152,33 @@ def _save_state(outdir: Path, step: int, options: dict, net, ema, optimizer, gen
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
     weights_name = f"{STATE_NAME}-{step:08d}.safetensors"
-    state_json = outdir / f"{STATE_NAME}.json"
-    previous = None
-    if state_json.is_file():
-        try:
-            previous = json.loads(state_json.read_text()).get("tensors")
-        except (OSError, ValueError):
-            previous = None
-    atomic_write(outdir / weights_name, lambda tmp: save_file(tensors, tmp))
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
               for group in optim["param_groups"]]
     state_keys = {str(i): sorted(s) for i, s in optim["state"].items()}
     record = {"format": STATE_FORMAT, "step": step, "tensors": weights_name, "options": options,
               "adam_param_groups": groups, "adam_state_keys": state_keys}
     text = json.dumps(record, indent=2, sort_keys=True)
-    atomic_write(state_json, lambda tmp: Path(tmp).write_text(text + "\n"))
-    if previous and previous != weights_name:
+    return [(outdir / weights_name, lambda tmp: save_file(tensors, tmp)),
+            (outdir / f"{STATE_NAME}.json", lambda tmp: Path(tmp).write_text(text + "\n"))]
+
+
+def _save(outdir: Path, files: list[tuple[Path, Callable[[str], object]]]) -> None:
+    """Write the EMA checkpoint and the training state together (see the module doc), then remove the
+    training state's previous tensor file; a failure raises :class:`OutdirError`."""
+    state_json = outdir / f"{STATE_NAME}.json"
+    previous = None
+    if state_json.is_file():
+        try:
+            previous = json.loads(state_json.read_text()).get("tensors")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+    try:
+        atomic_write_all(files)
+    except OSError as e:
+        raise OutdirError(e.errno, f"cannot save checkpoint in {outdir}: {_reason(e)}") from e
+    names = {path.name for path, _ in files}
+    if isinstance(previous, str) and previous not in names and Path(previous).name == previous:
         (outdir / previous).unlink(missing_ok=True)
-    return state_json
 
 
 def load_training_state(path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -259,7 +306,6 @@ def train(
     if record is None:
         options["network_kwargs"] = default_network_kwargs(dataset, **options["network_kwargs"])
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
 
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
@@ -270,6 +316,7 @@ def train(
         if tuple(dataset.shape) != (net.in_channels, net.resolution, net.resolution) and record is not None:
             raise ValueError(f"dataset {dataset.name} has shape {list(dataset.shape)}, the saved network "
                              f"expects [{net.in_channels}, {net.resolution}, {net.resolution}]")
+        _prepare_outdir(outdir)  # after every check of the arguments, before any training step
         ema = copy.deepcopy(net).eval().requires_grad_(False)
         optimizer = torch.optim.Adam(net.parameters(), lr=options["lr"], betas=(0.9, 0.999), eps=1e-8)
         generators = {"data": torch.Generator("cpu").manual_seed(options["seed"]),
@@ -286,9 +333,10 @@ def train(
 
         def save():
             config = _checkpoint_config(options, dataset, step, command, recent)
-            path = outdir / NETWORK_NAME
-            save_checkpoint(path, ema, config)
-            return _save_state(outdir, step, options, net, ema, optimizer, generators, device)
+            files = checkpoint_files(outdir / NETWORK_NAME, ema, config)
+            files += _state_files(outdir, step, options, net, ema, optimizer, generators, device)
+            _save(outdir, files)
+            return files[-1][0]
 
         recent: list[float] = []
         bar = _progress(progress, steps, step)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edm.networks import UNet, build_network, list_networks, register_network
+from edm.networks import SelfAttention, UNet, build_network, list_networks, register_network, unet_resolutions
 
 
 def _onehot(labels, num_classes=10):
@@ -131,3 +131,38 @@ def test_registry():
         from edm import networks
 
         networks._NETWORKS.pop("test-identity")
+
+
+def _attention_blocks(net) -> dict[str, int]:
+    """How many blocks of the encoder, middle and decoder have self-attention."""
+    return {part: sum(isinstance(m, SelfAttention) for m in getattr(net, part).modules())
+            for part in ("enc", "mid", "dec")}
+
+
+def test_attention_resolutions_must_be_the_networks():
+    assert unet_resolutions(8, (1, 2)) == [8, 4]
+    assert unet_resolutions(32, (1, 2, 2)) == [32, 16, 8]
+    assert unet_resolutions(8, (1,)) == [8]
+    small = {"in_channels": 1, "resolution": 8, "model_channels": 8, "num_blocks": 1}
+    # 8x8 input with two levels works at 8 and 4: 5 (or 16) would silently give no attention.
+    for attn, bad in [((5,), "resolution 5 is"), ((4, 16, 2), "resolutions 2, 16 are")]:
+        with pytest.raises(ValueError, match=f"attention {bad} not among this UNet's resolutions 8, 4 "):
+            UNet(channel_mult=(1, 2), attn_resolutions=attn, **small)
+        with pytest.raises(ValueError, match="resolutions 8, 4"):
+            build_network("unet", channel_mult=(1, 2), attn_resolutions=list(attn), **small)
+    with pytest.raises(ValueError, match="resolutions 8 "):
+        UNet(channel_mult=(1,), attn_resolutions=(4,), **small)
+    # Valid ones get attention in every block at that resolution (1 encoder + 2 decoder blocks here).
+    assert _attention_blocks(UNet(channel_mult=(1, 2), attn_resolutions=(4,), **small)) == \
+        {"enc": 1, "mid": 1, "dec": 2}
+    assert _attention_blocks(UNet(channel_mult=(1, 2), attn_resolutions=(8, 4), **small)) == \
+        {"enc": 2, "mid": 1, "dec": 4}
+    assert _attention_blocks(UNet(channel_mult=(1, 2), attn_resolutions=(), **small)) == \
+        {"enc": 0, "mid": 1, "dec": 0}
+
+
+def test_default_attention_is_at_16_when_the_network_has_it():
+    net = UNet(in_channels=1, resolution=32, model_channels=8, channel_mult=(1, 2, 2), num_blocks=1)
+    assert _attention_blocks(net) == {"enc": 1, "mid": 1, "dec": 2}  # the level at 16
+    net = UNet(in_channels=1, resolution=8, model_channels=8, channel_mult=(1, 2), num_blocks=1)
+    assert _attention_blocks(net) == {"enc": 0, "mid": 1, "dec": 0}  # no 16: only the middle block
