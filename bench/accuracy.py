@@ -44,6 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from outdir import add_out_arguments, out_dir  # noqa: E402 (bench/ is on sys.path when run)
+
 import samplers  # noqa: E402
 from edm.checkpoint import atomic_write  # noqa: E402
 from edm.gaussian_mixture import GaussianMixture  # noqa: E402
@@ -347,12 +349,17 @@ def main(argv=None) -> int:
     parser.add_argument("--tune", type=int, default=3, help="our best samplers to tune per budget")
     parser.add_argument("--tune-within", type=float, default=1.5,
                         help="also tune every sampler whose untuned error is within this factor of the best")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--latents", choices=["float64", "nvlabs"], default="float64",
+                        help="latent stream of samplers.noise.latents (default float64, as recorded)")
+    add_out_arguments(parser)
     args = parser.parse_args(argv)
+    args.out = out_dir(args)
 
     started = time.perf_counter()
     denoiser = GaussianMixture.random(shape=SHAPE, k=16, seed=0, dtype=torch.float64)
-    latents = samplers.noise.latents(list(range(args.num)), SHAPE, dtype=torch.float64)
+    # The benchmark is defined on the float64 latent stream (as recorded); --latents nvlabs reruns it on
+    # NVlabs' float32-drawn latents, i.e. on another set of random start points.
+    latents = samplers.noise.latents(list(range(args.num)), SHAPE, dtype=torch.float64, stream=args.latents)
     problem = Problem(denoiser, latents, ReferenceCache(denoiser, latents))
     cells = []
     for budget in BUDGETS:

@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from outdir import add_out_arguments, out_dir  # noqa: E402 (bench/ is on sys.path when run)
+
 from edm.checkpoint import atomic_write  # noqa: E402
 from tools.fid import frechet_distance  # noqa: E402
 
@@ -98,9 +100,10 @@ def run_case(name: str, n: int, repeats: int, rng: np.random.Generator, referenc
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    add_out_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.out = out_dir(args)
 
     import warnings
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from outdir import add_out_arguments, out_dir  # noqa: E402 (bench/ is on sys.path when run)
 
 import samplers
 
@@ -311,12 +312,13 @@ def write_atomic(path: Path, text: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller time budget per row")
-    parser.add_argument("--out", default="bench/results", help="output directory (default bench/results)")
+    add_out_arguments(parser)
     parser.add_argument("--only", default="", help="comma-separated sampler names to run (default all)")
     parser.add_argument("--stat", choices=["median", "min"], default="min",
                         help="statistic of the repeats per side (default min: on a shared 2-core VM the "
                              "fastest repeat is the one least disturbed by other work, as timeit advises)")
     args = parser.parse_args(argv)
+    args.out = out_dir(args)
 
     mode_name = "quick" if args.quick else "full"
     mode = MODES[mode_name]

@@ -16,7 +16,7 @@ from edm.gaussian_mixture import GaussianMixture
 from samplers.registry import nfe_on
 from tools import cli
 from tools.bench import CELL_KEYS, BenchError, fit_budget, parse_budgets, parse_metrics, run_bench
-from tools.ode_reference import reference_sample
+from tools.bench.ode import reference_sample
 
 SHAPE = (1, 4, 4)
 SIGMA_MIN, SIGMA_MAX = 0.01, 20.0
@@ -199,6 +199,7 @@ def test_samples_are_the_images_edm_generate_writes(tmp_path):
     """Same latents, seeds and (class-conditional digits model) class labels as `edm generate`."""
     from tools import generate as pipeline
     from tools.bench import Stopwatch, prepare_bench
+    from tools.images import to_uint8
 
     planned = prepare_bench("digits", samplers=["dpmpp_2m_sde"], nfe=[6], metrics=["time"], num=3, batch=3,
                             device="cpu")
@@ -206,7 +207,7 @@ def test_samples_are_the_images_edm_generate_writes(tmp_path):
     ours = torch.cat(list(planned._sample(cell, torch.float32, planned.seeds, Stopwatch("cpu"))))
     plan = pipeline.prepare("digits", "0-2", tmp_path, sampler="dpmpp_2m_sde", steps=cell.steps, batch=3,
                             device="cpu", progress=False)
-    assert (pipeline.to_uint8(ours) == pipeline.sample_images(plan, [0, 1, 2])).all()
+    assert (to_uint8(ours) == pipeline.sample_images(plan, [0, 1, 2])).all()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def edm(*args):
 
 def test_cli_writes_the_results(tmp_path):
     out = tmp_path / "out"
-    result = edm("--samplers", "euler,heun,dpm_adaptive", "--nfe", "3,5", "--metrics", "time", "--num", 2,
+    result = edm("--sampler", "euler,heun,dpm_adaptive", "--nfe", "3,5", "--metrics", "time", "--num", 2,
                  "--out", out)
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].startswith("6 cells (4 computed, 0 already done, 2 skipped) -> ")
@@ -228,10 +229,10 @@ def test_cli_writes_the_results(tmp_path):
     assert written["settings"]["model"] == "digits" and written["settings"]["seeds"] == "0-1"
     assert [c["nfe"] for c in written["cells"]] == [3, 5, 3, 5, None, None]
     assert "time per sample" in (out / "results.md").read_text()
-    again = edm("--samplers", "euler,heun,dpm_adaptive", "--nfe", "3,5", "--metrics", "time", "--num", 2,
+    again = edm("--sampler", "euler,heun,dpm_adaptive", "--nfe", "3,5", "--metrics", "time", "--num", 2,
                 "--out", out)
     assert again.output.splitlines()[-1].startswith("6 cells (0 computed, 4 already done, 2 skipped)")
-    other = edm("--samplers", "euler", "--nfe", "3", "--metrics", "time", "--num", 3, "--out", out)
+    other = edm("--sampler", "euler", "--nfe", "3", "--metrics", "time", "--num", 3, "--out", out)
     assert other.exit_code == 2 and "Traceback" not in other.output
     assert "holds a benchmark with other settings (" in other.output
     assert "num: 2 there, 3 here" in other.output
@@ -242,7 +243,7 @@ def test_fd_on_the_shipped_reference_resumes_from_another_install(tmp_path):
     """The default reference is recorded as 'digits', not as this checkout's path to the shipped file, so
     a results folder made elsewhere (bench/results/digits_bench) resumes here."""
     out = tmp_path / "out"
-    args = ["--samplers", "euler", "--nfe", "3", "--metrics", "fd", "--num", 2, "--out", out]
+    args = ["--sampler", "euler", "--nfe", "3", "--metrics", "fd", "--num", 2, "--out", out]
     assert edm(*args).exit_code == 0
     written = json.loads((out / "results.json").read_text())
     assert written["settings"]["ref"] == "digits" and written["settings"]["detector"] == "digits"
@@ -251,7 +252,7 @@ def test_fd_on_the_shipped_reference_resumes_from_another_install(tmp_path):
 
 
 @pytest.mark.parametrize("args", [
-    ["--samplers", "heun,nope"], ["--schedules", "karras,nope"], ["--schedules", "simple"],
+    ["--sampler", "heun,nope"], ["--schedule", "karras,nope"], ["--schedule", "simple"],
     ["--metrics", "ode,lpips"], ["--nfe", "5,ten"], ["--nfe", "0"], ["--option", "heun.bogus=1"],
     ["--option", "heun-s_churn"], ["--metrics", "fd", "--ref", "missing.npz"],
     ["--metrics", "fd", "--num", "1"], ["--seeds", "3-1"], ["--out", "FILE"], ["--model", "missing.json"],
@@ -260,7 +261,7 @@ def test_cli_bad_input_is_a_one_line_usage_error(tmp_path, args):
     (tmp_path / "FILE").write_text("")
     args = [str(tmp_path / a) if a in ("FILE", "missing.npz", "missing.json") else a for a in args]
     out = [] if "--out" in args else ["--out", tmp_path / "out"]
-    result = edm("--samplers", "euler", "--nfe", "3", "--num", 2, *args, *out)
+    result = edm("--sampler", "euler", "--nfe", "3", "--num", 2, *args, *out)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error: ")
     assert not (tmp_path / "out").exists()  # nothing half-written

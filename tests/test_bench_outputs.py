@@ -55,7 +55,7 @@ def test_round_trip_is_exact_and_strict_json(tmp_path):
     cells[3]["time_per_sample_s"] = math.inf
     write_outputs(tmp_path, cells, settings=SETTINGS, plots=False)
 
-    # strict JSON: no NaN/Infinity tokens; non-finite floats are the strings tools.cli._jsonable writes
+    # strict JSON: no NaN/Infinity tokens; non-finite floats are the strings tools.common.jsonable writes
     record = json.loads((tmp_path / "results.json").read_text(), parse_constant=pytest.fail)
     assert record["format"] == "edm-samplers/bench-v1" and record["settings"] == SETTINGS
     assert record["cells"][1]["fd"] == "nan" and record["cells"][3]["time_per_sample_s"] == "inf"

@@ -142,7 +142,7 @@ def test_shards_cover_the_selection(tmp_path):
 
 def test_digits_uses_the_generator_mapping():
     from edm.data import load_digits
-    from tools.generate import to_uint8
+    from tools.images import to_uint8
 
     source = open_images("digits", batch=500)
     assert len(source) == 1797 and source.shape == (1, 8, 8)

@@ -22,8 +22,12 @@ from PIL import Image
 
 import samplers
 from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from tools import common, images
 from tools import generate as pipeline
-from tools import generate_cli
+from tools.generate import cli as generate_cli
+from tools.generate import runner
+from tools.generate.record import RECORD_NAME
+from tools.models import cli as models_cli
 from tools.seeds import format_seeds, parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +192,7 @@ def test_torchrun_two_processes_match_one(tiny, tmp_path):
             "--dtype", "float64", "--device", "cpu", "--no-progress"]
     ok(*args[:-3], "--outdir", tmp_path / "one")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "tools.generate_cli", "generate", *map(str, args), "--outdir", str(tmp_path / "two"),
+               "-m", "tools.generate.cli", *map(str, args), "--outdir", str(tmp_path / "two"),
                "--grid", str(tmp_path / "grid.png")]
     done = subprocess.run(command, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -207,7 +211,7 @@ def test_subdirs_and_names(tiny, tmp_path):
     ok("--model", tiny, "--steps", 3, "--seeds", "999-1001,2000", "--subdirs", "--outdir", tmp_path)
     assert sorted(pngs(tmp_path)) == ["000000/000999.png", "001000/001000.png", "001000/001001.png",
                                       "002000/002000.png"]
-    assert pipeline.image_path("o", 1234567, True) == Path("o/1234000/1234567.png")
+    assert images.image_path("o", 1234567, True) == Path("o/1234000/1234567.png")
 
 
 def test_existing_images_are_skipped_unless_overwrite(tiny, tmp_path):
@@ -235,7 +239,7 @@ def test_resume_after_a_failure(tiny, tmp_path, monkeypatch):
     args = dict(sampler="euler_ancestral", steps=5, batch=2, progress=False)
     pipeline.generate(tiny, "0-8", tmp_path / "reference", **args)
 
-    real_write, written = pipeline.write_png, []
+    real_write, written = runner.write_png, []
 
     def write_then_fail(path, image):
         if len(written) == 3:
@@ -243,11 +247,11 @@ def test_resume_after_a_failure(tiny, tmp_path, monkeypatch):
         real_write(path, image)
         written.append(path)
 
-    monkeypatch.setattr(pipeline, "write_png", write_then_fail)
+    monkeypatch.setattr(runner, "write_png", write_then_fail)
     with pytest.raises(KeyboardInterrupt):
         pipeline.generate(tiny, "0-8", tmp_path / "run", **args)
-    assert sorted(os.listdir(tmp_path / "run")) == ["000000.png", "000001.png", "000002.png"]
-    monkeypatch.setattr(pipeline, "write_png", real_write)
+    assert sorted(os.listdir(tmp_path / "run")) == ["000000.png", "000001.png", "000002.png", RECORD_NAME]
+    monkeypatch.setattr(runner, "write_png", real_write)
 
     summary = pipeline.generate(tiny, "0-8", tmp_path / "run", **args)
     assert (summary.written, summary.skipped, summary.total) == (6, 3, 9)
@@ -271,7 +275,7 @@ def test_a_write_that_fails_midway_leaves_no_png(tiny, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert [line for line in result.output.splitlines() if line.startswith("Error:")] == [
         "Error: [Errno 28] No space left on device"]
-    assert sorted(os.listdir(tmp_path)) == ["000000.png", "000001.png"]
+    assert sorted(os.listdir(tmp_path)) == ["000000.png", "000001.png", RECORD_NAME]
 
 
 def test_killed_run_resumes_to_the_same_files(tiny, tmp_path):
@@ -281,7 +285,7 @@ def test_killed_run_resumes_to_the_same_files(tiny, tmp_path):
             "--batch", 1, "--device", "cpu", "--no-progress"]
     ok(*args[:-3], "--outdir", tmp_path / "reference")
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "tools.generate_cli", "generate", *map(str, args),
+    process = subprocess.Popen([sys.executable, "-m", "tools.generate.cli", *map(str, args),
                                 "--outdir", str(out)], env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
@@ -310,7 +314,7 @@ def test_killed_run_resumes_to_the_same_files(tiny, tmp_path):
     result = ok(*args[:-3], "--outdir", out)
     assert result.startswith(f"{30 - len(finished)} images written, {len(finished)} skipped")
     assert pngs(out) == pngs(tmp_path / "reference")
-    assert sorted(p.name for p in out.iterdir()) == [f"{s:06d}.png" for s in range(30)]
+    assert sorted(p.name for p in out.iterdir()) == [f"{s:06d}.png" for s in range(30)] + [RECORD_NAME]
 
 
 def test_grid(tiny, tmp_path):
@@ -326,7 +330,7 @@ def test_grid(tiny, tmp_path):
             assert np.array_equal(cells[8 * r:8 * r + 8, 8 * c:8 * c + 8], np.asarray(png))
     assert not cells[16:, 16:].any()  # the two empty cells are black
     assert sorted(os.listdir(tmp_path / "g")) == ["grid.png"]
-    assert [pipeline.grid_shape(n) for n in (1, 2, 4, 5, 64, 65)] == [(1, 1), (1, 2), (2, 2), (2, 3), (8, 8),
+    assert [images.grid_shape(n) for n in (1, 2, 4, 5, 64, 65)] == [(1, 1), (1, 2), (2, 2), (2, 3), (8, 8),
                                                                        (8, 9)]
 
 
@@ -451,7 +455,7 @@ def test_unwritable_outdir(tiny, tmp_path, monkeypatch):
     locked.chmod(0o500)
     if os.geteuid() == 0:  # root writes anywhere: make the permission check see what a user would
         real_access = os.access
-        monkeypatch.setattr(pipeline.os, "access",
+        monkeypatch.setattr(common.os, "access",
                             lambda path, mode: Path(path) != locked and real_access(path, mode))
     try:
         result = generate("--model", tiny, "--outdir", locked / "out")
@@ -492,7 +496,7 @@ def test_help_lists_every_sampler_option():
 
 
 def test_info(tiny):
-    result = invoke(generate_cli.info, tiny)
+    result = invoke(models_cli.info, tiny)
     assert result.exit_code == 0, result.output
     from edm.networks import build_network
 
@@ -509,11 +513,11 @@ def test_info(tiny):
 
     import json
 
-    record = json.loads(invoke(generate_cli.info, tiny, "--json").output)
+    record = json.loads(invoke(models_cli.info, tiny, "--json").output)
     assert record["shape"] == [1, 8, 8] and record["num_classes"] == 10 and record["parameters"] == parameters
     assert record["command"] == "edm train --tiny (test fixture)"
 
-    result = invoke(generate_cli.info, tiny + "-missing")
+    result = invoke(models_cli.info, tiny + "-missing")
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
@@ -524,4 +528,4 @@ DIGITS = REPO / "edm" / "weights" / "digits.json"
 def test_default_model_smoke(tmp_path):
     out = ok("--seeds", "0-3", "--steps", 4, "--outdir", tmp_path, "--grid", tmp_path / "grid.png")
     assert out.startswith("4 images written")
-    assert invoke(generate_cli.info).exit_code == 0
+    assert invoke(models_cli.info).exit_code == 0

@@ -7,6 +7,8 @@ variables ``x = y + sigma n``; both end at sigma = 0 where the two coincide.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -122,3 +124,25 @@ def test_bad_diffusers_dirs(tmp_path):
         load_model(f"diffusers:{tmp_path}")
     with pytest.raises(ModelError, match="looks like a diffusers model"):
         load_model(str(tmp_path))
+
+
+def test_scheduler_settings_not_honoured_are_shown(tmp_path):
+    """DDIMScheduler's clip_sample=True (its default) is not applied by our samplers: `edm info` lists it
+    and `edm generate` prints one warning line naming it."""
+    from click.testing import CliRunner
+
+    from tools.cli import main
+
+    random_unet().save_pretrained(tmp_path / "unet")
+    diffusers.DDIMScheduler(num_train_timesteps=1000, beta_end=0.005).save_pretrained(tmp_path / "scheduler")
+    model = load_model(f"diffusers:{tmp_path}")
+    assert model.ignored and model.ignored[0].startswith("clip_sample=True")
+    runner = CliRunner()
+    info = runner.invoke(main, ["info", f"diffusers:{tmp_path}"])
+    assert info.exit_code == 0 and re.search(r"not honoured +clip_sample=True", info.output), info.output
+    made = runner.invoke(main, ["generate", "--model", f"diffusers:{tmp_path}", "--device", "cpu",
+                                "--steps", "2",
+                                "--seeds", "0", "--no-progress", "--outdir", str(tmp_path / "out")])
+    assert made.exit_code == 0, made.output
+    warnings = [line for line in made.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "clip_sample=True" in warnings[0], made.stderr

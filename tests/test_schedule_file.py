@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from _support import assert_schedule
 from samplers import schedules
 from tools import generate as pipeline
-from tools import generate_cli
+from tools.generate import cli as generate_cli
 from tools.schedule_file import FORMAT, ScheduleFileError, file_path, load_schedule, save_schedule
 
 DIGITS = Path(__file__).resolve().parents[1] / "edm" / "weights" / "digits.json"

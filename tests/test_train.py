@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -214,7 +216,7 @@ def test_cli_trains(tmp_path):
         (["--sigma-data", "-1"], "positive number or 'auto'"),
         (["--lr", "0"], "--lr"),
         (["--label-dropout", "1.5"], "--label-dropout"),
-        (["--device", "nonsense"], "not a torch device"),
+        (["--device", "nonsense"], "unknown device"),
         (["--steps", "3", "--kimg", "1"], "not both"),
         (["--attn", "4,a"], "comma-separated resolutions"),
     ],
@@ -236,3 +238,181 @@ def test_cli_usage_errors_from_training(tmp_path):
     assert result.exit_code == 2 and "--outdir is required" in result.output
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(error_lines) == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command: attention resolutions, an unusable --outdir, a full disk
+
+FAST = ["--steps", "2", "--batch", "8", "--channels", "8", "--channel-mult", "1", "--blocks", "1",
+        "--no-progress"]
+
+
+def _no_training(monkeypatch):
+    """Make any training step fail loudly, to show that a check ran before training started."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a training step ran")
+
+    monkeypatch.setattr(edm_train, "_learning_rate", boom)
+
+
+def _one_error_line(result, exit_code):
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit)  # a click error, not a crash
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    if exit_code == 1:  # a problem met while working: just the error line (usage errors add usage lines)
+        assert lines == errors, result.output
+    return errors[0]
+
+
+def test_attention_resolution_the_network_lacks_is_rejected(tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    out = tmp_path / "run"
+    # digits are 8x8: with --channel-mult 1,2 the UNet works at 8 and 4, so 5 would be silently ignored.
+    result = CliRunner().invoke(train_command, ["--outdir", str(out), *FAST, "--channel-mult", "1,2",
+                                                "--attn", "4,5"])
+    line = _one_error_line(result, 2)
+    assert "attention resolution 5 is not among" in line and "8, 4" in line
+    assert not out.exists()
+    with pytest.raises(ValueError, match="resolutions 2, 16 are not among this UNet's resolutions 8, 4"):
+        train("digits", out, steps=1, progress=False,
+              network_kwargs={**TINY, "attn_resolutions": [16, 2]})
+    assert not out.exists()
+    monkeypatch.undo()
+    result = CliRunner().invoke(train_command, ["--outdir", str(out), *FAST, "--channel-mult", "1,2",
+                                                "--attn", "8,4"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "network.json").read_text())
+    assert config["network"]["kwargs"]["attn_resolutions"] == [8, 4]
+
+
+def test_outdir_under_a_file_is_a_one_line_error(tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(train_command, ["--outdir", str(blocker / "run"), *FAST])
+    line = _one_error_line(result, 1)
+    assert line.startswith(f"Error: cannot create output folder {blocker / 'run'}: ")
+    assert blocker.read_text() == "not a folder" and _files(tmp_path) == ["file"]
+    with pytest.raises(edm_train.OutdirError, match="cannot create output folder") as info:
+        train("digits", blocker / "run", steps=1, network_kwargs=TINY, progress=False)
+    assert info.value.errno == errno.ENOTDIR
+
+
+def _writable(folder) -> bool:
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return False
+    (folder / "probe").unlink()
+    return True
+
+
+@pytest.mark.parametrize("sub", ["", "run"], ids=["existing", "to-create"])
+def test_read_only_outdir_is_a_one_line_error(tmp_path, monkeypatch, sub):
+    _no_training(monkeypatch)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if _writable(locked):  # root ignores permission bits
+            pytest.skip("permission bits do not stop this user; see the simulated read-only test")
+        result = CliRunner().invoke(train_command, ["--outdir", str(locked / sub), *FAST])
+        line = _one_error_line(result, 1)
+        assert "Permission denied" in line and str(locked) in line
+        assert _files(locked) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def _read_only_file_system(monkeypatch, root):
+    """Make creating anything under ``root`` fail as on a read-only mount (EROFS)."""
+    root = os.path.abspath(root)
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def inside(path):
+        return os.path.abspath(os.fspath(path)).startswith(root + os.sep)
+
+    def mkdir(path, *args, **kwargs):
+        if inside(path):
+            if os.path.exists(path):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(path))
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and inside(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+
+
+@pytest.mark.parametrize("sub, message", [("mnt", "cannot write to output folder"),
+                                          ("mnt/a/b", "cannot create output folder")])
+def test_simulated_read_only_file_system_is_a_one_line_error(tmp_path, monkeypatch, sub, message):
+    _no_training(monkeypatch)
+    (tmp_path / "mnt").mkdir()
+    _read_only_file_system(monkeypatch, tmp_path / "mnt")
+    result = CliRunner().invoke(train_command, ["--outdir", str(tmp_path / sub), *FAST])
+    line = _one_error_line(result, 1)
+    assert line == f"Error: {message} {tmp_path / sub}: Read-only file system"
+    monkeypatch.undo()
+    assert _files(tmp_path / "mnt") == []
+
+
+def _full_disk_writer(written: list, as_safetensors: bool = False):
+    """A ``save_file`` that writes part of the file and then finds the disk full; it raises the
+    ``OSError``, or the ``SafetensorError`` the real ``save_file`` raises then."""
+    from safetensors import SafetensorError
+
+    def save_file(tensors, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 100)
+        written.append(path)
+        if as_safetensors:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return save_file
+
+
+def _contents(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_full_disk_while_saving_is_a_one_line_error_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    from edm import checkpoint
+
+    out = tmp_path / "run"
+    written = []
+    monkeypatch.setattr(checkpoint, "save_file", _full_disk_writer(written, as_safetensors=True))
+    result = CliRunner().invoke(train_command, ["--outdir", str(out), *FAST])
+    line = _one_error_line(result, 1)
+    assert line == f"Error: cannot save checkpoint in {out}: No space left on device"
+    assert len(written) == 1 and written[0].endswith(".tmp")  # it did write part of a file...
+    assert _files(out) == []  # ...which is gone, and no checkpoint JSON without its weights
+    monkeypatch.undo()
+
+    # A complete run, then a resumed one whose training-state tensors meet a full disk: the previous
+    # checkpoint and state stay exactly as they were (all four files are replaced together or not at all).
+    assert CliRunner().invoke(train_command, ["--outdir", str(out), *FAST]).exit_code == 0
+    before = _contents(out)
+    assert sorted(before) == ["network.json", "network.safetensors", "training-state-00000002.safetensors",
+                              "training-state.json"]
+    written.clear()
+    monkeypatch.setattr(edm_train, "save_file", _full_disk_writer(written))
+    result = CliRunner().invoke(train_command, ["--resume", str(out), "--steps", "3", "--no-progress"])
+    assert _one_error_line(result, 1) == f"Error: cannot save checkpoint in {out}: No space left on device"
+    assert len(written) == 1 and _contents(out) == before
+    with pytest.raises(edm_train.OutdirError) as info:
+        train(resume=out, steps=3, progress=False)
+    assert info.value.errno == errno.ENOSPC and _contents(out) == before
+    monkeypatch.undo()
+    assert train(resume=out, steps=3, progress=False).step == 3
+    assert _files(out) == ["network.json", "network.safetensors", "training-state-00000003.safetensors",
+                           "training-state.json"]

@@ -13,10 +13,11 @@ import samplers
 from _support import assert_schedule, one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
-from tools import generate_cli, tune_cli
+from tools.bench import cli as tune_cli
 from tools.bench import tune
 from tools.bench.ode import ReferenceCache, rms_error
 from tools.bench.tune import calibration_seeds, tunable_steps, tune_schedule
+from tools.generate import cli as generate_cli
 from tools.schedule_file import load_schedule
 
 SHAPE = (3, 8, 8)
@@ -225,7 +226,7 @@ def test_cli_tunes_digits_and_generate_reads_the_file(tmp_path):
     result = invoke(generate_cli.generate, "--schedule", f"file:{out}", "--sampler", "heun", "--nfe", 5,
                     "--seeds", "0-1", "--outdir", images, "--device", "cpu", "--no-progress")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in images.iterdir()) == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in images.glob("*.png")) == ["000000.png", "000001.png"]
 
 
 @pytest.mark.parametrize("args, match", [

@@ -1,18 +1,22 @@
-"""The ``edm`` command line: look up what the library offers (and, later, generate, score and benchmark).
+"""The ``edm`` command line: the click group, and the commands that look up what the registries offer.
 
 Entry point ``edm = tools.cli:main`` (setup.cfg); also runs as ``python -m tools.cli``.
-The registries (and with them torch) are imported inside the commands, so ``edm --help`` stays fast.
+The commands live beside the libraries they front (``tools/generate/cli.py``, ``tools/fid/cli.py``,
+``tools/bench/cli.py``, ``tools/models/cli.py``, ``tools/train_cli.py``) and share their sampling options
+(``tools/options.py``). The registries (and with them torch) are imported inside the commands, so
+``edm --help`` starts without importing torch.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import click
+
+from .common import format_value, jsonable
 
 DISTRIBUTION = "edm-samplers"
 TABLE_WIDTH = 120  # tables shrink their long text columns to fit this many characters
@@ -33,33 +37,13 @@ def _version() -> str:
 # Formatting helpers
 
 
-def _format_value(value: Any) -> str:
-    """A compact rendering of an option default: 0.0 -> 0, 1e-3 -> 0.001, inf -> inf."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def _format_options(options: Mapping[str, Any]) -> str:
     """``key=value`` pairs separated by spaces; "-" when there are none."""
-    return " ".join(f"{k}={_format_value(v)}" for k, v in options.items()) or "-"
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as strict JSON data: non-finite floats become the strings "inf", "-inf", "nan"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
+    return " ".join(f"{k}={format_value(v)}" for k, v in options.items()) or "-"
 
 
 def _echo_json(records: list[dict[str, Any]]) -> None:
-    click.echo(json.dumps(_jsonable(records), indent=2, allow_nan=False))
+    click.echo(json.dumps(jsonable(records), indent=2, allow_nan=False))
 
 
 def _yes_no(flag: bool) -> str:
@@ -251,19 +235,15 @@ def schedules_command(names: tuple[str, ...], as_json: bool) -> None:
 
 
 def _register_commands() -> None:
-    # Each command lives in its own module; importing them is cheap (torch loads when one runs).
-    from .bench_cli import bench
+    # Each command lives beside the library it fronts; importing them is cheap (torch loads when one runs).
+    from .bench.cli import bench, tune_schedule
     from .fid.cli import fid
-    from .generate_cli import generate, info
+    from .generate.cli import generate
+    from .models.cli import info
     from .train_cli import train
-    from .tune_cli import tune_schedule
 
-    main.add_command(bench)
-    main.add_command(fid)
-    main.add_command(generate)
-    main.add_command(info)
-    main.add_command(train)
-    main.add_command(tune_schedule)
+    for command in (bench, fid, generate, info, train, tune_schedule):
+        main.add_command(command)
 
 
 _register_commands()

@@ -11,6 +11,9 @@ import shlex
 
 import click
 
+from tools.common import BadInput
+from tools.options import usage_error
+
 __all__ = ["train", "canonical_command"]
 
 
@@ -44,6 +47,11 @@ def _data(ctx, param, value):
     if value != "digits" and not Path(value).exists():
         raise click.BadParameter(f"{value!r} is neither 'digits' nor an existing folder or .npz/.npy file")
     return value
+
+
+def _one_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def canonical_command(params: dict) -> str:
@@ -85,7 +93,9 @@ def canonical_command(params: dict) -> str:
 @click.option("--blocks", type=click.IntRange(min=1), default=2, show_default=True,
               help="Residual blocks per resolution level.")
 @click.option("--attn", default=None,
-              help="Resolutions with self-attention, comma-separated [default: the lowest if <= 16].")
+              help="Resolutions with self-attention, comma-separated, among the UNet's: the data "
+                   "resolution halved at each level after the first (8x8 data, --channel-mult 1,2: 8 and 4) "
+                   "[default: the lowest if <= 16].")
 @click.option("--label-dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Probability of dropping the class label (for unconditional/CFG use).")
 @click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
@@ -105,10 +115,16 @@ def canonical_command(params: dict) -> str:
               help="CPU threads for torch (1 is fastest on a busy machine) [default: torch's choice].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def train(**params):
-    """Train a class-conditional (when the data has labels) EDM UNet; write checkpoints to --outdir."""
+    """Train a class-conditional (when the data has labels) EDM UNet; write checkpoints to --outdir.
+
+    Bad options exit with status 2; an --outdir that cannot be created or written (checked before
+    training starts) or a failed checkpoint write (disk full) exits with status 1, leaving the
+    previous checkpoint, if any, intact.
+    """
     import torch
 
     from edm.train import train as run_training
+    from tools.device import resolve_device
 
     if params["outdir"] is None and params["resume"] is None:
         raise click.UsageError("--outdir is required (unless --resume is given)")
@@ -117,11 +133,9 @@ def train(**params):
     if params["steps"] is None and params["kimg"] is None and params["resume"] is None:
         params["steps"] = 10000
     try:
-        device = torch.device(params["device"])
-    except RuntimeError:
-        raise click.BadParameter(f"not a torch device: {params['device']!r}", param_hint="--device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+        device = resolve_device(params["device"])
+    except BadInput as e:
+        raise usage_error(e) from None
     if params["threads"] is not None:
         torch.set_num_threads(params["threads"])
     attn = None
@@ -147,8 +161,10 @@ def train(**params):
             seed=params["seed"], checkpoint_every=params["checkpoint_every"], resume=params["resume"],
             device=device, progress=params["progress"], command=canonical_command(recorded),
         )
-    except ValueError as e:
-        raise click.UsageError(str(e).splitlines()[0]) from None
+    except ValueError as e:  # bad arguments, data or network options (e.g. --attn): exit 2
+        raise click.UsageError(_one_line(e)) from None
+    except OSError as e:  # --outdir not creatable or writable, disk full while saving: exit 1
+        raise click.ClickException(_one_line(e)) from None
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s, loss {result.loss:.4f}; "
                f"model {result.checkpoint}.json, state {result.state}")
 

@@ -5,23 +5,26 @@
 ``time``, on a model spec, a ``tools.models.LoadedModel`` or any denoiser callable, and returns the cells as
 flat dicts (``CELL_KEYS``); with ``out=`` it writes them (CSV, JSON, Markdown, plots) and resumes there.
 ``prepare_bench`` checks and plans without running; ``samplers.registry.nfe_on`` gives a cell's exact NFE.
+``tune_schedule`` fits a sampler's noise levels to the exact ODE (:mod:`.tune`). The ``edm bench`` and
+``edm tune-schedule`` commands are :mod:`.cli`. (The repository's top-level ``bench/`` folder holds the
+recorded benchmark scripts and their results, which use this library.)
+
+Names are imported on first use, so the CLI module loads without torch.
 """
 
-from .grid import CELL_KEYS, Cell, fit_budget, parse_budgets, plan_cells
-from .inputs import BenchError
-from .metrics import METRICS, SamplerTraits, Stopwatch, parse_metrics, sampler_traits
-from .ode import ReferenceCache, rms_error
-from .runner import DEFAULT_NFE, Bench, prepare_bench, run_bench
-from .tune import (
-                   CALIBRATION_SEED,
-                   TuneResult,
-                   calibration_seeds,
-                   default_max_evals,
-                   tunable_steps,
-                   tune_schedule,
-)
+from tools.common import lazy_exports
 
-__all__ = ["CELL_KEYS", "DEFAULT_NFE", "METRICS", "Bench", "BenchError", "Cell", "ReferenceCache",
-           "SamplerTraits", "Stopwatch", "fit_budget", "parse_budgets", "parse_metrics", "plan_cells",
-           "prepare_bench", "rms_error", "run_bench", "sampler_traits", "CALIBRATION_SEED", "TuneResult",
-           "calibration_seeds", "default_max_evals", "tunable_steps", "tune_schedule"]
+_EXPORTS = {
+    "CELL_KEYS": ".grid", "Cell": ".grid", "fit_budget": ".grid", "parse_budgets": ".grid",
+    "plan_cells": ".grid",
+    "BenchError": ".inputs",
+    "METRICS": ".metrics", "SamplerTraits": ".metrics", "Stopwatch": ".metrics", "parse_metrics": ".metrics",
+    "sampler_traits": ".metrics",
+    "ReferenceCache": ".ode", "reference_sample": ".ode", "rms_error": ".ode",
+    "solve_probability_flow": ".ode",
+    "DEFAULT_NFE": ".runner", "Bench": ".runner", "prepare_bench": ".runner", "run_bench": ".runner",
+    "CALIBRATION_SEED": ".tune", "TuneResult": ".tune", "calibration_seeds": ".tune",
+    "default_max_evals": ".tune", "tunable_steps": ".tune", "tune_schedule": ".tune",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

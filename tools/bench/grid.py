@@ -18,7 +18,7 @@ import torch
 
 import samplers
 from samplers.registry import nfe_on
-from tools.generate import _one_line
+from tools.common import one_line
 
 from .outputs import COLUMNS
 
@@ -87,7 +87,7 @@ def fit_budget(sampler: str, schedule_name: str, schedule: Schedule, budget: int
         try:
             sigmas = schedule(steps)
         except ValueError as e:
-            return cell(skip=f"schedule {schedule_name}: {_one_line(e)}")
+            return cell(skip=f"schedule {schedule_name}: {one_line(e)}")
         nfe = nfe_on(sampler, sigmas, **(options or {}))
         if nfe <= budget:
             return cell(sigmas=sigmas, nfe=nfe)

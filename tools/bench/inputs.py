@@ -15,14 +15,18 @@ from typing import Any
 
 import torch
 
-from tools.generate import GenerateError, _cond, _load, _ModelDtype, _one_line, _state_dtype
+from samplers.guidance import ClassifierFreeGuidance
+from tools.common import BadInput
+from tools.device import ModelDtype, state_dtype
+from tools.generate.labels import conditioning
+from tools.generate.sampling import check_denoiser, load
 from tools.models import LoadedModel
 
 __all__ = ["BenchError", "Conditioning", "as_loaded", "check_model", "fd_reference", "in_precision",
-           "is_digits"]
+           "is_digits", "load_spec"]
 
 
-class BenchError(GenerateError):
+class BenchError(BadInput):
     """Bad input to the benchmark, found before any work; ``param`` names the argument at fault."""
 
 
@@ -66,19 +70,24 @@ def _module_in(denoiser, dtype: torch.dtype):
     return copy.deepcopy(denoiser).to(dtype)
 
 
-def in_precision(model, loaded: LoadedModel | None, dtype: torch.dtype, device: torch.device,
-                 trust_pickle: bool = False) -> LoadedModel:
-    """The model evaluated in ``dtype``, as ``edm generate`` runs it: a spec is loaded in ``dtype``; half
-    precisions keep the sampler's state in float32 and cast at the denoiser."""
-    if loaded is None:
-        try:
-            loaded = _load(model, device, dtype, trust_pickle)
-        except GenerateError as e:
-            raise BenchError(str(e), "model") from None
-    elif dtype == torch.float64:
+def load_spec(model, dtype: torch.dtype, device: torch.device, trust_pickle: bool = False) -> LoadedModel:
+    """A model spec loaded in ``dtype``, as ``edm generate`` loads it."""
+    try:
+        return load(model, device, dtype, trust_pickle)
+    except BadInput as e:
+        raise BenchError(str(e), "model") from None
+
+
+def in_precision(loaded: LoadedModel, dtype: torch.dtype, guidance: float = 0.0) -> LoadedModel:
+    """The model evaluated in ``dtype``, as ``edm generate`` runs it: float64 gets float64 weights (a copy
+    when needed); half precisions keep the sampler's state in float32 and cast at the denoiser; guidance
+    w > 0 wraps it in classifier-free guidance."""
+    if dtype == torch.float64:
         loaded = dataclasses.replace(loaded, denoiser=_module_in(loaded.denoiser, dtype))
-    if dtype != _state_dtype(dtype):
-        loaded = dataclasses.replace(loaded, denoiser=_ModelDtype(loaded.denoiser, dtype))
+    if dtype != state_dtype(dtype):
+        loaded = dataclasses.replace(loaded, denoiser=ModelDtype(loaded.denoiser, dtype))
+    if guidance:
+        loaded = dataclasses.replace(loaded, denoiser=ClassifierFreeGuidance(loaded.denoiser, guidance))
     return loaded
 
 
@@ -94,17 +103,19 @@ def is_digits(model, loaded: LoadedModel) -> bool:
 class Conditioning:
     """The keyword arguments of the denoiser calls for samples ``start:stop``, in a given dtype.
 
-    A class-conditional model gets the class labels ``edm generate`` draws from each seed, so benchmark
-    samples are the images it writes. A plain denoiser gets ``extra``: tensors whose first dimension is
-    the number of samples are per sample (sliced), anything else is passed to every call.
+    A class-conditional model gets the class labels ``edm generate`` draws from each seed (or
+    ``class_label`` for every sample), so benchmark samples are the images it writes. A plain denoiser
+    gets ``extra``: tensors whose first dimension is the number of samples are per sample (sliced),
+    anything else is passed to every call.
     """
 
     def __init__(self, model: LoadedModel, seeds: Sequence[int], device: torch.device,
-                 extra: Mapping[str, Any] | None = None):
+                 extra: Mapping[str, Any] | None = None, class_label: int | None = None):
         if extra and model.num_classes:
             raise BenchError("cond= is for plain denoisers; a class-conditional model gets the class labels "
                              "edm generate draws", "cond")
         self.model, self.seeds, self.device, self.extra = model, list(seeds), device, dict(extra or {})
+        self.class_label = class_label
 
     def _part(self, value, start: int, stop: int, dtype: torch.dtype):
         if not isinstance(value, torch.Tensor):
@@ -115,44 +126,37 @@ class Conditioning:
 
     def __call__(self, start: int, stop: int, dtype: torch.dtype) -> dict[str, Any]:
         if self.model.num_classes:
-            return _cond(self.model, self.seeds[start:stop], None, self.device, dtype)
+            return conditioning(self.model, self.seeds[start:stop], self.class_label, self.device, dtype)
         return {key: self._part(value, start, stop, dtype) for key, value in self.extra.items()}
 
 
 def check_model(model: LoadedModel, cond: Conditioning, dtype: torch.dtype, device: torch.device,
                 why: str = "") -> None:
     """One evaluation on one sample at sigma_max, in the precision it will run in: fails fast and cleanly."""
-    state = _state_dtype(dtype)
-    x = torch.zeros((1, *model.shape), device=device, dtype=state)
-    sigma = torch.full((1,), float(model.sigma_max), device=device, dtype=state)
     try:
-        with torch.no_grad():
-            out = model.denoiser(x, sigma, **cond(0, 1, state))
-    except (ValueError, TypeError, RuntimeError, NotImplementedError) as e:
-        where = f"{device}, {str(dtype).removeprefix('torch.')}{why}"
-        raise BenchError(f"the model fails on this input ({where}): {_one_line(e)}", "model") from None
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise BenchError(f"the model returns {got} for an input of shape {list(x.shape)}", "model")
+        check_denoiser(model.denoiser, model, float(model.sigma_max), cond(0, 1, state_dtype(dtype)), device,
+                       dtype, why)
+    except BadInput as e:
+        raise BenchError(str(e), "model") from None
 
 
 # ---------------------------------------------------------------------------------------------------
 # The FD reference
 
-_FD_FLAGS = {"'--ref'": "ref", "'--detector'": "detector", "'--detector-weights'": "detector_weights"}
+_FD_PARAMS = ("ref", "detector", "detector_weights")
 
 
-def fd_reference(ref: str, shape: Sequence[int], *, detector: str | None, detector_weights, device,
+def fd_reference(ref, shape: Sequence[int], *, detector: str | None, detector_weights, device,
                  batch: int) -> tuple[Callable, Any, Any, str]:
-    """``(detector, mu, sigma, name)`` of ``ref``, resolved and checked as `edm fid gen` does."""
-    import click
-
-    from tools.fid.cli import fd_reference as resolve
+    """``(detector, mu, sigma, name)`` of ``ref``, resolved and checked by the FID library as `edm fid`
+    does."""
+    from tools.fid.detectors import DetectorWeightsMissing
+    from tools.fid.scoring import fd_reference as resolve
 
     try:
         return resolve(ref, shape, detector=detector, detector_weights=detector_weights, device=device,
                        batch=batch)
-    except click.BadParameter as e:
-        raise BenchError(e.message, _FD_FLAGS.get(e.param_hint, "ref")) from None
-    except click.ClickException as e:  # e.g. the detector's weights are not on this machine
-        raise BenchError(e.message, "detector") from None
+    except BadInput as e:
+        raise BenchError(str(e), e.param if e.param in _FD_PARAMS else "ref") from None
+    except DetectorWeightsMissing as e:  # the detector's weights are not on this machine
+        raise BenchError(str(e), "detector") from None

@@ -5,7 +5,7 @@ A *cell* is one (sampler, schedule, NFE budget) run, a dict with the keys of ``C
 "ok" or "skipped: <reason>" and a metric is None where it was not measured.
 
 results.json is strict JSON: non-finite floats are stored as the strings "nan", "inf", "-inf"
-(``tools.cli._jsonable``). ``read_results`` turns those strings back into floats in the metric columns
+(``tools.common.jsonable``). ``read_results`` turns those strings back into floats in the metric columns
 (``METRICS``) only, so a cell round-trips exactly apart from NaN's usual ``nan != nan``; anywhere else
 (extra keys, settings) such strings stay strings.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edm.checkpoint import atomic_write, read_record
-from tools.cli import _format_value, _jsonable
+from tools.common import format_value, jsonable
 from tools.seeds import format_seeds
 
 __all__ = ["COLUMNS", "FORMAT", "METRICS", "best_per_budget", "read_results", "write_outputs"]
@@ -39,7 +39,7 @@ PLOTTED = RANKED
 SKIPPED = "—"
 PLOT_HINT = "pip install 'edm-samplers[plot]'"
 
-_NON_FINITE = {str(v): v for v in (math.inf, -math.inf, math.nan)}  # as _jsonable writes them
+_NON_FINITE = {str(v): v for v in (math.inf, -math.inf, math.nan)}  # as jsonable writes them
 _EXPONENT = re.compile(r"e([+-])0*(\d)")
 
 
@@ -97,11 +97,11 @@ def best_per_budget(cells: list[dict], metric: str) -> dict[int, dict]:
 
 def _results_json(cells: list[dict], settings: dict | None) -> str:
     record = {"format": FORMAT, "settings": settings, "cells": cells}
-    return json.dumps(_jsonable(record), indent=1, allow_nan=False) + "\n"
+    return json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n"
 
 
 def _restore_floats(cell: dict) -> dict:
-    """Undo ``_jsonable`` on the metric columns: "nan"/"inf"/"-inf" back to floats."""
+    """Undo ``jsonable`` on the metric columns: "nan"/"inf"/"-inf" back to floats."""
     return {key: _NON_FINITE.get(value, value) if key in METRICS and isinstance(value, str) else value
             for key, value in cell.items()}
 
@@ -230,7 +230,7 @@ def _setting_text(value: Any) -> str:
         return ",".join(_setting_text(v) for v in value)
     if isinstance(value, dict):
         return "{" + _settings_line(value) + "}"
-    return _format_value(value)
+    return format_value(value)
 
 
 def _settings_line(settings: dict) -> str:

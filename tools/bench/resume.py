@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tools.cli import _jsonable
-from tools.generate import _one_line
+from tools.common import jsonable, one_line
 
 from .inputs import BenchError
 from .metrics import FIELDS, METRICS
@@ -22,7 +21,8 @@ from .outputs import read_results
 __all__ = ["conflicts", "merge_settings", "plain", "read_previous", "reusable_metrics"]
 
 
-SAME = ("model", "shape", "sigma_min", "sigma_max", "seeds", "num", "dtype", "device")
+SAME = ("model", "shape", "sigma_min", "sigma_max", "seeds", "num", "dtype", "device", "rho", "class",
+        "guidance")
 SAME_WHEN_USED = ("ode_num", "detector", "ref", "time_measured_on")
 UNIONS = ("samplers", "schedules")
 
@@ -32,7 +32,7 @@ def read_previous(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         found = read_results(out)
     except (OSError, ValueError) as e:
-        raise BenchError(f"{_one_line(e)}; use another --out or --overwrite", "out") from None
+        raise BenchError(f"{one_line(e)}; use another --out or --overwrite", "out") from None
     if found is None:
         return {}, []
     settings, cells = found
@@ -41,7 +41,7 @@ def read_previous(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def plain(settings: Mapping[str, Any]) -> dict[str, Any]:
     """``settings`` as they read back from results.json (tuples as lists), so that they compare equal."""
-    return _jsonable(settings)
+    return jsonable(settings)
 
 
 def conflicts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

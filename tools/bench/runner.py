@@ -23,12 +23,24 @@ from typing import Any
 import torch
 
 import samplers
-from tools import generate as pipeline
-from tools.generate import GenerateError
+from tools.common import BadInput, check_writable_dir, one_line, positive_int
+from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
+from tools.generate.sampling import check_class, check_guidance, check_sampler
+from tools.generate.schedule import schedule_sigmas
+from tools.images import to_uint8
 from tools.seeds import format_seeds, parse_seeds
 
 from .grid import Cell, parse_budgets, plan_cells
-from .inputs import BenchError, Conditioning, as_loaded, check_model, fd_reference, in_precision, is_digits
+from .inputs import (
+    BenchError,
+    Conditioning,
+    as_loaded,
+    check_model,
+    fd_reference,
+    in_precision,
+    is_digits,
+    load_spec,
+)
 from .metrics import SamplerTraits, Stopwatch, has_metric, parse_metrics, sampler_traits
 from .ode import ReferenceCache, rms_error
 from .resume import conflicts, merge_settings, plain, read_previous, reusable_metrics
@@ -42,15 +54,15 @@ DEFAULT_ODE_NUM = 16  # the exact-ODE reference is expensive: by default the ode
 
 @contextlib.contextmanager
 def _bench_errors(param: str | None = None):
-    """The pipeline's GenerateError and the parsers' ValueError as BenchError naming ``param``."""
+    """The pipeline's BadInput and the parsers' ValueError as BenchError naming ``param``."""
     try:
         yield
     except BenchError:
         raise
-    except GenerateError as e:
+    except BadInput as e:
         raise BenchError(str(e), param or e.param) from None
     except ValueError as e:
-        raise BenchError(pipeline._one_line(e), param) from None
+        raise BenchError(one_line(e), param) from None
 
 
 def _time_on(metrics: Sequence[str]) -> str:
@@ -174,7 +186,7 @@ class Bench:
                 watch: Stopwatch) -> Iterator[torch.Tensor]:
         """The cell's samples of ``seeds``, batch by batch, the model in ``dtype``; ``watch`` times them."""
         denoiser = watch.wrap(self.models[dtype].denoiser)
-        state = pipeline._state_dtype(dtype)
+        state = state_dtype(dtype)
         options = self.options.get(cell.sampler, {})
         for start in range(0, len(seeds), self.batch):
             chunk = seeds[start:start + self.batch]
@@ -199,7 +211,7 @@ class Bench:
         from tools.fid import compute_statistics, frechet_distance
 
         detector, mu_ref, sigma_ref = self.fd
-        images = (torch.from_numpy(pipeline.to_uint8(x)).permute(0, 3, 1, 2) for x in batches)
+        images = (torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2) for x in batches)
         mu, sigma = compute_statistics(images, detector, device=self.device).mean_cov()
         return float(frechet_distance(mu, sigma, mu_ref, sigma_ref))
 
@@ -234,7 +246,7 @@ def _sampler_options(options: Mapping[str, Mapping[str, Any]] | None, names: Seq
         if name not in names:
             raise BenchError(f"options given for sampler {name!r}, which is not benchmarked", "options")
         with _bench_errors("options"):
-            pipeline._check_sampler(name, dict(given), samplers.schedules.get("karras")(2, 0.1, 10.0))
+            check_sampler(name, dict(given), samplers.schedules.get("karras")(2, 0.1, 10.0))
         checked[name] = dict(given)
     return checked
 
@@ -242,7 +254,7 @@ def _sampler_options(options: Mapping[str, Mapping[str, Any]] | None, names: Seq
 def _seeds(seeds, num) -> list[int]:
     if seeds is None:
         with _bench_errors("num"):
-            return list(range(DEFAULT_NUM if num is None else pipeline._positive_int(num, "num", "num")))
+            return list(range(DEFAULT_NUM if num is None else positive_int(num, "num", "num")))
     with _bench_errors("seeds"):
         seeds = parse_seeds(seeds)
     if num is not None and num != len(seeds):
@@ -256,7 +268,7 @@ def _ode_num(ode_num, metrics: Sequence[str], seeds: Sequence[int]) -> int | Non
     if ode_num is None:
         return min(len(seeds), DEFAULT_ODE_NUM)
     with _bench_errors("ode_num"):
-        ode_num = pipeline._positive_int(ode_num, "ode_num", "ode_num")
+        ode_num = positive_int(ode_num, "ode_num", "ode_num")
     if ode_num > len(seeds):
         raise BenchError(f"ode_num {ode_num} is more than the {len(seeds)} samples", "ode_num")
     return ode_num
@@ -267,7 +279,7 @@ def _out(out) -> Path | None:
         return None
     out = Path(out).expanduser()
     with _bench_errors("out"):
-        pipeline.check_writable_dir(out, "out")
+        check_writable_dir(out, "out")
     return out
 
 
@@ -277,14 +289,14 @@ def _precisions(metrics: Sequence[str], dtype: torch.dtype) -> list[torch.dtype]
     return list(dict.fromkeys([*needed, *([torch.float64] if "ode" in metrics else [])]))
 
 
-def _sigmas(model, name: str, steps: int) -> torch.Tensor:
-    return pipeline.schedule_sigmas(model, name, steps)[0]
+def _sigmas(model, name: str, rho: float | None, steps: int) -> torch.Tensor:
+    return schedule_sigmas(model, name, steps, rho=rho)[0]
 
 
-def _schedules(value: str | Sequence[str], model, steps: int) -> dict[str, Any]:
+def _schedules(value: str | Sequence[str], model, steps: int, rho: float | None = None) -> dict[str, Any]:
     """Name -> steps -> sigmas; each one tried once, so unknown names and schedules that cannot serve this
     model (table schedules on a continuous one) are usage errors, not a grid of skipped cells."""
-    schedules = {name: functools.partial(_sigmas, model, name) for name in _names(value)}
+    schedules = {name: functools.partial(_sigmas, model, name, rho) for name in _names(value)}
     if not schedules:
         raise BenchError("no schedule given", "schedules")
     for schedule in schedules.values():
@@ -324,7 +336,8 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
                   dtype="float32", detector: str | None = None, detector_weights=None, ref=None, out=None,
                   overwrite: bool = False, progress: bool = False, shape=None, sigma_min=None, sigma_max=None,
                   sigmas=None, cond: Mapping[str, Any] | None = None, name: str | None = None,
-                  trust_pickle: bool = False) -> Bench:
+                  trust_pickle: bool = False, rho: float | None = None, class_label: int | None = None,
+                  guidance: float = 0.0) -> Bench:
     """Check every argument of :func:`run_bench` and plan its cells; raises :class:`BenchError`."""
     with _bench_errors("metrics"):
         metrics = parse_metrics(metrics)
@@ -337,17 +350,22 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     if "fd" in metrics and len(seeds) < 2:
         raise BenchError("the fd metric needs at least 2 samples", "num")
     with _bench_errors():
-        batch = pipeline._positive_int(batch, "batch", "batch")
-        device, dtype = pipeline._resolve_device(device), pipeline._resolve_dtype(dtype)
+        batch = positive_int(batch, "batch", "batch")
+        device, dtype = resolve_device(device), resolve_dtype(dtype)
     out = _out(out)
 
     loaded = as_loaded(model, shape=shape, sigma_min=sigma_min, sigma_max=sigma_max, sigmas=sigmas, name=name)
-    models = {p: in_precision(model, loaded, p, device, trust_pickle) for p in _precisions(metrics, dtype)}
+    precisions = _precisions(metrics, dtype)
+    raw = {p: loaded if loaded is not None else load_spec(model, p, device, trust_pickle) for p in precisions}
+    with _bench_errors():
+        class_label = check_class(raw[precisions[0]], class_label)
+        guidance = check_guidance(raw[precisions[0]], guidance)
+    models = {p: in_precision(raw[p], p, guidance) for p in precisions}
     base = next(iter(models.values()))  # its sigma range is the schedules'
     base = replace(base, sigma_min=base.sigma_min if sigma_min is None else float(sigma_min),
                    sigma_max=base.sigma_max if sigma_max is None else float(sigma_max))
-    schedule_fns = _schedules(schedules, base, budgets[0])
-    conditioning = Conditioning(base, seeds, device, cond)
+    schedule_fns = _schedules(schedules, base, budgets[0], rho)
+    conditioning = Conditioning(base, seeds, device, cond, class_label)
     fd = detector_name = ref_name = None
     if "fd" in metrics:
         if ref is None and not is_digits(model, base):
@@ -364,11 +382,11 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     settings = {
         "model": str(model) if loaded is None else loaded.source, "shape": list(base.shape),
         "sigma_min": base.sigma_min, "sigma_max": base.sigma_max, "seeds": format_seeds(seeds),
-        "num": len(seeds), "ode_num": ode_num, "dtype": str(dtype).removeprefix("torch."),
+        "num": len(seeds), "ode_num": ode_num, "dtype": dtype_name(dtype),
         "device": device.type, "detector": detector_name, "ref": ref_name,
         "time_measured_on": _time_label(metrics, dtype), "samplers": sampler_names,
         "schedules": list(schedule_fns), "nfe": budgets, "metrics": list(metrics), "options": options,
-        "batch": batch,
+        "batch": batch, "rho": rho, "class": class_label, "guidance": guidance or None,
     }
     previous, settings = _resume(out, settings, overwrite)
     traits = {s: sampler_traits(s, options.get(s)) for s in sampler_names}

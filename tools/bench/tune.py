@@ -40,6 +40,7 @@ from scipy import optimize
 import samplers
 from samplers import schedules
 from samplers.schedules import validate_sigmas
+from tools.device import resolve_device
 
 from .ode import ReferenceCache, rms_error
 
@@ -274,10 +275,7 @@ def tunable_steps(sampler: str, nfe: int, options: Mapping[str, Any] | None = No
     options = dict(options or {})
     spec = samplers.get(sampler)
     merged = {**spec.options, **options}
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise ValueError(f"sampler {sampler!r} has no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(spec.options) or 'none'}")
+    samplers.check_options(spec, options)
     # Churn and eta > 0 inject noise; a sampler that is stochastic by default is deterministic only
     # with an eta option set to 0 (e.g. euler_ancestral with eta=0 is euler).
     if "s_churn" in merged:
@@ -295,6 +293,18 @@ def tunable_steps(sampler: str, nfe: int, options: Mapping[str, Any] | None = No
         raise ValueError(f"sampler {sampler!r} uses only the schedule's first and last sigma: there is "
                          "nothing to tune")
     return steps
+
+
+def check_something_to_tune(sampler: str, nfe: int) -> None:
+    """ValueError (one line) when the sampler takes fewer than 3 steps at ``nfe``: a tuned schedule keeps its
+    first and last nonzero sigma, so there is no level to move (``tune_schedule`` returns the init)."""
+    steps = samplers.steps_for_nfe(sampler, nfe)
+    if steps < 3:
+        least = next(n for n in range(nfe + 1, nfe + 1000) if samplers.steps_for_nfe(sampler, n) >= 3)
+        raise ValueError(f"nothing to tune: at NFE {nfe} {sampler} takes {steps} step{'s' * (steps > 1)}, "
+                         f"and "
+                         f"a tuned schedule keeps its first and last nonzero sigma; tuning needs 3 steps or "
+                         f"more (NFE >= {least})")
 
 
 def _unit_gaussian(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -386,13 +396,6 @@ def _seeds(seeds, num) -> list[int]:
     return seeds
 
 
-def _device(device) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from None
-
-
 # ---------------------------------------------------------------------------------------------------
 # The tuner
 
@@ -418,7 +421,7 @@ def tune_schedule(denoiser, sampler: str, nfe: int, *, shape: Sequence[int], sig
     seeds = _seeds(seeds, num)
     max_evals = default_max_evals(nfe) if max_evals is None else _positive(max_evals, "max_evals")
     init_name, init_sigmas = _init_sigmas(init, steps, sigma_min, sigma_max)
-    device = _device(device)
+    device = resolve_device(device)
     cond = {k: v.to(device=device, dtype=torch.float64) if torch.is_tensor(v) and v.is_floating_point()
             else v for k, v in dict(cond or {}).items()}
     # The start noise as edm generate draws it (float32 per seed), so seed s here is seed s there.

@@ -1,46 +1,27 @@
-"""FID / FD evaluation: detectors, feature statistics, Frechet distance, KID, precision/recall.
+"""FID / FD evaluation: ``score(source, ref)`` and ``make_reference(data, dest)`` (:mod:`tools.fid.scoring`),
+detectors, streaming feature statistics, the Frechet distance, KID and precision/recall.
 
 Core numerics live in :mod:`tools.fid.frechet` (distances) and :mod:`tools.fid.stats` (streaming
-statistics, reference files). Detectors (:mod:`tools.fid.detectors`) and image sources
-(:mod:`tools.fid.sources`) are imported lazily, on first access of their names.
+statistics, reference files); detectors in :mod:`tools.fid.detectors`, image sources in
+:mod:`tools.fid.sources`; the ``edm fid`` commands in :mod:`tools.fid.cli`. Names are imported on first
+use, so the CLI starts without torch.
 """
 
-from __future__ import annotations
+from tools.common import lazy_exports
 
-import importlib
+KID_NOTE = ("KID is the unbiased MMD^2 with kernel (x.y/d + 1)^3 on the detector's features: its scale "
+            "grows up to the 6th power of the feature scale, so values compare only within one detector, "
+            "and it averages 0 for sets from one distribution, so small negative values mean "
+            "indistinguishable at this sample size.")
 
-from tools.fid.frechet import frechet_distance, kid, precision_recall
-from tools.fid.stats import FeatureStats, compute_statistics, load_ref, load_ref_metadata, save_ref
-
-_LAZY = {
-    "get_detector": "tools.fid.detectors",
-    "list_detectors": "tools.fid.detectors",
-    "open_images": "tools.fid.sources",
+_EXPORTS = {
+    "FidError": ".scoring", "Reference": ".scoring", "fd_reference": ".scoring", "make_reference": ".scoring",
+    "score": ".scoring", "shipped_ref": ".scoring",
+    "frechet_distance": ".frechet", "kid": ".frechet", "precision_recall": ".frechet",
+    "FeatureStats": ".stats", "compute_statistics": ".stats", "load_ref": ".stats",
+    "load_ref_metadata": ".stats", "save_ref": ".stats",
+    "get_detector": ".detectors", "list_detectors": ".detectors",
+    "ImageSource": ".sources", "open_images": ".sources",
 }
-
-__all__ = [
-    "FeatureStats",
-    "compute_statistics",
-    "frechet_distance",
-    "get_detector",
-    "kid",
-    "list_detectors",
-    "load_ref",
-    "load_ref_metadata",
-    "open_images",
-    "precision_recall",
-    "save_ref",
-]
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__all__ = sorted([*_EXPORTS, "KID_NOTE"])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

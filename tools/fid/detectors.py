@@ -158,7 +158,7 @@ class DigitsDetector(Detector):
         return self.net(digits_preprocess(self._check(images)))
 
 
-def _digits_paths(weights) -> tuple[Path, Path]:
+def digits_paths(weights) -> tuple[Path, Path]:
     path = Path(weights) if weights is not None else DIGITS_WEIGHTS
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
@@ -169,7 +169,7 @@ def load_digits_net(weights=None) -> tuple[DigitsNet, dict]:
     """The network and JSON config of a digits detector checkpoint (default: the shipped one)."""
     from safetensors.torch import load_file
 
-    tensors, config_path = _digits_paths(weights)
+    tensors, config_path = digits_paths(weights)
     for path in (tensors, config_path):
         if not path.is_file():
             raise DetectorWeightsMissing(

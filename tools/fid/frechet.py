@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["frechet_distance", "kid", "precision_recall"]
+__all__ = ["frechet_distance", "kid", "precision_recall", "KID_NOTE"]
+
+from . import KID_NOTE  # noqa: E402  (kept in the package so the CLI's help shows it without torch)
 
 
 def _as_numpy64(x, name: str) -> np.ndarray:
@@ -94,11 +96,29 @@ def _as_feature_matrix(x, name: str) -> np.ndarray:
 
 
 def kid(features1, features2, *, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0) -> float:
-    """Kernel Inception Distance: unbiased MMD^2 with the kernel ``k(x, y) = (x.y / dim + 1)^3``.
+    """Kernel Inception Distance: the unbiased MMD^2 estimate with the cubic polynomial kernel.
 
-    Averaged over ``num_subsets`` random subsets of ``m = min(N1, N2, max_subset_size)`` rows drawn
-    without replacement from each set (as in Binkowski et al. 2018 and NVlabs' stylegan2-ada metric).
-    Deterministic for a given ``seed``. Can be slightly negative for matching distributions.
+    Kernel: ``k(x, y) = (x.y / d + 1)^3``, ``d`` the feature dimension, as in Binkowski et al. 2018
+    ("Demystifying MMD GANs"), NVlabs' stylegan2-ada ``kernel_inception_distance`` and clean-fid.
+    Estimator: for subsets ``X``, ``Y`` of ``m`` rows each,
+    ``sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (m (m - 1))
+    - 2 sum_{i, j} k(x_i, y_j) / m^2``, averaged over ``num_subsets`` random subsets of
+    ``m = min(N1, N2, max_subset_size)`` rows drawn without replacement from each set (as NVlabs).
+    Deterministic for a given ``seed``.
+
+    Units: the value is not scale-free. With ``a = x.y / d`` the kernel is ``a^3 + 3 a^2 + 3 a + 1``;
+    the constant cancels in the estimator, so scaling every feature by ``c`` gives
+    ``KID(c) = c^6 K3 + 3 c^4 K2 + 3 c^2 K1`` (``Kj`` the same estimate with kernel ``a^j``): it is in
+    units of ``(x.y / d)^3``, the features' square cubed, when ``x.y / d`` is large (as with the
+    ``digits`` detector, whose 64-d post-ReLU features have ``x.y / d`` around 30, so its KID runs to
+    hundreds or more), and dominated by the lower powers when ``x.y / d`` is small. KID values are
+    therefore comparable only between runs of one detector, never between detectors whose features
+    have different scales (Inception pool3 vs ``digits``).
+
+    Sign: the estimator is unbiased, so when both sets come from one distribution its expectation is
+    exactly 0 and a single value is 0 plus sampling noise, negative about as often as positive. A
+    small negative KID (relative to the values seen for genuinely different sets with the same
+    detector and set sizes) means "indistinguishable at this sample size", not an error.
     """
     x_all = _as_feature_matrix(features1, "features1")
     y_all = _as_feature_matrix(features2, "features2")

@@ -4,7 +4,7 @@ digits and images generated in memory.
 ``open_images(src, num=None, seed=0, batch=64)`` takes
 
 * ``"digits"``: scikit-learn's 8x8 digits (1797 images), mapped to uint8 exactly as the generator maps
-  its output (:func:`tools.generate.to_uint8`), so generated and real digits share one pixel scale;
+  its output (:func:`tools.images.to_uint8`), so generated and real digits share one pixel scale;
 * a folder of images (png, jpg, jpeg, webp, bmp; searched recursively, in sorted path order);
 * a ``.zip`` archive of such images (sorted member names);
 * a ``.npy`` uint8 array or an ``.npz`` holding one (key ``images``, else ``arr_0``, else its first
@@ -94,24 +94,33 @@ class ImageSource:
         self._indices = indices
         self._read = read  # indices -> uint8 [B, C, H, W]
         self._batches = batches
-        self._count = len(indices) if indices is not None else int(count)
+        self._count = len(indices) if indices is not None else (None if count is None else int(count))
 
     @classmethod
-    def from_batches(cls, batches: Iterable, shape: Sequence[int], count: int,
+    def from_batches(cls, batches: Iterable, shape: Sequence[int], count: int | None,
                      name: str = "images") -> ImageSource:
         """Images made on the fly: ``batches`` yields uint8 ``[B, C, H, W]`` tensors or ``[B, H, W, C]``
-        numpy arrays (as :func:`tools.generate.to_uint8` returns), ``count`` images of ``shape`` in all.
+        numpy arrays (as :func:`tools.images.to_uint8` returns), ``count`` images of ``shape`` in all
+        (None: as many as come).
 
         It can be iterated once (when ``batches`` is a generator); a batch of the wrong shape, or a total
         other than ``count``, raises ValueError.
         """
         return cls(name, shape, None, None, batches=batches, count=count)
 
+    @property
+    def count(self) -> int | None:
+        """The number of images, or None for batches of unknown number."""
+        return self._count
+
     def __len__(self) -> int:
+        if self._count is None:
+            raise TypeError(f"{self.name}: the number of images is not known before they are read")
         return self._count
 
     def __repr__(self) -> str:
-        return f"ImageSource({self.name!r}, {len(self)} images of {list(self.shape)})"
+        count = "?" if self._count is None else self._count
+        return f"ImageSource({self.name!r}, {count} images of {list(self.shape)})"
 
     @property
     def indices(self) -> np.ndarray | None:
@@ -149,7 +158,7 @@ class ImageSource:
                 raise ValueError(f"{self.name}: expected uint8 batches of [B, {want}], got {got}")
             seen += item.shape[0]
             yield item
-        if seen != self._count:
+        if self._count is not None and seen != self._count:
             raise ValueError(f"{self.name}: expected {self._count} images, got {seen}")
 
 
@@ -253,7 +262,7 @@ def _array(path: Path) -> np.ndarray:
 
 def _digits() -> np.ndarray:
     from edm.data import load_digits
-    from tools.generate import to_uint8
+    from tools.images import to_uint8
 
     return to_uint8(load_digits().images).transpose(0, 3, 1, 2)
 
@@ -262,7 +271,9 @@ def open_images(src, *, num: int | None = None, seed: int = 0, batch: int = 64) 
     """An :class:`ImageSource` over ``src`` (see the module docstring); ``num`` images chosen by ``seed``."""
     if num is not None and (isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1):
         raise ValueError(f"num must be a positive integer, got {num!r}")
-    if isinstance(src, str) and src == "digits":
+    if isinstance(src, np.ndarray):
+        array, name = _nchw(src, "the array"), "array"
+    elif isinstance(src, str) and src == "digits":
         array, name = _digits(), "digits"
     else:
         path = Path(src).expanduser()

@@ -3,7 +3,7 @@
 ``train_digits_detector(seed=..., epochs=..., out=...)`` trains on a fixed 80% split (the same split
 for every seed, stratified by class), reports accuracy on the other 20%, and writes
 ``OUT.safetensors`` + ``OUT.json`` atomically (JSON last). The images are first turned into uint8
-exactly as the generator writes its samples (``x * 127.5 + 128``, clipped; ``tools.generate.to_uint8``)
+exactly as the generator writes its samples (``x * 127.5 + 128``, clipped; ``tools.images.to_uint8``)
 and then preprocessed by the detector itself, so real and generated digits are treated identically.
 Augmentation: random shifts by at most one pixel (background filled with 0). The run is reproducible
 for a fixed seed on CPU.
@@ -24,7 +24,7 @@ import click
 import torch
 from torch.nn import functional as F
 
-from .detectors import DIGITS_FORMAT, DigitsNet, _digits_paths, digits_preprocess
+from .detectors import DIGITS_FORMAT, DigitsNet, digits_paths, digits_preprocess
 
 __all__ = ["train_digits_detector", "train_detector", "digits_uint8", "digits_split", "SPLIT_SEED"]
 
@@ -36,7 +36,7 @@ DEFAULTS = dict(epochs=60, batch=64, lr=2e-3, weight_decay=1e-4, channels=32, fe
 def digits_uint8() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 scikit-learn digits as uint8 ``[N, 1, 8, 8]`` (via the generator's mapping) and labels."""
     from edm.data import load_digits
-    from tools.generate import to_uint8
+    from tools.images import to_uint8
 
     data = load_digits()
     images = torch.from_numpy(to_uint8(data.images)).permute(0, 3, 1, 2).contiguous()
@@ -138,7 +138,7 @@ def train_digits_detector(
         "preprocessing": "uint8 [B, 1, 8, 8] -> x / 127.5 - 1; features: penultimate layer after ReLU",
         "data": {
             "name": "sklearn digits",
-            "uint8": "digits / 8 - 1 in [-1, 1], then x * 127.5 + 128 clipped (tools.generate.to_uint8)",
+            "uint8": "digits / 8 - 1 in [-1, 1], then x * 127.5 + 128 clipped (tools.images.to_uint8)",
             "split": f"stratified per class, seed {SPLIT_SEED}, {HELD_OUT_FRACTION:.0%} held out",
             "train": len(train_idx),
             "held_out": len(held_idx),
@@ -156,7 +156,7 @@ def train_digits_detector(
     if command is not None:
         record["command"] = command
     if out is not None:
-        tensors, config = _digits_paths(out)
+        tensors, config = digits_paths(out)
         tensors.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
         atomic_write(tensors, lambda tmp: save_file(state, tmp))
@@ -166,15 +166,13 @@ def train_digits_detector(
 
 
 def _device(ctx, param, value):
+    from tools.common import BadInput
+    from tools.device import resolve_device
+
     try:
-        device = torch.device(value)
-    except RuntimeError:
-        raise click.BadParameter(f"not a torch device: {value!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise click.BadParameter(f"expected cpu or cuda[:N], got {value!r}")
-    return str(device)
+        return str(resolve_device(value))
+    except BadInput as e:
+        raise click.BadParameter(str(e)) from None
 
 
 @click.command("train-detector")

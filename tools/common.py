@@ -1,0 +1,142 @@
+"""Helpers every part of ``tools`` needs, defined once: the error type of bad input, one-line error text,
+JSON-able values, compact value formatting, and the checks of output folders and counts.
+
+Nothing here imports torch at module level, so the CLI can use it and still start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BadInput", "check_writable_dir", "format_value", "jsonable", "lazy_exports", "one_line",
+           "positive_int"]
+
+
+class BadInput(ValueError):
+    """Bad input to a library call, found before any work is done.
+
+    ``param`` names the argument at fault (``"model"``, ``"seeds"``, ``"class_label"``, ...), or is None
+    when the fault lies in a combination of arguments. The CLI turns it into a usage error naming the flag.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def one_line(error: BaseException | str) -> str:
+    """The first line of an error's message (or its type's name when it has none)."""
+    if isinstance(error, str):
+        text = error
+    else:
+        text = str(error)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def format_value(value: Any) -> str:
+    """A compact rendering of an option value: 0.0 -> 0, 1e-3 -> 0.001, inf -> inf."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON data.
+
+    Non-finite floats become the strings "inf", "-inf", "nan"; tuples and sets become lists (sets sorted
+    when they can be); a tensor becomes its list when it has at most 16 elements, else the text
+    "tensor of shape [...]"; anything else unknown becomes its ``str``.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        try:
+            value = sorted(value)
+        except TypeError:
+            value = list(value)
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is imported
+    if torch is not None and isinstance(value, torch.Tensor):
+        return jsonable(value.tolist()) if value.numel() <= 16 else f"tensor of shape {list(value.shape)}"
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        return jsonable(value.item())  # numpy scalars
+    return str(value)
+
+
+def positive_int(value: Any, what: str, param: str | None = None) -> int:
+    """``value`` as an int >= 1, else :class:`BadInput` (bools are not integers here)."""
+    if isinstance(value, bool) or not (isinstance(value, int) or _is_numpy_int(value)) or value < 1:
+        raise BadInput(f"{what} must be a positive integer, got {value!r}", param)
+    return int(value)
+
+
+def _is_numpy_int(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.integer)
+
+
+def check_writable_dir(path, param: str | None = None) -> Path:
+    """``path`` as an absolute directory that exists and is writable, or could be created; else BadInput.
+
+    Writability is probed with an anonymous temporary file in the nearest existing directory, so a
+    read-only file system is caught too (as root, ``os.access`` says yes to everything) and nothing
+    visible is left behind. Nothing is created.
+    """
+    path = Path(path).expanduser().absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise BadInput(f"{path} is not a directory" if candidate == path
+                               else f"cannot create {path}: {candidate} is not a directory", param)
+            if not os.access(candidate, os.W_OK | os.X_OK):
+                raise BadInput(f"cannot write to {path}: {candidate} is not writable", param)
+            try:
+                with tempfile.TemporaryFile(dir=candidate):
+                    pass
+            except OSError as e:
+                raise BadInput(f"cannot write to {path}: {e.strerror or e}", param) from None
+            return path
+    raise BadInput(f"cannot create {path}", param)  # pragma: no cover - "/" always exists
+
+
+def check_writable_file(path, param: str | None = None, example: str = "out.json") -> Path:
+    """A file path whose folder exists and is writable or can be created; a directory is BadInput."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise BadInput(f"{path} is a directory: give a file name such as {example}", param)
+    check_writable_dir(path.parent, param)
+    return path
+
+
+def lazy_exports(module: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list]]:
+    """``(__getattr__, __dir__)`` for a package that exports ``names`` (name -> submodule) on first use.
+
+    Packages that also hold a CLI module use this, so importing the CLI does not import torch.
+    """
+    package = sys.modules[module]
+
+    def __getattr__(name: str):
+        submodule = names.get(name)
+        if submodule is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(submodule, module), name)
+        setattr(package, name, value)
+        return value
+
+    def __dir__():
+        return sorted(set(vars(package)) | set(names))
+
+    return __getattr__, __dir__

@@ -1,0 +1,96 @@
+"""The ``edm generate`` command (a click command object; ``tools.cli`` registers it).
+
+Also runs on its own, e.g. under torchrun:
+``torchrun --standalone --nproc_per_node 2 -m tools.generate.cli --outdir out``.
+torch and the registries are imported when the command runs (or its help is shown).
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from tools.options import (
+    cli_errors,
+    command,
+    one_of,
+    option,
+    report_ignored,
+    sampler_options,
+    sampling_options,
+    seeds_option,
+    usage_error,
+)
+
+__all__ = ["generate"]
+
+
+@command("generate")
+@sampling_options()
+@seeds_option("0-63", "Seeds, one image each: ranges and commas, e.g. 0-63,100.")
+@option("Output", "--outdir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+        help="Where the images go: DIR/000042.png for seed 42 (created if missing). DIR/edm-generate.json "
+             "records the settings; a rerun with other settings is refused.")
+@option("Output", "--subdirs", is_flag=True, help="One subfolder per 1000 seeds: DIR/001000/001042.png.")
+@option("Output", "--grid", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+        help="Also tile all the images, in --seeds order, into one near-square PNG at PATH.")
+@option("Output", "--overwrite", is_flag=True,
+        help="Re-create images that already exist and record these settings (by default existing images are "
+             "skipped, so reruns resume, and a folder made with other settings is refused).")
+@option("Output", "--batch", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
+        help="Images per batch: changes speed and memory, not the images.")
+@option("Output", "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
+             guidance, device, dtype, seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
+    """Write one PNG per seed, sampled from a diffusion model.
+
+    Each image depends on its seed alone: the same seed gives the same image whatever --batch, its
+    place in the batch or the number of processes. Images are named by seed (DIR/000042.png). Existing
+    images are skipped, so a rerun of an interrupted command finishes it; --overwrite redoes them.
+    Every argument is checked before anything is written.
+
+    \b
+    Examples:
+      edm generate --outdir out                         64 digits, heun, 18 steps
+      edm generate --outdir out --seeds 0-9 --class 3 --grid grid.png
+      edm generate --outdir out --sampler dpmpp_2m_sde --nfe 20 --eta 0.5
+      edm generate --outdir out --sampler euler_ancestral --guidance 1.5
+      edm generate --outdir out --model runs/ckpt.json --sampler edm --s-churn 40
+      torchrun --standalone --nproc_per_node 4 -m tools.cli generate \\
+          --outdir out --seeds 0-49999 --subdirs        one share of the seeds per process
+
+    `edm samplers` and `edm schedules` list what --sampler and --schedule accept, with each
+    sampler's options; `edm info MODEL` describes a model.
+    """
+    from . import plan as planning
+    from . import runner as running
+
+    if steps is not None and nfe is not None:
+        raise click.UsageError("--steps and --nfe are mutually exclusive: give one")
+    try:
+        nfe = None if nfe is None else one_of(nfe, "NFE budget", "nfe", "edm generate")
+    except ValueError as e:
+        raise usage_error(e) from None
+    options = sampler_options([sampler], flags)[sampler]
+    with cli_errors():
+        plan = planning.prepare(model, seeds, outdir, sampler=sampler, schedule=schedule, steps=steps,
+                                nfe=nfe,
+                                options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                                batch=batch,
+                                class_label=class_label, guidance=guidance, subdirs=subdirs, grid=grid,
+                                overwrite=overwrite, device=device, dtype=dtype or "float32",
+                                progress=progress, trust_pickle=trust_pickle)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        report_ignored(plan.model)
+    if progress and rank0:
+        click.echo(f"Generating {plan.describe()}", err=True)
+    with cli_errors(plan.device, plan.batch):
+        summary = running.run(plan)
+    if summary.rank == 0:
+        click.echo(summary.line())
+
+
+if __name__ == "__main__":
+    generate()

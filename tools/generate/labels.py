@@ -1,0 +1,41 @@
+"""Conditioning per seed: the class label NVlabs' ``generate.py`` draws from a seed, and the keyword
+arguments a class-conditional denoiser is called with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["class_labels", "conditioning"]
+
+
+def class_labels(seeds: Sequence[int], num_classes: int, shape: Sequence[int], *,
+                 device="cpu") -> torch.Tensor:
+    """A class index per seed (int64 ``[len(seeds)]``), drawn from the seed alone.
+
+    As NVlabs' ``generate.py`` with its ``StackedRandomGenerator``: the seed's generator
+    (``manual_seed(seed % 2**32)`` on ``device``) draws the float32 latent of ``shape``, then the label
+    with ``randint``. The label therefore depends on the seed (and the device kind), not the batch.
+    """
+    labels = []
+    for seed in seeds:
+        gen = torch.Generator(device=device).manual_seed(int(seed) % (1 << 32))
+        torch.randn(tuple(shape), generator=gen, device=device)  # the latent's draw, as NVlabs
+        labels.append(torch.randint(num_classes, size=[], generator=gen, device=device))
+    return torch.stack(labels).to(device=device, dtype=torch.int64)
+
+
+def conditioning(model, seeds: Sequence[int], class_label: int | None, device,
+                 dtype) -> dict[str, torch.Tensor]:
+    """``{"class_labels": one-hot [B, K]}`` for a class-conditional model, ``{}`` otherwise.
+
+    ``class_label`` None draws each seed's label (:func:`class_labels`); an int gives every sample it.
+    """
+    if not model.num_classes:
+        return {}
+    if class_label is None:
+        labels = class_labels(seeds, model.num_classes, model.shape, device=device)
+    else:
+        labels = torch.full((len(seeds),), int(class_label), dtype=torch.int64, device=device)
+    return {"class_labels": torch.nn.functional.one_hot(labels, model.num_classes).to(dtype)}

@@ -1,0 +1,217 @@
+"""What a command samples, checked once for every command that samples (``edm generate``, ``edm fid gen``,
+``edm bench``, ``edm tune-schedule``): the model, the sampler and its options, the schedule and its steps,
+the class and the guidance weight, the device and the precision.
+
+:func:`prepare_sampling` checks everything without writing anything (the sampler runs once on a 1x1 zero
+problem, the guided denoiser once on one sample) and returns a :class:`Sampling`, whose
+:meth:`Sampling.sample` gives the images of a list of seeds: the same for a seed whatever the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import samplers
+from samplers.guidance import ClassifierFreeGuidance
+from tools.common import BadInput, one_line
+from tools.device import ModelDtype, dtype_name, resolve_device, resolve_dtype, state_dtype
+
+from .labels import conditioning
+from .schedule import resolve_steps, schedule_sigmas
+
+__all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "guided", "load",
+           "prepare_sampling"]
+
+GUIDANCE_MEANING = ("w is the classifier-free guidance weight: D + w (D - D_uncond); 0 is none, larger "
+                    "is stronger (diffusers' guidance_scale = 1 + w)")
+_MODEL_FIELDS = ("denoiser", "shape", "num_classes", "sigma_min", "sigma_max", "sigmas")
+
+
+def load(model, device, dtype, trust_pickle: bool = False):
+    """A model spec loaded with ``tools.models.load_model``, or an already loaded model checked."""
+    if not isinstance(model, (str, os.PathLike)):
+        for attr in _MODEL_FIELDS:
+            if not hasattr(model, attr):
+                raise BadInput(f"model must be a model spec or a LoadedModel; {model!r} has no {attr}",
+                               "model")
+        return model
+    from tools.models import load_model
+
+    return load_model(str(model), device=device, dtype=dtype, trust_pickle=trust_pickle)
+
+
+def check_sampler(name: str, options: Mapping[str, Any], sigmas: torch.Tensor) -> None:
+    """Run the sampler on a 1x1 zero problem: rejects unknown or invalid options before any real work."""
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    for key, value in options.items():
+        if isinstance(value, float) and math.isnan(value):
+            raise BadInput(f"option {key} must be a number, got nan", "options")
+    try:
+        samplers.sample(lambda x, sigma, **cond: torch.zeros_like(x), x, sigmas, name, seeds=[0], **options)
+    except ValueError as e:
+        raise BadInput(one_line(e), "options") from None
+    except Exception as e:  # e.g. ZeroDivisionError from a degenerate option value
+        raise BadInput(f"sampler {name!r} fails with options {options}: {type(e).__name__}: {one_line(e)}",
+                       "options") from None
+
+
+def check_class(model, class_label) -> int | None:
+    """``class_label`` checked against the model's classes (None: drawn per seed)."""
+    if class_label is None:
+        return None
+    if isinstance(class_label, bool) or not isinstance(class_label, int):
+        raise BadInput(f"class must be an integer, got {class_label!r}", "class_label")
+    if not model.num_classes:
+        raise BadInput("this model is unconditional: it takes no class", "class_label")
+    if not 0 <= class_label < model.num_classes:
+        raise BadInput(f"class {class_label} is out of range: this model has classes "
+                       f"0..{model.num_classes - 1}", "class_label")
+    return int(class_label)
+
+
+def check_guidance(model, guidance) -> float:
+    """The guidance weight w: a finite number >= 0, and only for class-conditional models."""
+    try:
+        guidance = float(guidance)
+    except (TypeError, ValueError):
+        raise BadInput(f"guidance must be a number, got {guidance!r}", "guidance") from None
+    if not math.isfinite(guidance) or guidance < 0:
+        raise BadInput(f"guidance must be a finite number >= 0, got {guidance:g}; {GUIDANCE_MEANING}",
+                       "guidance")
+    if guidance and not model.num_classes:
+        raise BadInput("classifier-free guidance needs a class-conditional model; this one is unconditional",
+                       "guidance")
+    return guidance
+
+
+def guided(model, dtype: torch.dtype, guidance: float) -> Callable:
+    """The model's denoiser evaluated in ``dtype`` (the sampler keeps float32/float64), with guidance w."""
+    denoiser = model.denoiser
+    if dtype != state_dtype(dtype):
+        denoiser = ModelDtype(denoiser, dtype)
+    if guidance:
+        denoiser = ClassifierFreeGuidance(denoiser, guidance)
+    return denoiser
+
+
+def check_denoiser(denoiser: Callable, model, sigma: float, cond: Mapping[str, Any], device: torch.device,
+                   dtype: torch.dtype, why: str = "") -> None:
+    """One evaluation on one sample at ``sigma`` in the precision it will run in: fails fast and cleanly."""
+    state = state_dtype(dtype)
+    x = torch.zeros((1, *model.shape), device=device, dtype=state)
+    sigmas = torch.full((1,), float(sigma), device=device, dtype=state)
+    try:
+        with torch.no_grad():
+            out = denoiser(x, sigmas, **cond)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as e:
+        raise BadInput(f"the model fails on this input ({device}, {dtype_name(dtype)}{why}): {one_line(e)}",
+                       "model") from None
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BadInput(f"the model returns {got} for an input of shape {list(x.shape)}", "model")
+
+
+@dataclass(kw_only=True)
+class Sampling:
+    """A checked sampling setup (see :func:`prepare_sampling`)."""
+
+    model: Any  # tools.models.LoadedModel, or any object with its fields
+    sampler: str
+    options: dict[str, Any]
+    schedule: str
+    schedule_options: dict[str, Any]
+    sigmas: torch.Tensor  # float64, decreasing, ending in 0
+    steps: int
+    nfe: int | None  # denoiser evaluations per image (None: adaptive sampler)
+    class_label: int | None
+    guidance: float
+    device: torch.device
+    dtype: torch.dtype
+    denoiser: Callable = field(default=None, repr=False)  # guided, in the model's dtype
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        return state_dtype(self.dtype)
+
+    def cond(self, seeds: Sequence[int], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        return conditioning(self.model, seeds, self.class_label, self.device, dtype or self.state_dtype)
+
+    def sample(self, seeds: Sequence[int]) -> torch.Tensor:
+        """The samples of ``seeds`` (``[B, C, H, W]``, in the sampler's precision), one batch."""
+        seeds = list(seeds)
+        dtype = self.state_dtype
+        # Drawn in float32 then cast, as NVlabs: the same noise in every precision.
+        x = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=torch.float32).to(dtype)
+        return samplers.sample(self.denoiser, x * float(self.sigmas[0]), self.sigmas, self.sampler,
+                               seeds=seeds,
+                               cond=self.cond(seeds), **self.options)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the images (beyond the seed), as plain data: a folder's record of its images."""
+        return {"model": str(self.model.source), "sampler": self.sampler, "options": dict(self.options),
+                "schedule": self.schedule, "schedule_options": dict(self.schedule_options),
+                "steps": self.steps, "sigmas": [float(s) for s in self.sigmas],
+                "class": self.class_label, "guidance": self.guidance, "dtype": dtype_name(self.dtype),
+                "device": self.device.type}
+
+    def describe(self) -> str:
+        """What will be sampled how, in a few words."""
+        nfe = "adaptive NFE" if self.nfe is None else f"{self.nfe} NFE"
+        options = "".join(f" {k}={v}" for k, v in self.options.items())
+        cls = "" if not self.model.num_classes else (
+            f", class {self.class_label}" if self.class_label is not None else ", random classes")
+        guidance = f", guidance w={self.guidance:g}" if self.guidance else ""
+        return (f"{self.sampler}{options}, {self.steps} steps ({nfe}), {self.schedule} sigma "
+                f"{float(self.sigmas[0]):g}...{float(self.sigmas[-2]):g}{cls}{guidance}, "
+                f"{self.device} {dtype_name(self.dtype)}")
+
+
+def sampler_spec(name: str):
+    try:
+        return samplers.get(name)
+    except ValueError as e:
+        raise BadInput(one_line(e), "sampler") from None
+
+
+def check_option_names(spec, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options, each one the sampler has; else BadInput listing its options."""
+    try:
+        samplers.check_options(spec.name, options)
+    except ValueError as e:
+        raise BadInput(one_line(e), "options") from None
+    return dict(options)
+
+
+def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", steps: int | None = None,
+                     nfe: int | None = None, options: Mapping[str, Any] | None = None,
+                     sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
+                     class_label: int | None = None, guidance: float = 0.0, device=None, dtype=torch.float32,
+                     trust_pickle: bool = False) -> Sampling:
+    """Check every sampling argument (see :func:`tools.generate.generate`); raises :class:`BadInput`.
+
+    Nothing is written. The model is loaded (when given as a spec), the schedule computed, the sampler
+    run once on a 1x1 zero problem (checks its options) and the guided denoiser evaluated once on one
+    sample (checks the model, its dtype on this device, the class and the guidance).
+    """
+    spec = sampler_spec(sampler)
+    steps, nfe_per_image = resolve_steps(spec, steps, nfe)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    options = check_option_names(spec, options or {})
+    model = load(model, device, dtype, trust_pickle)
+    class_label = check_class(model, class_label)
+    guidance = check_guidance(model, guidance)
+    sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
+    check_sampler(spec.name, options, sigmas)
+    setup = Sampling(model=model, sampler=spec.name, options=options, schedule=schedule,
+                     schedule_options=schedule_options, sigmas=sigmas, steps=steps, nfe=nfe_per_image,
+                     class_label=class_label, guidance=guidance, device=device, dtype=dtype,
+                     denoiser=guided(model, dtype, guidance))
+    check_denoiser(setup.denoiser, model, float(sigmas[0]), setup.cond([0]), device, dtype)
+    return setup

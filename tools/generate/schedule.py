@@ -1,0 +1,76 @@
+"""The noise levels a run samples at: a registered schedule or a schedule file, on a model's range, for a
+number of steps or the most steps that fit an NFE budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import samplers
+from samplers import schedules
+from tools.common import BadInput, one_line, positive_int
+from tools.schedule_file import ScheduleFileError, file_path, load_schedule
+
+__all__ = ["DEFAULT_STEPS", "resolve_steps", "schedule_sigmas"]
+
+DEFAULT_STEPS = 18  # EDM's deterministic sampler on CIFAR-10 / FFHQ (35 NFE with heun)
+
+
+def resolve_steps(spec, steps, nfe) -> tuple[int, int | None]:
+    """``(steps, nfe per image)`` of sampler ``spec`` from steps or an NFE budget (default 18 steps).
+
+    The NFE is None for an adaptive sampler. BadInput names ``steps`` or ``nfe``.
+    """
+    if steps is not None and nfe is not None:
+        raise BadInput("give steps or an NFE budget, not both")
+    if nfe is not None:
+        nfe = positive_int(nfe, "the NFE budget", "nfe")
+        try:
+            steps = samplers.steps_for_nfe(spec.name, nfe)
+        except ValueError as e:
+            raise BadInput(one_line(e), "nfe") from None
+    else:
+        steps = positive_int(DEFAULT_STEPS if steps is None else steps, "steps", "steps")
+    return steps, None if spec.adaptive else spec.nfe(steps)
+
+
+def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None,
+                    rho=None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The float64 CPU sigmas of schedule ``name`` for ``steps`` steps on ``model``, and the options given.
+
+    ``name`` is a registered schedule or ``file:PATH`` (a schedule file, see ``tools.schedule_file``).
+    The range defaults to the model's; table schedules get the model's ``sigmas``. Raises
+    :class:`BadInput` with a one-line message.
+    """
+    try:
+        path = file_path(name)
+        if path is not None:
+            if sigma_min is not None or sigma_max is not None or rho is not None:
+                raise BadInput("a schedule file fixes its own sigmas: drop sigma_min, sigma_max and rho",
+                               "schedule")
+            return load_schedule(path)(steps), {}
+        spec = schedules.spec(name)
+    except BadInput:
+        raise
+    except (ScheduleFileError, ValueError) as e:
+        raise BadInput(one_line(e), "schedule") from None
+    options: dict[str, Any] = {}
+    if rho is not None:
+        if "rho" not in spec.options:
+            having = [n for n in schedules.list() if "rho" in schedules.spec(n).options]
+            raise BadInput(f"schedule {name!r} has no rho (schedules with rho: {', '.join(having)})", "rho")
+        options["rho"] = rho
+    kwargs = dict(options)
+    if spec.needs_table:
+        if getattr(model, "sigmas", None) is None:
+            raise BadInput(f"schedule {name!r} picks levels from a discrete-time model's sigma table; "
+                           "this model has none (use e.g. karras)", "schedule")
+        kwargs["sigmas"] = model.sigmas
+    sigma_min = model.sigma_min if sigma_min is None else sigma_min
+    sigma_max = model.sigma_max if sigma_max is None else sigma_max
+    try:
+        sigmas = spec.fn(steps, sigma_min, sigma_max, **kwargs)
+    except ValueError as e:  # a bad range or option value: a combination of arguments
+        raise BadInput(one_line(e)) from None
+    return sigmas.to("cpu", torch.float64), options

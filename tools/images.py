@@ -1,0 +1,87 @@
+"""Images on disk and in memory: [-1, 1] tensors to uint8 as NVlabs does, atomic PNG writes and grids.
+
+Shared by generation (writing PNGs) and FID (turning samples into the uint8 images a detector sees).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edm.checkpoint import atomic_write
+
+__all__ = ["PNG_MODES", "grid_shape", "image_path", "remove_stale_temporaries", "to_uint8", "write_grid",
+           "write_png"]
+
+PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+_TEMP_NAME = re.compile(r"\.(\d+)\.png\..*\.tmp")  # what write_png's temporary files look like
+
+
+def to_uint8(images) -> np.ndarray:
+    """``[B, C, H, W]`` images in [-1, 1] -> uint8 ``[B, H, W, C]``, as NVlabs (x * 127.5 + 128, clip)."""
+    import torch
+
+    return (images * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_path(outdir, seed: int, subdirs: bool = False) -> Path:
+    """``outdir/{seed:06d}.png``, or ``outdir/{seed - seed % 1000:06d}/{seed:06d}.png`` with subdirs."""
+    outdir = Path(outdir)
+    if subdirs:
+        outdir = outdir / f"{seed - seed % 1000:06d}"
+    return outdir / f"{seed:06d}.png"
+
+
+def write_png(path, image: np.ndarray) -> None:
+    """Write one uint8 ``[H, W, C]`` image to ``path`` atomically (temporary file + rename)."""
+    from PIL import Image
+
+    path = Path(path)
+    channels = image.shape[2]
+    picture = Image.fromarray(image[:, :, 0] if channels == 1 else image, PNG_MODES[channels])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def remove_stale_temporaries(seeds: Sequence[int], outdir: Path, subdirs: bool) -> None:
+    """Remove temporary files left by a killed run for these seeds (only this process writes them)."""
+    mine = set(seeds)
+    folders = {image_path(outdir, s, subdirs).parent for s in seeds}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            match = _TEMP_NAME.fullmatch(entry.name)
+            if match and int(match.group(1)) in mine:
+                Path(entry.path).unlink(missing_ok=True)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """``(rows, cols)`` of a near-square grid for ``n`` images: ``cols = ceil(sqrt(n))``."""
+    cols = max(1, math.ceil(math.sqrt(n)))
+    return max(1, math.ceil(n / cols)), cols
+
+
+def write_grid(paths: Sequence[Path], grid_path, shape: Sequence[int]) -> tuple[int, int]:
+    """Tile the PNGs ``paths`` (in order, row by row, empty cells black) into one PNG at ``grid_path``.
+
+    ``shape`` is the images' ``(C, H, W)``. Returns the grid's ``(width, height)`` in pixels.
+    """
+    from PIL import Image
+
+    channels, height, width = (int(s) for s in shape)
+    rows, cols = grid_shape(len(paths))
+    canvas = np.zeros((rows * height, cols * width, channels), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            tile = np.asarray(image.convert(PNG_MODES[channels]))
+        tile = tile.reshape(height, width, channels)
+        r, c = divmod(i, cols)
+        canvas[r * height:(r + 1) * height, c * width:(c + 1) * width] = tile
+    write_png(grid_path, canvas)
+    return cols * width, rows * height

@@ -1,0 +1,117 @@
+"""Our checkpoints (``NAME.json`` + ``NAME.safetensors``, never unpickled) and the built-in models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tools.common import one_line
+
+from .base import LabelledDenoiser, LoadedModel, ModelError, parameter_count
+
+__all__ = ["BUILTIN", "builtin_path", "claims", "list_builtin", "load", "load_builtin",
+           "load_checkpoint_model"]
+
+#: built-in name -> checkpoint stem relative to the edm package
+BUILTIN = {"digits": Path("weights") / "digits"}
+
+
+def list_builtin() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def builtin_path(name: str) -> Path:
+    import edm
+
+    return Path(edm.__file__).parent / BUILTIN[name]
+
+
+def _checkpoint_stem(path: Path) -> Path:
+    """The checkpoint ``NAME`` for a path: NAME, NAME.json, NAME.safetensors or a directory."""
+    if path.is_dir():
+        stems = sorted(p.with_suffix("") for p in path.glob("*.json")
+                       if p.with_suffix(".safetensors").is_file())
+        if not stems and ((path / "config.json").is_file() or (path / "unet" / "config.json").is_file()):
+            raise ModelError(f"{path} looks like a diffusers model: pass 'diffusers:{path}'")
+        if len(stems) != 1:
+            found = ", ".join(s.name for s in stems) or "none"
+            raise ModelError(f"{path} must hold exactly one checkpoint pair NAME.json + NAME.safetensors "
+                             f"(found: {found}); name the checkpoint file instead")
+        return stems[0]
+    return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+
+
+def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=None) -> LoadedModel:
+    from edm.checkpoint import CheckpointError, load_checkpoint, paths
+
+    stem = _checkpoint_stem(Path(path))
+    weights, config_path = paths(stem)
+    try:
+        checkpoint = load_checkpoint(stem, device=device, dtype=dtype)
+        shape = tuple(int(s) for s in checkpoint.shape)
+        num_classes = checkpoint.num_classes
+    except CheckpointError as e:
+        raise ModelError(one_line(e)) from None
+    except ImportError as e:
+        raise ModelError(f"cannot build the network of {config_path}: {one_line(e)}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"checkpoint config {config_path} is malformed: {one_line(e)}") from None
+    if len(shape) != 3:
+        raise ModelError(f"checkpoint config {config_path}: data.shape must be [C, H, W], got {list(shape)}")
+    precond = checkpoint.denoiser
+    precond.backbone_dtype = dtype  # inputs of another dtype (float32 x, float16 net) are cast for the call
+    try:
+        sigma_min, sigma_max = float(precond.sigma_min), float(precond.sigma_max)
+    except AttributeError as e:
+        raise ModelError(f"checkpoint {config_path}: its preconditioning has no sigma range ({e})") from None
+    config = checkpoint.config
+    info = {
+        "kind": "checkpoint",
+        "source": source or str(stem),
+        "files": [str(config_path), str(weights)],
+        "network": config.get("network"),
+        "precond": config.get("precond"),
+        "scheme": repr(precond.scheme),
+        "data": config.get("data"),
+        "parameters": parameter_count(precond.backbone),
+        "unconditional": True,  # all-zero labels: the label-dropped input
+        "dtype": str(dtype),
+        "config": config,
+    }
+    return LoadedModel(
+        denoiser=LabelledDenoiser(precond, num_classes),
+        shape=shape,
+        num_classes=num_classes,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        sigmas=getattr(precond.scheme, "sigmas", None),
+        kind="checkpoint",
+        source=source or str(stem),
+        info=info,
+    )
+
+
+def load_builtin(name: str, *, device="cpu", dtype=torch.float32) -> LoadedModel:
+    stem = builtin_path(name)
+    if not stem.with_suffix(".json").is_file() or not stem.with_suffix(".safetensors").is_file():
+        raise ModelError(f"the built-in model {name!r} is not installed ({stem}.json / {stem}.safetensors "
+                         "missing); reinstall the package or pass a checkpoint path")
+    return load_checkpoint_model(stem, device=device, dtype=dtype, source=name)
+
+
+
+
+def claims(spec: str) -> bool:
+    """A built-in name, or a path that is (or names) a checkpoint pair or a folder holding one."""
+    if spec in BUILTIN:
+        return True
+    path = Path(spec).expanduser()
+    pair = [path.with_name(path.name + suffix) for suffix in (".json", ".safetensors")]
+    return path.is_dir() or path.suffix in (".json", ".safetensors") or any(p.exists() for p in pair)
+
+
+def load(spec: str, *, device="cpu", dtype=torch.float32, trust_pickle=False) -> LoadedModel:
+    if spec in BUILTIN:
+        return load_builtin(spec, device=device, dtype=dtype)
+    return load_checkpoint_model(Path(spec).expanduser(), device=device, dtype=dtype)

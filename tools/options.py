@@ -1,0 +1,359 @@
+"""The command line's one set of sampling options, declared once and shared by every command that samples
+(``edm generate``, ``edm fid gen``, ``edm bench``, ``edm tune-schedule``): same names, same checks, same
+help text. Also the pieces every command uses: help sections, one flag per sampler option of the registry,
+and the translation of library errors into one-line usage errors.
+
+Nothing here imports torch at module level; the registry (and torch) is imported when a command's options
+are listed or it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import click
+
+from .common import BadInput, one_line
+
+__all__ = ["CONTEXT", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors", "option",
+           "parse_list", "sampler_options", "sampling_options", "seeds_option", "usage_error"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
+SAMPLER_OPTION_PREFIX = "sampler_option_"
+SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Reference", "Output", "Device",
+            "Other")
+# BadInput.param -> flag, where the flag is not simply --param-name
+_FLAGS = {"class_label": "--class", "options": "--option", "cond": "--model"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors
+
+
+def flag_of(param: str | None) -> str | None:
+    """The flag that gives a library argument: ``class_label`` -> ``--class``, ``ode_num`` -> ``--ode-num``.
+    """
+    if not param:
+        return None
+    return _FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def usage_error(error: BaseException, flag: str | None = None) -> click.UsageError:
+    """A library error as a click usage error (exit 2, one line) naming ``flag`` or the error's own param."""
+    flag = flag or flag_of(getattr(error, "param", None))
+    message = one_line(error)
+    if flag:
+        return click.BadParameter(message, param_hint=f"'{flag}'")
+    return click.UsageError(message)
+
+
+@contextlib.contextmanager
+def cli_errors(device=None, batch: int | None = None) -> Iterator[None]:
+    """Bad input -> usage error (exit 2); out of memory and file-system errors -> one line (exit 1)."""
+    try:
+        yield
+    except BadInput as e:
+        raise usage_error(e) from None
+    except OSError as e:
+        message = f"{e.strerror or e}: {e.filename}" if e.filename else one_line(e)
+        raise click.ClickException(message) from None
+    except RuntimeError as e:
+        import torch
+
+        if isinstance(e, torch.OutOfMemoryError):
+            where = f" on {device}" if device is not None else ""
+            raise click.ClickException(f"out of memory{where} with --batch {batch}: try a smaller --batch") \
+                from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# Help in sections; one flag per sampler option of the registry
+
+
+class SectionOption(click.Option):
+    """A click option that belongs to a section of the help page."""
+
+    def __init__(self, *args, section: str = "Other", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+def option(section: str, *decls: str, **attrs):
+    return click.option(*decls, cls=SectionOption, section=section, **attrs)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _format_default(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _option_type(defaults: list[Any]) -> click.ParamType:
+    """The click type of an option from its defaults across samplers (INT only if every default is)."""
+    kinds = {type(v) for v in defaults}
+    if kinds == {bool}:
+        return click.BOOL
+    if kinds <= {int}:
+        return click.INT
+    if kinds <= {int, float}:
+        return click.FLOAT
+    return click.STRING
+
+
+def sampler_option_params(reserved: set[str]) -> list[click.Option]:
+    """One ``--flag`` per option name in the sampler registry, defaulting to None ("not given").
+
+    The help is the registry's description of the option, then which samplers take it and their defaults.
+    A name whose flag would clash with one of ``reserved`` becomes ``--sampler-NAME``.
+    """
+    import samplers
+    from samplers.registry import OPTION_HELP
+
+    by_option: dict[str, dict[str, Any]] = {}
+    described: dict[str, str] = {}
+    for name in samplers.list():
+        spec = samplers.get(name)
+        for key, default in spec.options.items():
+            by_option.setdefault(key, {})[name] = default
+            # the shared meaning where there is one (a sampler's own wording is in `edm samplers NAME`)
+            described.setdefault(key, OPTION_HELP.get(key) or spec.option_help[key])
+    params = []
+    for key, defaults in by_option.items():
+        flag = _flag(key)
+        if flag in reserved:
+            flag = _flag(f"sampler_{key}")
+        groups: dict[str, list[str]] = {}
+        for sampler, default in defaults.items():
+            groups.setdefault(_format_default(default), []).append(sampler)
+        where = "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
+        params.append(SectionOption([flag, SAMPLER_OPTION_PREFIX + key], default=None,
+                                    help=f"{described[key]} Default {where}.",
+                                    type=_option_type(list(defaults.values())), section="Sampler options",
+                                    metavar="VALUE"))
+    return params
+
+
+class SectionedCommand(click.Command):
+    """A command whose options are listed in sections; ``sampler_options=True`` adds the registry's."""
+
+    def __init__(self, *args, sampler_options: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending_sampler_options = sampler_options
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if self._pending_sampler_options:  # on first use: importing the registry imports torch
+            self._pending_sampler_options = False
+            reserved = {flag for p in self.params for flag in (*p.opts, *p.secondary_opts)}
+            self.params.extend(sampler_option_params(reserved))
+        return super().get_params(ctx)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {name: [] for name in SECTIONS}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and not isinstance(param, click.Argument):
+                groups.setdefault(getattr(param, "section", "Other"), []).append(record)
+        for name, records in groups.items():
+            if records:
+                with formatter.section(name):
+                    formatter.write_dl(records)
+
+
+def command(name: str, **attrs) -> Callable:
+    """A click command with sectioned help and the registry's sampler-option flags."""
+    return click.command(name, cls=SectionedCommand, sampler_options=True, context_settings=CONTEXT, **attrs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values
+
+
+def parse_list(value, what: str, param: str | None = None) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]`` (stripped, without repeats); BadInput when empty."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = list(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+    if not names:
+        raise BadInput(f"no {what} given", param)
+    return names
+
+
+def one_of(values: Sequence[str], what: str, param: str, command: str) -> str:
+    """The single value of a list option (``edm bench`` takes lists; the other commands one value)."""
+    if len(values) != 1:
+        raise BadInput(f"give one {what} ({command} samples one; `edm bench` compares several)", param)
+    return values[0]
+
+
+def _budgets(ctx, param, value):
+    if value is None:
+        return None
+    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    if not items or not all(item.isdigit() and int(item) > 0 for item in items):
+        raise click.BadParameter(f"expected a positive integer (or for edm bench a list such as 5,10,20), "
+                                 f"got {value!r}", ctx=ctx, param=param)
+    return sorted({int(item) for item in items})
+
+
+def _seeds(ctx, param, value):
+    if value is None:
+        return None
+    from .seeds import parse_seeds
+
+    try:
+        return parse_seeds(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def seeds_option(default: str | None, help_text: str):
+    """``--seeds`` in NVlabs' syntax (``0-63,100``), parsed into a list of ints."""
+    return option("Seeds and classes", "--seeds", default=default, show_default=default is not None,
+                  callback=_seeds, metavar="LIST", help=help_text)
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    """A flag's value in the type of the sampler's default (``--order 3.0`` -> 3 for an int option)."""
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+    return value
+
+
+def sampler_options(names: Sequence[str], flags: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The given sampler-option flags as keyword options per sampler.
+
+    With one sampler every given option must be one of its own; with several (``edm bench``) each goes to
+    the samplers that have it and must belong to at least one. Usage errors otherwise.
+    """
+    import samplers
+
+    given = {key[len(SAMPLER_OPTION_PREFIX):]: value for key, value in flags.items()
+             if key.startswith(SAMPLER_OPTION_PREFIX) and value is not None}
+    specs = []
+    for name in names:
+        try:
+            specs.append(samplers.get(name))
+        except ValueError as e:
+            raise click.BadParameter(one_line(e), param_hint="'--sampler'") from None
+    if len(specs) == 1:
+        try:
+            samplers.check_options(specs[0], given)
+        except ValueError as e:
+            raise click.UsageError(f"{one_line(e)} (see `edm samplers {specs[0].name}`)") from None
+    unknown = [key for key in given if not any(key in spec.options for spec in specs)]
+    if unknown:
+        raise click.UsageError(f"none of the samplers {', '.join(names)} has option "
+                               f"{', '.join(_flag(k) for k in unknown)}")
+    return {spec.name: {key: _coerce(value, spec.options[key]) for key, value in given.items()
+                        if key in spec.options} for spec in specs}
+
+
+def option_value(text: str):
+    """A number, bool or list as JSON writes it (``inf``/``nan`` as floats), else the text itself."""
+    for parse in (json.loads, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sampling options
+
+MODEL_HELP = ("The model: 'digits' (built in), a checkpoint NAME[.json|.safetensors], 'diffusers:DIR' (a "
+              "saved "
+              "UNet2DModel and scheduler), or an NVlabs network .pkl (needs --trust-pickle).")
+
+#: every sampling option: (section, declarations, attributes except the default)
+SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
+    "model": ("Model", ("--model",), dict(metavar="SPEC", help=MODEL_HELP)),
+    "trust_pickle": ("Model", ("--trust-pickle",), dict(
+        is_flag=True,
+        help="Allow loading a pickle. Pickles run code when loaded: only for files you trust.")),
+    "sampler": ("Sampling", ("--sampler",), dict(
+        metavar="NAME", help="The sampler (`edm samplers` lists them with their options); `edm bench` takes "
+                             "a "
+                             "comma-separated list or 'all'.")),
+    "steps": ("Sampling", ("--steps",), dict(
+        type=click.IntRange(min=1), metavar="N",
+        help="Number of steps (noise levels before the final 0).  [default: 18, as EDM; edm bench compares "
+             "at "
+             "equal NFE: give --nfe]")),
+    "nfe": ("Sampling", ("--nfe",), dict(
+        callback=_budgets, metavar="N",
+        help="Instead of --steps: a budget of denoiser evaluations per image; takes the most steps that fit "
+             "(e.g. heun: 35 NFE = 18 steps). `edm bench` takes a list, e.g. 5,10,20.")),
+    "schedule": ("Sampling", ("--schedule",), dict(
+        metavar="NAME", help="The sigma schedule (`edm schedules` lists them), or file:PATH for a schedule "
+                             "file "
+                             "written by `edm tune-schedule`; `edm bench` takes a comma-separated list.")),
+    "sigma_min": ("Sampling", ("--sigma-min",), dict(
+        type=float, metavar="SIGMA", help="Lowest nonzero noise level.  [default: the model's]")),
+    "sigma_max": ("Sampling", ("--sigma-max",), dict(
+        type=float, metavar="SIGMA", help="Highest noise level, where sampling starts.  [default: the "
+                                          "model's]")),
+    "rho": ("Sampling", ("--rho",), dict(
+        type=float, metavar="RHO", help="Schedule exponent of karras (default 7) and polyexponential "
+                                        "(default 1).")),
+    "class_label": ("Seeds and classes", ("--class", "class_label"), dict(
+        type=click.IntRange(min=0), metavar="C",
+        help="Class of every image (class-conditional models).  [default: drawn from each seed]")),
+    "guidance": ("Seeds and classes", ("--guidance",), dict(
+        type=float, metavar="W",
+        help="Classifier-free guidance weight w >= 0: D + w (D - D_uncond); 0 is none (diffusers' "
+             "guidance_scale is 1 + w). Class-conditional models only.")),
+    "device": ("Device", ("--device",), dict(
+        metavar="DEVICE", help="cpu, cuda or cuda:N.  [default: cuda if available, else cpu]")),
+    "dtype": ("Device", ("--dtype",), dict(
+        type=click.Choice(DTYPE_NAMES),
+        help="Precision of the model (the sampler keeps float32, float64 for float64).  [default: float32; "
+             "tune-schedule and bench's ode metric: float64]")),
+}
+
+_DEFAULTS = {"model": "digits", "trust_pickle": False, "sampler": "heun", "schedule": "karras",
+             "guidance": 0.0}
+
+
+def sampling_options(**defaults: Any) -> Callable:
+    """Decorate a command with every sampling option (SAMPLING_PARAMS), in one order, with ``defaults``
+    overriding the usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None`` makes one required)."""
+    values = {**_DEFAULTS, **defaults}
+
+    def decorate(fn):
+        for name, (section, decls, attrs) in reversed(SAMPLING_PARAMS.items()):
+            default = values.get(name)
+            extra = {"show_default": True} if default not in (None, False) else {}
+            fn = option(section, *decls, default=default, **extra, **attrs)(fn)
+        return fn
+
+    return decorate
+
+
+def report_ignored(model) -> None:
+    """One warning line naming each setting of the model's files that the loader does not honour."""
+    ignored = getattr(model, "ignored", None) or []
+    if ignored:
+        click.echo(f"warning: not honoured: {'; '.join(ignored)}", err=True)
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# Options of the commands that score images (edm fid, edm bench)
+
+DETECTORS = ("digits", "inception")  # as tools.fid.scoring.DETECTORS (not imported here: it needs torch)
+
+detector_option = option("Reference", "--detector", type=click.Choice(DETECTORS), default=None,
+                         help="Feature network.  [default: the reference's; else digits for 1x8x8 images, "
+                              "else inception]")
+detector_weights_option = option("Reference", "--detector-weights", type=click.Path(), default=None,
+                                 metavar="PATH", help="Read the detector's weights from PATH.")
+progress_option = option("Other", "--progress/--no-progress", default=True, show_default=True,
+                         help="Progress bars on stderr.")
