@@ -18,16 +18,18 @@ import click
 
 from .common import BadInput, one_line
 
-__all__ = ["CONTEXT", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors", "option",
-           "parse_list", "sampler_options", "sampling_options", "seeds_option", "usage_error"]
+__all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
+           "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
+           "option", "option_value", "parse_list", "progress_option", "report_ignored", "sampler_options",
+           "sampling_options", "seeds_option", "usage_error"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 SAMPLER_OPTION_PREFIX = "sampler_option_"
 SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Reference", "Output", "Device",
             "Other")
-# BadInput.param -> flag, where the flag is not simply --param-name
-_FLAGS = {"class_label": "--class", "options": "--option", "cond": "--model"}
+# BadInput.param -> flag, where the flag is not simply --param-name (None: the message names the option)
+_FLAGS = {"class_label": "--class", "options": None, "cond": "--model"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -39,7 +41,7 @@ def flag_of(param: str | None) -> str | None:
     """
     if not param:
         return None
-    return _FLAGS.get(param, "--" + param.replace("_", "-"))
+    return _FLAGS[param] if param in _FLAGS else "--" + param.replace("_", "-")
 
 
 def usage_error(error: BaseException, flag: str | None = None) -> click.UsageError:
@@ -253,6 +255,18 @@ def sampler_options(names: Sequence[str], flags: Mapping[str, Any]) -> dict[str,
                                f"{', '.join(_flag(k) for k in unknown)}")
     return {spec.name: {key: _coerce(value, spec.options[key]) for key, value in given.items()
                         if key in spec.options} for spec in specs}
+
+
+def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str) -> tuple[int | None, dict]:
+    """For a command that samples one way: ``(nfe, options)`` from ``--steps``/``--nfe`` (at most one, one
+    budget) and the sampler-option flags (each one the sampler has); usage errors otherwise."""
+    if steps is not None and nfe is not None:
+        raise click.UsageError("--steps and --nfe are mutually exclusive: give one")
+    try:
+        nfe = None if nfe is None else one_of(nfe, "NFE budget", "nfe", command)
+    except BadInput as e:
+        raise usage_error(e) from None
+    return nfe, sampler_options([sampler], flags)[sampler]
 
 
 def option_value(text: str):

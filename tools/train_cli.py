@@ -11,7 +11,7 @@ import shlex
 
 import click
 
-from tools.common import BadInput
+from tools.common import BadInput, one_line
 from tools.options import usage_error
 
 __all__ = ["train", "canonical_command"]
@@ -47,11 +47,6 @@ def _data(ctx, param, value):
     if value != "digits" and not Path(value).exists():
         raise click.BadParameter(f"{value!r} is neither 'digits' nor an existing folder or .npz/.npy file")
     return value
-
-
-def _one_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def canonical_command(params: dict) -> str:
@@ -162,9 +157,9 @@ def train(**params):
             device=device, progress=params["progress"], command=canonical_command(recorded),
         )
     except ValueError as e:  # bad arguments, data or network options (e.g. --attn): exit 2
-        raise click.UsageError(_one_line(e)) from None
+        raise click.UsageError(one_line(e)) from None
     except OSError as e:  # --outdir not creatable or writable, disk full while saving: exit 1
-        raise click.ClickException(_one_line(e)) from None
+        raise click.ClickException(one_line(e)) from None
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s, loss {result.loss:.4f}; "
                f"model {result.checkpoint}.json, state {result.state}")
 

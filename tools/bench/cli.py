@@ -15,7 +15,7 @@ from tools.options import (
     command,
     detector_option,
     detector_weights_option,
-    one_of,
+    one_sampler,
     option,
     option_value,
     parse_list,
@@ -175,7 +175,7 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
 
     if sampler is None:
         raise click.BadParameter("give the sampler to tune", param_hint="'--sampler'")
-    if (steps is None) == (nfe is None):
+    if steps is None and nfe is None:
         raise click.UsageError("give the budget to tune for: --nfe N (or --steps N)")
     if dtype not in (None, "float64"):
         raise click.BadParameter("tuning runs sampler, model and reference in float64 (the error must be the "
@@ -186,13 +186,11 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
         if ctx.get_parameter_source("init") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--schedule and --init name the same thing: give one")
         init = schedule
-    options = sampler_options([sampler], flags)[sampler]
+    nfe, options = one_sampler(sampler, steps, nfe, flags, "edm tune-schedule")
     import samplers
 
     try:
-        if nfe is not None:
-            nfe = one_of(nfe, "NFE budget", "nfe", "edm tune-schedule")
-        else:
+        if nfe is None:
             nfe = samplers.get(sampler).nfe(steps)
         steps = tunable_steps(sampler, nfe, options)
         check_something_to_tune(sampler, nfe)

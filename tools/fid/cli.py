@@ -36,11 +36,10 @@ from tools.options import (
     command,
     detector_option,
     detector_weights_option,
-    one_of,
+    one_sampler,
     option,
     progress_option,
     report_ignored,
-    sampler_options,
     sampling_options,
     seeds_option,
     usage_error,
@@ -232,14 +231,8 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
         raise click.UsageError("give --num (seeds OFFSET..OFFSET+K-1) or --seeds, one of them")
     if seeds is not None and seed_offset:
         raise click.UsageError("--seed-offset goes with --num, not with --seeds")
-    if steps is not None and nfe is not None:
-        raise click.UsageError("--steps and --nfe are mutually exclusive: give one")
-    try:
-        nfe = None if nfe is None else one_of(nfe, "NFE budget", "nfe", "edm fid gen")
-    except ValueError as e:
-        raise usage_error(e) from None
+    nfe, options = one_sampler(sampler, steps, nfe, flags, "edm fid gen")
     seeds = seeds if seeds is not None else list(range(seed_offset, seed_offset + num))
-    options = sampler_options([sampler], flags)[sampler]
 
     def body():
         setup = prepare_sampling(model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe,

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tools.common import one_line
+
 __all__ = ["IMAGE_SUFFIXES", "ImageSource", "open_images", "select_indices"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -183,7 +185,7 @@ class _ImageFiles:
                 with opener(name) as f, Image.open(f) as image:
                     image_size, mode = image.size, image.mode
             except (OSError, ValueError, SyntaxError, zipfile.BadZipFile) as e:
-                raise ValueError(f"cannot read image {describe(name)}: {_reason(e)}") from None
+                raise ValueError(f"cannot read image {describe(name)}: {one_line(e)}") from None
             if size is None:
                 size, first = image_size, name
             elif image_size != size:
@@ -207,14 +209,9 @@ class _ImageFiles:
                         image = image.convert("RGBA")
                     pixels = np.asarray(image.convert(self.mode))
             except (OSError, ValueError, SyntaxError, zipfile.BadZipFile) as e:
-                raise ValueError(f"cannot read image {self.describe(name)}: {_reason(e)}") from None
+                raise ValueError(f"cannot read image {self.describe(name)}: {one_line(e)}") from None
             out[i] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         return out
-
-
-def _reason(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _folder(path: Path) -> tuple[list[str], Callable, Callable]:
@@ -231,7 +228,7 @@ def _zip(path: Path) -> tuple[list[str], Callable, Callable]:
         names = sorted(info.filename for info in archive.infolist()
                        if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES)
     except (OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read zip archive {path}: {_reason(e)}") from None
+        raise ValueError(f"cannot read zip archive {path}: {one_line(e)}") from None
     if not names:
         raise ValueError(f"no images in {path} (looked for {', '.join(IMAGE_SUFFIXES)})")
 
@@ -253,7 +250,7 @@ def _array(path: Path) -> np.ndarray:
                 key = next((k for k in _ARRAY_KEYS if k in keys), keys[0])
                 array = data[key]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"cannot read images from {path}: {_reason(e)}") from None
+        raise ValueError(f"cannot read images from {path}: {one_line(e)}") from None
     array = _nchw(array, str(path))
     if len(array) == 0:
         raise ValueError(f"no images in {path}")

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from numpy.lib.npyio import NpzFile
 
 from edm.checkpoint import atomic_write
+from tools.common import one_line
 
 __all__ = ["FeatureStats", "compute_statistics", "load_ref", "load_ref_metadata", "save_ref"]
 
@@ -280,8 +281,7 @@ def _open_ref(path) -> dict[str, np.ndarray]:
         with data:
             arrays = {key: data[key] for key in data.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: cannot read reference statistics ({reason})") from None
+        raise ValueError(f"{path}: cannot read reference statistics ({one_line(e)})") from None
     missing = [k for k in ("mu", "sigma") if k not in arrays]
     if missing:
         raise ValueError(f"{path}: reference statistics lack key(s) {', '.join(missing)} "

@@ -14,13 +14,11 @@ import click
 from tools.options import (
     cli_errors,
     command,
-    one_of,
+    one_sampler,
     option,
     report_ignored,
-    sampler_options,
     sampling_options,
     seeds_option,
-    usage_error,
 )
 
 __all__ = ["generate"]
@@ -66,13 +64,7 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
     from . import plan as planning
     from . import runner as running
 
-    if steps is not None and nfe is not None:
-        raise click.UsageError("--steps and --nfe are mutually exclusive: give one")
-    try:
-        nfe = None if nfe is None else one_of(nfe, "NFE budget", "nfe", "edm generate")
-    except ValueError as e:
-        raise usage_error(e) from None
-    options = sampler_options([sampler], flags)[sampler]
+    nfe, options = one_sampler(sampler, steps, nfe, flags, "edm generate")
     with cli_errors():
         plan = planning.prepare(model, seeds, outdir, sampler=sampler, schedule=schedule, steps=steps,
                                 nfe=nfe,
