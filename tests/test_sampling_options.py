@@ -134,3 +134,11 @@ def test_bench_flags_apply_to_the_samplers_that_have_them(tmp_path):
     _one_line_usage_error(result, "none of the samplers euler, heun has option --eta")
     result = invoke(bench, "--sampler", "euler", "--steps", 3, "--out", tmp_path / "y")
     _one_line_usage_error(result, "--steps", "equal NFE")
+
+
+def test_bench_errors_name_the_flags_it_has(tmp_path):
+    result = invoke(bench, "--sampler", "heun,nope", "--nfe", 5, "--out", tmp_path / "o")
+    _one_line_usage_error(result, "'--sampler'", "unknown sampler 'nope'")
+    result = invoke(bench, "--sampler", "heun", "--schedule", "karras,nope", "--nfe", 5,
+                    "--out", tmp_path / "o")
+    _one_line_usage_error(result, "'--schedule'", "nope")

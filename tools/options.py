@@ -29,7 +29,8 @@ SAMPLER_OPTION_PREFIX = "sampler_option_"
 SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Reference", "Output", "Device",
             "Other")
 # BadInput.param -> flag, where the flag is not simply --param-name (None: the message names the option)
-_FLAGS = {"class_label": "--class", "options": None, "cond": "--model"}
+_FLAGS = {"class_label": "--class", "options": None, "cond": "--model", "samplers": "--sampler",
+          "schedules": "--schedule"}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -239,8 +239,9 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
                                  options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
                                  class_label=class_label, guidance=guidance, device=device,
                                  dtype=dtype or "float32", trust_pickle=trust_pickle)
-        report_ignored(setup.model)
         ranks = _started_ranks(setup.device)
+        if ranks.rank == 0:
+            report_ignored(setup.model)
         with ranks, cli_errors(setup.device, batch):
             mine = ranks.share(seeds)
             batches = (sample_images(setup, mine[start:start + batch]) for start in range(0, len(mine),

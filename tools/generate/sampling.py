@@ -10,6 +10,7 @@ problem, the guided denoiser once on one sample) and returns a :class:`Sampling`
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ def check_class(model, class_label) -> int | None:
     """``class_label`` checked against the model's classes (None: drawn per seed)."""
     if class_label is None:
         return None
-    if isinstance(class_label, bool) or not isinstance(class_label, int):
+    if isinstance(class_label, bool) or not isinstance(class_label, numbers.Integral):
         raise BadInput(f"class must be an integer, got {class_label!r}", "class_label")
     if not model.num_classes:
         raise BadInput("this model is unconditional: it takes no class", "class_label")
