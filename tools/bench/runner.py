@@ -208,12 +208,14 @@ class Bench:
         return self._references(cell.sigmas if lands_on_zero else cell.sigmas[:-1])
 
     def _fd(self, batches: Iterator[torch.Tensor]) -> float:
-        from tools.fid import compute_statistics, frechet_distance
+        """The cell's FD through the FID library's ``score``, with the detector and reference loaded once."""
+        from tools.fid import score
 
         detector, mu_ref, sigma_ref = self.fd
-        images = (torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2) for x in batches)
-        mu, sigma = compute_statistics(images, detector, device=self.device).mean_cov()
-        return float(frechet_distance(mu, sigma, mu_ref, sigma_ref))
+        images = (torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2) for x in batches)  # NCHW uint8
+        result = score(images, (mu_ref, sigma_ref), ("fd",), detector=detector, device=self.device,
+                       batch=self.batch)
+        return result[f"fd_{detector.name}"]
 
 
 def _key(record: Mapping[str, Any]) -> tuple[str, str, int]:

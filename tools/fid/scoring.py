@@ -97,10 +97,9 @@ def _stream(batches, param: str, batch: int) -> ImageSource:
     first = next(batches, None)
     if first is None:
         raise FidError(f"{param}: no images", param)
-    if isinstance(first, np.ndarray) and first.ndim == 4 and first.shape[-1] in (1, 3, 4) \
-            and first.shape[1] not in (1, 3, 4):
+    if isinstance(first, np.ndarray) and first.ndim == 4:  # arrays are NHWC, as to_uint8 returns them
         shape = (first.shape[3], first.shape[1], first.shape[2])
-    else:
+    else:  # tensors are NCHW
         shape = tuple(first.shape[1:])
 
     def chained():
@@ -187,16 +186,20 @@ def default_detector(meta: Mapping | None, shape) -> str:
     return "digits" if tuple(shape) == (1, 8, 8) else "inception"
 
 
-def load_detector(name: str, weights, device, shape):
-    """The detector, checked once on a blank batch of ``shape`` (a wrong image size fails here)."""
-    if name not in DETECTORS:
+def load_detector(name, weights, device, shape):
+    """The detector ``name`` (or a detector already loaded, reused as it is), checked once on a blank batch
+    of ``shape`` (a wrong image size fails here)."""
+    if not isinstance(name, str):
+        detector = name
+    elif name not in DETECTORS:
         raise FidError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}", "detector")
-    try:
-        detector = get_detector(name, device=device, weights=weights)
-    except DetectorWeightsMissing:
-        raise
-    except ValueError as e:
-        raise FidError(one_line(e), "detector_weights" if weights else "detector") from None
+    else:
+        try:
+            detector = get_detector(name, device=device, weights=weights)
+        except DetectorWeightsMissing:
+            raise
+        except ValueError as e:
+            raise FidError(one_line(e), "detector_weights" if weights else "detector") from None
     try:
         detector(torch.zeros((1, *shape), dtype=torch.uint8))
     except (ValueError, RuntimeError) as e:
@@ -252,7 +255,7 @@ def _prepared(source, ref, metrics, detector: str | None, detector_weights, devi
 # The calls
 
 
-def score(source, ref, metrics: str | Sequence[str] = ("fd",), *, detector: str | None = None,
+def score(source, ref, metrics: str | Sequence[str] = ("fd",), *, detector=None,
           detector_weights=None, device=None, batch: int = 64, num: int | None = None, seed: int = 0,
           ranks: Ranks | None = None, progress: bool = False) -> dict[str, Any]:
     """Score the images of ``source`` against ``ref`` (see the module docstring).
@@ -260,7 +263,8 @@ def score(source, ref, metrics: str | Sequence[str] = ("fd",), *, detector: str 
     Returns ``{"fd_<detector>": ..., ["fid": ...,] ["kid": ..., "precision": ..., "recall": ...,]
     "detector": name, "ref": name, "num": images scored}``. ``num``/``seed`` pick ``num`` images of a stored
     source as NVlabs' ``fid.py`` does. ``detector`` defaults to the reference's, else ``digits`` for 1x8x8
-    images, else ``inception``. Under torchrun, pass ``ranks`` (started): each rank reads its share and
+    images, else ``inception``; a detector already loaded (e.g. by :func:`fd_reference`) is reused as it
+    is. Under torchrun, pass ``ranks`` (started): each rank reads its share and
     the statistics are summed; every rank gets the result.
     """
     metrics, need_features, device, source, found, det = _prepared(source, ref, metrics, detector,
