@@ -142,3 +142,25 @@ def test_bench_errors_name_the_flags_it_has(tmp_path):
     result = invoke(bench, "--sampler", "heun", "--schedule", "karras,nope", "--nfe", 5,
                     "--out", tmp_path / "o")
     _one_line_usage_error(result, "'--schedule'", "nope")
+
+
+def test_tune_schedule_tunes_with_the_class_and_guidance_it_will_be_sampled_with(tmp_path, monkeypatch):
+    from tools.bench import tune
+    from tools.schedule_file import load_schedule
+
+    seen = {}
+    real = tune.tune_schedule
+
+    def spy(denoiser, sampler, nfe, **kwargs):
+        seen["guidance"] = getattr(denoiser, "w", None)
+        seen["labels"] = kwargs["cond"]["class_labels"].argmax(dim=1).tolist()
+        return real(denoiser, sampler, nfe, **kwargs)
+
+    out = tmp_path / "t.json"
+    monkeypatch.setattr(tune, "tune_schedule", spy)
+    result = invoke(tune_schedule, "--sampler", "heun", "--nfe", 5, "--num", 2, "--max-evals", 3,
+                    "--class", 3, "--guidance", 1.5, "--device", "cpu", "--no-progress", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert seen == {"guidance": 1.5, "labels": [3, 3]}
+    meta = load_schedule(out).metadata
+    assert meta["class"] == 3 and meta["guidance"] == 1.5
