@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-from samplers.guidance import ClassifierFreeGuidance
 from tools.common import BadInput
-from tools.device import ModelDtype, state_dtype
+from tools.device import state_dtype
 from tools.generate.labels import conditioning
-from tools.generate.sampling import check_denoiser, load
+from tools.generate.sampling import check_denoiser, guided, load
 from tools.models import LoadedModel
 
 __all__ = ["BenchError", "Conditioning", "as_loaded", "check_model", "fd_reference", "in_precision",
@@ -84,11 +83,7 @@ def in_precision(loaded: LoadedModel, dtype: torch.dtype, guidance: float = 0.0)
     w > 0 wraps it in classifier-free guidance."""
     if dtype == torch.float64:
         loaded = dataclasses.replace(loaded, denoiser=_module_in(loaded.denoiser, dtype))
-    if dtype != state_dtype(dtype):
-        loaded = dataclasses.replace(loaded, denoiser=ModelDtype(loaded.denoiser, dtype))
-    if guidance:
-        loaded = dataclasses.replace(loaded, denoiser=ClassifierFreeGuidance(loaded.denoiser, guidance))
-    return loaded
+    return dataclasses.replace(loaded, denoiser=guided(loaded, dtype, guidance))
 
 
 def is_digits(model, loaded: LoadedModel) -> bool:

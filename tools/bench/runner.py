@@ -178,9 +178,8 @@ class Bench:
         return values
 
     def _latents(self, seeds: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        # Drawn in float32 then cast, as edm generate draws them: the same noise in every precision.
-        shape = self.cond.model.shape
-        return samplers.noise.latents(seeds, shape, device=self.device, dtype=torch.float32).to(dtype)
+        # NVlabs' stream, as edm generate draws it: the same noise in every precision
+        return samplers.noise.latents(seeds, self.cond.model.shape, device=self.device, dtype=dtype)
 
     def _sample(self, cell: Cell, dtype: torch.dtype, seeds: Sequence[int],
                 watch: Stopwatch) -> Iterator[torch.Tensor]:

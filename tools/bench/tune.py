@@ -425,7 +425,7 @@ def tune_schedule(denoiser, sampler: str, nfe: int, *, shape: Sequence[int], sig
     cond = {k: v.to(device=device, dtype=torch.float64) if torch.is_tensor(v) and v.is_floating_point()
             else v for k, v in dict(cond or {}).items()}
     # The start noise as edm generate draws it (float32 per seed), so seed s here is seed s there.
-    latents = samplers.noise.latents(seeds, tuple(shape), device=device).to(torch.float64)
+    latents = samplers.noise.latents(seeds, tuple(shape), device=device, dtype=torch.float64)
     x = latents * float(init_sigmas[0])
 
     def run(sigmas: torch.Tensor) -> torch.Tensor:

@@ -208,7 +208,7 @@ def load_detector(name, weights, device, shape):
 
 
 def _check_against(ref: Reference, detector, shape) -> None:
-    if ref.stats is None:  # images: their shape was checked before the detector was loaded
+    if ref.stats is None:  # images: _reference_and_detector checked their shape
         return
     made = ref.meta.get("detector")
     if made and made != detector.name:
@@ -241,14 +241,22 @@ def _prepared(source, ref, metrics, detector: str | None, detector_weights, devi
     need_features = any(m in FEATURE_METRICS for m in metrics)
     device = resolve_device(device)
     source = as_source(source, param="source", num=num, seed=seed, batch=batch)
-    found = resolve_ref(ref, need_features, detector, batch=batch)
-    if found.source is not None and tuple(found.source.shape) != tuple(source.shape):
-        raise FidError(f"{found.name} holds {list(found.source.shape)} images, the images are "
-                       f"{list(source.shape)}", "ref")
-    name = detector or default_detector(found.meta, source.shape)
-    det = load_detector(name, detector_weights, device, source.shape)
-    _check_against(found, det, source.shape)
+    found, det = _reference_and_detector(ref, source.shape, need_features, detector, detector_weights, device,
+                                         batch)
     return metrics, need_features, device, source, found, det
+
+
+def _reference_and_detector(ref, shape, need_features: bool, detector, detector_weights, device,
+                            batch: int) -> tuple[Reference, Any]:
+    """``ref`` resolved for images of ``shape`` and the detector they are compared by, both checked: an
+    image reference's shape before the detector is loaded (a wrong size fails fast), statistics after."""
+    found = resolve_ref(ref, need_features, getattr(detector, "name", detector), batch=batch)
+    if found.source is not None and tuple(found.source.shape) != tuple(shape):
+        raise FidError(f"{found.name} holds {list(found.source.shape)} images, the images are {list(shape)}",
+                       "ref")
+    det = load_detector(detector or default_detector(found.meta, shape), detector_weights, device, shape)
+    _check_against(found, det, shape)
+    return found, det
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -299,12 +307,7 @@ def fd_reference(ref, shape: Sequence[int], *, detector: str | None = None, dete
     reference is read whole.
     """
     device = resolve_device(device)
-    found = resolve_ref(ref, False, detector, batch=batch)
-    if found.source is not None and tuple(found.source.shape) != tuple(shape):
-        raise FidError(f"{found.name} holds {list(found.source.shape)} images, the images are {list(shape)}",
-                       "ref")
-    det = load_detector(detector or default_detector(found.meta, shape), detector_weights, device, shape)
-    _check_against(found, det, shape)
+    found, det = _reference_and_detector(ref, shape, False, detector, detector_weights, device, batch)
     if found.stats is not None:
         mu, sigma = found.stats
     else:

@@ -147,8 +147,7 @@ class Sampling:
         """The samples of ``seeds`` (``[B, C, H, W]``, in the sampler's precision), one batch."""
         seeds = list(seeds)
         dtype = self.state_dtype
-        # Drawn in float32 then cast, as NVlabs: the same noise in every precision.
-        x = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=torch.float32).to(dtype)
+        x = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=dtype)  # NVlabs' stream
         return samplers.sample(self.denoiser, x * float(self.sigmas[0]), self.sigmas, self.sampler,
                                seeds=seeds,
                                cond=self.cond(seeds), **self.options)
