@@ -195,7 +195,7 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
         steps = tunable_steps(sampler, nfe, options)
         check_something_to_tune(sampler, nfe)
     except ValueError as e:
-        raise usage_error(e, None if isinstance(e, BadInput) else "--nfe") from None
+        raise usage_error(e) from None  # the message says what is wrong: the sampler, or its budget
     seeds = seeds if seeds is not None else calibration_seeds(num or 16)
     try:
         out_path = check_writable_file(out, "out", example="tuned.json")
