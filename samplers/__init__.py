@@ -4,7 +4,19 @@ Depends only on the denoiser protocol ``D(x, sigma, **cond) -> x0_hat`` (``sampl
 on ``edm``.
 """
 
-from . import adams, ancestral, dpm_solver, guidance, karras, multistep, noise, restart, schedules, unipc  # noqa: F401  (register the samplers)
+from . import (  # noqa: F401  (register the samplers)
+           adams,
+           ancestral,
+           dpm_solver,
+           guidance,
+           karras,
+           langevin,
+           multistep,
+           noise,
+           restart,
+           schedules,
+           unipc,
+)
 from .api import check_options, sample
 from .protocol import OPTIONAL_ATTRIBUTES, Denoiser
 from .registry import SamplerSpec, get, list, register, steps_for_nfe

@@ -16,14 +16,22 @@ from .steps import ancestral_split, dpm2_step, dpmpp_2s_step, euler_step, report
 K_DIFFUSION = "Crowson, k-diffusion (github.com/crowsonkb/k-diffusion)"
 
 
-def ancestral(update, model, x, sigmas, *, noise, callback, eta, s_noise):
-    """Step with ``update`` to sigma_down, then add ``s_noise * sigma_up`` of fresh noise."""
+def ancestral(update, model, x, sigmas, *, noise, callback, eta, s_noise, network_eps=False):
+    """Step with ``update`` to sigma_down, then add ``s_noise * sigma_up`` of fresh noise.
+
+    ``network_eps``: under an x0 transform (thresholding), step as DDIM's eq. 12 in x0/epsilon form with
+    the transformed x0 but the network's own epsilon (diffusers' DDIM, ``use_clipped_model_output=False``).
+    """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma)
+        split = network_eps and hasattr(model, "split")
+        raw, denoised = model.split(x, sigma) if split else (None, model(x, sigma))
         report(callback, i, x, sigma, denoised)
         sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
-        x = update(model, x, sigma, denoised, sigma_down)
+        if raw is None or raw is denoised:
+            x = update(model, x, sigma, denoised, sigma_down)
+        else:
+            x = denoised + (x - raw) * (sigma_down / sigma)
         if sigma_next > 0 and sigma_up > 0:
             x = torch.add(x, noise(sigma, sigma_next), alpha=s_noise * sigma_up)
     return x
@@ -41,7 +49,8 @@ def euler_ancestral(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_n
           description="DDIM with parameter eta (0: deterministic, 1: DDPM), in sigma form")
 def ddim(model, x, sigmas, *, noise=None, callback=None, eta=0.0, s_noise=1.0):
     """DDIM with parameter eta: an Euler step to sigma_down plus noise of std eta-scaled sigma_up."""
-    return ancestral(euler_step, model, x, sigmas, noise=noise, callback=callback, eta=eta, s_noise=s_noise)
+    return ancestral(euler_step, model, x, sigmas, noise=noise, callback=callback, eta=eta, s_noise=s_noise,
+                     network_eps=True)
 
 
 @register("ddpm", order=1, nfe_per_step=1, stochastic=True, noise="iid",

@@ -9,8 +9,10 @@ import math
 import torch
 
 from . import registry
-from .noise import make_noise
+from .langevin import LangevinCorrector
+from .noise import CORRECTOR_STREAM, RESAMPLE_STREAM, make_noise, normal_draws
 from .schedules import validate_sigmas
+from .segments import jump_up, parts, run_part
 
 _NON_NEGATIVE = ("eta", "s_noise", "s_churn", "s_tmin", "s_tmax")
 
@@ -32,9 +34,20 @@ class Model:
         return float(self.denoiser.round_sigma(torch.tensor(sigma, dtype=torch.float64)))
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        out = self.denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device),
-                            **self.cond)
+        out = self.denoiser(x, self._sigma(x, sigma), **self.cond)
         return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def _sigma(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+
+    def split(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(raw, used)`` x0 predictions of one evaluation: they differ only under an x0 transform that
+        offers ``split`` (``samplers.guidance.Thresholded``); otherwise both are the same tensor."""
+        if not hasattr(self.denoiser, "split"):
+            out = self(x, sigma)
+            return out, out
+        raw, out = self.denoiser.split(x, self._sigma(x, sigma), **self.cond)
+        return raw.to(x.dtype), out.to(x.dtype)
 
 
 def check_options(sampler, options) -> None:
@@ -52,8 +65,22 @@ def check_options(sampler, options) -> None:
             raise ValueError(f"option {key} must be a non-negative number, got {value!r}")
 
 
+def check_resample(resample) -> tuple[int, int] | None:
+    """RePaint's ``(jump, count)``: positive integers; ``count`` 1 is no resampling (None)."""
+    if resample is None:
+        return None
+    try:
+        jump, count = resample
+    except (TypeError, ValueError):
+        raise ValueError(f"resample must be a pair (jump, count), got {resample!r}") from None
+    for name, value in (("jump", jump), ("count", count)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"resample {name} must be a positive integer, got {value!r}")
+    return None if count == 1 else (jump, count)
+
+
 def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, cond=None, noise=None,
-           **options):
+           corrector: LangevinCorrector | None = None, resample: tuple[int, int] | None = None, **options):
     """Sample from ``denoiser`` starting at ``x = latents * sigmas[0]`` (as k-diffusion).
 
     ``denoiser``: any ``D(x, sigma, **cond) -> x0_hat`` (``samplers.protocol.Denoiser``); it is called
@@ -64,14 +91,51 @@ def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, co
     noise source (any ``noise(sigma, sigma_next) -> tensor`` callable, e.g. k-diffusion's samplers').
     ``cond``: keyword arguments passed to every denoiser call. ``options``: the sampler's own options
     (``samplers.get(name).options`` lists them with their defaults, ``.option_help`` describes them).
+
+    Between steps: ``corrector`` (``samplers.langevin.LangevinCorrector``) runs its Langevin steps at
+    each step's noise level before the step (Song et al. 2021's predictor-corrector); ``resample=(jump,
+    count)`` solves each part of ``jump`` steps ``count`` times, jumping back up in noise in between
+    (RePaint, Lugmayr et al. 2022). Either runs the sampler part by part (``samplers.segments``);
+    ``samplers.registry.nfe_on`` counts their evaluations.
     """
     spec = registry.get(sampler)
     check_options(spec, options)
+    resample = check_resample(resample)
+    if corrector is not None or resample is not None:
+        registry.check_runs_in_parts(spec)
+    if corrector is not None and not isinstance(corrector, LangevinCorrector):
+        raise ValueError(f"corrector must be a samplers.langevin.LangevinCorrector, got {corrector!r}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("x must be a floating-point tensor of shape [B, ...] with B >= 1")
     sigma_list = validate_sigmas(sigmas).tolist()
-    if noise is None:
-        noise = make_noise(spec.noise, x, seeds, draws_hint=len(sigma_list) - 1)
+    model = Model(denoiser, cond)
+    options = {**spec.options, **options}
     with torch.no_grad():
-        return spec.fn(Model(denoiser, cond), x, sigma_list, noise=noise, callback=callback,
-                       **{**spec.options, **options})
+        if corrector is None and resample is None:
+            if noise is None:
+                noise = make_noise(spec.noise, x, seeds, draws_hint=len(sigma_list) - 1)
+            return spec.fn(model, x, sigma_list, noise=noise, callback=callback, **options)
+        if noise is not None:
+            raise ValueError("a noise override cannot be combined with a corrector or resampling")
+        return _in_parts(spec, model, x, sigma_list, seeds, callback, options, corrector, resample)
+
+
+def _in_parts(spec, model, x, sigmas, seeds, callback, options, corrector, resample):
+    """The run cut into parts: corrector steps before every step, RePaint's jumps between parts."""
+    steps = len(sigmas) - 1
+    normal = normal_draws(x, seeds, steps) if spec.noise else None
+    fix = normal_draws(x, seeds, stream=CORRECTOR_STREAM) if corrector else None
+    jump_noise = normal_draws(x, seeds, stream=RESAMPLE_STREAM) if resample else None
+    jump, count = resample or (steps, 1)
+    run = dict(normal=normal, callback=callback, options=options)
+    for a, b, repeats in parts(steps, jump, count):
+        for repeat in range(repeats):
+            if repeat:
+                x = jump_up(x, sigmas[b], sigmas[a], jump_noise.draw)
+            if corrector is None:
+                x = run_part(spec, model, x, sigmas, a, b, **run)
+                continue
+            for i in range(a, b):
+                x = corrector(model, x, sigmas[i], fix.draw)
+                x = run_part(spec, model, x, sigmas, i, i + 1, **run)
+    return x

@@ -24,6 +24,8 @@ import torch
 
 LATENT_STREAM = 0
 SAMPLER_STREAM = 1
+CORRECTOR_STREAM = 2  # Langevin corrector steps (samplers.langevin)
+RESAMPLE_STREAM = 3  # RePaint's jumps back up in noise (samplers.editing)
 
 # Per-sample elements drawn ahead per block (16 KiB of float32). Small images get many steps of noise
 # per generator call (call overhead dominates there); large ones one step per call, so the noise is
@@ -206,13 +208,18 @@ class BrownianNoise:
         return increment / math.sqrt(abs(sigma_next - sigma))
 
 
+def normal_draws(x: torch.Tensor, seeds, draws_hint: int | None = None, stream: int = SAMPLER_STREAM):
+    """Standard normal draws shaped like ``x``: per-seed stream ``stream``, or torch's global generator
+    when ``seeds`` is None."""
+    if seeds is None:
+        return TorchNormal(x)
+    return SeededNormal(check_seeds(seeds, x.shape[0]), x.shape[1:], device=x.device, dtype=x.dtype,
+                        draws_hint=draws_hint, stream=stream)
+
+
 def make_noise(kind: str | None, x: torch.Tensor, seeds, draws_hint: int | None = None):
     """The noise source a sampler of noise kind ``kind`` needs for batch ``x``."""
     if kind is None:
         return None
-    if seeds is None:
-        normal = TorchNormal(x)
-    else:
-        normal = SeededNormal(check_seeds(seeds, x.shape[0]), x.shape[1:], device=x.device,
-                              dtype=x.dtype, draws_hint=draws_hint)
+    normal = normal_draws(x, seeds, draws_hint)
     return normal if kind == "iid" else BrownianNoise(normal.draw)

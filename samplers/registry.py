@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .segments import parts
+
 NOISE_KINDS = (None, "iid", "brownian")
 NON_OPTIONS = ("noise", "callback")  # keyword-only parameters of every sampler that are not options
 NfeCounter = Callable[[builtins.list[float], Mapping[str, Any]], int]  # (sigmas, options) -> exact NFE
@@ -85,7 +87,8 @@ class SamplerSpec:
     """What is known about a sampler without running it.
 
     ``nfe_per_step`` denoiser calls per step, except the final step onto sigma = 0 which costs
-    ``last_step_nfe`` (second-order samplers finish with one Euler/denoising call).
+    ``last_step_nfe`` (second-order samplers finish with one Euler/denoising call); either may be a
+    function of the options (``options -> int``) when an option sets the cost.
     ``noise`` is the kind of randomness it consumes: None, i.i.d. normals per draw, or increments of
     one Brownian path (samplers whose noise over overlapping intervals must be correlated).
     ``count_nfe(sigmas, options) -> int``, when given, is the exact count on a schedule (a list of
@@ -97,8 +100,8 @@ class SamplerSpec:
     name: str
     fn: Callable = field(repr=False)
     order: int
-    nfe_per_step: int | None
-    last_step_nfe: int | None
+    nfe_per_step: int | Callable[[Mapping[str, Any]], int] | None
+    last_step_nfe: int | Callable[[Mapping[str, Any]], int] | None
     stochastic: bool
     noise: str | None
     options: Mapping[str, Any]
@@ -112,13 +115,21 @@ class SamplerSpec:
         """Adaptive samplers choose their own steps, so their NFE is known only after running."""
         return self.nfe_per_step is None
 
-    def nfe(self, steps: int) -> int:
-        """Denoiser evaluations used by ``steps`` steps on a schedule that ends in 0."""
+    def step_costs(self, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
+        """``(NFE per step, NFE of the last step onto 0)`` with ``options`` (a sampler whose cost depends
+        on an option registers functions of the options, e.g. annealed Langevin's steps per level)."""
         if self.adaptive:
             raise ValueError(f"sampler {self.name!r} is adaptive: its NFE is not known before it runs")
+        merged = {**self.options, **(options or {})}
+        return tuple(int(c(merged)) if callable(c) else c for c in (self.nfe_per_step, self.last_step_nfe))
+
+    def nfe(self, steps: int, options: Mapping[str, Any] | None = None, corrector_steps: int = 0) -> int:
+        """Denoiser evaluations used by ``steps`` steps on a schedule that ends in 0, with ``options``,
+        plus ``corrector_steps`` corrector evaluations before each step (``samplers.langevin``)."""
+        per_step, last = self.step_costs(options)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        return (steps - 1) * self.nfe_per_step + self.last_step_nfe
+        return (steps - 1) * per_step + last + steps * corrector_steps
 
 
 class Registry:
@@ -200,31 +211,58 @@ def get(name: str) -> SamplerSpec:
     return _REGISTRY[name]
 
 
-def steps_for_nfe(name: str, nfe: int) -> int:
-    """The most steps of sampler ``name`` whose NFE does not exceed the budget ``nfe``."""
+def steps_for_nfe(name: str, nfe: int, options: Mapping[str, Any] | None = None,
+                  corrector_steps: int = 0) -> int:
+    """The most steps of sampler ``name`` whose NFE (with ``options`` and ``corrector_steps`` corrector
+    evaluations per step) does not exceed the budget ``nfe``."""
     spec = get(name)
     if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
         raise ValueError(f"NFE budget must be a positive integer, got {nfe!r}")
     if spec.adaptive:
         raise ValueError(f"sampler {name!r} is adaptive: it cannot be given a fixed NFE budget")
-    if spec.last_step_nfe > nfe:
-        raise ValueError(f"sampler {name!r} needs at least {spec.last_step_nfe} NFE, budget is {nfe}")
-    return 1 + (nfe - spec.last_step_nfe) // spec.nfe_per_step
+    per_step, last = spec.step_costs(options)
+    per_step, last = per_step + corrector_steps, last + corrector_steps
+    if last > nfe:
+        raise ValueError(f"sampler {name!r} needs at least {last} NFE, budget is {nfe}")
+    return 1 + (nfe - last) // per_step
 
 
-def nfe_on(name: str, sigmas, **options) -> int | None:
+def check_runs_in_parts(spec: SamplerSpec) -> None:
+    """ValueError unless the sampler can run part by part (``samplers.segments``): not one that plans over
+    the whole schedule (restart places its intervals on it; its NFE depends on the schedule's levels)."""
+    if spec.count_nfe is not None:
+        raise ValueError(f"sampler {spec.name!r} plans over the whole schedule (its NFE depends on it): it "
+                         "cannot run part by part, as a corrector or resampling needs")
+
+
+def nfe_on(name: str, sigmas, *, corrector_steps: int = 0, resample: tuple[int, int] | None = None,
+           **options) -> int | None:
     """Exact denoiser evaluations of sampler ``name`` over ``sigmas`` (decreasing, ending in 0 or not).
 
-    ``options`` override the sampler's defaults. None only for truly adaptive samplers, whose NFE is
-    known only after they run.
+    ``options`` override the sampler's defaults. ``corrector_steps``: corrector evaluations before each
+    step (the sampler then runs step by step, ``samplers.segments``); ``resample=(jump, count)``:
+    RePaint's resampling, each part of ``jump`` steps but the last solved ``count`` times. None only for
+    truly adaptive samplers, whose NFE is known only after they run.
     """
     spec = get(name)
     sigmas = [float(s) for s in sigmas]
+    steps = len(sigmas) - 1
+    if corrector_steps or resample:
+        check_runs_in_parts(spec)
+        length = 1 if corrector_steps else resample[0]
+        total = 0
+        for a, b, repeats in parts(steps, resample[0] if resample else steps, resample[1] if resample else 1):
+            for start in range(a, b, length):
+                stop = min(start + length, b)
+                part = nfe_on(name, sigmas[start:stop + 1], **options)
+                if part is None:
+                    return None
+                total += repeats * (part + (stop - start) * corrector_steps)
+        return total
     if spec.count_nfe is not None:
         return spec.count_nfe(sigmas, {**spec.options, **options})
     if spec.adaptive:
         return None
-    steps = len(sigmas) - 1
     if sigmas[-1] == 0:
-        return spec.nfe(steps)
-    return steps * spec.nfe_per_step  # no final step onto 0: every step is a full one
+        return spec.nfe(steps, options)
+    return steps * spec.step_costs(options)[0]  # no final step onto 0: every step is a full one

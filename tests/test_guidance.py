@@ -84,7 +84,7 @@ def test_custom_uncond(inputs):
     expected = toy(x, sigma, class_labels=labels)
     expected = expected + 2 * (expected - toy(x, sigma, class_labels=null.expand(5, K)))
     for uncond in ({"class_labels": null}, lambda cond: {**cond, "class_labels": null}):
-        out = ClassifierFreeGuidance(ToyDenoiser(), 2.0, uncond=uncond)(x, sigma, class_labels=labels)
+        out = ClassifierFreeGuidance(ToyDenoiser(), 2.0, negative=uncond)(x, sigma, class_labels=labels)
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-14)
 
 
@@ -98,12 +98,12 @@ def test_errors(inputs):
         ClassifierFreeGuidance(ToyDenoiser(), float("nan"))
     with pytest.raises(ValueError, match="number"):
         ClassifierFreeGuidance(ToyDenoiser(), "strong")
-    with pytest.raises(ValueError, match="uncond"):
-        ClassifierFreeGuidance(ToyDenoiser(), 1.0, uncond=3)
+    with pytest.raises(ValueError, match="negative"):
+        ClassifierFreeGuidance(ToyDenoiser(), 1.0, negative=3)
     with pytest.raises(ValueError, match="same arguments"):
-        ClassifierFreeGuidance(ToyDenoiser(), 1.0, uncond=lambda cond: {})(x, sigma, class_labels=labels)
+        ClassifierFreeGuidance(ToyDenoiser(), 1.0, negative=lambda cond: {})(x, sigma, class_labels=labels)
     with pytest.raises(ValueError, match="batch dimension"):
-        ClassifierFreeGuidance(ToyDenoiser(), 1.0, uncond={"class_labels": one_hot([1, 2])})(
+        ClassifierFreeGuidance(ToyDenoiser(), 1.0, negative={"class_labels": one_hot([1, 2])})(
             x, sigma, class_labels=labels)
 
 
