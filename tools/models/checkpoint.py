@@ -14,7 +14,9 @@ __all__ = ["BUILTIN", "builtin_path", "claims", "list_builtin", "load", "load_bu
            "load_checkpoint_model"]
 
 #: built-in name -> checkpoint stem relative to the edm package
-BUILTIN = {"digits": Path("weights") / "digits"}
+BUILTIN = {"digits": Path("weights") / "digits",
+           # the weaker digits model autoguidance guides with (bench/results/digits_weak.md)
+           "digits-weak": Path("weights") / "digits-weak"}
 
 
 def list_builtin() -> list[str]:
