@@ -127,22 +127,24 @@ def test_bad_diffusers_dirs(tmp_path):
 
 
 def test_scheduler_settings_not_honoured_are_shown(tmp_path):
-    """DDIMScheduler's clip_sample=True (its default) is not applied by our samplers: `edm info` lists it
-    and `edm generate` prints one warning line naming it."""
+    """A scheduler setting our samplers cannot apply (thresholding with sample_max_value below 1, which
+    diffusers' clamp turns into a shrinking scale; clip_sample and valid thresholding are honoured, see
+    test_diffusers_thresholding.py): `edm info` lists it and `edm generate` prints one warning naming it."""
     from click.testing import CliRunner
 
     from tools.cli import main
 
     random_unet().save_pretrained(tmp_path / "unet")
-    diffusers.DDIMScheduler(num_train_timesteps=1000, beta_end=0.005).save_pretrained(tmp_path / "scheduler")
+    diffusers.DDIMScheduler(num_train_timesteps=1000, beta_end=0.005, thresholding=True,
+                            sample_max_value=0.5).save_pretrained(tmp_path / "scheduler")
     model = load_model(f"diffusers:{tmp_path}")
-    assert model.ignored and model.ignored[0].startswith("clip_sample=True")
+    assert model.threshold is None and model.ignored and model.ignored[0].startswith("thresholding=True")
     runner = CliRunner()
     info = runner.invoke(main, ["info", f"diffusers:{tmp_path}"])
-    assert info.exit_code == 0 and re.search(r"not honoured +clip_sample=True", info.output), info.output
+    assert info.exit_code == 0 and re.search(r"not honoured +thresholding=True", info.output), info.output
     made = runner.invoke(main, ["generate", "--model", f"diffusers:{tmp_path}", "--device", "cpu",
                                 "--steps", "2",
                                 "--seeds", "0", "--no-progress", "--outdir", str(tmp_path / "out")])
     assert made.exit_code == 0, made.output
     warnings = [line for line in made.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "clip_sample=True" in warnings[0], made.stderr
+    assert len(warnings) == 1 and "thresholding=True" in warnings[0], made.stderr

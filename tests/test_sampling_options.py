@@ -61,12 +61,17 @@ def _flag_help(text: str, flag: str) -> str:
 
 def test_every_sampler_option_is_described_in_generate_help():
     from samplers.registry import OPTION_HELP
+    from tools.options import SAMPLING_PARAMS
 
     text = help_text("generate")
+    taken = {decl for _, decls, _ in SAMPLING_PARAMS.values() for decl in decls}
     for name in samplers.list():
         spec = samplers.get(name)
         for key, description in spec.option_help.items():
-            shown = _flag_help(text, "--" + key.replace("_", "-"))
+            flag = "--" + key.replace("_", "-")
+            if flag in taken:  # e.g. UniPC's corrector beside --corrector langevin: --sampler-corrector
+                flag = "--sampler-" + key.replace("_", "-")
+            shown = _flag_help(text, flag)
             meaning = " ".join(OPTION_HELP.get(key, description).split())
             assert meaning and shown.startswith(meaning), (key, shown)
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from edm.checkpoint import atomic_write
 
-__all__ = ["PNG_MODES", "grid_shape", "image_path", "remove_stale_temporaries", "to_uint8", "write_grid",
-           "write_png"]
+__all__ = ["PNG_MODES", "from_uint8", "grid_shape", "image_path", "read_png", "remove_stale_temporaries",
+           "to_uint8", "write_grid", "write_png"]
 
 PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 _TEMP_NAME = re.compile(r"\.(\d+)\.png\..*\.tmp")  # what write_png's temporary files look like
@@ -46,6 +46,30 @@ def write_png(path, image: np.ndarray) -> None:
     picture = Image.fromarray(image[:, :, 0] if channels == 1 else image, PNG_MODES[channels])
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def read_png(path) -> np.ndarray:
+    """A PNG as uint8 ``[H, W, C]`` (its own channels: L -> 1, LA -> 2, RGB -> 3, RGBA -> 4; palette
+    images are expanded to RGB(A)); ValueError (one line) for a file that is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            if picture.mode not in PNG_MODES.values():
+                picture = picture.convert("RGBA" if "transparency" in picture.info or "A" in picture.mode
+                                          else ("L" if picture.mode in ("1", "I", "I;16", "F") else "RGB"))
+            array = np.asarray(picture)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read {path} as an image: {e}") from None
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def from_uint8(images: np.ndarray):
+    """uint8 ``[B, H, W, C]`` -> float32 ``[B, C, H, W]`` in [-1, 1], the inverse of :func:`to_uint8`
+    (``(u - 127.5) / 127.5``, as NVlabs' dataset loader; ``to_uint8`` gives back the same bytes)."""
+    import torch
+
+    return (torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float() - 127.5) / 127.5
 
 
 def remove_stale_temporaries(seeds: Sequence[int], outdir: Path, subdirs: bool) -> None:

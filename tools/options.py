@@ -21,13 +21,13 @@ from .common import BadInput, one_line
 __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
            "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
            "option", "option_value", "parse_list", "progress_option", "report_ignored", "sampler_options",
-           "sampling_options", "seeds_option", "usage_error"]
+           "sampling_options", "seeds_option", "steering", "usage_error"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 SAMPLER_OPTION_PREFIX = "sampler_option_"
-SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Reference", "Output", "Device",
-            "Other")
+SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Guidance", "Editing", "Reference",
+            "Output", "Device", "Other")
 # BadInput.param -> flag, where the flag is not simply --param-name (None: the message names the option)
 _FLAGS = {"class_label": "--class", "options": None, "cond": "--model", "samplers": "--sampler",
           "schedules": "--schedule"}
@@ -321,10 +321,69 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "class_label": ("Seeds and classes", ("--class", "class_label"), dict(
         type=click.IntRange(min=0), metavar="C",
         help="Class of every image (class-conditional models).  [default: drawn from each seed]")),
-    "guidance": ("Seeds and classes", ("--guidance",), dict(
+    "guidance": ("Guidance", ("--guidance",), dict(
         type=float, metavar="W",
-        help="Classifier-free guidance weight w >= 0: D + w (D - D_uncond); 0 is none (diffusers' "
-             "guidance_scale is 1 + w). Class-conditional models only.")),
+        help="Guidance weight w >= 0: classifier-free D + w (D - D_neg), or with --guide-model autoguidance "
+             "D + w (D - D_weak); 0 is none (diffusers' guidance_scale and EDM2's guidance are 1 + w).")),
+    "negative_class": ("Guidance", ("--negative-class",), dict(
+        type=int, metavar="K",
+        help="Classifier-free guidance away from class K instead of from the unconditional model.")),
+    "guidance_interval": ("Guidance", ("--guidance-interval",), dict(
+        metavar="LO,HI",
+        help="Guide only where LO < sigma <= HI (Kynkaanniemi et al. 2024), e.g. 0.28,5.42; elsewhere one "
+             "plain call.")),
+    "guidance_rescale": ("Guidance", ("--guidance-rescale",), dict(
+        type=float, metavar="PHI",
+        help="CFG rescale (Lin et al. 2024): match the guided x0's std to the conditional one's, mixed with "
+             "weight PHI in [0, 1].")),
+    "guide_model": ("Guidance", ("--guide-model",), dict(
+        metavar="SPEC",
+        help="Autoguidance (Karras et al. 2024): guide with this weaker version of the model, e.g. "
+             "digits-weak; --guidance sets w. Costs a second network per step.")),
+    "unconditional": ("Guidance", ("--unconditional",), dict(
+        is_flag=True,
+        help="The model gets no class; --class then names only the classifier's target.")),
+    "classifier": ("Guidance", ("--classifier",), dict(
+        metavar="SPEC",
+        help="Classifier guidance (Dhariwal & Nichol 2021): D + s sigma^2 grad log p(class | x, sigma) "
+             "from a noise-aware classifier: 'digits-classifier' (built in) or a file written by `edm "
+             "train-classifier`. Costs a backward pass per step.")),
+    "classifier_scale": ("Guidance", ("--classifier-scale",), dict(
+        type=float, metavar="S",
+        help="Classifier guidance scale s >= 0 (1: the exact posterior for an exact classifier).  [default: "
+             "4, the best measured on digits]")),
+    "threshold": ("Guidance", ("--threshold",), dict(
+        type=click.Choice(("static", "dynamic")),
+        help="Threshold the predicted x0: static clips to [-1, 1]; dynamic (Imagen) divides each sample by "
+             "its percentile of |x0| when above 1.  [default: the model's own (diffusers' clip_sample / "
+             "thresholding), else none]")),
+    "threshold_percentile": ("Guidance", ("--threshold-percentile",), dict(
+        type=float, metavar="P", help="Dynamic thresholding's percentile in (0, 1].  [default: 0.995]")),
+    "init_image": ("Editing", ("--init-image",), dict(
+        type=click.Path(), metavar="PATH",
+        help="img2img / inpainting: one PNG for every seed, or a folder of NNNNNN.png per seed as `edm "
+             "generate` writes them; same size and channels as the model's images.")),
+    "strength": ("Editing", ("--strength",), dict(
+        type=float, metavar="S",
+        help="img2img strength in (0, 1]: run the last floor(S x steps) steps from the init image noised to "
+             "that level (diffusers' rule); 1 is plain generation.  [default: 1]")),
+    "mask": ("Editing", ("--mask",), dict(
+        type=click.Path(), metavar="PATH",
+        help="Inpainting mask PNG, same size as the images: white generates, black keeps the init image.")),
+    "resample": ("Editing", ("--resample",), dict(
+        metavar="JUMP,COUNT",
+        help="RePaint resampling for --mask: solve each part of JUMP steps COUNT times, jumping back up in "
+             "noise in between (COUNT times the NFE).")),
+    "corrector": ("Sampling", ("--corrector",), dict(
+        type=click.Choice(("langevin",)),
+        help="Predictor-corrector (Song et al. 2021): Langevin steps at each step's noise level before the "
+             "sampler's step; the sampler then runs step by step.")),
+    "corrector_steps": ("Sampling", ("--corrector-steps",), dict(
+        type=click.IntRange(min=1), metavar="N",
+        help="Corrector steps per sampler step (each one NFE).  [default: 1]")),
+    "snr": ("Sampling", ("--snr",), dict(
+        type=float, metavar="R",
+        help="The corrector's target signal-to-noise ratio, which sets its step size.  [default: 0.16]")),
     "device": ("Device", ("--device",), dict(
         metavar="DEVICE", help="cpu, cuda or cuda:N.  [default: cuda if available, else cpu]")),
     "dtype": ("Device", ("--dtype",), dict(
@@ -350,6 +409,28 @@ def sampling_options(**defaults: Any) -> Callable:
         return fn
 
     return decorate
+
+
+#: the flags that build a tools.generate.steering.Steering (they reach a command in its **flags)
+STEERING_FLAGS = ("negative_class", "guidance_interval", "guidance_rescale", "guide_model", "unconditional",
+                  "classifier", "classifier_scale", "threshold", "threshold_percentile", "init_image",
+                  "strength", "mask", "resample", "corrector", "corrector_steps", "snr")
+
+
+def steering(flags: dict[str, Any], command: str | None = None, refused: Sequence[str] = ()):
+    """Pop the steering flags out of a command's ``flags`` into a ``tools.generate.steering.Steering`` (None
+    when none is given). ``refused``: flags ``command`` does not take (a usage error names them)."""
+    given = {key: flags.pop(key) for key in STEERING_FLAGS if key in flags}
+    given = {key: value for key, value in given.items() if value is not None and value is not False}
+    bad = [key for key in refused if key in given]
+    if bad:
+        names = ", ".join(_flag(key) for key in bad)
+        raise click.UsageError(f"{command} does not take {names}")
+    if not given:
+        return None
+    from .generate.steering import Steering
+
+    return Steering(**given)
 
 
 def report_ignored(model) -> None:

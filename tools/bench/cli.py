@@ -23,6 +23,7 @@ from tools.options import (
     sampler_options,
     sampling_options,
     seeds_option,
+    steering,
     usage_error,
 )
 
@@ -106,6 +107,8 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
     Examples:
       edm bench --out bench-out --sampler heun,dpmpp_2m,unipc --nfe 5,10,20
       edm bench --out bench-out --metrics fd,time --num 1000 --class 3 --guidance 1
+      edm bench --out bench-out --metrics fd,time --guidance 1 --guide-model digits-weak
+      edm bench --out bench-out --metrics fd,time --sampler euler,heun --nfe 35 --corrector langevin
       edm bench --out bench-out --model runs/ckpt.json --metrics fd --ref stats.npz
     """
     from .runner import DEFAULT_NFE, prepare_bench
@@ -113,6 +116,8 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
     if steps is not None:
         raise click.BadParameter("edm bench compares samplers at equal NFE: give budgets with --nfe",
                                  param_hint="'--steps'")
+    steer = steering(flags, "edm bench (it compares samplers on generation)",
+                     refused=("init_image", "strength", "mask", "resample"))
     names = _sampler_names(sampler)
     merged = _merged_options(names, flags, options)
     with cli_errors(batch=batch):
@@ -122,7 +127,8 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
                               device=device, dtype=dtype or "float32", detector=detector,
                               detector_weights=detector_weights, ref=ref, out=out, overwrite=overwrite,
                               progress=progress, trust_pickle=trust_pickle, sigma_min=sigma_min,
-                              sigma_max=sigma_max, rho=rho, class_label=class_label, guidance=guidance)
+                              sigma_max=sigma_max, rho=rho, class_label=class_label, guidance=guidance,
+                              steering=steer)
         if progress:
             click.echo(f"Benchmarking {bench.describe()}", err=True)
         cells = bench.run()
@@ -186,6 +192,9 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
         if ctx.get_parameter_source("init") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--schedule and --init name the same thing: give one")
         init = schedule
+    steer = steering(flags, "edm tune-schedule (it fits the deterministic ODE solve)",
+                     refused=("init_image", "strength", "mask", "resample", "corrector", "corrector_steps",
+                              "snr"))
     nfe, options = one_sampler(sampler, steps, nfe, flags, "edm tune-schedule")
     import samplers
 
@@ -205,7 +214,7 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
         setup = prepare_sampling(model, sampler=sampler, schedule=init, steps=steps, options=options,
                                  sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, class_label=class_label,
                                  guidance=guidance, device=device, dtype=torch.float64,
-                                 trust_pickle=trust_pickle)
+                                 trust_pickle=trust_pickle, steering=steer)
     if progress:
         click.echo(f"Tuning {sampler} at NFE {nfe} ({steps} steps) for {model} from {init}, "
                    f"{len(seeds)} calibration seeds", err=True)
@@ -219,7 +228,8 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         result.save(out_path, model=model, **({"class": class_label} if class_label is not None else {}),
-                    **({"guidance": guidance} if guidance else {}))
+                    **({"guidance": guidance} if guidance else {}),
+                    **({"steering": steer.given()} if steer is not None else {}))
     except OSError as e:
         raise click.ClickException(f"cannot write {out_path}: {e.strerror or e}") from None
     click.echo(f"{sampler} NFE {nfe} ({steps} steps): calibration ODE error {result.init_error:.4g} "

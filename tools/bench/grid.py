@@ -53,11 +53,14 @@ class Cell:
     def status(self) -> str:
         return "ok" if self.skip is None else f"skipped: {self.skip}"
 
-    def record(self, *, stochastic: bool, num: int) -> dict[str, Any]:
-        """The cell's flat record, without metrics yet."""
+    def record(self, *, stochastic: bool, num: int, per_call: int = 1) -> dict[str, Any]:
+        """The cell's flat record, without metrics yet. ``per_call``: network passes per denoiser call
+        (2 under guidance: CFG's batch of 2B, autoguidance's second model, a classifier's backward pass),
+        so ``evaluations`` is what a guided cell really costs."""
         record = dict.fromkeys(CELL_KEYS)
         record.update(sampler=self.sampler, schedule=self.schedule, nfe_budget=self.budget, steps=self.steps,
-                      nfe=self.nfe, stochastic=bool(stochastic), status=self.status, num=int(num))
+                      nfe=self.nfe, evaluations=None if self.nfe is None else self.nfe * per_call,
+                      stochastic=bool(stochastic), status=self.status, num=int(num))
         return record
 
 
@@ -74,8 +77,9 @@ def parse_budgets(value: str | int | Iterable[int]) -> list[int]:
 
 
 def fit_budget(sampler: str, schedule_name: str, schedule: Schedule, budget: int,
-               options: Mapping[str, Any] | None = None) -> Cell:
-    """The cell of ``sampler`` on ``schedule`` with the most steps whose exact NFE is within ``budget``."""
+               options: Mapping[str, Any] | None = None, corrector_steps: int = 0) -> Cell:
+    """The cell of ``sampler`` on ``schedule`` with the most steps whose exact NFE (``corrector_steps``
+    corrector evaluations per step included) is within ``budget``."""
     cell = functools.partial(Cell, sampler, schedule_name, budget)
     spec = samplers.get(sampler)
     if spec.adaptive and spec.count_nfe is None:
@@ -88,15 +92,16 @@ def fit_budget(sampler: str, schedule_name: str, schedule: Schedule, budget: int
             sigmas = schedule(steps)
         except ValueError as e:
             return cell(skip=f"schedule {schedule_name}: {one_line(e)}")
-        nfe = nfe_on(sampler, sigmas, **(options or {}))
+        nfe = nfe_on(sampler, sigmas, corrector_steps=corrector_steps, **(options or {}))
         if nfe <= budget:
             return cell(sigmas=sigmas, nfe=nfe)
     return cell(skip=f"needs at least {nfe} NFE (one step), more than the budget")
 
 
 def plan_cells(sampler_names: Sequence[str], schedules: Mapping[str, Schedule], budgets: Sequence[int],
-               options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Cell]:
+               options: Mapping[str, Mapping[str, Any]] | None = None,
+               corrector_steps: int = 0) -> list[Cell]:
     """Every sampler x schedule x budget, in that nesting order."""
     options = options or {}
-    return [fit_budget(sampler, name, schedule, budget, options.get(sampler))
+    return [fit_budget(sampler, name, schedule, budget, options.get(sampler), corrector_steps)
             for sampler in sampler_names for name, schedule in schedules.items() for budget in budgets]

@@ -80,7 +80,8 @@ def load_spec(model, dtype: torch.dtype, device: torch.device, trust_pickle: boo
 def in_precision(loaded: LoadedModel, dtype: torch.dtype, guidance: float = 0.0) -> LoadedModel:
     """The model evaluated in ``dtype``, as ``edm generate`` runs it: float64 gets float64 weights (a copy
     when needed); half precisions keep the sampler's state in float32 and cast at the denoiser; guidance
-    w > 0 wraps it in classifier-free guidance."""
+    w > 0 wraps it in classifier-free guidance (the rest of the guidance family: ``edm bench`` builds it
+    with ``tools.generate.steering``)."""
     if dtype == torch.float64:
         loaded = dataclasses.replace(loaded, denoiser=_module_in(loaded.denoiser, dtype))
     return dataclasses.replace(loaded, denoiser=guided(loaded, dtype, guidance))
@@ -105,8 +106,10 @@ class Conditioning:
     """
 
     def __init__(self, model: LoadedModel, seeds: Sequence[int], device: torch.device,
-                 extra: Mapping[str, Any] | None = None, class_label: int | None = None):
-        if extra and model.num_classes:
+                 extra: Mapping[str, Any] | None = None, class_label: int | None = None,
+                 num_classes: int | None = None):
+        self.num_classes = model.num_classes if num_classes is None else num_classes  # a classifier's too
+        if extra and self.num_classes:
             raise BenchError("cond= is for plain denoisers; a class-conditional model gets the class labels "
                              "edm generate draws", "cond")
         self.model, self.seeds, self.device, self.extra = model, list(seeds), device, dict(extra or {})
@@ -120,8 +123,9 @@ class Conditioning:
         return value.to(self.device, dtype) if value.is_floating_point() else value.to(self.device)
 
     def __call__(self, start: int, stop: int, dtype: torch.dtype) -> dict[str, Any]:
-        if self.model.num_classes:
-            return conditioning(self.model, self.seeds[start:stop], self.class_label, self.device, dtype)
+        if self.num_classes:
+            return conditioning(self.num_classes, self.model.shape, self.seeds[start:stop], self.class_label,
+                                self.device, dtype)
         return {key: self._part(value, start, stop, dtype) for key, value in self.extra.items()}
 
 

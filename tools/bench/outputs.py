@@ -31,8 +31,8 @@ __all__ = ["COLUMNS", "FORMAT", "METRICS", "best_per_budget", "read_results", "w
 
 FORMAT = "edm-samplers/bench-v1"
 RESULTS_JSON, RESULTS_CSV, RESULTS_MD = "results.json", "results.csv", "results.md"
-COLUMNS = ("sampler", "schedule", "nfe_budget", "steps", "nfe", "stochastic", "status", "num", "ode_rmse",
-           "fd", "detector", "time_per_sample_s", "denoiser_share")
+COLUMNS = ("sampler", "schedule", "nfe_budget", "steps", "nfe", "evaluations", "stochastic", "status", "num",
+           "ode_rmse", "fd", "detector", "time_per_sample_s", "denoiser_share")
 METRICS = ("ode_rmse", "fd", "time_per_sample_s", "denoiser_share")
 RANKED = ("ode_rmse", "fd", "time_per_sample_s")  # lower is better; denoiser_share is only informative
 PLOTTED = RANKED

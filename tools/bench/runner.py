@@ -27,6 +27,7 @@ from tools.common import BadInput, check_writable_dir, one_line, positive_int
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from tools.generate.sampling import check_class, check_guidance, check_sampler
 from tools.generate.schedule import schedule_sigmas
+from tools.generate.steering import check_steering
 from tools.images import to_uint8
 from tools.seeds import format_seeds, parse_seeds
 
@@ -90,6 +91,8 @@ class Bench:
     out: Path | None = None
     previous: list[dict[str, Any]] = field(default_factory=list)
     progress: bool = False
+    corrector: Any = None  # samplers.langevin.LangevinCorrector run before every step, or None
+    per_call: int = 1  # network passes per denoiser call (2 under guidance)
     computed: int = 0  # cells (re)computed by run()
     written: list[Path] = field(default_factory=list)  # the output files of the last write
     _references: ReferenceCache | None = field(default=None, repr=False)
@@ -131,7 +134,8 @@ class Bench:
         return [records[cell.key] for cell in self.cells]
 
     def _record(self, cell: Cell, old: Mapping[str, Any] | None) -> dict[str, Any]:
-        record = cell.record(stochastic=self.traits[cell.sampler].stochastic, num=len(self.seeds))
+        record = cell.record(stochastic=self.traits[cell.sampler].stochastic or self.corrector is not None,
+                             num=len(self.seeds), per_call=self.per_call)
         record.update(reusable_metrics(old, record))
         return record
 
@@ -156,7 +160,7 @@ class Bench:
 
     def _measure(self, cell: Cell, missing: Sequence[str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        ode = "ode" in missing and not self.traits[cell.sampler].stochastic
+        ode = "ode" in missing and not self.traits[cell.sampler].stochastic and self.corrector is None
         timed_pass = _time_on(self.metrics) if "time" in missing else None
         if ode or timed_pass == "ode":
             watch = Stopwatch(self.device)
@@ -193,7 +197,7 @@ class Bench:
             cond = self.cond(start, start + len(chunk), state)
             with watch.running():
                 result = samplers.sample(denoiser, x, cell.sigmas, cell.sampler, seeds=chunk, cond=cond,
-                                         **options)
+                                         corrector=self.corrector, **options)
             yield result
 
     def _reference(self, cell: Cell) -> torch.Tensor:
@@ -338,7 +342,7 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
                   overwrite: bool = False, progress: bool = False, shape=None, sigma_min=None, sigma_max=None,
                   sigmas=None, cond: Mapping[str, Any] | None = None, name: str | None = None,
                   trust_pickle: bool = False, rho: float | None = None, class_label: int | None = None,
-                  guidance: float = 0.0) -> Bench:
+                  guidance: float = 0.0, steering=None) -> Bench:
     """Check every argument of :func:`run_bench` and plan its cells; raises :class:`BenchError`."""
     with _bench_errors("metrics"):
         metrics = parse_metrics(metrics)
@@ -359,14 +363,25 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     precisions = _precisions(metrics, dtype)
     raw = {p: loaded if loaded is not None else load_spec(model, p, device, trust_pickle) for p in precisions}
     with _bench_errors():
-        class_label = check_class(raw[precisions[0]], class_label)
         guidance = check_guidance(raw[precisions[0]], guidance)
-    models = {p: in_precision(raw[p], p, guidance) for p in precisions}
+        if steering is None or (not steering.unconditional and steering.classifier is None):
+            class_label = check_class(raw[precisions[0]], class_label)
+        if steering is not None and (steering.init_image is not None or steering.mask is not None):
+            raise BenchError("edm bench compares samplers on generation: it takes no --init-image/--mask",
+                             "init_image")
+        steers = {p: check_steering(steering, raw[p], guidance=guidance, class_label=class_label,
+                                    device=device, dtype=p, trust_pickle=trust_pickle) for p in precisions}
+    models = {p: replace(in_precision(raw[p], p), denoiser=steers[p].denoiser(in_precision(raw[p], p), p))
+              for p in precisions}
+    steer = steers[precisions[0]]
+    if steer.corrector is not None and "ode" in metrics:
+        raise BenchError("a Langevin corrector makes every sampler stochastic: the ode metric does not apply "
+                         "(use --metrics fd,time)", "metrics")
     base = next(iter(models.values()))  # its sigma range is the schedules'
     base = replace(base, sigma_min=base.sigma_min if sigma_min is None else float(sigma_min),
                    sigma_max=base.sigma_max if sigma_max is None else float(sigma_max))
     schedule_fns = _schedules(schedules, base, budgets[0], rho)
-    conditioning = Conditioning(base, seeds, device, cond, class_label)
+    conditioning = Conditioning(base, seeds, device, cond, class_label, steer.num_classes)
     fd = detector_name = ref_name = None
     if "fd" in metrics:
         if ref is None and not is_digits(model, base):
@@ -389,12 +404,16 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
         "schedules": list(schedule_fns), "nfe": budgets, "metrics": list(metrics), "options": options,
         "batch": batch, "rho": rho, "class": class_label, "guidance": guidance or None,
     }
+    if steering is not None and steering.given():
+        settings["steering"] = steering.given()
     previous, settings = _resume(out, settings, overwrite)
     traits = {s: sampler_traits(s, options.get(s)) for s in sampler_names}
-    cells = plan_cells(sampler_names, schedule_fns, budgets, options)
+    corrector_steps = steer.corrector.steps if steer.corrector is not None else 0
+    cells = plan_cells(sampler_names, schedule_fns, budgets, options, corrector_steps)
     return Bench(cells=cells, metrics=metrics, settings=settings, models=models, cond=conditioning,
                  seeds=seeds, ode_num=ode_num, batch=batch, device=device, dtype=dtype, options=options,
-                 traits=traits, fd=fd, out=out, previous=previous, progress=progress)
+                 traits=traits, fd=fd, out=out, previous=previous, progress=progress,
+                 corrector=steer.corrector, per_call=steer.evaluations_per_call)
 
 
 def run_bench(model, **kwargs) -> list[dict[str, Any]]:

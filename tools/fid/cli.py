@@ -42,6 +42,7 @@ from tools.options import (
     report_ignored,
     sampling_options,
     seeds_option,
+    steering,
     usage_error,
 )
 
@@ -231,6 +232,7 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
         raise click.UsageError("give --num (seeds OFFSET..OFFSET+K-1) or --seeds, one of them")
     if seeds is not None and seed_offset:
         raise click.UsageError("--seed-offset goes with --num, not with --seeds")
+    steer = steering(flags)
     nfe, options = one_sampler(sampler, steps, nfe, flags, "edm fid gen")
     seeds = seeds if seeds is not None else list(range(seed_offset, seed_offset + num))
 
@@ -238,7 +240,8 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
         setup = prepare_sampling(model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe,
                                  options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
                                  class_label=class_label, guidance=guidance, device=device,
-                                 dtype=dtype or "float32", trust_pickle=trust_pickle)
+                                 dtype=dtype or "float32", trust_pickle=trust_pickle, steering=steer)
+        setup.check_seeds(seeds)
         ranks = _started_ranks(setup.device)
         if ranks.rank == 0:
             report_ignored(setup.model)
@@ -251,7 +254,8 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
             if ranks.rank == 0:
                 info = {"model": str(model), "sampler": setup.sampler, "options": setup.options,
                         "schedule": setup.schedule, "steps": setup.steps, "nfe": setup.nfe,
-                        "class": setup.class_label, "guidance": setup.guidance, "seeds": format_seeds(seeds)}
+                        "class": setup.class_label, "guidance": setup.guidance, "seeds": format_seeds(seeds),
+                        "network_evaluations": setup.evaluations, **setup.settings().get("steering", {})}
                 _report(result, info, as_json)
 
     _run(body)

@@ -19,6 +19,7 @@ from tools.options import (
     report_ignored,
     sampling_options,
     seeds_option,
+    steering,
 )
 
 __all__ = ["generate"]
@@ -55,6 +56,10 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
       edm generate --outdir out --sampler dpmpp_2m_sde --nfe 20 --eta 0.5
       edm generate --outdir out --sampler euler_ancestral --guidance 1.5
       edm generate --outdir out --model runs/ckpt.json --sampler edm --s-churn 40
+      edm generate --outdir out --class 3 --guidance 1 --guide-model digits-weak     autoguidance
+      edm generate --outdir out --unconditional --classifier digits-classifier --class 3
+      edm generate --outdir edit --init-image out --strength 0.3 --unconditional    img2img
+      edm generate --outdir fill --init-image out/000003.png --mask right.png --class 3
       torchrun --standalone --nproc_per_node 4 -m tools.cli generate \\
           --outdir out --seeds 0-49999 --subdirs        one share of the seeds per process
 
@@ -64,6 +69,7 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
     from . import plan as planning
     from . import runner as running
 
+    steer = steering(flags)
     nfe, options = one_sampler(sampler, steps, nfe, flags, "edm generate")
     with cli_errors():
         plan = planning.prepare(model, seeds, outdir, sampler=sampler, schedule=schedule, steps=steps,
@@ -72,7 +78,7 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
                                 batch=batch,
                                 class_label=class_label, guidance=guidance, subdirs=subdirs, grid=grid,
                                 overwrite=overwrite, device=device, dtype=dtype or "float32",
-                                progress=progress, trust_pickle=trust_pickle)
+                                progress=progress, trust_pickle=trust_pickle, steering=steer)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         report_ignored(plan.model)

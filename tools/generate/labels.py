@@ -26,16 +26,17 @@ def class_labels(seeds: Sequence[int], num_classes: int, shape: Sequence[int], *
     return torch.stack(labels).to(device=device, dtype=torch.int64)
 
 
-def conditioning(model, seeds: Sequence[int], class_label: int | None, device,
-                 dtype) -> dict[str, torch.Tensor]:
-    """``{"class_labels": one-hot [B, K]}`` for a class-conditional model, ``{}`` otherwise.
+def conditioning(num_classes: int, shape: Sequence[int], seeds: Sequence[int], class_label: int | None,
+                 device, dtype) -> dict[str, torch.Tensor]:
+    """``{"class_labels": one-hot [B, K]}`` for ``num_classes`` classes (a class-conditional model, or the
+    classifier guiding an unconditional one), ``{}`` without classes. ``shape``: the model's image shape.
 
     ``class_label`` None draws each seed's label (:func:`class_labels`); an int gives every sample it.
     """
-    if not model.num_classes:
+    if not num_classes:
         return {}
     if class_label is None:
-        labels = class_labels(seeds, model.num_classes, model.shape, device=device)
+        labels = class_labels(seeds, num_classes, shape, device=device)
     else:
         labels = torch.full((len(seeds),), int(class_label), dtype=torch.int64, device=device)
-    return {"class_labels": torch.nn.functional.one_hot(labels, model.num_classes).to(dtype)}
+    return {"class_labels": torch.nn.functional.one_hot(labels, num_classes).to(dtype)}

@@ -15,6 +15,7 @@ from tools.seeds import format_seeds, parse_seeds
 
 from .record import check_record
 from .sampling import Sampling, prepare_sampling
+from .steering import Steering
 
 __all__ = ["GenerateError", "Plan", "prepare"]
 
@@ -47,7 +48,7 @@ def prepare(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "kar
             sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
             batch: int = 64, class_label: int | None = None, guidance: float = 0.0, subdirs: bool = False,
             grid=None, overwrite: bool = False, device=None, dtype=torch.float32, progress: bool = True,
-            trust_pickle: bool = False) -> Plan:
+            trust_pickle: bool = False, steering: Steering | None = None) -> Plan:
     """Check every argument of :func:`tools.generate.generate` and return the job; raises
     :class:`GenerateError`. Nothing is written (see :func:`tools.generate.sampling.prepare_sampling`);
     a folder that holds images made with other settings is refused unless ``overwrite``."""
@@ -58,7 +59,9 @@ def prepare(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "kar
     batch = positive_int(batch, "batch", "batch")
     setup = prepare_sampling(model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options,
                              sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, class_label=class_label,
-                             guidance=guidance, device=device, dtype=dtype, trust_pickle=trust_pickle)
+                             guidance=guidance, device=device, dtype=dtype, trust_pickle=trust_pickle,
+                             steering=steering)
+    setup.check_seeds(seeds)
     shape = tuple(int(s) for s in setup.model.shape)
     if len(shape) != 3 or shape[0] not in PNG_MODES:
         raise GenerateError(f"cannot write images of shape {list(shape)} as PNG (need [C, H, W], C in 1..4)",

@@ -87,7 +87,7 @@ def generate(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "ka
              sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
              batch: int = 64, class_label: int | None = None, guidance: float = 0.0, subdirs: bool = False,
              grid=None, overwrite: bool = False, device=None, dtype=torch.float32, progress: bool = True,
-             trust_pickle: bool = False) -> Summary:
+             trust_pickle: bool = False, steering=None) -> Summary:
     """Write one PNG per seed of ``model`` into ``outdir``; return what was written.
 
     Args:
@@ -106,9 +106,11 @@ def generate(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "ka
             replace the folder's record of settings (default: a folder made with other settings is refused).
         device, dtype: where and in which precision the model runs (the sampler's state stays in float32,
             or float64 for a float64 model). Default device: cuda when available, else cpu.
+        steering: a :class:`tools.generate.steering.Steering`: negative class, guidance interval and
+            rescale, autoguidance, classifier guidance, thresholding, img2img, inpainting, a corrector.
     """
     return run(prepare(model, seeds, outdir, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe,
                        options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, batch=batch,
                        class_label=class_label, guidance=guidance, subdirs=subdirs, grid=grid,
                        overwrite=overwrite, device=device, dtype=dtype, progress=progress,
-                       trust_pickle=trust_pickle))
+                       trust_pickle=trust_pickle, steering=steering))

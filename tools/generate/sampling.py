@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,31 +19,19 @@ import torch
 
 import samplers
 from samplers.guidance import ClassifierFreeGuidance
+from samplers.registry import nfe_on
 from tools.common import BadInput, one_line
 from tools.device import ModelDtype, dtype_name, resolve_device, resolve_dtype, state_dtype
 
 from .labels import conditioning
 from .schedule import resolve_steps, schedule_sigmas
+from .steering import Steer, Steering, check_steering, load
 
 __all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "guided", "load",
            "prepare_sampling"]
 
 GUIDANCE_MEANING = ("w is the classifier-free guidance weight: D + w (D - D_uncond); 0 is none, larger "
                     "is stronger (diffusers' guidance_scale = 1 + w)")
-_MODEL_FIELDS = ("denoiser", "shape", "num_classes", "sigma_min", "sigma_max", "sigmas")
-
-
-def load(model, device, dtype, trust_pickle: bool = False):
-    """A model spec loaded with ``tools.models.load_model``, or an already loaded model checked."""
-    if not isinstance(model, (str, os.PathLike)):
-        for attr in _MODEL_FIELDS:
-            if not hasattr(model, attr):
-                raise BadInput(f"model must be a model spec or a LoadedModel; {model!r} has no {attr}",
-                               "model")
-        return model
-    from tools.models import load_model
-
-    return load_model(str(model), device=device, dtype=dtype, trust_pickle=trust_pickle)
 
 
 def check_sampler(name: str, options: Mapping[str, Any], sigmas: torch.Tensor) -> None:
@@ -77,16 +64,14 @@ def check_class(model, class_label) -> int | None:
 
 
 def check_guidance(model, guidance) -> float:
-    """The guidance weight w: a finite number >= 0, and only for class-conditional models."""
+    """The guidance weight w: a finite number >= 0 (whether the model can take it is
+    :func:`tools.generate.steering.check_steering`'s question: autoguidance needs no class)."""
     try:
         guidance = float(guidance)
     except (TypeError, ValueError):
         raise BadInput(f"guidance must be a number, got {guidance!r}", "guidance") from None
     if not math.isfinite(guidance) or guidance < 0:
         raise BadInput(f"guidance must be a finite number >= 0, got {guidance:g}; {GUIDANCE_MEANING}",
-                       "guidance")
-    if guidance and not model.num_classes:
-        raise BadInput("classifier-free guidance needs a class-conditional model; this one is unconditional",
                        "guidance")
     return guidance
 
@@ -129,36 +114,58 @@ class Sampling:
     schedule_options: dict[str, Any]
     sigmas: torch.Tensor  # float64, decreasing, ending in 0
     steps: int
-    nfe: int | None  # denoiser evaluations per image (None: adaptive sampler)
+    nfe: int | None  # denoiser evaluations per image (None: adaptive sampler), corrector steps included
     class_label: int | None
     guidance: float
     device: torch.device
     dtype: torch.dtype
     denoiser: Callable = field(default=None, repr=False)  # guided, in the model's dtype
+    steer: Steer = field(default=None, repr=False)  # guidance family, thresholding, editing, corrector
 
     @property
     def state_dtype(self) -> torch.dtype:
         return state_dtype(self.dtype)
 
     def cond(self, seeds: Sequence[int], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        return conditioning(self.model, seeds, self.class_label, self.device, dtype or self.state_dtype)
+        num_classes = self.steer.num_classes if self.steer is not None else self.model.num_classes
+        return conditioning(num_classes, self.model.shape, seeds, self.class_label, self.device,
+                            dtype or self.state_dtype)
 
     def sample(self, seeds: Sequence[int]) -> torch.Tensor:
         """The samples of ``seeds`` (``[B, C, H, W]``, in the sampler's precision), one batch."""
         seeds = list(seeds)
         dtype = self.state_dtype
-        x = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=dtype)  # NVlabs' stream
-        return samplers.sample(self.denoiser, x * float(self.sigmas[0]), self.sigmas, self.sampler,
-                               seeds=seeds,
-                               cond=self.cond(seeds), **self.options)
+        latents = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=dtype)  # NVlabs'
+        steer = self.steer or Steer(steering=Steering(), guidance=self.guidance, num_classes=0)
+        x, sigmas, denoiser, finish = steer.start(self.denoiser, latents, self.sigmas, seeds)
+        return finish(samplers.sample(denoiser, x, sigmas, self.sampler, seeds=seeds, cond=self.cond(seeds),
+                                      corrector=steer.corrector, resample=steer.resample, **self.options))
+
+    def check_seeds(self, seeds: Sequence[int]) -> None:
+        """What a list of seeds needs beyond the setup (an init image per seed) is there; BadInput if not."""
+        if self.steer is not None and self.steer.edit is not None:
+            self.steer.edit.check_seeds(seeds)
+
+    @property
+    def evaluations(self) -> int | None:
+        """Network passes per image: the NFE times 2 under guidance (CFG's batch of 2B, autoguidance's
+        second model, classifier guidance's forward + backward); an upper bound with a guidance interval."""
+        per_call = self.steer.evaluations_per_call if self.steer is not None else 1
+        return None if self.nfe is None else self.nfe * per_call
 
     def settings(self) -> dict[str, Any]:
         """What decides the images (beyond the seed), as plain data: a folder's record of its images."""
-        return {"model": str(self.model.source), "sampler": self.sampler, "options": dict(self.options),
-                "schedule": self.schedule, "schedule_options": dict(self.schedule_options),
-                "steps": self.steps, "sigmas": [float(s) for s in self.sigmas],
-                "class": self.class_label, "guidance": self.guidance, "dtype": dtype_name(self.dtype),
-                "device": self.device.type}
+        record = {"model": str(self.model.source), "sampler": self.sampler, "options": dict(self.options),
+                  "schedule": self.schedule, "schedule_options": dict(self.schedule_options),
+                  "steps": self.steps, "sigmas": [float(s) for s in self.sigmas],
+                  "class": self.class_label, "guidance": self.guidance, "dtype": dtype_name(self.dtype),
+                  "device": self.device.type}
+        steering = self.steer.steering.given() if self.steer is not None else {}
+        if self.steer is not None and self.steer.threshold is not None:
+            steering["x0_threshold"] = dict(self.steer.threshold)  # also the model's own (diffusers)
+        if steering:
+            record["steering"] = steering
+        return record
 
     def describe(self) -> str:
         """What will be sampled how, in a few words."""
@@ -167,6 +174,8 @@ class Sampling:
         cls = "" if not self.model.num_classes else (
             f", class {self.class_label}" if self.class_label is not None else ", random classes")
         guidance = f", guidance w={self.guidance:g}" if self.guidance else ""
+        steering = self.steer.steering.given() if self.steer is not None else {}
+        guidance += "".join(f", {k.replace('_', '-')} {v}" for k, v in steering.items())
         return (f"{self.sampler}{options}, {self.steps} steps ({nfe}), {self.schedule} sigma "
                 f"{float(self.sigmas[0]):g}...{float(self.sigmas[-2]):g}{cls}{guidance}, "
                 f"{self.device} {dtype_name(self.dtype)}")
@@ -192,26 +201,40 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
                      nfe: int | None = None, options: Mapping[str, Any] | None = None,
                      sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
                      class_label: int | None = None, guidance: float = 0.0, device=None, dtype=torch.float32,
-                     trust_pickle: bool = False) -> Sampling:
+                     trust_pickle: bool = False, steering: Steering | None = None) -> Sampling:
     """Check every sampling argument (see :func:`tools.generate.generate`); raises :class:`BadInput`.
 
     Nothing is written. The model is loaded (when given as a spec), the schedule computed, the sampler
     run once on a 1x1 zero problem (checks its options) and the guided denoiser evaluated once on one
-    sample (checks the model, its dtype on this device, the class and the guidance).
+    sample (checks the model, its dtype on this device, the class and the guidance). ``steering``
+    (:class:`tools.generate.steering.Steering`) adds the guidance family, thresholding, editing and a
+    corrector, checked against the model.
     """
     spec = sampler_spec(sampler)
-    steps, nfe_per_image = resolve_steps(spec, steps, nfe)
+    corrector_steps = 0
+    if steering is not None and steering.corrector is not None:
+        corrector_steps = 1 if steering.corrector_steps is None else steering.corrector_steps
+    steps, _ = resolve_steps(spec, steps, nfe, options or {}, corrector_steps)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     options = check_option_names(spec, options or {})
     model = load(model, device, dtype, trust_pickle)
-    class_label = check_class(model, class_label)
     guidance = check_guidance(model, guidance)
+    if steering is None or (not steering.unconditional and steering.classifier is None):
+        class_label = check_class(model, class_label)
+    steer = check_steering(steering, model, guidance=guidance, class_label=class_label, device=device,
+                           dtype=dtype, trust_pickle=trust_pickle)
     sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
     check_sampler(spec.name, options, sigmas)
+    corrector_steps = steer.corrector.steps if steer.corrector is not None else 0
+    try:
+        nfe_per_image = nfe_on(spec.name, steer.run_sigmas(sigmas), corrector_steps=corrector_steps,
+                               resample=steer.resample, **options)  # exact, img2img's shorter run included
+    except ValueError as e:  # restart cannot take a corrector or resampling
+        raise BadInput(one_line(e), "corrector" if corrector_steps else "resample") from None
     setup = Sampling(model=model, sampler=spec.name, options=options, schedule=schedule,
                      schedule_options=schedule_options, sigmas=sigmas, steps=steps, nfe=nfe_per_image,
                      class_label=class_label, guidance=guidance, device=device, dtype=dtype,
-                     denoiser=guided(model, dtype, guidance))
+                     denoiser=steer.denoiser(model, dtype), steer=steer)
     check_denoiser(setup.denoiser, model, float(sigmas[0]), setup.cond([0]), device, dtype)
     return setup

@@ -17,8 +17,9 @@ __all__ = ["DEFAULT_STEPS", "resolve_steps", "schedule_sigmas"]
 DEFAULT_STEPS = 18  # EDM's deterministic sampler on CIFAR-10 / FFHQ (35 NFE with heun)
 
 
-def resolve_steps(spec, steps, nfe) -> tuple[int, int | None]:
-    """``(steps, nfe per image)`` of sampler ``spec`` from steps or an NFE budget (default 18 steps).
+def resolve_steps(spec, steps, nfe, options=None, corrector_steps: int = 0) -> tuple[int, int | None]:
+    """``(steps, nfe per image)`` of sampler ``spec`` from steps or an NFE budget (default 18 steps), with
+    the sampler's ``options`` and ``corrector_steps`` corrector evaluations per step.
 
     The NFE is None for an adaptive sampler. BadInput names ``steps`` or ``nfe``.
     """
@@ -27,12 +28,12 @@ def resolve_steps(spec, steps, nfe) -> tuple[int, int | None]:
     if nfe is not None:
         nfe = positive_int(nfe, "the NFE budget", "nfe")
         try:
-            steps = samplers.steps_for_nfe(spec.name, nfe)
+            steps = samplers.steps_for_nfe(spec.name, nfe, options, corrector_steps)
         except ValueError as e:
             raise BadInput(one_line(e), "nfe") from None
     else:
         steps = positive_int(DEFAULT_STEPS if steps is None else steps, "steps", "steps")
-    return steps, None if spec.adaptive else spec.nfe(steps)
+    return steps, None if spec.adaptive else spec.nfe(steps, options, corrector_steps)
 
 
 def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None,

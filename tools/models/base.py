@@ -36,6 +36,9 @@ class LoadedModel:
     kind: str  # 'checkpoint' | 'diffusers' | 'nvlabs'
     source: str  # what was loaded (path or name)
     info: dict = field(default_factory=dict)  # what `edm info` shows
+    # The model's own x0 thresholding (a diffusers scheduler's clip_sample / thresholding), as keyword
+    # arguments of samplers.guidance.Thresholded; applied after guidance, unless --threshold overrides.
+    threshold: dict | None = None
 
     @property
     def ignored(self) -> list[str]:

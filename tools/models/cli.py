@@ -1,5 +1,6 @@
 """The ``edm info`` command: describe a model (kind, source, shape, classes, sigma range, preconditioning,
-size, and the settings of its files that are not honoured). torch loads when the command runs."""
+size, its x0 thresholding, the settings of its files that are not honoured). torch loads when the command
+runs."""
 
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def model_block(record: Mapping[str, Any]) -> str:
         rows.append(("network", f"{network.get('name', '?')} {_compact(network.get('kwargs', {}))}"))
     if record["parameters"]:
         rows.append(("parameters", f"{record['parameters']:,}"))
-    for key in ("prediction", "num_train_timesteps", "layout", "class", "sigma_data", "use_fp16", "note"):
+    for key in ("prediction", "x0_thresholding", "num_train_timesteps", "layout", "class", "sigma_data",
+                "use_fp16", "note"):
         if key in info:
             rows.append((key.replace("_", " "), _compact(info[key])))
     for i, setting in enumerate(info.get("ignored") or []):

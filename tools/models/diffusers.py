@@ -1,5 +1,9 @@
 """diffusers models: a ``UNet2DModel`` and its scheduler saved with ``save_pretrained`` (``diffusers:DIR``),
-wrapped in :class:`edm.DiscreteTimeDenoiser` with the scheduler's ``alphas_cumprod``."""
+wrapped in :class:`edm.DiscreteTimeDenoiser` with the scheduler's ``alphas_cumprod``.
+
+The scheduler's x0 thresholding (``clip_sample`` / ``thresholding``, where its class applies them) becomes
+``LoadedModel.threshold``, so the model samples as it was meant to with any sampler, not only diffusers'.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from tools.common import one_line
 
 from .base import LabelledDenoiser, LoadedModel, ModelError, parameter_count
 
-__all__ = ["DIFFUSERS_PREDICTIONS", "PREFIX", "DiffusersBackbone", "claims", "load", "load_diffusers"]
+__all__ = ["APPLIED", "DIFFUSERS_PREDICTIONS", "PREFIX", "DiffusersBackbone", "claims", "load",
+           "load_diffusers", "x0_thresholding"]
 
 PREFIX = "diffusers:"
 
@@ -52,35 +57,116 @@ def _read_json(path: Path) -> dict:
     return config
 
 
-def _alphas_cumprod(scheduler_config: dict, path: Path) -> Tensor:
+def _scheduler(scheduler_config: dict, path: Path) -> tuple[Tensor, dict, str | None]:
+    """``(alphas_cumprod, settings, class name)`` of the saved scheduler.
+
+    ``settings`` is the config as diffusers' class applies it, defaults filled in (a DDPMScheduler saved
+    without ``clip_sample`` clips all the same) and settings the class does not take dropped, as diffusers
+    drops them. The class name is None when this diffusers has no such class: the settings are then the
+    file's as written, and the alphas those of a DDPMScheduler with that config.
+    """
     import diffusers
 
     name = scheduler_config.get("_class_name", "DDPMScheduler")
-    cls = getattr(diffusers, name, None)
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    known = cls is not None and hasattr(cls, "from_config")
     try:
-        if cls is None or not hasattr(cls, "from_config"):
-            cls = diffusers.DDPMScheduler
-        scheduler = cls.from_config(scheduler_config)
+        scheduler = (cls if known else diffusers.DDPMScheduler).from_config(scheduler_config)
+        settings = dict(scheduler.config) if known else dict(scheduler_config)
         abar = getattr(scheduler, "alphas_cumprod", None)
         if abar is None:
-            scheduler = diffusers.DDPMScheduler.from_config(scheduler_config)
-            abar = scheduler.alphas_cumprod
+            abar = diffusers.DDPMScheduler.from_config(scheduler_config).alphas_cumprod
     except (ValueError, TypeError, KeyError, NotImplementedError) as e:
         raise ModelError(f"cannot build the scheduler of {path}: {one_line(e)}") from None
-    return torch.as_tensor(abar, dtype=torch.float64)
+    return torch.as_tensor(abar, dtype=torch.float64), settings, name if known else None
 
 
-#: scheduler settings that change sampling but that these samplers do not apply (yet), with what they do
-NOT_HONOURED = {
-    "clip_sample": "clips the predicted x0 to [-clip_sample_range, clip_sample_range]",
-    "thresholding": "applies dynamic thresholding to the predicted x0",
+#: The x0 settings each diffusers scheduler's step really applies, as read in diffusers' source (0.42):
+#: TCDScheduler and the CogVideoX schedulers take clip_sample / thresholding but never use them, and
+#: UniPCMultistepScheduler thresholds only with predict_x0 (its default). ``Thresholded`` around the
+#: denoiser reproduces each, since each thresholds the model's x0 prediction at every evaluation (DDIM
+#: keeps the network's own epsilon for its direction term, and so does the ``ddim`` sampler).
+APPLIED = {
+    "DDPMScheduler": ("clip_sample", "thresholding"),
+    "DDPMParallelScheduler": ("clip_sample", "thresholding"),
+    "DDIMScheduler": ("clip_sample", "thresholding"),
+    "DDIMParallelScheduler": ("clip_sample", "thresholding"),
+    "DDIMInverseScheduler": ("clip_sample",),
+    "LCMScheduler": ("clip_sample", "thresholding"),
+    "HeunDiscreteScheduler": ("clip_sample",),
+    "RePaintScheduler": ("clip_sample",),
+    "UnCLIPScheduler": ("clip_sample",),
+    "DPMSolverMultistepScheduler": ("thresholding",),
+    "DPMSolverMultistepInverseScheduler": ("thresholding",),
+    "DPMSolverSinglestepScheduler": ("thresholding",),
+    "DEISMultistepScheduler": ("thresholding",),
+    "SASolverScheduler": ("thresholding",),
+    "UniPCMultistepScheduler": ("thresholding",),
+    "EDMDPMSolverMultistepScheduler": ("thresholding",),
+    "HeliosScheduler": ("thresholding",),
+    "TCDScheduler": (),
+    "CogVideoXDDIMScheduler": (),
+    "CogVideoXDPMScheduler": (),
 }
 
+#: in diffusers' order of precedence: with both on, thresholding is applied and clip_sample is not
+X0_SETTINGS = ("thresholding", "clip_sample")
 
-def ignored_settings(scheduler_config: dict) -> list[str]:
-    """``"clip_sample=True (clips the predicted x0 ...)"`` for each setting that is on and not honoured."""
-    return [f"{key}={scheduler_config[key]!r} ({what})" for key, what in NOT_HONOURED.items()
-            if scheduler_config.get(key)]
+
+def _number(settings: dict, key: str, default: float) -> float | None:
+    value = settings.get(key, default)
+    return None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value)
+
+
+def _threshold_of(setting: str, settings: dict, scheduler: str) -> tuple[dict | None, str]:
+    """``(Thresholded keyword arguments, description)`` of one applied setting, or ``(None, why not)``."""
+    if setting == "clip_sample":
+        limit = _number(settings, "clip_sample_range", 1.0)
+        if limit is None or not limit > 0:
+            return None, f"clip_sample_range={settings.get('clip_sample_range')!r} is not a positive number"
+        return ({"kind": "static", "limit": limit},
+                f"static clip to [-{limit:g}, {limit:g}] ({scheduler} clip_sample=True)")
+    percentile = _number(settings, "dynamic_thresholding_ratio", 0.995)
+    max_value = _number(settings, "sample_max_value", 1.0)
+    if percentile is None or not 0 < percentile <= 1:
+        ratio = settings.get("dynamic_thresholding_ratio")
+        return None, f"dynamic_thresholding_ratio={ratio!r} is not in (0, 1]"
+    if max_value is None or not max_value >= 1:
+        # diffusers' clamp(s, min=1, max=m) with m < 1 gives s = m, a scale below 1 Thresholded does not take
+        return None, f"sample_max_value={settings.get('sample_max_value')!r} is not a number >= 1"
+    if max_value == 1:  # s = clamp(quantile, 1, 1) = 1
+        what = f"static clip to [-1, 1] ({scheduler} thresholding=True with sample_max_value=1)"
+    else:
+        what = (f"dynamic: s = the {percentile:g} quantile of |x0| per sample clamped to [1, {max_value:g}], "
+                f"clip to [-s, s] and divide by s ({scheduler} thresholding=True)")
+    return {"kind": "dynamic", "percentile": percentile, "max_value": max_value}, what
+
+
+def x0_thresholding(settings: dict, scheduler: str | None) -> tuple[dict | None, str, list[str]]:
+    """What the scheduler does to the predicted x0: ``(Thresholded keyword arguments or None, one line
+    for ``edm info``, the settings that are on but not honoured)``.
+
+    Only what the scheduler class applies counts (``APPLIED``), thresholding over clip_sample as in
+    diffusers. A setting that is on for a class not in ``APPLIED``, or with a value ``Thresholded`` cannot
+    take, is reported as not honoured (``edm generate`` warns) rather than guessed at.
+    """
+    applied = APPLIED.get(scheduler or "")
+    if scheduler == "UniPCMultistepScheduler" and not settings.get("predict_x0", True):
+        applied = ()  # its noise-prediction form never thresholds
+    on = [key for key in X0_SETTINGS if settings.get(key)]
+    if applied is None:
+        why = (f"not known whether {scheduler} applies it" if scheduler else
+               f"{settings.get('_class_name')!r} is no scheduler of this diffusers")
+        return None, "none", [f"{key}={settings[key]!r} ({why})" for key in on]
+    used = [key for key in on if key in applied]
+    if not used:
+        return None, "none", []
+    kwargs, what = _threshold_of(used[0], settings, scheduler)
+    if kwargs is None:
+        return None, "none", [f"{used[0]}={settings[used[0]]!r} ({what}, so it is not applied)"]
+    if len(used) > 1:
+        what += f"; {used[1]}=True is unused under it, as in diffusers"
+    return kwargs, what, []
 
 
 class DiffusersBackbone(nn.Module):
@@ -137,7 +223,8 @@ def load_diffusers(directory, *, device="cpu", dtype=torch.float32, source=None)
     size = config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     shape = (int(config.in_channels), int(height), int(width))
-    abar = _alphas_cumprod(scheduler_config, scheduler_path)
+    abar, settings, scheduler_class = _scheduler(scheduler_config, scheduler_path)
+    threshold, thresholding, ignored = x0_thresholding(settings, scheduler_class)
     prediction = DIFFUSERS_PREDICTIONS[prediction_type]
     try:
         denoiser = DiscreteTimeDenoiser(DiffusersBackbone(unet), abar, prediction=prediction,
@@ -151,13 +238,14 @@ def load_diffusers(directory, *, device="cpu", dtype=torch.float32, source=None)
         "unet_config": dict(config),
         "scheduler_config": scheduler_config,
         "prediction": prediction,
+        "x0_thresholding": thresholding,
+        "threshold": threshold,
         "num_train_timesteps": int(abar.shape[0]),
         "precond": repr(denoiser.scheme),
         "parameters": parameter_count(unet),
         "unconditional": num_classes == 0,  # diffusers class embeddings have no null class
         "dtype": str(dtype),
     }
-    ignored = ignored_settings(scheduler_config)
     if ignored:
         info["ignored"] = ignored
     return LoadedModel(
@@ -170,6 +258,7 @@ def load_diffusers(directory, *, device="cpu", dtype=torch.float32, source=None)
         kind="diffusers",
         source=source or str(root),
         info=info,
+        threshold=threshold,
     )
 
 
