@@ -63,11 +63,22 @@ class Steering:
             if value is None or value is False:
                 continue
             if key in ("init_image", "mask"):
-                value = str(Path(value).expanduser().resolve())
+                value = _file_identity(Path(value))
             elif key in ("guide_model", "classifier") and not isinstance(value, str | Path):
                 value = str(getattr(value, "source", type(value).__name__))
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def _file_identity(path: Path) -> str:
+    """A path as the record keeps it: absolute, and for a file its content's hash too, so an edited init
+    image or mask is a different setting (a per-seed folder is kept by path)."""
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        return str(path)
+    import hashlib
+
+    return f"{path} (sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:16]})"
 
 
 def _number(value, what: str, param: str, low: float | None = None, high: float | None = None,
@@ -204,7 +215,10 @@ def load(model, device, dtype, trust_pickle: bool = False):
 
 
 def _load_guide(spec, model, device, dtype, trust_pickle):
-    guide = load(spec, device, dtype, trust_pickle)
+    try:
+        guide = load(spec, device, dtype, trust_pickle)
+    except BadInput as e:
+        raise BadInput(f"guide model: {one_line(e)}", "guide_model") from None
     if tuple(guide.shape) != tuple(model.shape) or guide.num_classes != model.num_classes:
         raise BadInput(f"the guide model {guide.source} makes {list(guide.shape)} images with "
                        f"{guide.num_classes} classes; the model makes {list(model.shape)} with "
