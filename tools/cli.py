@@ -2,7 +2,8 @@
 
 Entry point ``edm = tools.cli:main`` (setup.cfg); also runs as ``python -m tools.cli``.
 The commands live beside the libraries they front (``tools/generate/cli.py``, ``tools/fid/cli.py``,
-``tools/bench/cli.py``, ``tools/models/cli.py``, ``tools/train_cli.py``) and share their sampling options
+``tools/bench/cli.py``, ``tools/models/cli.py``, ``tools/train_cli.py``,
+``tools/train_classifier_cli.py``) and share their sampling options
 (``tools/options.py``). The registries (and with them torch) are imported inside the commands, so
 ``edm --help`` starts without importing torch.
 """
@@ -112,9 +113,12 @@ def nfe_rule(spec) -> str:
     """
     if spec.adaptive:  # restart's count depends on where its intervals fall in the schedule
         return "varies" if spec.count_nfe is not None else "adaptive"
-    per_step, offset = spec.nfe_per_step, spec.last_step_nfe - spec.nfe_per_step
+    per_step, last = spec.nfe_per_step, spec.last_step_nfe
+    if callable(per_step) or callable(last):  # an option sets the cost: the rule at the default options
+        per_step, last = spec.step_costs()
+    offset = last - per_step
     if per_step == 0:
-        return str(spec.last_step_nfe)
+        return str(last)
     rule = "N" if per_step == 1 else f"{per_step}N"
     if offset:
         rule += f"{offset:+d}"
@@ -240,9 +244,10 @@ def _register_commands() -> None:
     from .fid.cli import fid
     from .generate.cli import generate
     from .models.cli import info
+    from .train_classifier_cli import train_classifier
     from .train_cli import train
 
-    for command in (bench, fid, generate, info, train, tune_schedule):
+    for command in (bench, fid, generate, info, train, train_classifier, tune_schedule):
         main.add_command(command)
 
 
