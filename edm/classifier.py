@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .checkpoint import atomic_write_all, paths, read_record
-from .networks import FourierEmbedding, PositionalEmbedding
+from .networks import noise_embedding
 
 __all__ = ["NoiseAwareClassifier", "SampleLinear", "SampleConv2d", "ClassifierError", "CLASSIFIER_FORMAT",
            "BUILTIN_CLASSIFIERS", "classifier_files", "save_classifier", "load_classifier",
@@ -184,12 +184,7 @@ class NoiseAwareClassifier(nn.Module):
         self.sigma_data, self.sigma_min = float(sigma_data), float(sigma_min)
 
         emb_channels = 4 * model_channels
-        if embedding == "positional":
-            self.map_noise = PositionalEmbedding(model_channels)
-        elif embedding == "fourier":
-            self.map_noise = FourierEmbedding(model_channels)
-        else:
-            raise ValueError(f"unknown embedding {embedding!r}; valid: fourier, positional")
+        self.map_noise = noise_embedding(embedding, model_channels)
         self.map_layer0 = SampleLinear(model_channels, emb_channels)
         self.map_layer1 = SampleLinear(emb_channels, emb_channels)
 

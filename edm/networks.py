@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["register_network", "build_network", "list_networks", "UNet", "unet_resolutions",
-           "PositionalEmbedding", "FourierEmbedding"]
+__all__ = ["register_network", "build_network", "list_networks", "noise_embedding", "UNet",
+           "unet_resolutions", "PositionalEmbedding", "FourierEmbedding"]
 
 _NETWORKS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -198,6 +198,15 @@ def unet_resolutions(resolution: int, channel_mult: Sequence[int]) -> list[int]:
     return [int(resolution) >> level for level in range(len(channel_mult))]
 
 
+def noise_embedding(kind: str, channels: int) -> nn.Module:
+    """The noise level's features: ``positional`` (DDPM++ / EDM's default) or ``fourier`` (NCSN++)."""
+    if kind == "positional":
+        return PositionalEmbedding(channels)
+    if kind == "fourier":
+        return FourierEmbedding(channels)
+    raise ValueError(f"unknown embedding {kind!r}; valid: fourier, positional")
+
+
 @register_network("unet")
 class UNet(nn.Module):
     """EDM/ADM-style UNet backbone ``F(x, noise_labels, class_labels=None)``.
@@ -265,12 +274,7 @@ class UNet(nn.Module):
 
         # Embedding of the noise level (and class).
         emb_channels = 4 * model_channels
-        if embedding == "positional":
-            self.map_noise = PositionalEmbedding(model_channels)
-        elif embedding == "fourier":
-            self.map_noise = FourierEmbedding(model_channels)
-        else:
-            raise ValueError(f"unknown embedding {embedding!r}; valid: fourier, positional")
+        self.map_noise = noise_embedding(embedding, model_channels)
         self.map_layer0 = nn.Linear(model_channels, emb_channels)
         self.map_layer1 = nn.Linear(emb_channels, emb_channels)
         self.map_label = nn.Linear(num_classes, emb_channels, bias=False) if num_classes else None

@@ -80,7 +80,7 @@ def check_resample(resample) -> tuple[int, int] | None:
 
 
 def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, cond=None, noise=None,
-           corrector: LangevinCorrector | None = None, resample: tuple[int, int] | None = None, **options):
+           langevin: LangevinCorrector | None = None, resample: tuple[int, int] | None = None, **options):
     """Sample from ``denoiser`` starting at ``x = latents * sigmas[0]`` (as k-diffusion).
 
     ``denoiser``: any ``D(x, sigma, **cond) -> x0_hat`` (``samplers.protocol.Denoiser``); it is called
@@ -92,32 +92,32 @@ def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, co
     ``cond``: keyword arguments passed to every denoiser call. ``options``: the sampler's own options
     (``samplers.get(name).options`` lists them with their defaults, ``.option_help`` describes them).
 
-    Between steps: ``corrector`` (``samplers.langevin.LangevinCorrector``) runs its Langevin steps at
-    each step's noise level before the step (Song et al. 2021's predictor-corrector); ``resample=(jump,
-    count)`` solves each part of ``jump`` steps ``count`` times, jumping back up in noise in between
-    (RePaint, Lugmayr et al. 2022). Either runs the sampler part by part (``samplers.segments``);
-    ``samplers.registry.nfe_on`` counts their evaluations.
+    Between steps: ``langevin`` (a ``samplers.langevin.LangevinCorrector``; not ``corrector``, which is
+    UniPC's own option) runs its Langevin steps at each step's noise level before the step (Song et al.
+    2021's predictor-corrector); ``resample=(jump, count)`` solves each part of ``jump`` steps ``count``
+    times, jumping back up in noise in between (RePaint, Lugmayr et al. 2022). Either runs the sampler
+    part by part (``samplers.segments``); ``samplers.registry.nfe_on`` counts their evaluations.
     """
     spec = registry.get(sampler)
     check_options(spec, options)
     resample = check_resample(resample)
-    if corrector is not None or resample is not None:
+    if langevin is not None or resample is not None:
         registry.check_runs_in_parts(spec)
-    if corrector is not None and not isinstance(corrector, LangevinCorrector):
-        raise ValueError(f"corrector must be a samplers.langevin.LangevinCorrector, got {corrector!r}")
+    if langevin is not None and not isinstance(langevin, LangevinCorrector):
+        raise ValueError(f"langevin must be a samplers.langevin.LangevinCorrector, got {langevin!r}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("x must be a floating-point tensor of shape [B, ...] with B >= 1")
     sigma_list = validate_sigmas(sigmas).tolist()
     model = Model(denoiser, cond)
     options = {**spec.options, **options}
     with torch.no_grad():
-        if corrector is None and resample is None:
+        if langevin is None and resample is None:
             if noise is None:
                 noise = make_noise(spec.noise, x, seeds, draws_hint=len(sigma_list) - 1)
             return spec.fn(model, x, sigma_list, noise=noise, callback=callback, **options)
         if noise is not None:
             raise ValueError("a noise override cannot be combined with a corrector or resampling")
-        return _in_parts(spec, model, x, sigma_list, seeds, callback, options, corrector, resample)
+        return _in_parts(spec, model, x, sigma_list, seeds, callback, options, langevin, resample)
 
 
 def _in_parts(spec, model, x, sigmas, seeds, callback, options, corrector, resample):

@@ -8,7 +8,7 @@ The score of the noisy data at level sigma comes from the denoiser (Tweedie):
   by a target signal-to-noise ratio ``r``: ``e = 2 (r ||z|| / ||g||)^2``. The norms are taken per sample
   (Song et al. average them over the batch, which would make a sample depend on its batch), so the rule
   wants samples of many elements (images): with a handful the ratio of norms is itself noisy. Run by
-  ``samplers.sample(..., corrector=...)`` before each predictor step, as their predictor-corrector loop.
+  ``samplers.sample(..., langevin=...)`` before each predictor step, as their predictor-corrector loop.
 * ``annealed_langevin`` (Song & Ermon 2019, NCSN, Algorithm 1): ``T`` Langevin steps per noise level,
   ``x <- x + (a_i / 2) g + sqrt(a_i) z`` with ``a_i = step_size * sigma_i^2`` (NCSN's
   ``eps * sigma_i^2 / sigma_L^2`` with ``eps = step_size * sigma_L^2``, so the setting does not depend on

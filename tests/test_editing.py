@@ -10,7 +10,10 @@ import pytest
 import torch
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import (
+    Counting,
+    one_thread,  # noqa: F401  (one_thread: a fixture used by pytestmark)
+)
 from edm.gaussian_mixture import GaussianMixture
 from samplers import registry
 from samplers.editing import Inpainting, img2img_start, img2img_steps, paste
@@ -199,13 +202,6 @@ def test_inpainting_with_a_stochastic_sampler(sampler):
 # --- RePaint's resampling --------------------------------------------------------------------------
 
 
-class Counting:
-    def __init__(self, denoiser):
-        self.denoiser, self.calls = denoiser, 0
-
-    def __call__(self, x, sigma, **cond):
-        self.calls += 1
-        return self.denoiser(x, sigma, **cond)
 
 
 def _by_hand(name, steps, jump, count):

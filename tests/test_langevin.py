@@ -10,7 +10,10 @@ import pytest
 import torch
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import (
+    Counting,
+    one_thread,  # noqa: F401  (one_thread: a fixture used by pytestmark)
+)
 from samplers import registry
 from samplers.langevin import LangevinCorrector
 
@@ -20,13 +23,6 @@ KARRAS = samplers.schedules.get("karras")
 SHAPE = (2, 3, 3)
 
 
-class Counting:
-    def __init__(self, denoiser):
-        self.denoiser, self.calls = denoiser, 0
-
-    def __call__(self, x, sigma, **cond):
-        self.calls += 1
-        return self.denoiser(x, sigma, **cond)
 
 
 def gaussian(s: float):
@@ -81,8 +77,8 @@ def test_corrector_options():
                 {"snr": math.nan}, {"snr": "x"}):
         with pytest.raises(ValueError):
             LangevinCorrector(**bad)
-    with pytest.raises(ValueError, match="corrector"):
-        samplers.sample(toy, torch.ones(1, 2, dtype=torch.float64), [2.0, 1.0, 0.0], "euler", corrector=3)
+    with pytest.raises(ValueError, match="LangevinCorrector"):
+        samplers.sample(toy, torch.ones(1, 2, dtype=torch.float64), [2.0, 1.0, 0.0], "euler", langevin=3)
 
 
 def test_corrector_reaches_the_noisy_marginal_of_a_gaussian():
@@ -121,14 +117,14 @@ def test_corrector_nfe_is_counted(sampler, m):
     sigmas = KARRAS(6, 0.02, 20.0)
     model = Counting(toy)
     x = samplers.noise.latents([0, 1], SHAPE, dtype=torch.float64) * 20.0
-    samplers.sample(model, x, sigmas, sampler, seeds=[0, 1], corrector=LangevinCorrector(steps=m))
+    samplers.sample(model, x, sigmas, sampler, seeds=[0, 1], langevin=LangevinCorrector(steps=m))
     expected = registry.nfe_on(sampler, sigmas, corrector_steps=m)
     assert model.calls == expected
     per_step, last = samplers.get(sampler).step_costs()
     assert expected == 5 * per_step + last + 6 * m
 
 
-@pytest.mark.parametrize("between", [{"corrector": LangevinCorrector()}, {"resample": (2, 2)}])
+@pytest.mark.parametrize("between", [{"langevin": LangevinCorrector()}, {"resample": (2, 2)}])
 def test_restart_plans_over_the_whole_schedule_and_is_not_cut_into_parts(between):
     """Restart's intervals are placed on the whole schedule: run step by step, every step in an interval
     would restart, which is no longer the algorithm. Refused, with one line."""
@@ -167,7 +163,7 @@ def test_steps_for_nfe_counted_run():
     assert n == 10  # 2 n - 1 + 2 n <= 40
     sigmas = KARRAS(n, 0.02, 20.0)
     x = samplers.noise.latents([0], SHAPE, dtype=torch.float64) * 20.0
-    samplers.sample(model, x, sigmas, "heun", seeds=[0], corrector=LangevinCorrector(steps=2))
+    samplers.sample(model, x, sigmas, "heun", seeds=[0], langevin=LangevinCorrector(steps=2))
     assert model.calls == 39
 
 
@@ -182,7 +178,7 @@ def test_corrector_runs_before_each_step_at_its_level():
 
     sigmas = [4.0, 2.0, 1.0, 0.0]
     x = torch.ones(1, 3, dtype=torch.float64)
-    samplers.sample(record, x, sigmas, "heun", seeds=[0], corrector=LangevinCorrector(steps=2))
+    samplers.sample(record, x, sigmas, "heun", seeds=[0], langevin=LangevinCorrector(steps=2))
     assert seen == [4.0, 4.0, 4.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0]
 
 
@@ -194,7 +190,7 @@ def test_corrector_batch_invariance(sampler):
     def run(idx):
         chosen = [seeds[i] for i in idx]
         x = samplers.noise.latents(chosen, SHAPE, dtype=torch.float64) * 20.0
-        return samplers.sample(toy, x, sigmas, sampler, seeds=chosen, corrector=LangevinCorrector(steps=2))
+        return samplers.sample(toy, x, sigmas, sampler, seeds=chosen, langevin=LangevinCorrector(steps=2))
 
     together = run([0, 1, 2])
     assert torch.equal(together, torch.cat([run([i]) for i in range(3)]))

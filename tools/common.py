@@ -11,12 +11,12 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["BadInput", "check_writable_dir", "format_value", "jsonable", "lazy_exports", "one_line",
-           "positive_int"]
+           "positive_int", "spelled_out"]
 
 
 class BadInput(ValueError):
@@ -140,3 +140,23 @@ def lazy_exports(module: str, names: Mapping[str, str]) -> tuple[Callable[[str],
         return sorted(set(vars(package)) | set(names))
 
     return __getattr__, __dir__
+
+
+def spelled_out(command: Sequence[str], params: Mapping[str, Any]) -> str:
+    """``command`` with every option of ``params`` spelled out as its flag (``steps=4`` -> ``--steps 4``;
+    True -> the bare flag; None/False left out; lists comma-joined): the canonical command a trained
+    file records, so the run can be repeated from it."""
+    import shlex
+
+    words = list(command)
+    for name, value in params.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            words.append(flag)
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        words += [flag, str(value)]
+    return shlex.join(words)

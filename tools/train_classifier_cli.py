@@ -8,11 +8,9 @@ canonical ``edm train-classifier`` line with every option spelled out, so it rep
 
 from __future__ import annotations
 
-import shlex
-
 import click
 
-from tools.common import BadInput, check_writable_dir, one_line
+from tools.common import BadInput, check_writable_dir, one_line, spelled_out
 from tools.options import usage_error
 
 __all__ = ["train_classifier", "canonical_command"]
@@ -56,18 +54,7 @@ def _even(ctx, param, value):
 
 def canonical_command(params: dict) -> str:
     """``edm train-classifier`` with every option of ``params`` spelled out (None-valued ones left out)."""
-    words = list(COMMAND)
-    for name, value in params.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            words.append(flag)
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        words += [flag, str(value)]
-    return shlex.join(words)
+    return spelled_out(COMMAND, params)
 
 
 @click.command("train-classifier")

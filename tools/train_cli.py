@@ -7,11 +7,9 @@ canonical ``edm train`` line with every option spelled out, so it reproduces the
 
 from __future__ import annotations
 
-import shlex
-
 import click
 
-from tools.common import BadInput, one_line
+from tools.common import BadInput, one_line, spelled_out
 from tools.options import usage_error
 
 __all__ = ["train", "canonical_command"]
@@ -51,18 +49,7 @@ def _data(ctx, param, value):
 
 def canonical_command(params: dict) -> str:
     """``edm train`` with every option of ``params`` spelled out (None-valued ones left out)."""
-    words = ["edm", "train"]
-    for name, value in params.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            words.append(flag)
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        words += [flag, str(value)]
-    return shlex.join(words)
+    return spelled_out(("edm", "train"), params)
 
 
 @click.command("train")

@@ -197,7 +197,7 @@ class Bench:
             cond = self.cond(start, start + len(chunk), state)
             with watch.running():
                 result = samplers.sample(denoiser, x, cell.sigmas, cell.sampler, seeds=chunk, cond=cond,
-                                         corrector=self.corrector, **options)
+                                         langevin=self.corrector, **options)
             yield result
 
     def _reference(self, cell: Cell) -> torch.Tensor:

@@ -139,7 +139,7 @@ class Sampling:
         steer = self.steer or Steer(steering=Steering(), guidance=self.guidance, num_classes=0)
         x, sigmas, denoiser, finish = steer.start(self.denoiser, latents, self.sigmas, seeds)
         return finish(samplers.sample(denoiser, x, sigmas, self.sampler, seeds=seeds, cond=self.cond(seeds),
-                                      corrector=steer.corrector, resample=steer.resample, **self.options))
+                                      langevin=steer.corrector, resample=steer.resample, **self.options))
 
     def check_seeds(self, seeds: Sequence[int]) -> None:
         """What a list of seeds needs beyond the setup (an init image per seed) is there; BadInput if not."""
