@@ -351,7 +351,7 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "classifier_scale": ("Guidance", ("--classifier-scale",), dict(
         type=float, metavar="S",
         help="Classifier guidance scale s >= 0 (1: the exact posterior for an exact classifier).  [default: "
-             "4, the best measured on digits]")),
+             "2, the best measured on digits: 96% of the asked class, the lowest FD]")),
     "threshold": ("Guidance", ("--threshold",), dict(
         type=click.Choice(("static", "dynamic")),
         help="Threshold the predicted x0: static clips to [-1, 1]; dynamic (Imagen) divides each sample by "

@@ -31,7 +31,7 @@ __all__ = ["CORRECTORS", "DEFAULT_CLASSIFIER_SCALE", "Steer", "Steering", "check
 
 #: the classifier scale of `--classifier` when `--classifier-scale` is not given: the best measured on
 #: the digits models (bench/results/guidance.md)
-DEFAULT_CLASSIFIER_SCALE = 4.0
+DEFAULT_CLASSIFIER_SCALE = 2.0
 CORRECTORS = ("langevin",)
 
 
