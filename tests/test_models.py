@@ -289,3 +289,18 @@ def test_trusted_pickle_that_is_not_a_network(tmp_path, fake_nvlabs):
     with pytest.raises(ModelError) as error:
         load_model(str(path), trust_pickle=True)
     assert_one_line(error, "cannot unpickle", "junk.pkl")
+
+
+def test_the_weak_guide_model_is_small_documented_and_a_weaker_digits():
+    """digits-weak (autoguidance's guide): shipped under 2 MB, trained by `edm train` on the same data and
+    conditioning as digits, with fewer parameters."""
+    weights = Path(edm.__file__).parent / "weights"
+    files = [weights / "digits-weak.safetensors", weights / "digits-weak.json"]
+    assert sum(f.stat().st_size for f in files) < 2_000_000
+    weak, main = (json.loads((weights / f"{n}.json").read_text()) for n in ("digits-weak", "digits"))
+    assert weak["command"].startswith("edm train --data digits ")
+    assert weak["data"] == main["data"] and weak["precond"] == main["precond"]
+    strong, guide = load_model("digits"), load_model("digits-weak")
+    count = lambda m: sum(p.numel() for p in m.denoiser.parameters())  # noqa: E731
+    assert (guide.shape, guide.num_classes) == (strong.shape, strong.num_classes)
+    assert count(guide) < count(strong) / 3
