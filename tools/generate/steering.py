@@ -265,10 +265,11 @@ class Steer:
 
     @property
     def evaluations_per_call(self) -> int:
-        """Network passes per denoiser call: 2 for CFG (one call on 2B), autoguidance (two models) and
-        classifier guidance (a classifier forward + backward); outside a guidance interval, 1."""
-        guided = bool(self.guidance) or bool(self.classifier_scale and self.classifier is not None)
-        return 2 if guided else 1
+        """Network passes per denoiser call: one, plus one for CFG (its batch of 2B) or autoguidance (the
+        weak model), plus one for classifier guidance (a classifier forward + backward); an upper bound
+        with a guidance interval, outside which a call is one pass."""
+        classifier = bool(self.classifier_scale) and self.classifier is not None
+        return 1 + bool(self.guidance) + classifier
 
     def denoiser(self, model, dtype: torch.dtype) -> Callable:
         """The model's denoiser evaluated in ``dtype`` with guidance and thresholding (editing is per run)."""
