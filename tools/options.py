@@ -21,7 +21,8 @@ from .common import BadInput, one_line
 __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
            "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
            "option", "option_value", "parse_list", "progress_option", "report_ignored", "sampler_options",
-           "sampling_options", "seeds_option", "steering", "usage_error"]
+           "sampling_options", "seeds_option", "steering", "usage_error", "channel_mult_value",
+           "sigma_data_value", "training_data_value"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
@@ -453,3 +454,42 @@ detector_weights_option = option("Reference", "--detector-weights", type=click.P
                                  metavar="PATH", help="Read the detector's weights from PATH.")
 progress_option = option("Other", "--progress/--no-progress", default=True, show_default=True,
                          help="Progress bars on stderr.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values of the training commands (edm train, edm train-classifier)
+
+
+def channel_mult_value(ctx, param, value):
+    """``--channel-mult 1,2,2`` -> ``[1, 2, 2]`` (positive integers); None stays None."""
+    if value is None:
+        return None
+    try:
+        mult = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        mult = []
+    if not mult or min(mult) < 1:
+        raise click.BadParameter(f"expected comma-separated positive integers such as 1,2,2; got {value!r}")
+    return mult
+
+
+def sigma_data_value(ctx, param, value):
+    """``--sigma-data``: a positive number, or ``auto`` (measured on the data)."""
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a positive number or 'auto', got {value!r}") from None
+    if not number > 0:
+        raise click.BadParameter(f"expected a positive number or 'auto', got {value!r}")
+    return number
+
+
+def training_data_value(ctx, param, value):
+    """``--data``: ``digits`` or a path that exists (its format is checked when it is read)."""
+    from pathlib import Path
+
+    if value != "digits" and not Path(value).exists():
+        raise click.BadParameter(f"{value!r} is neither 'digits' nor an existing folder or .npz/.npy file")
+    return value

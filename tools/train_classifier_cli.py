@@ -11,39 +11,11 @@ from __future__ import annotations
 import click
 
 from tools.common import BadInput, check_writable_dir, one_line, spelled_out
-from tools.options import usage_error
+from tools.options import channel_mult_value, sigma_data_value, training_data_value, usage_error
 
 __all__ = ["train_classifier", "canonical_command"]
 
 COMMAND = ("edm", "train-classifier")
-
-
-def _channel_mult(ctx, param, value):
-    try:
-        mult = [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        mult = []
-    if not mult or min(mult) < 1:
-        raise click.BadParameter(f"expected comma-separated positive integers such as 1,2,2; got {value!r}")
-    return mult
-
-
-def _sigma_data(ctx, param, value):
-    try:
-        number = value if value == "auto" else float(value)
-    except ValueError:
-        number = None
-    if number is None or (number != "auto" and not number > 0):
-        raise click.BadParameter(f"expected a positive number or 'auto', got {value!r}")
-    return number
-
-
-def _data(ctx, param, value):
-    from pathlib import Path
-
-    if value != "digits" and not Path(value).exists():
-        raise click.BadParameter(f"{value!r} is neither 'digits' nor an existing folder or .npz file")
-    return value
 
 
 def _even(ctx, param, value):
@@ -58,7 +30,7 @@ def canonical_command(params: dict) -> str:
 
 
 @click.command("train-classifier")
-@click.option("--data", default="digits", show_default=True, callback=_data,
+@click.option("--data", default="digits", show_default=True, callback=training_data_value,
               help="'digits' (scikit-learn 8x8 digits), a folder of images in class subfolders, or a "
                    "labelled .npz.")
 @click.option("--outdir", type=click.Path(file_okay=False), required=True,
@@ -75,7 +47,7 @@ def canonical_command(params: dict) -> str:
               help="Seed of initialisation, minibatches, augmentation and noise.")
 @click.option("--channels", type=click.IntRange(min=2), default=32, show_default=True, callback=_even,
               help="Channels at the first resolution (even).")
-@click.option("--channel-mult", default="1,2", show_default=True, callback=_channel_mult,
+@click.option("--channel-mult", default="1,2", show_default=True, callback=channel_mult_value,
               help="Channel multiplier per resolution level (each after the first halves the "
                    "size), comma-separated.")
 @click.option("--blocks", type=click.IntRange(min=1), default=1, show_default=True,
@@ -86,7 +58,7 @@ def canonical_command(params: dict) -> str:
               help="Fraction of each class held out (never trained on) for the recorded accuracy.")
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed that picks the held-out images (independent of --seed).")
-@click.option("--sigma-data", default="auto", show_default=True, callback=_sigma_data,
+@click.option("--sigma-data", default="auto", show_default=True, callback=sigma_data_value,
               help="Data standard deviation for c_in, or 'auto' to measure it (0.752 for digits).")
 @click.option("--log-uniform", type=click.FloatRange(min=0, max=1), default=0.5, show_default=True,
               help="Share of training sigmas drawn log-uniformly over [0.002, 80]; the rest are EDM's "

@@ -10,41 +10,9 @@ from __future__ import annotations
 import click
 
 from tools.common import BadInput, one_line, spelled_out
-from tools.options import usage_error
+from tools.options import channel_mult_value, sigma_data_value, training_data_value, usage_error
 
 __all__ = ["train", "canonical_command"]
-
-
-def _channel_mult(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        mult = [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        mult = []
-    if not mult or min(mult) < 1:
-        raise click.BadParameter(f"expected comma-separated positive integers such as 1,2,2; got {value!r}")
-    return mult
-
-
-def _sigma_data(ctx, param, value):
-    if value == "auto":
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        raise click.BadParameter(f"expected a positive number or 'auto', got {value!r}") from None
-    if not number > 0:
-        raise click.BadParameter(f"expected a positive number or 'auto', got {value!r}")
-    return number
-
-
-def _data(ctx, param, value):
-    from pathlib import Path
-
-    if value != "digits" and not Path(value).exists():
-        raise click.BadParameter(f"{value!r} is neither 'digits' nor an existing folder or .npz/.npy file")
-    return value
 
 
 def canonical_command(params: dict) -> str:
@@ -53,7 +21,7 @@ def canonical_command(params: dict) -> str:
 
 
 @click.command("train")
-@click.option("--data", default="digits", show_default=True, callback=_data,
+@click.option("--data", default="digits", show_default=True, callback=training_data_value,
               help="'digits' (scikit-learn 8x8 digits), a folder of images, or a .npz/.npy uint8 array.")
 @click.option("--outdir", type=click.Path(file_okay=False), default=None,
               help="Run directory for checkpoints [required unless --resume].")
@@ -70,7 +38,7 @@ def canonical_command(params: dict) -> str:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 @click.option("--channels", type=click.IntRange(min=1), default=64, show_default=True,
               help="UNet channels at the first resolution.")
-@click.option("--channel-mult", default="1,2", show_default=True, callback=_channel_mult,
+@click.option("--channel-mult", default="1,2", show_default=True, callback=channel_mult_value,
               help="Channel multiplier per resolution level, comma-separated.")
 @click.option("--blocks", type=click.IntRange(min=1), default=2, show_default=True,
               help="Residual blocks per resolution level.")
@@ -82,7 +50,7 @@ def canonical_command(params: dict) -> str:
               show_default=True, help="Probability of dropping the class label (for unconditional/CFG use).")
 @click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help="Dropout in the residual blocks.")
-@click.option("--sigma-data", default="0.5", show_default=True, callback=_sigma_data,
+@click.option("--sigma-data", default="0.5", show_default=True, callback=sigma_data_value,
               help="Data standard deviation for the preconditioning, or 'auto' to measure it.")
 @click.option("--p-mean", type=float, default=-1.2, show_default=True, help="Mean of ln(sigma) in training.")
 @click.option("--p-std", type=click.FloatRange(min=0, min_open=True), default=1.2, show_default=True,
