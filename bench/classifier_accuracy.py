@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from outdir import add_out_arguments, out_dir  # noqa: E402 (bench/ is on sys.path when run)
 
 from edm.checkpoint import atomic_write  # noqa: E402
-from edm.classifier import accuracy_at_sigma  # noqa: E402
+from edm.classifier import accuracy_at_sigma, noise_draws  # noqa: E402
 from edm.data import load_dataset  # noqa: E402
 from edm.train_classifier import EVAL_SIGMAS, held_out_data, holdout_split  # noqa: E402
 from tools.models.classifier import load_classifier_spec  # noqa: E402
@@ -43,18 +43,13 @@ def empirical_bayes_accuracy(train_images, train_labels, images, labels, sigmas,
     held-out images of :func:`edm.classifier.accuracy_at_sigma` (the same seeds, the same noise)."""
     templates = train_images.flatten(1).double()
     classes = int(train_labels.max()) + 1
-    result = {}
-    for k, sigma in enumerate(sigmas):
-        correct = 0
-        for d in range(draws):
-            gen = torch.Generator().manual_seed(seed + 1000 * k + d)
-            noise = torch.randn(images.shape, generator=gen)
-            x = (images + float(sigma) * noise).flatten(1).double()
-            log_kernel = -torch.cdist(x, templates) ** 2 / (2 * float(sigma) ** 2)
-            scores = torch.stack([log_kernel[:, train_labels == c].logsumexp(1) for c in range(classes)], 1)
-            correct += int((scores.argmax(1) == labels).sum())
-        result[float(sigma)] = correct / (draws * len(images))
-    return result
+    correct = [0] * len(sigmas)
+    for k, sigma, noise in noise_draws(images.shape, sigmas, draws, seed):
+        x = (images + sigma * noise).flatten(1).double()
+        log_kernel = -torch.cdist(x, templates) ** 2 / (2 * sigma**2)
+        scores = torch.stack([log_kernel[:, train_labels == c].logsumexp(1) for c in range(classes)], 1)
+        correct[k] += int((scores.argmax(1) == labels).sum())
+    return {float(sigma): c / (draws * len(images)) for sigma, c in zip(sigmas, correct)}
 
 
 def accuracy_table(spec: str, draws: int, seed: int, dtype: torch.dtype) -> str:

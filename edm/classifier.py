@@ -49,7 +49,7 @@ from .networks import noise_embedding
 
 __all__ = ["NoiseAwareClassifier", "SampleLinear", "SampleConv2d", "ClassifierError", "CLASSIFIER_FORMAT",
            "BUILTIN_CLASSIFIERS", "classifier_files", "save_classifier", "load_classifier",
-           "read_classifier_config", "builtin_classifier_path", "accuracy_at_sigma"]
+           "read_classifier_config", "builtin_classifier_path", "accuracy_at_sigma", "noise_draws"]
 
 CLASSIFIER_FORMAT = "edm-samplers/classifier-1"
 
@@ -302,26 +302,31 @@ def load_classifier(path_or_name, *, device="cpu", dtype=torch.float32) -> Noise
 # Evaluation
 
 
+def noise_draws(shape: Sequence[int], sigmas: Sequence[float], draws: int, seed: int):
+    """``(k, sigma, noise)`` for draw ``d`` at the ``k``-th sigma: standard normals of ``shape`` from a
+    generator seeded ``seed + 1000 * k + d`` (float32, on the CPU): the one noise of the accuracy tables,
+    whoever classifies it."""
+    for k, sigma in enumerate(sigmas):
+        for d in range(draws):
+            gen = torch.Generator().manual_seed(seed + 1000 * k + d)
+            yield k, float(sigma), torch.randn(tuple(shape), generator=gen)
+
+
 @torch.no_grad()
 def accuracy_at_sigma(classifier, images: Tensor, labels: Tensor, sigmas: Sequence[float], *,
                       draws: int = 5, seed: int = 0, batch: int = 1024) -> dict[float, float]:
     """Accuracy on ``images + sigma * n`` for each ``sigma``, over ``draws`` noise draws per image.
 
-    Draw ``d`` at the ``k``-th sigma uses the noise of a generator seeded ``seed + 1000 * k + d`` for
-    the whole set (in float32 on the CPU, then cast), so the numbers do not depend on ``batch`` or the
-    device.
+    The noise is :func:`noise_draws`' (the whole set per draw, then cast), so the numbers do not depend
+    on ``batch`` or the device.
     """
     weight = next(classifier.parameters())
-    result = {}
-    for k, sigma in enumerate(sigmas):
-        correct = 0
-        for d in range(draws):
-            gen = torch.Generator().manual_seed(seed + 1000 * k + d)
-            noise = torch.randn(images.shape, generator=gen)
-            for start in range(0, len(images), batch):
-                y = images[start:start + batch]
-                x = (y + float(sigma) * noise[start:start + batch]).to(weight.device, weight.dtype)
-                logits = classifier(x, float(sigma))
-                correct += int((logits.argmax(1).cpu() == labels[start:start + batch]).sum())
-        result[float(sigma)] = correct / (draws * len(images)) if len(images) else math.nan
-    return result
+    correct = [0] * len(sigmas)
+    for k, sigma, noise in noise_draws(images.shape, sigmas, draws, seed):
+        for start in range(0, len(images), batch):
+            y = images[start:start + batch]
+            x = (y + sigma * noise[start:start + batch]).to(weight.device, weight.dtype)
+            logits = classifier(x, sigma)
+            correct[k] += int((logits.argmax(1).cpu() == labels[start:start + batch]).sum())
+    return {float(sigma): c / (draws * len(images)) if len(images) else math.nan
+            for sigma, c in zip(sigmas, correct)}
