@@ -18,7 +18,7 @@ import torch
 from tools.common import BadInput
 from tools.device import state_dtype
 from tools.generate.labels import conditioning
-from tools.generate.sampling import check_denoiser, guided, load
+from tools.generate.sampling import check_denoiser, load
 from tools.models import LoadedModel
 
 __all__ = ["BenchError", "Conditioning", "as_loaded", "check_model", "fd_reference", "in_precision",
@@ -77,14 +77,13 @@ def load_spec(model, dtype: torch.dtype, device: torch.device, trust_pickle: boo
         raise BenchError(str(e), "model") from None
 
 
-def in_precision(loaded: LoadedModel, dtype: torch.dtype, guidance: float = 0.0) -> LoadedModel:
-    """The model evaluated in ``dtype``, as ``edm generate`` runs it: float64 gets float64 weights (a copy
-    when needed); half precisions keep the sampler's state in float32 and cast at the denoiser; guidance
-    w > 0 wraps it in classifier-free guidance (the rest of the guidance family: ``edm bench`` builds it
-    with ``tools.generate.steering``)."""
+def in_precision(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
+    """The model's weights as ``edm generate`` runs them in ``dtype``: float64 gets float64 weights (a copy
+    when needed); the casts of half precisions and the guidance family are the denoiser
+    ``tools.generate.steering.Steer.denoiser`` builds over it."""
     if dtype == torch.float64:
         loaded = dataclasses.replace(loaded, denoiser=_module_in(loaded.denoiser, dtype))
-    return dataclasses.replace(loaded, denoiser=guided(loaded, dtype, guidance))
+    return loaded
 
 
 def is_digits(model, loaded: LoadedModel) -> bool:

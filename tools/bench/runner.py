@@ -25,7 +25,7 @@ import torch
 import samplers
 from tools.common import BadInput, check_writable_dir, one_line, positive_int
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
-from tools.generate.sampling import check_class, check_guidance, check_sampler
+from tools.generate.sampling import check_guidance, check_sampler
 from tools.generate.schedule import schedule_sigmas
 from tools.generate.steering import check_steering
 from tools.images import to_uint8
@@ -364,16 +364,15 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     raw = {p: loaded if loaded is not None else load_spec(model, p, device, trust_pickle) for p in precisions}
     with _bench_errors():
         guidance = check_guidance(raw[precisions[0]], guidance)
-        if steering is None or (not steering.unconditional and steering.classifier is None):
-            class_label = check_class(raw[precisions[0]], class_label)
         if steering is not None and (steering.init_image is not None or steering.mask is not None):
             raise BenchError("edm bench compares samplers on generation: it takes no --init-image/--mask",
                              "init_image")
         steers = {p: check_steering(steering, raw[p], guidance=guidance, class_label=class_label,
                                     device=device, dtype=p, trust_pickle=trust_pickle) for p in precisions}
-    models = {p: replace(in_precision(raw[p], p), denoiser=steers[p].denoiser(in_precision(raw[p], p), p))
-              for p in precisions}
+    precise = {p: in_precision(raw[p], p) for p in precisions}
+    models = {p: replace(precise[p], denoiser=steers[p].denoiser(precise[p], p)) for p in precisions}
     steer = steers[precisions[0]]
+    class_label = steer.class_label
     if steer.corrector is not None and "ode" in metrics:
         raise BenchError("a Langevin corrector makes every sampler stochastic: the ode metric does not apply "
                          "(use --metrics fd,time)", "metrics")

@@ -3,11 +3,29 @@ arguments a class-conditional denoiser is called with."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["class_labels", "conditioning"]
+from tools.common import BadInput
+
+__all__ = ["check_class", "class_labels", "conditioning"]
+
+
+def check_class(num_classes: int, class_label, hint: str = "") -> int | None:
+    """``class_label`` checked against ``num_classes`` classes (None: drawn per seed); ``hint`` follows the
+    message when there are no classes (e.g. how to get some)."""
+    if class_label is None:
+        return None
+    if isinstance(class_label, bool) or not isinstance(class_label, numbers.Integral):
+        raise BadInput(f"class must be an integer, got {class_label!r}", "class_label")
+    if not num_classes:
+        raise BadInput(f"this model is unconditional: it takes no class{hint}", "class_label")
+    if not 0 <= class_label < num_classes:
+        raise BadInput(f"class {class_label} is out of range: the classes are 0..{num_classes - 1}",
+                       "class_label")
+    return int(class_label)
 
 
 def class_labels(seeds: Sequence[int], num_classes: int, shape: Sequence[int], *,

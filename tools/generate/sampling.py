@@ -10,7 +10,6 @@ problem, the guided denoiser once on one sample) and returns a :class:`Sampling`
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,20 +17,20 @@ from typing import Any
 import torch
 
 import samplers
-from samplers.guidance import ClassifierFreeGuidance
 from samplers.registry import nfe_on
 from tools.common import BadInput, one_line
-from tools.device import ModelDtype, dtype_name, resolve_device, resolve_dtype, state_dtype
+from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 
 from .labels import conditioning
 from .schedule import resolve_steps, schedule_sigmas
 from .steering import Steer, Steering, check_steering, load
 
-__all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "guided", "load",
+__all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "load",
            "prepare_sampling"]
 
-GUIDANCE_MEANING = ("w is the classifier-free guidance weight: D + w (D - D_uncond); 0 is none, larger "
-                    "is stronger (diffusers' guidance_scale = 1 + w)")
+GUIDANCE_MEANING = ("w is the classifier-free guidance weight: D + w (D - D_uncond) (with --guide-model, "
+                    "autoguidance's D + w (D - D_weak)); 0 is none, larger is stronger (diffusers' "
+                    "guidance_scale = 1 + w)")
 
 
 def check_sampler(name: str, options: Mapping[str, Any], sigmas: torch.Tensor) -> None:
@@ -49,20 +48,6 @@ def check_sampler(name: str, options: Mapping[str, Any], sigmas: torch.Tensor) -
                        "options") from None
 
 
-def check_class(model, class_label) -> int | None:
-    """``class_label`` checked against the model's classes (None: drawn per seed)."""
-    if class_label is None:
-        return None
-    if isinstance(class_label, bool) or not isinstance(class_label, numbers.Integral):
-        raise BadInput(f"class must be an integer, got {class_label!r}", "class_label")
-    if not model.num_classes:
-        raise BadInput("this model is unconditional: it takes no class", "class_label")
-    if not 0 <= class_label < model.num_classes:
-        raise BadInput(f"class {class_label} is out of range: this model has classes "
-                       f"0..{model.num_classes - 1}", "class_label")
-    return int(class_label)
-
-
 def check_guidance(model, guidance) -> float:
     """The guidance weight w: a finite number >= 0 (whether the model can take it is
     :func:`tools.generate.steering.check_steering`'s question: autoguidance needs no class)."""
@@ -74,16 +59,6 @@ def check_guidance(model, guidance) -> float:
         raise BadInput(f"guidance must be a finite number >= 0, got {guidance:g}; {GUIDANCE_MEANING}",
                        "guidance")
     return guidance
-
-
-def guided(model, dtype: torch.dtype, guidance: float) -> Callable:
-    """The model's denoiser evaluated in ``dtype`` (the sampler keeps float32/float64), with guidance w."""
-    denoiser = model.denoiser
-    if dtype != state_dtype(dtype):
-        denoiser = ModelDtype(denoiser, dtype)
-    if guidance:
-        denoiser = ClassifierFreeGuidance(denoiser, guidance)
-    return denoiser
 
 
 def check_denoiser(denoiser: Callable, model, sigma: float, cond: Mapping[str, Any], device: torch.device,
@@ -119,16 +94,15 @@ class Sampling:
     guidance: float
     device: torch.device
     dtype: torch.dtype
+    steer: Steer = field(repr=False)  # guidance family, thresholding, editing, corrector
     denoiser: Callable = field(default=None, repr=False)  # guided, in the model's dtype
-    steer: Steer = field(default=None, repr=False)  # guidance family, thresholding, editing, corrector
 
     @property
     def state_dtype(self) -> torch.dtype:
         return state_dtype(self.dtype)
 
     def cond(self, seeds: Sequence[int], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        num_classes = self.steer.num_classes if self.steer is not None else self.model.num_classes
-        return conditioning(num_classes, self.model.shape, seeds, self.class_label, self.device,
+        return conditioning(self.steer.num_classes, self.model.shape, seeds, self.class_label, self.device,
                             dtype or self.state_dtype)
 
     def sample(self, seeds: Sequence[int]) -> torch.Tensor:
@@ -136,22 +110,21 @@ class Sampling:
         seeds = list(seeds)
         dtype = self.state_dtype
         latents = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=dtype)  # NVlabs'
-        steer = self.steer or Steer(steering=Steering(), guidance=self.guidance, num_classes=0)
-        x, sigmas, denoiser, finish = steer.start(self.denoiser, latents, self.sigmas, seeds)
+        x, sigmas, denoiser, finish = self.steer.start(self.denoiser, latents, self.sigmas, seeds)
         return finish(samplers.sample(denoiser, x, sigmas, self.sampler, seeds=seeds, cond=self.cond(seeds),
-                                      langevin=steer.corrector, resample=steer.resample, **self.options))
+                                      langevin=self.steer.corrector, resample=self.steer.resample,
+                                      **self.options))
 
     def check_seeds(self, seeds: Sequence[int]) -> None:
         """What a list of seeds needs beyond the setup (an init image per seed) is there; BadInput if not."""
-        if self.steer is not None and self.steer.edit is not None:
+        if self.steer.edit is not None:
             self.steer.edit.check_seeds(seeds)
 
     @property
     def evaluations(self) -> int | None:
         """Network passes per image: the NFE times 2 under guidance (CFG's batch of 2B, autoguidance's
         second model, classifier guidance's forward + backward); an upper bound with a guidance interval."""
-        per_call = self.steer.evaluations_per_call if self.steer is not None else 1
-        return None if self.nfe is None else self.nfe * per_call
+        return None if self.nfe is None else self.nfe * self.steer.evaluations_per_call
 
     def settings(self) -> dict[str, Any]:
         """What decides the images (beyond the seed), as plain data: a folder's record of its images."""
@@ -160,8 +133,8 @@ class Sampling:
                   "steps": self.steps, "sigmas": [float(s) for s in self.sigmas],
                   "class": self.class_label, "guidance": self.guidance, "dtype": dtype_name(self.dtype),
                   "device": self.device.type}
-        steering = self.steer.steering.given() if self.steer is not None else {}
-        if self.steer is not None and self.steer.threshold is not None:
+        steering = self.steer.steering.given()
+        if self.steer.threshold is not None:
             steering["x0_threshold"] = dict(self.steer.threshold)  # also the model's own (diffusers)
         if steering:
             record["steering"] = steering
@@ -174,7 +147,7 @@ class Sampling:
         cls = "" if not self.model.num_classes else (
             f", class {self.class_label}" if self.class_label is not None else ", random classes")
         guidance = f", guidance w={self.guidance:g}" if self.guidance else ""
-        steering = self.steer.steering.given() if self.steer is not None else {}
+        steering = self.steer.steering.given()
         guidance += "".join(f", {k.replace('_', '-')} {v}" for k, v in steering.items())
         return (f"{self.sampler}{options}, {self.steps} steps ({nfe}), {self.schedule} sigma "
                 f"{float(self.sigmas[0]):g}...{float(self.sigmas[-2]):g}{cls}{guidance}, "
@@ -220,8 +193,6 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
     options = check_option_names(spec, options or {})
     model = load(model, device, dtype, trust_pickle)
     guidance = check_guidance(model, guidance)
-    if steering is None or (not steering.unconditional and steering.classifier is None):
-        class_label = check_class(model, class_label)
     steer = check_steering(steering, model, guidance=guidance, class_label=class_label, device=device,
                            dtype=dtype, trust_pickle=trust_pickle)
     sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
@@ -234,7 +205,7 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
         raise BadInput(one_line(e), "corrector" if corrector_steps else "resample") from None
     setup = Sampling(model=model, sampler=spec.name, options=options, schedule=schedule,
                      schedule_options=schedule_options, sigmas=sigmas, steps=steps, nfe=nfe_per_image,
-                     class_label=class_label, guidance=guidance, device=device, dtype=dtype,
+                     class_label=steer.class_label, guidance=guidance, device=device, dtype=dtype,
                      denoiser=steer.denoiser(model, dtype), steer=steer)
     check_denoiser(setup.denoiser, model, float(sigmas[0]), setup.cond([0]), device, dtype)
     return setup

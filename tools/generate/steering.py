@@ -27,6 +27,8 @@ from tools.common import BadInput, one_line
 from tools.device import ModelDtype, state_dtype
 from tools.images import from_uint8, image_path, read_png
 
+from .labels import check_class
+
 __all__ = ["CORRECTORS", "DEFAULT_CLASSIFIER_SCALE", "Steer", "Steering", "check_steering", "load"]
 
 #: the classifier scale of `--classifier` when `--classifier-scale` is not given: the best measured on
@@ -250,6 +252,7 @@ class Steer:
     steering: Steering
     guidance: float
     num_classes: int  # classes of the conditioning (the model's; the classifier's for an unconditional one)
+    class_label: int | None = None  # checked against num_classes; None: drawn per seed
     guide: Any = None
     classifier: Any = None
     classifier_scale: float = 0.0
@@ -321,8 +324,9 @@ def _in_dtype(fn: Callable, dtype: torch.dtype) -> Callable:
 
 def check_steering(steering: Steering | None, model, *, guidance: float, class_label: int | None, device,
                    dtype, trust_pickle: bool = False) -> Steer:
-    """``steering`` checked against ``model`` (and the guidance weight); BadInput (one line naming the
-    flag) for anything that does not fit. Loads the guide model and the classifier."""
+    """``steering`` checked against ``model`` (and the guidance weight and class); BadInput (one line naming
+    the flag) for anything that does not fit. Loads the guide model and the classifier. The class is
+    checked here, against the model's classes or, for an unconditional model, the classifier's."""
     steering = steering or Steering()
     s = steering
     uses_class = bool(model.num_classes) and not s.unconditional
@@ -352,13 +356,9 @@ def check_steering(steering: Steering | None, model, *, guidance: float, class_l
 
     classifier = None if s.classifier is None else _load_classifier(s.classifier, model, device)
     num_classes = model.num_classes or (classifier.num_classes if classifier is not None else 0)
-    if class_label is not None and not num_classes:
-        raise BadInput("this model is unconditional: it takes no class (give --classifier to guide towards "
-                       "one)", "class_label")
-    if class_label is not None and not 0 <= class_label < num_classes:
-        raise BadInput(f"class {class_label} is out of range: classes are 0..{num_classes - 1}",
-                       "class_label")
-    steer = Steer(steering=s, guidance=float(guidance), num_classes=num_classes, classifier=classifier,
+    class_label = check_class(num_classes, class_label, " (give --classifier to guide towards one)")
+    steer = Steer(steering=s, guidance=float(guidance), num_classes=num_classes, class_label=class_label,
+                  classifier=classifier,
                   drop_labels=bool(s.unconditional) or (not model.num_classes and classifier is not None))
     if classifier is not None:
         steer.classifier_scale = (DEFAULT_CLASSIFIER_SCALE if s.classifier_scale is None else
