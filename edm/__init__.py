@@ -2,9 +2,20 @@
 
 A denoiser is any callable ``D(x, sigma, **cond) -> x0_hat`` in the EDM convention
 ``x = y + sigma * n``; see ``edm.precond`` (Table 1 schemes, :class:`Precond`), ``edm.wrappers``
-(eps / v / x0 backbones in discrete or continuous time) and ``edm.loss``.
+(eps / v / x0 backbones in discrete or continuous time), ``edm.flow`` (flow-matching velocity
+models) and ``edm.loss``.
 """
 
+from .flow import (
+    FlowDenoiser,
+    FlowScheme,
+    dynamic_shift_sigmas,
+    flow_sigma,
+    flow_time,
+    from_flow,
+    shift_sigmas,
+    to_flow,
+)
 from .loss import EDMLoss, PrecondLoss, SchemeLoss, VELoss, VPLoss, draw_noise, weighted_target_loss
 from .precond import EDMScheme, IDDPMScheme, Precond, Scheme, SchemeRegistry, VEScheme, VPScheme, schemes
 from .wrappers import (
@@ -24,6 +35,8 @@ __all__ = [
     "DiscreteTimeScheme",
     "EDMLoss",
     "EDMScheme",
+    "FlowDenoiser",
+    "FlowScheme",
     "IDDPMScheme",
     "PREDICTIONS",
     "Precond",
@@ -37,8 +50,14 @@ __all__ = [
     "VPLoss",
     "VPScheme",
     "draw_noise",
+    "dynamic_shift_sigmas",
+    "flow_sigma",
+    "flow_time",
+    "from_flow",
     "prediction_coefficients",
     "schemes",
+    "shift_sigmas",
+    "to_flow",
     "vp_sigma_to_t",
     "vp_t_to_sigma",
     "weighted_target_loss",

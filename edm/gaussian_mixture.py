@@ -11,6 +11,12 @@ with responsibilities ``r_k(x) = w_k N(x; mu_k, s_k^2 + sigma^2) / p_sigma(x)``.
 testing samplers: the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma`` can be solved
 to any accuracy and sampler errors measured against it.
 
+The mixture is also an exact flow-matching model: :meth:`GaussianMixture.velocity` is the ideal velocity
+``v(x_t, t) = E[n - y | x_t]`` on ``x_t = (1 - t) y + t n`` (``edm.flow``), and
+:meth:`GaussianMixture.velocity_backbone` is it as a backbone for ``edm.flow.FlowDenoiser``.
+At sigma = inf the denoiser follows the library's convention (it is given ``u = lim x / sigma``) and
+returns the limit ``E[y]``.
+
 Internally everything is computed in float64 (float32 on devices without float64 support) and the
 result is returned in the dtype of ``x``.
 """
@@ -253,17 +259,52 @@ class GaussianMixture:
         return (-(r[..., None] * diff_over_v).sum(1)).reshape(x.shape).to(x.dtype)
 
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """The ideal denoiser ``E[y | x]`` for ``x = y + sigma n``; returns ``x`` where sigma == 0."""
+        """The ideal denoiser ``E[y | x]`` for ``x = y + sigma n``; returns ``x`` where sigma == 0.
+
+        Where sigma is inf, ``x`` stands for ``u = x / sigma`` and the result is the limit ``E[y]``: the
+        responsibilities tend to the weights and each component's posterior mean to its mean.
+        """
         self._check(x)
         sig = self._sigma(sigma, x, _compute_dtype(x.device))
-        zero = sig == 0
-        sig_eff = torch.where(zero, torch.ones_like(sig), sig)  # avoids 0/0 with point-mass components
+        zero, infinite = sig == 0, sig.isinf()
+        sig_eff = torch.where(zero | infinite, torch.ones_like(sig), sig)  # avoids 0/0 and inf/inf
         xf, diff_over_v, log_joint = self._posterior(x, sig_eff)
         r = self._responsibilities(log_joint)
         # sum_k r_k (mu_k + s_k^2 / v_k (x - mu_k)) = x - sigma^2 sum_k r_k (x - mu_k) / v_k
         out = xf - sig_eff.square()[:, None] * (r[..., None] * diff_over_v).sum(1)
         out = torch.where(zero[:, None], xf, out)
+        if bool(infinite.any()):
+            mu, _, logw = self._params(x.device, sig.dtype)
+            out = torch.where(infinite[:, None], logw.exp() @ mu, out)
         return out.reshape(x.shape).to(x.dtype)
+
+    def velocity(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        """The ideal flow-matching velocity ``v(x_t, t) = E[n - y | x_t]`` for ``x_t = (1 - t) y + t n``.
+
+        ``E[x_t - t (n - y) | x_t] = E[y | x_t]`` and ``x_t / (1 - t) = y + sigma n`` with
+        ``sigma = t / (1 - t)``, so ``v = (x_t - D(x_t / (1 - t); t / (1 - t))) / t``.  At t = 1
+        (``x_t = n``, sigma = inf, D given ``u = x_t``) it is ``x_t - E[y]``; at t = 0 (``x_t = y``) it
+        is ``-x_t``.
+        """
+        self._check(x_t)
+        t = self._sigma(t, x_t, _compute_dtype(x_t.device))
+        xf = x_t.to(t.dtype)
+        column = t.reshape(-1, *([1] * len(self.shape)))
+        zero = column == 0
+        t_eff = column.masked_fill(zero, 1.0)  # 0/0 at t = 0, replaced below
+        x = torch.where(t_eff == 1, xf, xf / (1 - t_eff))  # u at t = 1
+        denoised = self.denoise(x, (t_eff / (1 - t_eff)).reshape(-1))
+        v = torch.where(zero, -xf, (xf - denoised) / t_eff)
+        return v.to(x_t.dtype)
+
+    def velocity_backbone(self, time_scale: float = 1.0):
+        """``backbone(x_t, timestep, **cond) -> velocity(x_t, timestep / time_scale)``: the mixture as a
+        flow model for ``edm.flow.FlowDenoiser(..., time_scale=time_scale)``; conditioning is ignored."""
+
+        def backbone(x_t: torch.Tensor, timestep, **cond) -> torch.Tensor:
+            return self.velocity(x_t, timestep / time_scale)
+
+        return backbone
 
     def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         """Denoiser protocol ``D(x, sigma, **cond)``; conditioning is ignored."""

@@ -97,6 +97,14 @@ def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, co
     2021's predictor-corrector); ``resample=(jump, count)`` solves each part of ``jump`` steps ``count``
     times, jumping back up in noise in between (RePaint, Lugmayr et al. 2022). Either runs the sampler
     part by part (``samplers.segments``); ``samplers.registry.nfe_on`` counts their evaluations.
+
+    Starting at sigma = inf (flow-matching schedules from t = 1): when ``sigmas[0]`` is inf, ``x`` is the
+    unit-variance latent ``u = lim x / sigma`` itself, and the denoiser is called with ``u`` at sigma = inf
+    (``edm.precond.Precond`` does this with its scheme's limits). The first step is the Euler (= DDIM)
+    step from infinity, ``x_1 = D(u; inf) + sigmas[1] * u``: the limit of every first-order first step, and
+    exactly diffusers' ``FlowMatchEulerDiscreteScheduler`` step from t = 1. The chosen sampler then runs
+    on ``sigmas[1:]``; this adds one denoiser evaluation to the sampler's count on ``sigmas[1:]``. The
+    callback sees that step as ``i = 0`` (with ``sigma = inf``) and the sampler's steps shifted by one.
     """
     spec = registry.get(sampler)
     check_options(spec, options)
@@ -107,10 +115,16 @@ def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, co
         raise ValueError(f"langevin must be a samplers.langevin.LangevinCorrector, got {langevin!r}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("x must be a floating-point tensor of shape [B, ...] with B >= 1")
-    sigma_list = validate_sigmas(sigmas).tolist()
+    infinite = _starts_at_infinity(sigmas)
+    sigma_list = _validate_tail(sigmas) if infinite else validate_sigmas(sigmas).tolist()
     model = Model(denoiser, cond)
     options = {**spec.options, **options}
     with torch.no_grad():
+        if infinite:
+            x = _step_from_infinity(model, x, sigma_list[0], callback)
+            if len(sigma_list) == 1:
+                return x
+            callback = None if callback is None else _shifted(callback)
         if langevin is None and resample is None:
             if noise is None:
                 noise = make_noise(spec.noise, x, seeds, draws_hint=len(sigma_list) - 1)
@@ -118,6 +132,43 @@ def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, co
         if noise is not None:
             raise ValueError("a noise override cannot be combined with a corrector or resampling")
         return _in_parts(spec, model, x, sigma_list, seeds, callback, options, langevin, resample)
+
+
+def _starts_at_infinity(sigmas) -> bool:
+    try:
+        return len(sigmas) > 0 and float(sigmas[0]) == math.inf
+    except (TypeError, ValueError, RuntimeError):
+        return False  # validate_sigmas says what is wrong
+
+
+def _validate_tail(sigmas) -> list[float]:
+    """``sigmas[1:]`` of a schedule starting at inf, checked as a schedule (a single level: finite, >= 0)."""
+    tail = sigmas[1:]
+    if len(tail) >= 2:
+        return validate_sigmas(tail).tolist()
+    if len(tail) == 0:
+        raise ValueError("sigmas needs at least 2 values (one step), got 1")
+    last = float(tail[0])
+    if not (math.isfinite(last) and last >= 0):
+        raise ValueError(f"sigmas after an infinite start must be finite and >= 0; sigmas[1] = {last}")
+    return [last]
+
+
+def _step_from_infinity(model, u, sigma_next: float, callback):
+    """Euler step from sigma = inf: ``x = D(u; inf) + sigma_next u``, ``u = lim x / sigma`` the latent.
+
+    Every first-order step ``x' = D + (sigma_next / sigma) (x - D)`` tends to this as sigma -> inf
+    (``x / sigma = u``, ``D / sigma -> 0``); in flow time it is ``x_t' = x_1 - (1 - t') v(x_1, 1)``.
+    """
+    denoised = model(u, math.inf)
+    if callback is not None:
+        callback({"x": u, "i": 0, "sigma": math.inf, "sigma_hat": math.inf, "denoised": denoised})
+    return denoised + sigma_next * u
+
+
+def _shifted(callback):
+    """The callback with step indices one later (the step from infinity was step 0)."""
+    return lambda info: callback({**info, "i": info["i"] + 1})
 
 
 def _in_parts(spec, model, x, sigmas, seeds, callback, options, corrector, resample):

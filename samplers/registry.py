@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -246,6 +247,9 @@ def nfe_on(name: str, sigmas, *, corrector_steps: int = 0, resample: tuple[int, 
     """
     spec = get(name)
     sigmas = [float(s) for s in sigmas]
+    if sigmas and math.isinf(sigmas[0]) and len(sigmas) > 1:  # sample()'s one Euler step from infinity
+        rest = nfe_on(name, sigmas[1:], corrector_steps=corrector_steps, resample=resample, **options)
+        return None if rest is None else 1 + rest
     steps = len(sigmas) - 1
     if corrector_steps or resample:
         check_runs_in_parts(spec)
