@@ -104,6 +104,15 @@ class Scheme:
         """lambda(sigma) of Table 1."""
         raise NotImplementedError
 
+    def at_infinity(self) -> tuple[float, float, float, float]:
+        """``(lim sigma c_skip, lim c_out, lim sigma c_in, lim c_noise)`` as sigma -> inf.
+
+        At sigma = inf a denoiser is given ``u = lim x / sigma`` instead of the infinite ``x``, so
+        ``D(u; inf) = k_skip u + c_out F(k_in u; c_noise)`` with these four limits.  Only schemes whose
+        denoiser stays finite there (flow, v- and x0-prediction) define them.
+        """
+        raise ValueError(f"scheme {self.name!r} has no finite limit at sigma = inf")
+
     def sample_sigma(self, shape, generator=None, device=None, dtype=None) -> Tensor:
         """Draw training noise levels of the given shape."""
         raise NotImplementedError(f"scheme {self.name!r} defines no training distribution of sigma")
@@ -354,6 +363,8 @@ class Precond(nn.Module):
 
     ``forward(x, sigma, **cond)`` accepts sigma as a Python number, a 0-dim tensor, a ``[B]``
     tensor or a ``[B, 1, ..., 1]`` tensor, and returns a tensor of the shape and dtype of ``x``.
+    Where sigma is inf, that sample of ``x`` is the unit noise ``u = lim x / sigma`` and the scheme's
+    limits apply (:meth:`Scheme.at_infinity`; ValueError for schemes without one).
     """
 
     def __init__(self, backbone, scheme="edm", *, backbone_dtype=None, validate_sigma=True, **scheme_params):
@@ -362,6 +373,7 @@ class Precond(nn.Module):
         self.scheme = schemes.get(scheme, **scheme_params)
         self.backbone_dtype = backbone_dtype
         self.validate_sigma = validate_sigma
+        self._pins: tuple[Tensor, Tensor] | None = None
 
     # Protocol attributes ------------------------------------------------------------------
 
@@ -407,16 +419,67 @@ class Precond(nn.Module):
             raise ValueError(f"sigma must be non-negative and not NaN, got {sigma.tolist()}")
         return sigma
 
+    def pin_times(self, sigmas, c_noise) -> Precond:
+        """Call the backbone with ``c_noise[i]`` wherever sigma equals ``sigmas[i]`` (compared in sigma's
+        dtype), and with the scheme's ``c_noise(sigma)`` elsewhere; ``pin_times(None, None)`` unpins.
+
+        A diffusers scheduler decides its model's timesteps itself (integers, or ``floor(1000 t)`` for
+        DPM-Solver on flow sigmas), not always as the time map's exact inverse of its sigmas: pinning
+        them reproduces its calls exactly. Changes this denoiser in place; returns it.
+        """
+        if sigmas is None:
+            self._pins = None
+            return self
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
+        c_noise = torch.as_tensor(c_noise, dtype=torch.float64).reshape(-1).cpu()
+        if sigmas.shape != c_noise.shape:
+            raise ValueError(f"pin_times needs one c_noise per sigma, got {sigmas.shape[0]} and "
+                             f"{c_noise.shape[0]}")
+        self._pins = (sigmas, c_noise)
+        return self
+
+    def _pinned(self, sigma: Tensor, c_noise: Tensor) -> Tensor:
+        pinned_sigmas, pinned = self._pins
+        dtype = sigma.dtype if sigma.is_floating_point() else torch.float64
+        table = pinned_sigmas.to(sigma.device, dtype)
+        hit = sigma.reshape(-1, 1) == table.reshape(1, -1)  # [B, pins]
+        if not bool(hit.any()):
+            return c_noise
+        index = hit.to(torch.int64).argmax(dim=1)
+        values = pinned.to(sigma.device, c_noise.dtype if c_noise.is_floating_point() else dtype)[index]
+        out = torch.where(hit.any(dim=1), values, c_noise.reshape(-1).to(values.dtype))
+        return out.reshape(c_noise.shape)
+
+    def coefficients(self, sigma: Tensor, ndim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(c_skip, c_out, c_in, c_noise)`` for a ``[B]`` sigma, the first three as ``[B,1,...]``
+        columns for an ``ndim``-dim x.  Where sigma is inf they are the scheme's limits acting on
+        ``u = x / sigma`` (:meth:`Scheme.at_infinity`), which is what x holds there."""
+        scheme = self.scheme
+        column = sigma.reshape(-1, *([1] * (ndim - 1)))
+        if not bool(sigma.isinf().any()):
+            return scheme.c_skip(column), scheme.c_out(column), scheme.c_in(column), scheme.c_noise(sigma)
+        k_skip, c_out_inf, k_in, c_noise_inf = scheme.at_infinity()
+        inf, inf_column = sigma.isinf(), column.isinf()
+        finite, finite_column = sigma.masked_fill(inf, 1), column.masked_fill(inf_column, 1)
+        c_noise = scheme.c_noise(finite)
+        return (
+            scheme.c_skip(finite_column).masked_fill(inf_column, k_skip),
+            scheme.c_out(finite_column).masked_fill(inf_column, c_out_inf),
+            scheme.c_in(finite_column).masked_fill(inf_column, k_in),
+            c_noise.masked_fill(inf, c_noise_inf),
+        )
+
     def backbone_output(self, x: Tensor, sigma, **cond) -> tuple[Tensor, Tensor, Tensor]:
         """``(F, c_skip, c_out)`` at ``(x, sigma)``; ``F`` in x's dtype, coefficients as ``[B,1,...]``."""
         sigma = self.sigma_vector(x, sigma)
-        column = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        scheme = self.scheme
-        x_in = scheme.c_in(column) * x
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma, x.ndim)
+        if self._pins is not None:
+            c_noise = self._pinned(sigma, c_noise)
+        x_in = c_in * x
         if self.backbone_dtype is not None:
             x_in = x_in.to(self.backbone_dtype)
-        F = self.backbone(x_in, scheme.c_noise(sigma), **cond)
-        return F.to(x.dtype), scheme.c_skip(column), scheme.c_out(column)
+        F = self.backbone(x_in, c_noise, **cond)
+        return F.to(x.dtype), c_skip, c_out
 
     def forward(self, x: Tensor, sigma, **cond) -> Tensor:
         F, c_skip, c_out = self.backbone_output(x, sigma, **cond)
