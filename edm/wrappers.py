@@ -136,17 +136,43 @@ class PredictionScheme(Scheme):
     def loss_weight(self, sigma):
         return self.c_out(sigma) ** -2
 
+    def at_infinity(self):
+        """Limits on ``u = x / sigma`` at zero SNR: v-prediction ``(0, -sigma_data, 1, t_inf)`` (``D(u; inf)
+        = -sigma_data F(u; t_inf)``), x0-prediction ``(0, 1, 1, t_inf)``; eps has none (``x - sigma eps``).
+        ``t_inf`` is the end of a discrete table (where ``sigma_to_t`` clamps), else ``sigma_to_t(inf)``."""
+        if self.prediction not in ("v", "x0"):
+            raise ValueError(f"scheme {self.name!r} with {self.prediction} prediction has no finite limit "
+                             "at sigma = inf")
+        if self.sigmas is not None:
+            t_inf = torch.tensor(len(self.sigmas) - 1.0)
+        else:
+            t_inf = self.sigma_to_t(torch.tensor(float("inf"), dtype=torch.float64))
+        if not bool(t_inf.isfinite()):
+            raise ValueError(f"scheme {self.name!r} has no finite limit at sigma = inf "
+                             f"(its time there is {float(t_inf)})")
+        c_out = -self.sigma_data if self.prediction == "v" else 1.0
+        return 0.0, c_out, 1.0, float(t_inf)
+
 
 class DiscreteTimeScheme(PredictionScheme):
     """Discrete DDPM time: table ``sigma_t = sqrt((1 - abar_t) / abar_t)``, t = 0 .. T-1.
 
-    sigma maps to a fractional timestep by linear interpolation in log sigma (clamped to the
-    table), or to the nearest timestep (an integer tensor) when ``quantize`` is set.
+    sigma maps to a fractional timestep by piecewise-linear interpolation of the table (clamped to
+    it), or to the nearest timestep (an integer tensor) when ``quantize`` is set.  ``interpolation``
+    says in what: ``"log"`` (the default) interpolates log sigma, as k-diffusion does; ``"linear"``
+    interpolates sigma itself, as diffusers' sigma-space schedulers do (``np.interp(timesteps,
+    arange(T), sigmas)`` in ``EulerDiscreteScheduler`` and the others), so that ``sigma_to_t`` gives
+    back their fractional timesteps.  ``t_to_sigma`` is the inverse in the same space.
     """
 
     name = "discrete"
+    INTERPOLATIONS = ("log", "linear")
 
-    def __init__(self, alphas_cumprod, prediction: str = "eps", quantize: bool = False):
+    def __init__(self, alphas_cumprod, prediction: str = "eps", quantize: bool = False,
+                 interpolation: str = "log"):
+        if interpolation not in self.INTERPOLATIONS:
+            valid = ", ".join(self.INTERPOLATIONS)
+            raise ValueError(f"unknown interpolation {interpolation!r}; valid: {valid}")
         abar = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
         if abar.ndim != 1 or abar.shape[0] < 2:
             raise ValueError("alphas_cumprod must be a 1-D sequence of at least two values")
@@ -157,6 +183,7 @@ class DiscreteTimeScheme(PredictionScheme):
             raise ValueError("alphas_cumprod must be strictly decreasing")
         super().__init__(prediction, sigma_data=1.0, sigma_min=float(sigmas[0]), sigma_max=float(sigmas[-1]))
         self.quantize = bool(quantize)
+        self.interpolation = interpolation
         self.sigmas = sigmas
         self._sigmas = Table(sigmas)
         self._log_sigmas = Table(sigmas.log())
@@ -165,32 +192,39 @@ class DiscreteTimeScheme(PredictionScheme):
         dtype = like.dtype if like.is_floating_point() else table_dtype(like.device)
         return self._log_sigmas.on(like.device, dtype)
 
+    def _space(self, like: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        """``(table, into, back)``: the table in the interpolation's space and the maps into and out of it."""
+        if self.interpolation == "linear":
+            dtype = like.dtype if like.is_floating_point() else table_dtype(like.device)
+            return self._sigmas.on(like.device, dtype), _identity, _identity
+        return self._log_table(like), torch.log, torch.exp
+
     def sigma_to_t(self, sigma: Tensor, quantize: bool | None = None) -> Tensor:
         quantize = self.quantize if quantize is None else quantize
         sigma = torch.as_tensor(sigma)
-        log_table = self._log_table(sigma)
-        log_sigma = sigma.to(log_table.dtype).log().reshape(-1)
+        table, into, _ = self._space(sigma)
+        u = into(sigma.to(table.dtype)).reshape(-1)
         if quantize:
-            t = (log_sigma[:, None] - log_table).abs().argmin(dim=1)
+            t = (u[:, None] - table).abs().argmin(dim=1)
         else:
-            low = (torch.searchsorted(log_table, log_sigma, right=True) - 1).clamp(0, len(log_table) - 2)
-            w = ((log_sigma - log_table[low]) / (log_table[low + 1] - log_table[low])).clamp(0, 1)
+            low = (torch.searchsorted(table, u, right=True) - 1).clamp(0, len(table) - 2)
+            w = ((u - table[low]) / (table[low + 1] - table[low])).clamp(0, 1)
             t = low + w
         return t.reshape(sigma.shape)
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t)
-        log_table = self._log_table(t)
-        t = t.to(log_table.dtype).clamp(0, len(log_table) - 1)
+        table, _, back = self._space(t)
+        t = t.to(table.dtype).clamp(0, len(table) - 1)
         low, high = t.floor().long(), t.ceil().long()
         w = t - low
-        return ((1 - w) * log_table[low] + w * log_table[high]).exp()
+        return back((1 - w) * table[low] + w * table[high])
 
     def _table(self, like: Tensor) -> Tensor:
         return self._sigmas.on(like.device, like.dtype if like.is_floating_point() else None)
 
     def round_sigma(self, sigma):
-        """The nearest table entry (in log sigma), in the dtype of ``sigma``."""
+        """The nearest table entry (in the interpolation's space), in the dtype of ``sigma``."""
         sigma = torch.as_tensor(sigma)
         return self._table(sigma)[self.sigma_to_t(sigma, quantize=True)]
 
@@ -238,8 +272,9 @@ class DiscreteTimeDenoiser(_TimeDenoiser):
 
     Same numbers as k-diffusion's ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``: sigma
     is mapped to a fractional timestep by interpolation in log sigma, or to the nearest integer
-    timestep with ``quantize=True``.  Exposes ``sigmas`` (ascending), ``sigma_min``, ``sigma_max``,
-    ``round_sigma``, ``sigma_to_t`` and ``t_to_sigma``.
+    timestep with ``quantize=True``; ``interpolation="linear"`` interpolates in sigma instead, as
+    diffusers' schedulers do (see :class:`DiscreteTimeScheme`).  Exposes ``sigmas`` (ascending),
+    ``sigma_min``, ``sigma_max``, ``round_sigma``, ``sigma_to_t`` and ``t_to_sigma``.
     """
 
     def __init__(
@@ -249,12 +284,17 @@ class DiscreteTimeDenoiser(_TimeDenoiser):
         prediction: str = "eps",
         quantize: bool = False,
         *,
+        interpolation: str = "log",
         backbone_dtype: torch.dtype | None = None,
         validate_sigma: bool = True,
     ):
-        scheme = DiscreteTimeScheme(alphas_cumprod, prediction, quantize)
+        scheme = DiscreteTimeScheme(alphas_cumprod, prediction, quantize, interpolation)
         super().__init__(backbone, scheme, backbone_dtype=backbone_dtype, validate_sigma=validate_sigma)
 
     @property
     def quantize(self) -> bool:
         return self.scheme.quantize
+
+    @property
+    def interpolation(self) -> str:
+        return self.scheme.interpolation

@@ -17,8 +17,9 @@ from tools.common import one_line
 
 from .base import LabelledDenoiser, LoadedModel, ModelError, parameter_count
 
-__all__ = ["APPLIED", "DIFFUSERS_PREDICTIONS", "PREFIX", "DiffusersBackbone", "claims", "load",
-           "load_diffusers", "x0_thresholding"]
+__all__ = ["APPLIED", "DIFFUSERS_PREDICTIONS", "HONOURED", "PREFIX", "SCHEDULE_SETTINGS", "DiffusersBackbone",
+           "claims", "load", "load_diffusers", "read_json", "scheduler_of", "scheduler_settings",
+           "terminal_clamped", "x0_thresholding"]
 
 PREFIX = "diffusers:"
 
@@ -47,7 +48,7 @@ def _diffusers_dirs(root: Path) -> tuple[Path, Path, str]:
     return unet_dir, scheduler, layout
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -57,7 +58,7 @@ def _read_json(path: Path) -> dict:
     return config
 
 
-def _scheduler(scheduler_config: dict, path: Path) -> tuple[Tensor, dict, str | None]:
+def scheduler_of(scheduler_config: dict, path: Path) -> tuple[Tensor, dict, str | None]:
     """``(alphas_cumprod, settings, class name)`` of the saved scheduler.
 
     ``settings`` is the config as diffusers' class applies it, defaults filled in (a DDPMScheduler saved
@@ -108,6 +109,63 @@ APPLIED = {
     "CogVideoXDDIMScheduler": (),
     "CogVideoXDPMScheduler": (),
 }
+
+#: scheduler settings the loaded denoiser honours, and how
+HONOURED = {
+    "prediction_type": "the denoiser's prediction type",
+    "num_train_timesteps": "the timestep table",
+    "beta_schedule": "the timestep table (alphas_cumprod of the scheduler class)",
+    "beta_start": "the timestep table",
+    "beta_end": "the timestep table",
+    "trained_betas": "the timestep table",
+    "rescale_betas_zero_snr": "the timestep table (a zero terminal alphas_cumprod is stored as 2**-24, as "
+                              "diffusers' Euler / DPM-Solver / UniPC schedulers store it)",
+    "clip_sample": "x0 thresholding (see x0 thresholding)",
+    "clip_sample_range": "x0 thresholding",
+    "thresholding": "x0 thresholding (see x0 thresholding)",
+    "dynamic_thresholding_ratio": "x0 thresholding",
+    "sample_max_value": "x0 thresholding",
+}
+
+#: settings of the scheduler's own timesteps: honoured by ``--schedule diffusers``
+#: (``tools.models.diffusers_schedule``, which builds the scheduler from this config), unused otherwise
+SCHEDULE_SETTINGS = (
+    "timestep_spacing", "steps_offset", "set_alpha_to_one", "use_karras_sigmas", "use_exponential_sigmas",
+    "use_beta_sigmas", "final_sigmas_type", "interpolation_type", "lambda_min_clipped", "shift",
+    "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len",
+    "time_shift_type", "shift_terminal", "flow_shift", "use_flow_sigmas",
+)
+
+def _setting_ignored(key: str, value) -> str | None:
+    """Why a setting with this value cannot be honoured, or None."""
+    if key == "timestep_type" and value == "continuous":
+        return ("timestep_type='continuous' (the network is conditioned on 0.25 log sigma, "
+                "not on DDPM timesteps)")
+    if key == "variance_type" and value in ("learned", "learned_range"):
+        return f"variance_type={value!r} (the network's learned variance is not used)"
+    return None
+
+
+def scheduler_settings(settings: dict, written: dict) -> tuple[dict, list[str]]:
+    """``(honoured, ignored)`` of a scheduler config: ``honoured`` maps each setting present in the file
+    (``written``) to how it is honoured; ``ignored`` has one line per setting whose value changes what the
+    network computes and that the denoiser cannot honour. The other settings are the solver's own choices
+    (order, algorithm, noise), which the sampler one picks replaces, or settings the class does not take,
+    which diffusers drops too."""
+    honoured, ignored = {}, []
+    for key in written:
+        if key.startswith("_"):  # _class_name, _diffusers_version, _use_default_values
+            continue
+        value = settings.get(key, written[key])
+        why = _setting_ignored(key, value)
+        if why:
+            ignored.append(why)
+        elif key in HONOURED:
+            honoured[key] = HONOURED[key]
+        elif key in SCHEDULE_SETTINGS:
+            honoured[key] = "with --schedule diffusers (the scheduler's own timesteps)"
+    return honoured, ignored
+
 
 #: in diffusers' order of precedence: with both on, thresholding is applied and clip_sample is not
 X0_SETTINGS = ("thresholding", "clip_sample")
@@ -169,6 +227,15 @@ def x0_thresholding(settings: dict, scheduler: str | None) -> tuple[dict | None,
     return kwargs, what, []
 
 
+def terminal_clamped(abar: Tensor) -> Tensor:
+    """alphas_cumprod with a zero terminal value (rescale_betas_zero_snr) stored as 2**-24, as diffusers'
+    Euler / DPM-Solver / UniPC schedulers store it (sigma_max 4096 instead of inf)."""
+    if abar.numel() and float(abar[-1]) == 0:
+        abar = abar.clone()
+        abar[-1] = 2.0**-24
+    return abar
+
+
 class DiffusersBackbone(nn.Module):
     """``F(x_in, t, class_labels=None)`` for a diffusers ``UNet2DModel``: its ``.sample`` output.
 
@@ -197,8 +264,8 @@ def load_diffusers(directory, *, device="cpu", dtype=torch.float32, source=None)
     if not root.is_dir():
         raise ModelError(f"diffusers model directory not found: {root}")
     unet_dir, scheduler_path, layout = _diffusers_dirs(root)
-    unet_config = _read_json(unet_dir / "config.json")
-    scheduler_config = _read_json(scheduler_path)
+    unet_config = read_json(unet_dir / "config.json")
+    scheduler_config = read_json(scheduler_path)
     unet_class = unet_config.get("_class_name", "UNet2DModel")
     if unet_class != "UNet2DModel":
         raise ModelError(f"{unet_dir / 'config.json'} is a {unet_class}; only UNet2DModel is supported")
@@ -223,12 +290,16 @@ def load_diffusers(directory, *, device="cpu", dtype=torch.float32, source=None)
     size = config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     shape = (int(config.in_channels), int(height), int(width))
-    abar, settings, scheduler_class = _scheduler(scheduler_config, scheduler_path)
+    abar, settings, scheduler_class = scheduler_of(scheduler_config, scheduler_path)
     threshold, thresholding, ignored = x0_thresholding(settings, scheduler_class)
+    honoured, not_honoured = scheduler_settings(settings, scheduler_config)
+    ignored = ignored + not_honoured
     prediction = DIFFUSERS_PREDICTIONS[prediction_type]
+    abar = terminal_clamped(abar)
     try:
+        # diffusers' convention: sigma <-> fractional timestep piecewise linear in sigma (np.interp)
         denoiser = DiscreteTimeDenoiser(DiffusersBackbone(unet), abar, prediction=prediction,
-                                        backbone_dtype=dtype)
+                                        interpolation="linear", backbone_dtype=dtype)
     except ValueError as e:
         raise ModelError(f"{scheduler_path}: {one_line(e)}") from None
     info = {
@@ -239,6 +310,8 @@ def load_diffusers(directory, *, device="cpu", dtype=torch.float32, source=None)
         "scheduler_config": scheduler_config,
         "prediction": prediction,
         "x0_thresholding": thresholding,
+        "honoured": honoured,
+        "interpolation": "linear",
         "threshold": threshold,
         "num_train_timesteps": int(abar.shape[0]),
         "precond": repr(denoiser.scheme),
