@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,8 @@ from torch import Tensor, nn
 from samplers.protocol import forward_attribute
 from tools.common import BadInput
 
-__all__ = ["LabelledDenoiser", "LoadedModel", "ModelError", "parameter_count"]
+__all__ = ["Autoencoder", "LabelledDenoiser", "LoadedModel", "ModelError", "TextConditioner",
+           "parameter_count"]
 
 # Discrete-time models also expose their sigma <-> timestep maps.
 _TIME_MAPS = ("sigma_to_t", "t_to_sigma")
@@ -39,11 +41,56 @@ class LoadedModel:
     # The model's own x0 thresholding (a diffusers scheduler's clip_sample / thresholding), as keyword
     # arguments of samplers.guidance.Thresholded; applied after guidance, unless --threshold overrides.
     threshold: dict | None = None
+    # Latent models: the autoencoder the sampler's space is decoded with (see :class:`Autoencoder`);
+    # ``shape`` is then the latent shape. None: the sampler runs in pixel space.
+    autoencoder: Any = None
+    # Text models: turns prompts into the denoiser's keyword arguments (see :class:`TextConditioner`).
+    conditioner: Any = None
+    # The pipeline's default classifier-free guidance weight w (diffusers' guidance_scale - 1), if any.
+    default_guidance: float | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images written: ``shape`` itself, or its decoding for a latent model."""
+        return self.shape if self.autoencoder is None else self.autoencoder.image_shape(self.shape)
 
     @property
     def ignored(self) -> list[str]:
         """Settings of the model's files that the loader does not honour (each one line), for warnings."""
         return list(self.info.get("ignored") or [])
+
+
+class Autoencoder(Protocol):
+    """The latent space of a latent diffusion model (Stable Diffusion's VAE with its scaling and shift).
+
+    Images are ``[B, C, H, W]`` floats in [-1, 1]; latents are in the sampler's space, i.e. already
+    ``(z - shift_factor) * scaling_factor``. ``decode`` works in slices of ``slice_size`` samples so memory
+    does not grow with the batch; its output is float32 whatever the network's dtype.
+    """
+
+    factor: int  # spatial downsampling of the latent (8 for SD)
+
+    def image_shape(self, latent_shape: Sequence[int]) -> tuple[int, int, int]: ...
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
+
+    def encode(self, images: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Latents of ``images``: the posterior mean, or ``mean + std * noise`` (diffusers'
+        ``latent_dist.sample(generator)`` when ``noise`` is that generator's draw of the latent shape)."""
+        ...
+
+    def decode(self, latents: Tensor) -> Tensor: ...
+
+
+class TextConditioner(Protocol):
+    """Prompts -> the denoiser's keyword arguments, through the model's own tokenizer(s) and encoder(s).
+
+    ``encode(prompts, height=, width=)`` gives batched tensors (leading dimension ``len(prompts)``) for
+    ``D(x, sigma, **cond)``. A prompt of ``None`` is "no negative prompt given": the pipeline's own default
+    (the empty prompt, or zeros where the pipeline's config says ``force_zeros_for_empty_prompt``).
+    """
+
+    def encode(self, prompts: Sequence[str | None], *, height: int, width: int) -> dict[str, Tensor]: ...
 
 
 def parameter_count(module) -> int:

@@ -9,9 +9,11 @@ A *spec* is one of
 - ``digits`` (see :func:`list_builtin`): the checkpoint shipped in ``edm/weights``;
 - a checkpoint (``NAME``, ``NAME.json``, ``NAME.safetensors``, or a directory holding exactly one
   such pair), read by :func:`edm.checkpoint.load_checkpoint`, which never unpickles;
-- ``diffusers:DIR``: a diffusers ``UNet2DModel`` and its scheduler saved with ``save_pretrained``
-  (``DIR/unet`` + ``DIR/scheduler`` as a pipeline saves them, or ``config.json`` +
-  ``scheduler_config.json`` side by side in ``DIR``), wrapped in :class:`edm.DiscreteTimeDenoiser`;
+- ``diffusers:DIR``: a Stable Diffusion 1.x/2.x, SDXL or SD3 pipeline saved with ``save_pretrained``
+  (``DIR/model_index.json``; :mod:`.pipelines`: a latent model with its VAE and text conditioner), or a
+  diffusers ``UNet2DModel`` and its scheduler (``DIR/unet`` + ``DIR/scheduler`` as a pipeline saves them,
+  or ``config.json`` + ``scheduler_config.json`` side by side in ``DIR``), wrapped in
+  :class:`edm.DiscreteTimeDenoiser`;
 - an NVlabs EDM network pickle (``*.pkl``, ``*.pickle`` or ``nvlabs:PATH``), unpickled only with
   ``trust_pickle=True`` and NVlabs' ``dnnlib`` / ``torch_utils`` importable.
 
@@ -26,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, diffusers, nvlabs
+from . import checkpoint, diffusers, nvlabs, pipelines
 from .base import LoadedModel, ModelError
 
 __all__ = ["KINDS", "describe_specs", "load_model"]
 
 #: the model kinds, asked in this order whether they claim a spec
-KINDS = (diffusers, nvlabs, checkpoint)
+KINDS = (pipelines, diffusers, nvlabs, checkpoint)
 
 
 def describe_specs() -> str:

@@ -1,0 +1,186 @@
+"""Tiny random-weight Stable Diffusion pipelines (1.x / 2.x, SDXL, SD3), built offline and saved with
+``save_pretrained``: the test doubles of the real checkpoints, with the real pipelines' scheduler configs.
+
+Each builder seeds torch, builds the pipeline from tiny components, saves it to ``path`` and returns the
+in-memory pipeline (in float32, on the CPU). Sizes: latents of 4 channels and 8 x 8 at the default size,
+images of 16 x 16 (a two-level VAE: scale factor 2); CLIP text encoders of width 32, 2 layers, 2 heads, with
+a byte-level tokenizer whose merges are empty (each word splits into its characters), 77 tokens long.
+
+Nothing here touches the network: the tokenizers are written from a vocabulary built in code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["build_sd", "build_sd3", "build_sdxl", "byte_vocabulary", "tiny_t5_tokenizer", "tiny_tokenizer"]
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+HIDDEN = 32  # width of the tiny CLIP encoders
+PROJECTION = 32  # projection_dim of CLIPTextModelWithProjection
+MAX_LENGTH = 77
+
+# the schedulers as the real pipelines ship them (scheduler/scheduler_config.json)
+_SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+             "beta_schedule": "scaled_linear", "trained_betas": None}
+SD15_SCHEDULER = {"_class_name": "PNDMScheduler", **_SD_BETAS, "set_alpha_to_one": False,
+                  "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False}
+SD2_SCHEDULER = {"_class_name": "DDIMScheduler", **_SD_BETAS, "clip_sample": False, "set_alpha_to_one": False,
+                 "steps_offset": 1, "skip_prk_steps": True, "prediction_type": "v_prediction"}
+SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", **_SD_BETAS, "interpolation_type": "linear",
+                  "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False,
+                  "skip_prk_steps": True, "steps_offset": 1, "timestep_spacing": "leading",
+                  "use_karras_sigmas": False, "clip_sample": False}
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2's byte -> printable character map (the alphabet of byte-level BPE), in byte order."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def byte_vocabulary() -> dict[str, int]:
+    """The 256 byte characters, the same with ``</w>`` (a word's last character), then BOS and EOS: 514
+    entries, EOS last (CLIP pools at the highest id's position in its legacy configs; ours name EOS)."""
+    alphabet = _bytes_to_unicode()
+    tokens = alphabet + [c + "</w>" for c in alphabet] + [BOS, EOS]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def tiny_tokenizer(pad_token: str = EOS):
+    """A CLIPTokenizer with the byte vocabulary and no merges, ``model_max_length`` 77."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=byte_vocabulary(), merges=[], unk_token=EOS, bos_token=BOS, eos_token=EOS,
+                         pad_token=pad_token, model_max_length=MAX_LENGTH)
+
+
+def _text_config(projection: bool):
+    from transformers import CLIPTextConfig
+
+    vocab = byte_vocabulary()
+    return CLIPTextConfig(vocab_size=len(vocab), hidden_size=HIDDEN, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_LENGTH,
+                          hidden_act="gelu",
+                          projection_dim=PROJECTION if projection else HIDDEN, bos_token_id=vocab[BOS],
+                          eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
+
+
+def _text_encoder(projection: bool = False):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(_text_config(projection)).eval()
+
+
+def _vae(*, shift_factor=None, scaling_factor=0.18215, sd3=False):
+    from diffusers import AutoencoderKL
+
+    extra = {"use_quant_conv": False, "use_post_quant_conv": False} if sd3 else {}
+    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=32,
+                         sample_size=16, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                         force_upcast=True, **extra).eval()
+
+
+def _unet(*, cross_attention_dim=32, linear=False, sdxl=False):
+    from diffusers import UNet2DConditionModel
+
+    extra = {}
+    if sdxl:  # addition embedding of (pooled text embedding of encoder 2, the 6 time ids)
+        extra = {"addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+                 "projection_class_embeddings_input_dim": 6 * 8 + PROJECTION}
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4), use_linear_projection=linear or sdxl, norm_num_groups=32, **extra,
+    ).eval()
+
+
+def _save(pipe, path):
+    path = Path(path)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return pipe
+
+
+def build_sd(path, prediction_type: str = "epsilon"):
+    """Stable Diffusion 1.x (PNDM, eps), or 2.x-like with ``prediction_type="v_prediction"`` (DDIM, v,
+    linear projections in the UNet's transformers)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    if prediction_type == "epsilon":
+        scheduler = diffusers.PNDMScheduler.from_config(SD15_SCHEDULER)
+    else:
+        scheduler = diffusers.DDIMScheduler.from_config({**SD2_SCHEDULER, "prediction_type": prediction_type})
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_text_encoder(), tokenizer=tiny_tokenizer(),
+        unet=_unet(linear=prediction_type != "epsilon"), scheduler=scheduler, safety_checker=None,
+        feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    return _save(pipe, path)
+
+
+def build_sdxl(path, force_zeros_for_empty_prompt: bool = True):
+    """SDXL: CLIPTextModel + CLIPTextModelWithProjection (its tokenizer pads with "!", as SDXL's does),
+    a text_time UNet, the Euler scheduler of the base model and ``force_zeros_for_empty_prompt``."""
+    import diffusers
+
+    torch.manual_seed(0)
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=_vae(scaling_factor=0.13025), text_encoder=_text_encoder(), text_encoder_2=_text_encoder(True),
+        tokenizer=tiny_tokenizer(), tokenizer_2=tiny_tokenizer(pad_token="!"),
+        unet=_unet(cross_attention_dim=2 * HIDDEN, sdxl=True),
+        scheduler=diffusers.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+    return _save(pipe, path)
+
+
+def tiny_t5_tokenizer():
+    """A T5Tokenizer (Unigram) over the lowercase letters and the word-start marker, no sentinels."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    pieces += [("\u2581" + c, -2.5) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def _t5_encoder(width: int):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=len(tiny_t5_tokenizer()), d_model=width, d_ff=64, d_kv=16, num_layers=2,
+                      num_heads=2, relative_attention_num_buckets=8, decoder_start_token_id=0)
+    return T5EncoderModel(config).eval()
+
+
+def build_sd3(path, shift: float = 3.0, t5: bool = False):
+    """SD3: two CLIPTextModelWithProjection; no T5 (text_encoder_3 / tokenizer_3 None: zeros in its place)
+    unless ``t5``: then a tiny T5EncoderModel of width 96 with a letter-level T5Tokenizer. A tiny
+    SD3Transformer2DModel (patch 2, 2 layers, 2 heads of 16; joint_attention_dim 96 so the CLIP states are
+    padded), the SD3 VAE's scaling and shift, FlowMatchEulerDiscreteScheduler(shift)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=96, caption_projection_dim=32,
+        pooled_projection_dim=2 * PROJECTION, pos_embed_max_size=16).eval()
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=_vae(shift_factor=0.0609, scaling_factor=1.5305, sd3=True),
+        text_encoder=_text_encoder(True), tokenizer=tiny_tokenizer(),
+        text_encoder_2=_text_encoder(True), tokenizer_2=tiny_tokenizer(pad_token="!"),
+        text_encoder_3=_t5_encoder(96) if t5 else None, tokenizer_3=tiny_t5_tokenizer() if t5 else None)
+    return _save(pipe, path)
