@@ -20,6 +20,7 @@ better fit between the regions) is ``samplers.sample(..., resample=(jump, count)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -41,14 +42,19 @@ def img2img_steps(steps: int, strength: float) -> int:
     return taken
 
 
-def img2img_start(init: torch.Tensor, latents: torch.Tensor, sigmas, strength: float):
+def img2img_start(init: torch.Tensor, latents: torch.Tensor, sigmas, strength: float,
+                  start_scale: float | None = None):
     """``(x_start, sigmas_run)``: where an img2img run of ``strength`` starts on the schedule ``sigmas``
-    (decreasing, ending in 0) and the part of the schedule it runs."""
+    (decreasing, ending in 0) and the part of the schedule it runs. Plain generation (strength 1) starts at
+    ``start_scale * latents`` (default ``sigmas[0]``; the latents themselves at ``sigmas[0] = inf``, as
+    :func:`samplers.sample` takes a start at infinity)."""
     sigmas = sigmas if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas, dtype=torch.float64)
     steps = len(sigmas) - 1
     run = sigmas[steps - img2img_steps(steps, strength):]
     if run.shape[0] == sigmas.shape[0]:  # strength 1 (or N * s rounding up to N): plain generation
-        return latents * float(run[0]), run
+        if math.isinf(float(run[0])):
+            return latents, run
+        return latents * float(run[0] if start_scale is None else start_scale), run
     return init.to(latents.dtype) + latents * float(run[0]), run
 
 
@@ -67,8 +73,13 @@ class Inpainting(DenoiserWrapper):
             the known region is noised with).
     """
 
-    def __init__(self, denoiser: Callable, init: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor):
+    def __init__(self, denoiser: Callable, init: torch.Tensor, mask: torch.Tensor, latents: torch.Tensor, *,
+                 start: float | None = None):
         super().__init__(denoiser)
+        # diffusers' inpainting pipelines (a 4-channel UNet) blend the known region in after each step, so
+        # their first evaluation, at the start of a run from pure noise, sees the state unblended: with
+        # ``start`` (that first sigma) the input at sigma >= start is left as the sampler gave it.
+        self.start = None if start is None else float(start)
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("the inpainting mask must be 0 (keep) or 1 (generate) everywhere")
         try:
@@ -85,7 +96,10 @@ class Inpainting(DenoiserWrapper):
         return self.init.to(x.dtype) + sigma_column(sigma, x) * self.latents.to(x.dtype)
 
     def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
-        x_in = torch.where(self.keep, self.known(x, sigma), x)
+        keep = self.keep
+        if self.start is not None:
+            keep = keep & (sigma_column(sigma, x) < self.start)
+        x_in = torch.where(keep, self.known(x, sigma), x)
         return torch.where(self.keep, self.init.to(x.dtype), self.denoiser(x_in, sigma, **cond))
 
     def __repr__(self) -> str:

@@ -20,14 +20,16 @@ from .common import BadInput, one_line
 
 __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
            "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
-           "option", "option_value", "parse_list", "progress_option", "report_ignored", "sampler_options",
+           "option", "option_value", "parse_list", "progress_option", "prompting", "report_ignored",
+           "sampler_options",
            "sampling_options", "seeds_option", "steering", "usage_error", "channel_mult_value",
            "sigma_data_value", "training_data_value"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 SAMPLER_OPTION_PREFIX = "sampler_option_"
-SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Guidance", "Editing", "Reference",
+SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Text", "Guidance", "Editing",
+            "Reference",
             "Output", "Device", "Other")
 # BadInput.param -> flag, where the flag is not simply --param-name (None: the message names the option)
 _FLAGS = {"class_label": "--class", "options": None, "cond": "--model", "samplers": "--sampler",
@@ -285,8 +287,8 @@ def option_value(text: str):
 # The sampling options
 
 MODEL_HELP = ("The model: 'digits' (built in), a checkpoint NAME[.json|.safetensors], 'diffusers:DIR' (a "
-              "saved "
-              "UNet2DModel and scheduler), or an NVlabs network .pkl (needs --trust-pickle).")
+              "saved UNet2DModel and scheduler, or a Stable Diffusion 1.x/2.x, SDXL or SD3 pipeline), or an "
+              "NVlabs network .pkl (needs --trust-pickle).")
 
 #: every sampling option: (section, declarations, attributes except the default)
 SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
@@ -308,9 +310,10 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
         help="Instead of --steps: a budget of denoiser evaluations per image; takes the most steps that fit "
              "(e.g. heun: 35 NFE = 18 steps). `edm bench` takes a list, e.g. 5,10,20.")),
     "schedule": ("Sampling", ("--schedule",), dict(
-        metavar="NAME", help="The sigma schedule (`edm schedules` lists them), or file:PATH for a schedule "
-                             "file "
-                             "written by `edm tune-schedule`; `edm bench` takes a comma-separated list.")),
+        metavar="NAME", help="The sigma schedule (`edm schedules` lists them), file:PATH for a schedule file "
+                             "written by `edm tune-schedule`, or 'diffusers' for a diffusers model: the "
+                             "timesteps of the sampler's diffusers counterpart built from the model's "
+                             "scheduler config; `edm bench` takes a comma-separated list.")),
     "sigma_min": ("Sampling", ("--sigma-min",), dict(
         type=float, metavar="SIGMA", help="Lowest nonzero noise level.  [default: the model's]")),
     "sigma_max": ("Sampling", ("--sigma-max",), dict(
@@ -322,10 +325,27 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "class_label": ("Seeds and classes", ("--class", "class_label"), dict(
         type=click.IntRange(min=0), metavar="C",
         help="Class of every image (class-conditional models).  [default: drawn from each seed]")),
+    "prompt": ("Text", ("--prompt",), dict(
+        metavar="TEXT", help="Text-to-image models: the prompt of every image.")),
+    "negative_prompt": ("Text", ("--negative-prompt",), dict(
+        metavar="TEXT", help="The negative condition of classifier-free guidance (diffusers' "
+                             "negative_prompt).  [default: the pipeline's: the empty prompt, or zeros for "
+                             "SDXL]")),
+    "prompts": ("Text", ("--prompts",), dict(
+        type=click.Path(dir_okay=False), metavar="FILE",
+        help="Instead of --prompt: one prompt per line; the k-th seed of --seeds gets line k (cycling).")),
+    "width": ("Text", ("--width",), dict(
+        type=click.IntRange(min=1), metavar="PX",
+        help="Image width of a text-to-image model (a multiple of its VAE's factor).  [default: the "
+             "model's]")),
+    "height": ("Text", ("--height",), dict(
+        type=click.IntRange(min=1), metavar="PX",
+        help="Image height of a text-to-image model.  [default: the model's]")),
     "guidance": ("Guidance", ("--guidance",), dict(
         type=float, metavar="W",
         help="Guidance weight w >= 0: classifier-free D + w (D - D_neg), or with --guide-model autoguidance "
-             "D + w (D - D_weak); 0 is none (diffusers' guidance_scale and EDM2's guidance are 1 + w).")),
+             "D + w (D - D_weak); 0 is none (diffusers' guidance_scale and EDM2's guidance are 1 + w, so "
+             "guidance_scale 7.5 is --guidance 6.5).  [default: a text model's pipeline default, else 0]")),
     "negative_class": ("Guidance", ("--negative-class",), dict(
         type=int, metavar="K",
         help="Classifier-free guidance away from class K instead of from the unconditional model.")),
@@ -393,8 +413,7 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
              "tune-schedule and bench's ode metric: float64]")),
 }
 
-_DEFAULTS = {"model": "digits", "trust_pickle": False, "sampler": "heun", "schedule": "karras",
-             "guidance": 0.0}
+_DEFAULTS = {"model": "digits", "trust_pickle": False, "sampler": "heun", "schedule": "karras"}
 
 
 def sampling_options(**defaults: Any) -> Callable:
@@ -432,6 +451,24 @@ def steering(flags: dict[str, Any], command: str | None = None, refused: Sequenc
     from .generate.steering import Steering
 
     return Steering(**given)
+
+
+#: the flags that build a tools.generate.prompts.Prompting
+PROMPT_FLAGS = ("prompt", "negative_prompt", "prompts", "width", "height")
+
+
+def prompting(flags: dict[str, Any], command: str | None = None, refused: bool = False):
+    """Pop the text flags out of a command's ``flags`` into a ``tools.generate.prompts.Prompting`` (None when
+    none is given); ``refused``: ``command`` takes none of them (a usage error names them)."""
+    given = {key: flags.pop(key) for key in PROMPT_FLAGS if key in flags}
+    given = {key: value for key, value in given.items() if value is not None}
+    if given and refused:
+        raise click.UsageError(f"{command} does not take {', '.join(_flag(key) for key in given)}")
+    if not given:
+        return None
+    from .generate.prompts import Prompting
+
+    return Prompting(**given)
 
 
 def report_ignored(model) -> None:

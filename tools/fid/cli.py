@@ -39,6 +39,7 @@ from tools.options import (
     one_sampler,
     option,
     progress_option,
+    prompting,
     report_ignored,
     sampling_options,
     seeds_option,
@@ -233,6 +234,7 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
     if seeds is not None and seed_offset:
         raise click.UsageError("--seed-offset goes with --num, not with --seeds")
     steer = steering(flags)
+    text = prompting(flags)
     nfe, options = one_sampler(sampler, steps, nfe, flags, "edm fid gen")
     seeds = seeds if seeds is not None else list(range(seed_offset, seed_offset + num))
 
@@ -240,8 +242,11 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
         setup = prepare_sampling(model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe,
                                  options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
                                  class_label=class_label, guidance=guidance, device=device,
-                                 dtype=dtype or "float32", trust_pickle=trust_pickle, steering=steer)
+                                 dtype=dtype or "float32", trust_pickle=trust_pickle, steering=steer,
+                                 prompting=text)
         setup.check_seeds(seeds)
+        if setup.prompts is not None:
+            setup.prompts.assign(seeds)
         ranks = _started_ranks(setup.device)
         if ranks.rank == 0:
             report_ignored(setup.model)

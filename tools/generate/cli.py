@@ -16,6 +16,7 @@ from tools.options import (
     command,
     one_sampler,
     option,
+    prompting,
     report_ignored,
     sampling_options,
     seeds_option,
@@ -60,6 +61,8 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
       edm generate --outdir out --unconditional --classifier digits-classifier --class 3
       edm generate --outdir edit --init-image out --strength 0.3 --unconditional    img2img
       edm generate --outdir fill --init-image out/000003.png --mask right.png --class 3
+      edm generate --outdir sd --model diffusers:sd15 --prompt "a red bicycle" --schedule diffusers \
+          --sampler dpmpp_2m --steps 25 --seeds 0-3         Stable Diffusion (guidance: its default 6.5)
       torchrun --standalone --nproc_per_node 4 -m tools.cli generate \\
           --outdir out --seeds 0-49999 --subdirs        one share of the seeds per process
 
@@ -70,6 +73,7 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
     from . import runner as running
 
     steer = steering(flags)
+    text = prompting(flags)
     nfe, options = one_sampler(sampler, steps, nfe, flags, "edm generate")
     with cli_errors():
         plan = planning.prepare(model, seeds, outdir, sampler=sampler, schedule=schedule, steps=steps,
@@ -78,7 +82,8 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
                                 batch=batch,
                                 class_label=class_label, guidance=guidance, subdirs=subdirs, grid=grid,
                                 overwrite=overwrite, device=device, dtype=dtype or "float32",
-                                progress=progress, trust_pickle=trust_pickle, steering=steer)
+                                progress=progress, trust_pickle=trust_pickle, steering=steer,
+                                prompting=text)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         report_ignored(plan.model)

@@ -46,9 +46,10 @@ class Plan(Sampling):
 def prepare(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "karras",
             steps: int | None = None, nfe: int | None = None, options: Mapping[str, Any] | None = None,
             sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-            batch: int = 64, class_label: int | None = None, guidance: float = 0.0, subdirs: bool = False,
+            batch: int = 64, class_label: int | None = None, guidance: float | None = None,
+            subdirs: bool = False,
             grid=None, overwrite: bool = False, device=None, dtype=torch.float32, progress: bool = True,
-            trust_pickle: bool = False, steering: Steering | None = None) -> Plan:
+            trust_pickle: bool = False, steering: Steering | None = None, prompting=None) -> Plan:
     """Check every argument of :func:`tools.generate.generate` and return the job; raises
     :class:`GenerateError`. Nothing is written (see :func:`tools.generate.sampling.prepare_sampling`);
     a folder that holds images made with other settings is refused unless ``overwrite``."""
@@ -60,9 +61,11 @@ def prepare(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "kar
     setup = prepare_sampling(model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options,
                              sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, class_label=class_label,
                              guidance=guidance, device=device, dtype=dtype, trust_pickle=trust_pickle,
-                             steering=steering)
+                             steering=steering, prompting=prompting)
     setup.check_seeds(seeds)
-    shape = tuple(int(s) for s in setup.model.shape)
+    if setup.prompts is not None:
+        setup.prompts.assign(seeds)
+    shape = tuple(int(s) for s in getattr(setup.model, "image_shape", setup.model.shape))
     if len(shape) != 3 or shape[0] not in PNG_MODES:
         raise GenerateError(f"cannot write images of shape {list(shape)} as PNG (need [C, H, W], C in 1..4)",
                             "model")

@@ -45,7 +45,7 @@ class Summary:
 
 def sample_images(plan, seeds: list[int]) -> np.ndarray:
     """uint8 ``[B, H, W, C]`` images of ``seeds`` (one batch)."""
-    return to_uint8(plan.sample(seeds))
+    return to_uint8(plan.images(seeds))
 
 
 def run(plan: Plan) -> Summary:
@@ -74,7 +74,8 @@ def run(plan: Plan) -> Summary:
         ranks.barrier()  # every rank's PNGs are in place
         grid_size = None
         if plan.grid is not None and ranks.rank == 0:
-            grid_size = write_grid([plan.path(s) for s in plan.seeds], plan.grid, plan.model.shape)
+            grid_size = write_grid([plan.path(s) for s in plan.seeds], plan.grid,
+                                   getattr(plan.model, "image_shape", plan.model.shape))
         ranks.barrier()
     finally:
         ranks.close()
@@ -85,9 +86,10 @@ def run(plan: Plan) -> Summary:
 def generate(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "karras",
              steps: int | None = None, nfe: int | None = None, options: Mapping[str, Any] | None = None,
              sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-             batch: int = 64, class_label: int | None = None, guidance: float = 0.0, subdirs: bool = False,
+             batch: int = 64, class_label: int | None = None, guidance: float | None = None,
+            subdirs: bool = False,
              grid=None, overwrite: bool = False, device=None, dtype=torch.float32, progress: bool = True,
-             trust_pickle: bool = False, steering=None) -> Summary:
+             trust_pickle: bool = False, steering=None, prompting=None) -> Summary:
     """Write one PNG per seed of ``model`` into ``outdir``; return what was written.
 
     Args:
@@ -108,9 +110,11 @@ def generate(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "ka
             or float64 for a float64 model). Default device: cuda when available, else cpu.
         steering: a :class:`tools.generate.steering.Steering`: negative class, guidance interval and
             rescale, autoguidance, classifier guidance, thresholding, img2img, inpainting, a corrector.
+        prompting: a :class:`tools.generate.prompts.Prompting`: a text model's prompt(s), negative prompt
+            and image size.
     """
     return run(prepare(model, seeds, outdir, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe,
                        options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, batch=batch,
                        class_label=class_label, guidance=guidance, subdirs=subdirs, grid=grid,
                        overwrite=overwrite, device=device, dtype=dtype, progress=progress,
-                       trust_pickle=trust_pickle, steering=steering))
+                       trust_pickle=trust_pickle, steering=steering, prompting=prompting))

@@ -22,7 +22,8 @@ from tools.common import BadInput, one_line
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 
 from .labels import conditioning
-from .schedule import resolve_steps, schedule_sigmas
+from .prompts import Prompting, Prompts, check_prompting
+from .schedule import DIFFUSERS_SCHEDULE, diffusers_schedule, resize_model, resolve_steps, schedule_sigmas
 from .steering import Steer, Steering, check_steering, load
 
 __all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "load",
@@ -96,24 +97,44 @@ class Sampling:
     dtype: torch.dtype
     steer: Steer = field(repr=False)  # guidance family, thresholding, editing, corrector
     denoiser: Callable = field(default=None, repr=False)  # guided, in the model's dtype
+    prompts: Prompts | None = None  # a text model's prompts (tools.generate.prompts)
+    # The start and end conventions of --schedule diffusers (tools.models.diffusers_schedule.DiffusersPlan):
+    # x starts at start_scale * latent (None: EDM's sigmas[0] * latent) and the result is end_scale * x.
+    start_scale: float | None = None
+    end_scale: float = 1.0
 
     @property
     def state_dtype(self) -> torch.dtype:
         return state_dtype(self.dtype)
 
     def cond(self, seeds: Sequence[int], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        if self.prompts is not None:
+            return self.prompts.cond(seeds, self.device, dtype or self.state_dtype)
         return conditioning(self.steer.num_classes, self.model.shape, seeds, self.class_label, self.device,
                             dtype or self.state_dtype)
 
     def sample(self, seeds: Sequence[int]) -> torch.Tensor:
-        """The samples of ``seeds`` (``[B, C, H, W]``, in the sampler's precision), one batch."""
+        """The samples of ``seeds`` (``[B, C, H, W]``, in the sampler's precision; a latent model's
+        latents), one batch."""
         seeds = list(seeds)
         dtype = self.state_dtype
         latents = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=dtype)  # NVlabs'
-        x, sigmas, denoiser, finish = self.steer.start(self.denoiser, latents, self.sigmas, seeds)
-        return finish(samplers.sample(denoiser, x, sigmas, self.sampler, seeds=seeds, cond=self.cond(seeds),
-                                      langevin=self.steer.corrector, resample=self.steer.resample,
-                                      **self.options))
+        x, sigmas, denoiser, finish = self.steer.start(self.denoiser, latents, self.sigmas, seeds,
+                                                       self.start_scale)
+        out = finish(samplers.sample(denoiser, x, sigmas, self.sampler, seeds=seeds, cond=self.cond(seeds),
+                                     langevin=self.steer.corrector, resample=self.steer.resample,
+                                     **self.options))
+        return out if self.end_scale == 1 else out * self.end_scale
+
+    def images(self, seeds: Sequence[int]) -> torch.Tensor:
+        """The images of ``seeds`` (``[B, C, H, W]`` floats, about [-1, 1]): the samples, decoded by a
+        latent model's autoencoder (in slices, float32)."""
+        out = self.sample(seeds)
+        autoencoder = getattr(self.model, "autoencoder", None)
+        if autoencoder is None:
+            return out
+        with torch.no_grad():
+            return autoencoder.decode(out)
 
     def check_seeds(self, seeds: Sequence[int]) -> None:
         """What a list of seeds needs beyond the setup (an init image per seed) is there; BadInput if not."""
@@ -138,6 +159,10 @@ class Sampling:
             steering["x0_threshold"] = dict(self.steer.threshold)  # also the model's own (diffusers)
         if steering:
             record["steering"] = steering
+        if self.prompts is not None:
+            record["text"] = self.prompts.record()
+        if self.start_scale is not None or self.end_scale != 1:
+            record["start_scale"], record["end_scale"] = self.start_scale, self.end_scale
         return record
 
     def describe(self) -> str:
@@ -149,9 +174,33 @@ class Sampling:
         guidance = f", guidance w={self.guidance:g}" if self.guidance else ""
         steering = self.steer.steering.given()
         guidance += "".join(f", {k.replace('_', '-')} {v}" for k, v in steering.items())
+        if self.prompts is not None:
+            lines = self.prompts.lines
+            text = repr(lines[0]) if len(lines) == 1 else f"{len(lines)} prompts"
+            cls = f", {text}, {self.prompts.width}x{self.prompts.height}"
         return (f"{self.sampler}{options}, {self.steps} steps ({nfe}), {self.schedule} sigma "
                 f"{float(self.sigmas[0]):g}...{float(self.sigmas[-2]):g}{cls}{guidance}, "
                 f"{self.device} {dtype_name(self.dtype)}")
+
+
+def follow_timesteps(denoiser, plan) -> None:
+    """Make the model's preconditioned denoiser call its network at the diffusers scheduler's own
+    timesteps for the plan's sigmas (and interpolate its time map as that scheduler does in between).
+
+    The denoiser is found through the wrappers' ``inner`` / ``denoiser`` attributes; it is changed in place
+    (the model was loaded for this run)."""
+    from edm.precond import Precond
+
+    seen = 0
+    while not isinstance(denoiser, Precond) and seen < 8:
+        denoiser = getattr(denoiser, "inner", None) or getattr(denoiser, "denoiser", None)
+        seen += 1
+    if not isinstance(denoiser, Precond):
+        return
+    steps = len(plan.timesteps)
+    denoiser.pin_times(plan.sigmas[:steps], plan.timesteps)
+    if hasattr(denoiser.scheme, "interpolation"):
+        denoiser.scheme.interpolation = plan.interpolation
 
 
 def sampler_spec(name: str):
@@ -173,15 +222,18 @@ def check_option_names(spec, options: Mapping[str, Any]) -> dict[str, Any]:
 def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", steps: int | None = None,
                      nfe: int | None = None, options: Mapping[str, Any] | None = None,
                      sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-                     class_label: int | None = None, guidance: float = 0.0, device=None, dtype=torch.float32,
-                     trust_pickle: bool = False, steering: Steering | None = None) -> Sampling:
+                     class_label: int | None = None, guidance: float | None = None, device=None,
+                     dtype=torch.float32,
+                     trust_pickle: bool = False, steering: Steering | None = None,
+                     prompting: Prompting | None = None) -> Sampling:
     """Check every sampling argument (see :func:`tools.generate.generate`); raises :class:`BadInput`.
 
     Nothing is written. The model is loaded (when given as a spec), the schedule computed, the sampler
     run once on a 1x1 zero problem (checks its options) and the guided denoiser evaluated once on one
     sample (checks the model, its dtype on this device, the class and the guidance). ``steering``
     (:class:`tools.generate.steering.Steering`) adds the guidance family, thresholding, editing and a
-    corrector, checked against the model.
+    corrector, checked against the model. ``prompting`` (:class:`tools.generate.prompts.Prompting`) gives a
+    text model its prompts and size; ``guidance`` None is a text model's own default weight, else 0.
     """
     spec = sampler_spec(sampler)
     corrector_steps = 0
@@ -192,10 +244,24 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
     dtype = resolve_dtype(dtype)
     options = check_option_names(spec, options or {})
     model = load(model, device, dtype, trust_pickle)
+    model, prompts = check_prompting(prompting, model, resize_model)
+    if guidance is None:  # a text model's own default (its pipeline's guidance_scale - 1), else none
+        default = getattr(model, "default_guidance", None) if prompts is not None else None
+        guidance = 0.0 if default is None else default
     guidance = check_guidance(model, guidance)
     steer = check_steering(steering, model, guidance=guidance, class_label=class_label, device=device,
-                           dtype=dtype, trust_pickle=trust_pickle)
-    sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
+                           dtype=dtype, trust_pickle=trust_pickle, text=prompts is not None)
+    if prompts is not None and guidance:
+        steer.negative = prompts.negative_cond(device, state_dtype(dtype))
+    start_scale, end_scale = None, 1.0
+    if schedule == DIFFUSERS_SCHEDULE:
+        plan = diffusers_schedule(model, spec.name, steps, sigma_min, sigma_max, rho)
+        sigmas, schedule_options = plan.sigmas, {"scheduler": plan.scheduler}
+        start_scale, end_scale = plan.start_scale, plan.end_scale
+        options = {**plan.options, **options}  # the scheduler's solver settings, unless given
+        follow_timesteps(model.denoiser, plan)
+    else:
+        sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
     check_sampler(spec.name, options, sigmas)
     corrector_steps = steer.corrector.steps if steer.corrector is not None else 0
     try:
@@ -206,6 +272,8 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
     setup = Sampling(model=model, sampler=spec.name, options=options, schedule=schedule,
                      schedule_options=schedule_options, sigmas=sigmas, steps=steps, nfe=nfe_per_image,
                      class_label=steer.class_label, guidance=guidance, device=device, dtype=dtype,
-                     denoiser=steer.denoiser(model, dtype), steer=steer)
-    check_denoiser(setup.denoiser, model, float(sigmas[0]), setup.cond([0]), device, dtype)
+                     denoiser=steer.denoiser(model, dtype), steer=steer, prompts=prompts,
+                     start_scale=start_scale, end_scale=end_scale)
+    cond = setup.cond([0]) if prompts is None else prompts.first_cond(device, state_dtype(dtype))
+    check_denoiser(setup.denoiser, model, float(sigmas[0]), cond, device, dtype)
     return setup

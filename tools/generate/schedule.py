@@ -12,9 +12,12 @@ from samplers import schedules
 from tools.common import BadInput, one_line, positive_int
 from tools.schedule_file import ScheduleFileError, file_path, load_schedule
 
-__all__ = ["DEFAULT_STEPS", "resolve_steps", "schedule_sigmas"]
+__all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "diffusers_schedule", "dynamic_shift_mu", "resize_model",
+           "resolve_steps", "schedule_sigmas"]
 
 DEFAULT_STEPS = 18  # EDM's deterministic sampler on CIFAR-10 / FFHQ (35 NFE with heun)
+#: --schedule diffusers: the timesteps (and start/end conventions) of the sampler's diffusers counterpart
+DIFFUSERS_SCHEDULE = "diffusers"
 
 
 def resolve_steps(spec, steps, nfe, options=None, corrector_steps: int = 0) -> tuple[int, int | None]:
@@ -75,3 +78,45 @@ def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None
     except ValueError as e:  # a bad range or option value: a combination of arguments
         raise BadInput(one_line(e)) from None
     return sigmas.to("cpu", torch.float64), options
+
+
+def dynamic_shift_mu(config, latent_shape, patch_size: int = 1) -> float:
+    """Flux / SD3.5's ``mu`` of dynamic shifting: linear in the number of image tokens between
+    (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift) of the scheduler config."""
+    tokens = (int(latent_shape[1]) // patch_size) * (int(latent_shape[2]) // patch_size)
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    return base_shift + slope * (tokens - base_len)
+
+
+def diffusers_schedule(model, sampler: str, steps: int, sigma_min=None, sigma_max=None, rho=None):
+    """The :class:`tools.models.diffusers_schedule.DiffusersPlan` of ``--schedule diffusers``: the sigmas
+    (and start/end conventions) that ``sampler``'s diffusers counterpart, built from the model's own
+    scheduler config, would use for ``steps`` steps. BadInput for a model without a scheduler config, a
+    sampler without a counterpart, or a range given with it."""
+    if sigma_min is not None or sigma_max is not None or rho is not None:
+        raise BadInput("--schedule diffusers takes the scheduler's own sigmas: drop --sigma-min, --sigma-max "
+                       "and --rho", "schedule")
+    info = getattr(model, "info", None) or {}
+    config = info.get("scheduler_config")
+    if not isinstance(config, dict):
+        raise BadInput("--schedule diffusers reproduces a diffusers scheduler: it needs a diffusers:DIR "
+                       "model (this one has no scheduler config)", "schedule")
+    from tools.models.diffusers_schedule import diffusers_plan
+
+    flow = info.get("prediction") == "flow"
+    mu = None
+    if flow and config.get("use_dynamic_shifting"):
+        mu = dynamic_shift_mu(config, model.shape, int(info.get("patch_size", 1)))
+    try:
+        return diffusers_plan(config, sampler, steps, flow=flow, mu=mu)
+    except ValueError as e:
+        raise BadInput(one_line(e), "schedule") from None
+
+
+def resize_model(model, height, width):
+    """A text-to-image model at another image size (``--height`` / ``--width``; None keeps the default)."""
+    from tools.models.pipelines import resized
+
+    return resized(model, height, width)

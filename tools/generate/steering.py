@@ -23,6 +23,7 @@ import torch
 from samplers import guidance as g
 from samplers.editing import Inpainting, img2img_start, img2img_steps, paste
 from samplers.langevin import LangevinCorrector
+from samplers.noise import LATENT_STREAM, stream_seed
 from tools.common import BadInput, one_line
 from tools.device import ModelDtype, state_dtype
 from tools.images import from_uint8, image_path, read_png
@@ -263,6 +264,7 @@ class Steer:
     edit: EditImages | None = None
     corrector: LangevinCorrector | None = None
     resample: tuple[int, int] | None = None
+    autoencoder: Any = None  # a latent model's: init images are encoded, masks downsampled
     drop_labels: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -303,19 +305,51 @@ class Steer:
             return sigmas
         return sigmas[len(sigmas) - 1 - img2img_steps(len(sigmas) - 1, self.edit.strength):]
 
-    def start(self, denoiser: Callable, latents: torch.Tensor, sigmas: torch.Tensor, seeds: Sequence[int]):
+    def start(self, denoiser: Callable, latents: torch.Tensor, sigmas: torch.Tensor, seeds: Sequence[int],
+              start_scale: float | None = None):
         """``(x, sigmas, denoiser, finish)`` of one batch: the start state, the schedule it runs, the
-        denoiser (inpainting wraps it) and what to do with the result (inpainting pastes the kept region)."""
+        denoiser (inpainting wraps it) and what to do with the result (inpainting pastes the kept region).
+
+        The start is ``start_scale * latents`` (default ``sigmas[0]``, EDM's); at ``sigmas[0] = inf`` it
+        is the latents themselves (``samplers.sample``'s convention for a start at infinity)."""
         if self.edit is None:
-            return latents * float(sigmas[0]), sigmas, denoiser, lambda x: x
+            if math.isinf(float(sigmas[0])):
+                return latents, sigmas, denoiser, lambda x: x
+            scale = float(sigmas[0]) if start_scale is None else float(start_scale)
+            return latents * scale, sigmas, denoiser, lambda x: x
         init = self.edit.init_for(seeds, latents.device, latents.dtype)
-        x, run = img2img_start(init, latents, sigmas, self.edit.strength)
         mask = self.edit.mask
+        start = None
+        if self.autoencoder is not None:  # into latent space, as diffusers' img2img / inpaint pipelines
+            posterior, latents = seed_draws(seeds, latents.shape[1:], 2, latents.device, latents.dtype)
+            with torch.no_grad():
+                init = self.autoencoder.encode(init, noise=posterior).to(latents.dtype)
+            if mask is not None:  # nearest-neighbour downsampling, as the pipelines
+                mask = torch.nn.functional.interpolate(mask, size=tuple(latents.shape[2:]))
+            # the pipelines blend the known region in after each step, not before the first
+            start = float(sigmas[0]) if self.edit.strength == 1 else None
+        x, run = img2img_start(init, latents, sigmas, self.edit.strength, start_scale)
         if mask is None:
             return x, run, denoiser, lambda out: out
         mask = mask.to(device=latents.device, dtype=latents.dtype)
-        x = torch.where(mask.bool(), x, init + latents * float(run[0]))  # the kept region starts noised
-        return x, run, Inpainting(denoiser, init, mask, latents), lambda out: paste(out, init, mask)
+        if start is None:
+            x = torch.where(mask.bool(), x, init + latents * float(run[0]))  # the kept region starts noised
+        inpainting = Inpainting(denoiser, init, mask, latents, start=start)
+        return x, run, inpainting, lambda out: paste(out, init, mask)
+
+
+def seed_draws(seeds: Sequence[int], shape: Sequence[int], count: int, device, dtype) -> list[torch.Tensor]:
+    """The first ``count`` float32 standard normal draws of ``shape`` from each seed's latent generator
+    (the one whose first draw is ``samplers.noise.latents``'), each as a ``[B, *shape]`` batch: a diffusers
+    pipeline called with ``torch.Generator().manual_seed(seed)`` draws its VAE posterior sample first and
+    its start noise second."""
+    draws = [[] for _ in range(count)]
+    device = torch.device(device)
+    for seed in seeds:
+        gen = torch.Generator(device=device).manual_seed(stream_seed(int(seed), LATENT_STREAM))
+        for row in draws:
+            row.append(torch.randn((1, *shape), generator=gen, device=device))
+    return [torch.cat(row).to(device=device, dtype=dtype) for row in draws]
 
 
 def _in_dtype(fn: Callable, dtype: torch.dtype) -> Callable:
@@ -323,10 +357,12 @@ def _in_dtype(fn: Callable, dtype: torch.dtype) -> Callable:
 
 
 def check_steering(steering: Steering | None, model, *, guidance: float, class_label: int | None, device,
-                   dtype, trust_pickle: bool = False) -> Steer:
+                   dtype, trust_pickle: bool = False, text: bool = False) -> Steer:
     """``steering`` checked against ``model`` (and the guidance weight and class); BadInput (one line naming
     the flag) for anything that does not fit. Loads the guide model and the classifier. The class is
-    checked here, against the model's classes or, for an unconditional model, the classifier's."""
+    checked here, against the model's classes or, for an unconditional model, the classifier's.
+    ``text``: the model is conditioned on prompts (CFG's negative is then the negative prompt, set by the
+    caller on ``Steer.negative``)."""
     steering = steering or Steering()
     s = steering
     uses_class = bool(model.num_classes) and not s.unconditional
@@ -334,7 +370,7 @@ def check_steering(steering: Steering | None, model, *, guidance: float, class_l
     cfg = bool(guidance) and not autoguided
     _requires(s.guide_model, bool(guidance), "--guide-model", "guides with --guidance W: give a weight W > 0",
               "guide_model")
-    if cfg and not uses_class:
+    if cfg and not uses_class and not text:
         why = "--unconditional takes the class away" if s.unconditional else "this model is unconditional"
         raise BadInput(f"classifier-free guidance needs the model's class, and {why}; --guide-model guides "
                        "without a class", "guidance")
@@ -377,7 +413,8 @@ def check_steering(steering: Steering | None, model, *, guidance: float, class_l
     if autoguided:
         steer.guide = _load_guide(s.guide_model, model, device, dtype, trust_pickle)
     steer.threshold = _threshold(s) if s.threshold is not None else getattr(model, "threshold", None)
-    steer.edit = _load_edit(s, model.shape)
+    steer.edit = _load_edit(s, getattr(model, "image_shape", model.shape))
+    steer.autoencoder = getattr(model, "autoencoder", None)
     if s.corrector is not None:
         if s.corrector not in CORRECTORS:
             raise BadInput(f"unknown corrector {s.corrector!r}; valid: {', '.join(CORRECTORS)}", "corrector")

@@ -57,6 +57,36 @@ def model_record(spec: str, loaded) -> dict[str, Any]:
     }
 
 
+def _guidance(info: Mapping[str, Any]) -> str:
+    scale = info.get("guidance_scale")
+    return "0" if scale is None else f"{float(scale) - 1:g} (guidance_scale {float(scale):g})"
+
+
+def _pipeline_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``edm info`` rows of a text-to-image pipeline: kind, latent and image sizes, encoders, VAE and
+    scheduler."""
+    c, h, w = info.get("latent_shape") or (0, 0, 0)
+    height, width = info.get("size") or info.get("default_size") or (0, 0)
+    vae = info.get("vae") or {}
+    scheduler = info.get("scheduler") or {}
+    rows = [
+        ("pipeline", f"{info['pipeline']} ({info.get('family', '?')})"),
+        ("latent shape", f"{c} x {h} x {w} (the sampler's space; channels x height x width)"),
+        ("image size", f"{width} x {height} (width x height; --width / --height in multiples of "
+                       f"{info.get('size_multiple', vae.get('factor', '?'))})"),
+        ("text encoders", ", ".join(f"{k}: {v}" for k, v in (info.get("encoders") or {}).items())),
+        ("vae", f"{vae.get('class', '?')}, factor {vae.get('factor')}, scaling {vae.get('scaling_factor')}, "
+                f"shift {vae.get('shift_factor')}, force_upcast {vae.get('force_upcast')}"),
+        ("scheduler", str(scheduler.get("class", "?"))),
+    ]
+    if scheduler.get("honoured"):
+        rows.append(("model settings", _compact(scheduler["honoured"])))
+    if scheduler.get("ignored"):
+        rows.append(("loop settings", f"{_compact(scheduler['ignored'])} (used by --schedule diffusers, "
+                                      "which reproduces the scheduler's loop)"))
+    return rows
+
+
 def model_block(record: Mapping[str, Any]) -> str:
     """The readable ``edm info`` block."""
     info = record["info"]
@@ -69,10 +99,16 @@ def model_block(record: Mapping[str, Any]) -> str:
     ]
     if info.get("files"):
         rows.append(("files", ", ".join(str(f) for f in info["files"])))
+    if info.get("pipeline"):
+        rows += _pipeline_rows(info)
+        classes_row = ("conditioning", f"text: {', '.join(info.get('conditions') or [])} (--prompt, "
+                                       f"--negative-prompt; default --guidance {_guidance(info)})")
+    else:
+        rows.append(("image shape", f"{channels} x {height} x {width} (channels x height x width)"))
+        classes_row = ("classes", f"{classes} (class-conditional: --class 0..{classes - 1}, --guidance)"
+                       if classes else "none (unconditional)")
     rows += [
-        ("image shape", f"{channels} x {height} x {width} (channels x height x width)"),
-        ("classes", f"{classes} (class-conditional: --class 0..{classes - 1}, --guidance)" if classes
-         else "none (unconditional)"),
+        classes_row,
         ("sigma range", f"{record['sigma_min']:g} .. {record['sigma_max']:g}"),
         ("sigma table", f"{record['sigma_table']} discrete levels (table schedules: simple, normal, ...)"
          if record["sigma_table"] else "none (continuous sigma)"),
