@@ -20,6 +20,7 @@ from tools.options import (
     option_value,
     parse_list,
     progress_option,
+    prompting,
     sampler_options,
     sampling_options,
     seeds_option,
@@ -103,6 +104,11 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
     time is measured on the fd/time pass (--dtype, all seeds), or on the float64 ode pass when ode is
     the only other metric; results.json says which.
 
+    A text-to-image model (diffusers:DIR of a Stable Diffusion pipeline) takes --prompt or --prompts (the
+    k-th seed gets line k, cycling, as in `edm generate`), --negative-prompt, --width/--height, and
+    --guidance defaults to its pipeline's. fd scores the decoded images (what `edm generate` writes); ode
+    compares latents; time is the sampling alone (text encoding and decoding excluded).
+
     \b
     Examples:
       edm bench --out bench-out --sampler heun,dpmpp_2m,unipc --nfe 5,10,20
@@ -110,12 +116,15 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
       edm bench --out bench-out --metrics fd,time --guidance 1 --guide-model digits-weak
       edm bench --out bench-out --metrics fd,time --sampler euler,heun --nfe 35 --corrector langevin
       edm bench --out bench-out --model runs/ckpt.json --metrics fd --ref stats.npz
+      edm bench --out bench-out --model diffusers:sd15 --prompts prompts.txt --metrics fd,time \\
+          --ref coco-stats.npz --sampler euler,dpmpp_2m --nfe 10,20
     """
     from .runner import DEFAULT_NFE, prepare_bench
 
     if steps is not None:
         raise click.BadParameter("edm bench compares samplers at equal NFE: give budgets with --nfe",
                                  param_hint="'--steps'")
+    text = prompting(flags, "edm bench")
     steer = steering(flags, "edm bench (it compares samplers on generation)",
                      refused=("init_image", "strength", "mask", "resample"))
     names = _sampler_names(sampler)
@@ -128,7 +137,7 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
                               detector_weights=detector_weights, ref=ref, out=out, overwrite=overwrite,
                               progress=progress, trust_pickle=trust_pickle, sigma_min=sigma_min,
                               sigma_max=sigma_max, rho=rho, class_label=class_label, guidance=guidance,
-                              steering=steer)
+                              steering=steer, prompting=text)
         if progress:
             click.echo(f"Benchmarking {bench.describe()}", err=True)
         cells = bench.run()
@@ -192,6 +201,7 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
         if ctx.get_parameter_source("init") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--schedule and --init name the same thing: give one")
         init = schedule
+    prompting(flags, "edm tune-schedule", refused=True)
     steer = steering(flags, "edm tune-schedule (it fits the deterministic ODE solve)",
                      refused=("init_image", "strength", "mask", "resample", "corrector", "corrector_steps",
                               "snr"))

@@ -18,6 +18,7 @@ import torch
 from tools.common import BadInput
 from tools.device import state_dtype
 from tools.generate.labels import conditioning
+from tools.generate.prompts import Prompts
 from tools.generate.sampling import check_denoiser, load
 from tools.models import LoadedModel
 
@@ -33,6 +34,10 @@ class BenchError(BadInput):
 # The model
 
 
+#: the fields of a latent text-to-image LoadedModel kept when one is given as an object
+_LATENT_PARTS = ("info", "autoencoder", "conditioner", "default_guidance")
+
+
 def as_loaded(model, *, shape=None, sigma_min=None, sigma_max=None, sigmas=None,
               name=None) -> LoadedModel | None:
     """``model`` as a LoadedModel: None for a spec (loaded per precision), a plain denoiser wrapped with
@@ -40,11 +45,13 @@ def as_loaded(model, *, shape=None, sigma_min=None, sigma_max=None, sigmas=None,
     if isinstance(model, (str, os.PathLike)):
         return None
     if all(hasattr(model, attr) for attr in ("denoiser", "shape", "num_classes", "sigma_min", "sigma_max")):
+        # a latent / text model's parts come along: its images are decoded, its samples prompted
+        extras = {key: getattr(model, key) for key in _LATENT_PARTS if getattr(model, key, None) is not None}
         return LoadedModel(denoiser=model.denoiser, shape=tuple(model.shape),
                            num_classes=int(model.num_classes), sigma_min=float(model.sigma_min),
                            sigma_max=float(model.sigma_max),
                            sigmas=getattr(model, "sigmas", None), kind=getattr(model, "kind", "custom"),
-                           source=name or getattr(model, "source", type(model).__name__))
+                           source=name or getattr(model, "source", type(model).__name__), **extras)
     if not callable(model):
         raise BenchError(f"model must be a model spec, a LoadedModel or a denoiser callable, got {model!r}",
                          "model")
@@ -66,7 +73,11 @@ def _module_in(denoiser, dtype: torch.dtype):
     tensors = [*denoiser.parameters(), *denoiser.buffers()]
     if all(t.dtype == dtype for t in tensors if t.is_floating_point()):
         return denoiser
-    return copy.deepcopy(denoiser).to(dtype)
+    denoiser = copy.deepcopy(denoiser).to(dtype)
+    for module in denoiser.modules():  # a backbone that casts its input (edm.precond's backbone_dtype)
+        if isinstance(getattr(module, "backbone_dtype", None), torch.dtype):
+            module.backbone_dtype = dtype
+    return denoiser
 
 
 def load_spec(model, dtype: torch.dtype, device: torch.device, trust_pickle: bool = False) -> LoadedModel:
@@ -99,20 +110,32 @@ class Conditioning:
     """The keyword arguments of the denoiser calls for samples ``start:stop``, in a given dtype.
 
     A class-conditional model gets the class labels ``edm generate`` draws from each seed (or
-    ``class_label`` for every sample), so benchmark samples are the images it writes. A plain denoiser
-    gets ``extra``: tensors whose first dimension is the number of samples are per sample (sliced),
-    anything else is passed to every call.
+    ``class_label`` for every sample), so benchmark samples are the images it writes. A text model gets
+    its prompts' conditioning (``prompts``: :class:`tools.generate.prompts.Prompts` by the state dtype of
+    the pass, each encoded by the model loaded for that pass; the k-th seed gets prompt k, as in
+    ``edm generate``). A plain denoiser gets ``extra``: tensors whose first dimension is the number of
+    samples are per sample (sliced), anything else is passed to every call.
     """
 
     def __init__(self, model: LoadedModel, seeds: Sequence[int], device: torch.device,
                  extra: Mapping[str, Any] | None = None, class_label: int | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, prompts: Mapping[torch.dtype, Prompts] | None = None):
         self.num_classes = model.num_classes if num_classes is None else num_classes  # a classifier's too
         if extra and self.num_classes:
             raise BenchError("cond= is for plain denoisers; a class-conditional model gets the class labels "
                              "edm generate draws", "cond")
+        if extra and prompts:
+            raise BenchError("cond= is for plain denoisers; a text model gets its prompts' conditioning",
+                             "cond")
         self.model, self.seeds, self.device, self.extra = model, list(seeds), device, dict(extra or {})
         self.class_label = class_label
+        self.prompts = dict(prompts or {})
+        for text in self.prompts.values():
+            text.assign(self.seeds)  # the k-th seed gets prompt line k, whatever the batch
+
+    def _text(self, dtype: torch.dtype) -> Prompts:
+        """The prompts of the pass whose samples are in ``dtype`` (the first one's for any other)."""
+        return self.prompts.get(dtype) or next(iter(self.prompts.values()))
 
     def _part(self, value, start: int, stop: int, dtype: torch.dtype):
         if not isinstance(value, torch.Tensor):
@@ -122,6 +145,8 @@ class Conditioning:
         return value.to(self.device, dtype) if value.is_floating_point() else value.to(self.device)
 
     def __call__(self, start: int, stop: int, dtype: torch.dtype) -> dict[str, Any]:
+        if self.prompts:
+            return self._text(dtype).cond(self.seeds[start:stop], self.device, dtype)
         if self.num_classes:
             return conditioning(self.num_classes, self.model.shape, self.seeds[start:stop], self.class_label,
                                 self.device, dtype)

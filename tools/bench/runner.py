@@ -25,8 +25,9 @@ import torch
 import samplers
 from tools.common import BadInput, check_writable_dir, one_line, positive_int
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
+from tools.generate.prompts import Prompting, check_prompting
 from tools.generate.sampling import check_guidance, check_sampler
-from tools.generate.schedule import schedule_sigmas
+from tools.generate.schedule import DIFFUSERS_SCHEDULE, resize_model, schedule_sigmas
 from tools.generate.steering import check_steering
 from tools.images import to_uint8
 from tools.seeds import format_seeds, parse_seeds
@@ -103,6 +104,11 @@ class Bench:
         sizes = [(len({getattr(cell, axis) for cell in self.cells}), axis) for axis in axes]
         grid = " x ".join(f"{n} {axis}{'s' if n > 1 else ''}" for n, axis in sizes)
         dtype = str(self.dtype).removeprefix("torch.")
+        text = self.settings.get("text")
+        if text:
+            lines = text["prompts"]
+            grid += f", {lines[0]!r}" if len(lines) == 1 else f", {len(lines)} prompts"
+            grid += f" at {text['width']}x{text['height']}"
         return (f"{len(self.cells)} cells ({grid}), {', '.join(self.metrics)} on {len(self.seeds)} samples, "
                 f"{self.device} {dtype}" + (f" -> {self.out}" if self.out else ""))
 
@@ -210,12 +216,24 @@ class Bench:
         lands_on_zero = self.traits[cell.sampler].lands_on_zero
         return self._references(cell.sigmas if lands_on_zero else cell.sigmas[:-1])
 
+    def _images(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images of the samples, batch by batch: a latent model's latents decoded by its autoencoder
+        (float32, about [-1, 1]), as ``edm generate`` writes them; anything else as it is."""
+        autoencoder = getattr(self.models[self.dtype], "autoencoder", None)
+        for x in batches:
+            if autoencoder is None:
+                yield x
+            else:
+                with torch.no_grad():
+                    yield autoencoder.decode(x)
+
     def _fd(self, batches: Iterator[torch.Tensor]) -> float:
-        """The cell's FD through the FID library's ``score``, with the detector and reference loaded once."""
+        """The cell's FD (in pixel space: a latent model's samples decoded first) through the FID library's
+        ``score``, with the detector and reference loaded once."""
         from tools.fid import score
 
         detector, mu_ref, sigma_ref = self.fd
-        images = (torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2) for x in batches)  # NCHW uint8
+        images = (torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2) for x in self._images(batches))  # uint8
         result = score(images, (mu_ref, sigma_ref), ("fd",), detector=detector, device=self.device,
                        batch=self.batch)
         return result[f"fd_{detector.name}"]
@@ -304,10 +322,23 @@ def _schedules(value: str | Sequence[str], model, steps: int, rho: float | None 
     schedules = {name: functools.partial(_sigmas, model, name, rho) for name in _names(value)}
     if not schedules:
         raise BenchError("no schedule given", "schedules")
+    if DIFFUSERS_SCHEDULE in schedules:
+        raise BenchError(f"edm bench does not take --schedule {DIFFUSERS_SCHEDULE} (its sigmas, start and "
+                         "end follow each sampler's diffusers counterpart); compare samplers on a shared "
+                         "schedule such as karras", "schedules")
     for schedule in schedules.values():
         with _bench_errors("schedules"):
             schedule(steps)
     return schedules
+
+
+def _prompted(raw: Mapping[torch.dtype, Any], prompting: Prompting | None) -> tuple[dict, dict]:
+    """Each pass's model at the asked size and its checked prompts (None for a model without text), as
+    ``edm generate`` checks them (BadInput naming the flag: a text model without a prompt, a prompt given to
+    a model without text, a size the model cannot take)."""
+    checked = {p: check_prompting(prompting, model, resize_model) for p, model in raw.items()}
+    return ({p: model for p, (model, _) in checked.items()},
+            {p: prompts for p, (_, prompts) in checked.items()})
 
 
 def _time_label(metrics: Sequence[str], dtype: torch.dtype) -> str | None:
@@ -316,6 +347,10 @@ def _time_label(metrics: Sequence[str], dtype: torch.dtype) -> str | None:
     if _time_on(metrics) == "ode":
         return "the ode pass: the first ode_num seeds, float64"
     return f"the sampling pass: all seeds, {str(dtype).removeprefix('torch.')}"
+
+
+#: settings beyond tools.bench.resume's that must match too: a text model's prompts and image size
+_SAME_TOO = ("text", "image_shape")
 
 
 def _resume(out: Path | None, settings: dict[str, Any], overwrite: bool) -> tuple[list, dict[str, Any]]:
@@ -327,6 +362,8 @@ def _resume(out: Path | None, settings: dict[str, Any], overwrite: bool) -> tupl
     if not old and not cells:
         return [], settings
     differences = conflicts(old, settings)
+    differences += [f"{key}: {old.get(key)!r} there, {settings.get(key)!r} here" for key in _SAME_TOO
+                    if old.get(key) != settings.get(key)]
     if differences:
         raise BenchError(f"{out} holds a benchmark with other settings ({'; '.join(differences)}); "
                          "use another --out or --overwrite", "out")
@@ -342,7 +379,7 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
                   overwrite: bool = False, progress: bool = False, shape=None, sigma_min=None, sigma_max=None,
                   sigmas=None, cond: Mapping[str, Any] | None = None, name: str | None = None,
                   trust_pickle: bool = False, rho: float | None = None, class_label: int | None = None,
-                  guidance: float = 0.0, steering=None) -> Bench:
+                  guidance: float | None = None, steering=None, prompting: Prompting | None = None) -> Bench:
     """Check every argument of :func:`run_bench` and plan its cells; raises :class:`BenchError`."""
     with _bench_errors("metrics"):
         metrics = parse_metrics(metrics)
@@ -363,12 +400,22 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     precisions = _precisions(metrics, dtype)
     raw = {p: loaded if loaded is not None else load_spec(model, p, device, trust_pickle) for p in precisions}
     with _bench_errors():
+        # a text model at the asked size, with its prompts (each pass encodes with its own model)
+        raw, prompts = _prompted(raw, prompting)
+        text = prompts[precisions[0]]
+        if guidance is None:  # a text model's own default (its pipeline's guidance_scale - 1), else none
+            default = getattr(raw[precisions[0]], "default_guidance", None) if text is not None else None
+            guidance = 0.0 if default is None else default
         guidance = check_guidance(raw[precisions[0]], guidance)
         if steering is not None and (steering.init_image is not None or steering.mask is not None):
             raise BenchError("edm bench compares samplers on generation: it takes no --init-image/--mask",
                              "init_image")
         steers = {p: check_steering(steering, raw[p], guidance=guidance, class_label=class_label,
-                                    device=device, dtype=p, trust_pickle=trust_pickle) for p in precisions}
+                                    device=device, dtype=p, trust_pickle=trust_pickle, text=text is not None)
+                  for p in precisions}
+    for p in precisions:  # CFG's negative is the negative prompt, as in edm generate
+        if prompts[p] is not None and guidance:
+            steers[p].negative = prompts[p].negative_cond(device, state_dtype(p))
     precise = {p: in_precision(raw[p], p) for p in precisions}
     models = {p: replace(precise[p], denoiser=steers[p].denoiser(precise[p], p)) for p in precisions}
     steer = steers[precisions[0]]
@@ -380,14 +427,15 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     base = replace(base, sigma_min=base.sigma_min if sigma_min is None else float(sigma_min),
                    sigma_max=base.sigma_max if sigma_max is None else float(sigma_max))
     schedule_fns = _schedules(schedules, base, budgets[0], rho)
-    conditioning = Conditioning(base, seeds, device, cond, class_label, steer.num_classes)
+    conditioning = Conditioning(base, seeds, device, cond, class_label, steer.num_classes,
+                                prompts={state_dtype(p): prompts[p] for p in precisions if text is not None})
     fd = detector_name = ref_name = None
     if "fd" in metrics:
         if ref is None and not is_digits(model, base):
             raise BenchError("the fd metric needs a reference (--ref): statistics .npz or a set of images",
                              "ref")
         ref = "digits" if ref is None else ref
-        detector_fn, mu, sigma, ref_name = fd_reference(ref, base.shape, detector=detector,
+        detector_fn, mu, sigma, ref_name = fd_reference(ref, base.image_shape, detector=detector,
                                                         detector_weights=detector_weights, device=device,
                                                         batch=batch)
         if ref == "digits":  # the shipped statistics by name, not by this install's path: results resume
@@ -405,6 +453,10 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     }
     if steering is not None and steering.given():
         settings["steering"] = steering.given()
+    if text is not None:  # results with other prompts, or at another size, are not mixed on resume
+        settings["text"] = text.record()
+    if base.autoencoder is not None:  # fd's images are the decoded latents
+        settings["image_shape"] = list(base.image_shape)
     previous, settings = _resume(out, settings, overwrite)
     traits = {s: sampler_traits(s, options.get(s)) for s in sampler_names}
     corrector_steps = steer.corrector.steps if steer.corrector is not None else 0
@@ -435,6 +487,10 @@ def run_bench(model, **kwargs) -> list[dict[str, Any]]:
             time per sample and the denoiser's share of it, on the fd/time pass in ``dtype``, or on the ode
             pass when ``ode`` is the only other metric).
         num, seeds: the samples: seeds ``0..num-1`` (default 64), or a seed list such as ``"0-99"``.
+        prompting: a text-to-image model's prompts, negative prompt and size
+            (:class:`tools.generate.prompts.Prompting`, as ``edm generate`` takes it): the k-th seed gets
+            prompt k (cycling), CFG's negative is the negative prompt, ``guidance`` None is the pipeline's
+            default; fd scores the decoded images, ode compares latents.
         options: per-sampler option overrides, e.g. ``{"restart": {"s_noise": 1.0}}``.
         batch, device, dtype: as for ``edm generate`` (default: cuda when available, float32).
         out: a folder for ``results.csv``/``.json``/``.md`` and plots; a previous run there with the same
