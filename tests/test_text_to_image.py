@@ -192,3 +192,53 @@ def test_editing_matches_the_img2img_and_inpaint_pipelines(pipelines, tmp_path, 
                         schedule="diffusers", steps=STEPS, guidance=W, device="cpu",
                         prompting=Prompting(prompt=PROMPT, negative_prompt=NEGATIVE))
         assert (plain.images(seeds) / 2 + 0.5 - ours).abs().max().item() > 1e-2
+
+
+def _in_float64(scheduler, sigmas: torch.Tensor, flow: bool):
+    """The scheduler with its tables in float64 after each ``set_timesteps``: diffusers keeps
+    ``alphas_cumprod`` and its sigmas in float32 whatever the model's dtype (its step's coefficients then
+    carry float32 round-off, ~1e-8 on these images); the sigmas are the plan's, exact in float64."""
+    original = scheduler.set_timesteps
+
+    def set_timesteps(*args, **kwargs):
+        original(*args, **kwargs)
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
+        if hasattr(scheduler, "final_alpha_cumprod"):
+            scheduler.final_alpha_cumprod = torch.as_tensor(scheduler.final_alpha_cumprod).double()
+        if hasattr(scheduler, "sigmas") and not isinstance(scheduler, diffusers.DDIMScheduler):
+            scheduler.sigmas = sigmas / (1 + sigmas) if flow else sigmas.clone()  # flow: t
+
+    scheduler.set_timesteps = set_timesteps
+    return scheduler
+
+
+@pytest.mark.parametrize("name,sampler", [("sd1", "ddim"), ("sd2v", "unipc"), ("sd3", "unipc")])
+def test_float64_through_the_python_api(pipelines, name, sampler):
+    """In float64, where the scheduler's step keeps float64 (DDIM, UniPC; Euler and DPM-Solver cast the
+    sample to float32 in every step) and with its float32 tables made float64, the same seeds give the
+    pipeline's images to 1e-8. The pipeline draws float64 noise itself when run in float64, so it is
+    handed our latents: the seed's float32 draw, cast (what `edm generate` samples from in every
+    precision)."""
+    from samplers.noise import latents as seed_latents
+    from tools.generate.plan import prepare
+    from tools.generate.prompts import Prompting
+
+    pipe, path = pipelines(name)
+    seeds = [0, 1]
+    plan = prepare(f"diffusers:{path}", seeds, path / "unused", sampler=sampler, schedule="diffusers",
+                   steps=STEPS, guidance=W, device="cpu", dtype="float64",
+                   prompting=Prompting(prompt=PROMPT, negative_prompt=NEGATIVE))
+    ours = (plan.images(seeds) / 2 + 0.5).clamp(0, 1)
+    pipe64 = type(pipe)(**pipe.components).to(dtype=torch.float64)
+    pipe64.set_progress_bar_config(disable=True)
+    pipe64.scheduler = _in_float64(counterpart(pipe, name, sampler), plan.sigmas, flow=name == "sd3")
+    theirs = []
+    for seed in seeds:
+        latents = seed_latents([seed], plan.model.shape, dtype=torch.float64)
+        with torch.no_grad():
+            theirs.append(pipe64(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
+                                 guidance_scale=1 + W, latents=latents, output_type="pt").images[0])
+    pipe.to(dtype=torch.float32)  # the components are shared with the float32 fixture
+    assert ours.dtype == torch.float64
+    error = (ours - torch.stack(theirs)).abs().max().item()
+    assert error <= 1e-8

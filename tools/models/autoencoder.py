@@ -55,6 +55,11 @@ class VAE(nn.Module):
         vae.eval().requires_grad_(False)
 
     @property
+    def out_dtype(self) -> torch.dtype:
+        """float32, or float64 for a float64 VAE (images and latents are never half precision)."""
+        return torch.float64 if self.run_dtype == torch.float64 else torch.float32
+
+    @property
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
@@ -76,7 +81,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def encode(self, images: Tensor, noise: Tensor | None = None) -> Tensor:
         """``(mean - shift) * scale``, or ``(mean + std * noise - shift) * scale``: with ``noise`` diffusers'
-        ``randn_tensor(mean.shape, generator=g)``, this is ``latent_dist.sample(g)``. Float32 out."""
+        ``randn_tensor(mean.shape, generator=g)``, this is ``latent_dist.sample(g)``. Float32 out (float64 for
+        a float64 VAE)."""
         if images.ndim != 4:
             raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
         out = []
@@ -85,18 +91,19 @@ class VAE(nn.Module):
             z = dist.mean
             if noise is not None:
                 z = z + dist.std * noise[part].to(z.device, z.dtype)
-            out.append((z.float() - self.shift_factor) * self.scaling_factor)
+            out.append((z.to(self.out_dtype) - self.shift_factor) * self.scaling_factor)
         return torch.cat(out).to(images.device)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """``vae.decode(latents / scale + shift).sample`` in float32, unclamped."""
+        """``vae.decode(latents / scale + shift).sample``, unclamped, in float32 (float64 for a float64
+        VAE)."""
         if latents.ndim != 4:
             raise ValueError(f"latents must be [B, C, h, w], got shape {list(latents.shape)}")
         out = []
         for part in self._slices(latents.shape[0]):
-            z = latents[part].to(self.device, torch.float32) / self.scaling_factor + self.shift_factor
-            out.append(self.vae.decode(z.to(self.run_dtype), return_dict=False)[0].float())
+            z = latents[part].to(self.device, self.out_dtype) / self.scaling_factor + self.shift_factor
+            out.append(self.vae.decode(z.to(self.run_dtype), return_dict=False)[0].to(self.out_dtype))
         return torch.cat(out).to(latents.device)
 
     def extra_repr(self) -> str:
