@@ -221,11 +221,9 @@ class Bench:
         (float32, about [-1, 1]), as ``edm generate`` writes them; anything else as it is."""
         autoencoder = getattr(self.models[self.dtype], "autoencoder", None)
         for x in batches:
-            if autoencoder is None:
-                yield x
-            else:
-                with torch.no_grad():
-                    yield autoencoder.decode(x)
+            # decode() runs without gradients itself: a `with torch.no_grad()` around this yield would
+            # leave gradients off in the caller while the generator is suspended
+            yield x if autoencoder is None else autoencoder.decode(x)
 
     def _fd(self, batches: Iterator[torch.Tensor]) -> float:
         """The cell's FD (in pixel space: a latent model's samples decoded first) through the FID library's
