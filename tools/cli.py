@@ -228,6 +228,10 @@ def schedules_command(names: tuple[str, ...], as_json: bool) -> None:
       table    "yes": picks levels from a discrete-time model's sigma table
                (passed as sigmas=)
       range    whether sigma_min and sigma_max are required or optional
+
+    Besides these, --schedule file:PATH runs a schedule written by `edm tune-schedule`, and
+    --schedule diffusers (diffusers:DIR models) the timesteps of the sampler's diffusers counterpart
+    built from the model's own scheduler config.
     """
     from samplers import schedules
 
