@@ -150,3 +150,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(sd, tmp_path, case):
     assert len(lines) == 1 and expected in lines[0], result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_object_reused_after_a_diffusers_plan_samples_as_a_fresh_one(sd, tmp_path):
+    """--schedule diffusers pins the network's timesteps on the loaded model; a later setup with another
+    schedule on the same object must not keep them."""
+    from tools.generate.prompts import Prompting
+    from tools.generate.sampling import prepare_sampling
+    from tools.models import load_model
+
+    text = Prompting(prompt=LINES[0])
+    reused = load_model(f"diffusers:{sd}")
+    prepare_sampling(reused, sampler="dpmpp_2m", schedule="diffusers", steps=4, prompting=text, device="cpu")
+    again = prepare_sampling(reused, sampler="heun", schedule="karras", steps=3, prompting=text, device="cpu")
+    fresh = prepare_sampling(f"diffusers:{sd}", sampler="heun", schedule="karras", steps=3, prompting=text,
+                             device="cpu")
+    assert again.sample([0]).equal(fresh.sample([0]))

@@ -185,10 +185,11 @@ class Sampling:
 
 def follow_timesteps(denoiser, plan) -> None:
     """Make the model's preconditioned denoiser call its network at the diffusers scheduler's own
-    timesteps for the plan's sigmas (and interpolate its time map as that scheduler does in between).
+    timesteps for the plan's sigmas (and interpolate its time map as that scheduler does in between);
+    ``plan`` None undoes it.
 
-    The denoiser is found through the wrappers' ``inner`` / ``denoiser`` attributes; it is changed in place
-    (the model was loaded for this run)."""
+    The denoiser is found through the wrappers' ``inner`` / ``denoiser`` attributes and changed in place:
+    a model object given to two setups samples as the later one says (one run at a time)."""
     from edm.precond import Precond
 
     seen = 0
@@ -197,10 +198,14 @@ def follow_timesteps(denoiser, plan) -> None:
         seen += 1
     if not isinstance(denoiser, Precond):
         return
-    steps = len(plan.timesteps)
-    denoiser.pin_times(plan.sigmas[:steps], plan.timesteps)
-    if hasattr(denoiser.scheme, "interpolation"):
-        denoiser.scheme.interpolation = plan.interpolation
+    scheme = denoiser.scheme
+    if hasattr(scheme, "interpolation"):
+        loaded = scheme.__dict__.setdefault("loaded_interpolation", scheme.interpolation)
+        scheme.interpolation = loaded if plan is None else plan.interpolation
+    if plan is None:
+        denoiser.pin_times(None, None)
+    else:
+        denoiser.pin_times(plan.sigmas[:len(plan.timesteps)], plan.timesteps)
 
 
 def sampler_spec(name: str):
@@ -261,6 +266,7 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
         options = {**plan.options, **options}  # the scheduler's solver settings, unless given
         follow_timesteps(model.denoiser, plan)
     else:
+        follow_timesteps(model.denoiser, None)  # a model object that ran a diffusers plan before
         sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
     check_sampler(spec.name, options, sigmas)
     corrector_steps = steer.corrector.steps if steer.corrector is not None else 0
