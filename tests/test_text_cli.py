@@ -153,16 +153,24 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(sd, tmp_path, case):
 
 
 def test_a_model_object_reused_after_a_diffusers_plan_samples_as_a_fresh_one(sd, tmp_path):
-    """--schedule diffusers pins the network's timesteps on the loaded model; a later setup with another
-    schedule on the same object must not keep them."""
+    """--schedule diffusers pins the network's timesteps (and, for Karras sigmas, a log-sigma time map) on
+    the loaded model; a later setup with another schedule on the same object must not keep them."""
+    import shutil
+
     from tools.generate.prompts import Prompting
     from tools.generate.sampling import prepare_sampling
     from tools.models import load_model
 
+    karras = tmp_path / "karras"
+    shutil.copytree(sd, karras)
+    config_path = karras / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "_class_name": "EulerDiscreteScheduler",
+                                       "use_karras_sigmas": True}))
     text = Prompting(prompt=LINES[0])
-    reused = load_model(f"diffusers:{sd}")
-    prepare_sampling(reused, sampler="dpmpp_2m", schedule="diffusers", steps=4, prompting=text, device="cpu")
+    reused = load_model(f"diffusers:{karras}")
+    prepare_sampling(reused, sampler="euler", schedule="diffusers", steps=4, prompting=text, device="cpu")
     again = prepare_sampling(reused, sampler="heun", schedule="karras", steps=3, prompting=text, device="cpu")
-    fresh = prepare_sampling(f"diffusers:{sd}", sampler="heun", schedule="karras", steps=3, prompting=text,
-                             device="cpu")
+    fresh = prepare_sampling(f"diffusers:{karras}", sampler="heun", schedule="karras", steps=3,
+                             prompting=text, device="cpu")
     assert again.sample([0]).equal(fresh.sample([0]))
