@@ -184,3 +184,16 @@ def build_sd3(path, shift: float = 3.0, t5: bool = False):
         text_encoder_2=_text_encoder(True), tokenizer_2=tiny_tokenizer(pad_token="!"),
         text_encoder_3=_t5_encoder(96) if t5 else None, tokenizer_3=tiny_t5_tokenizer() if t5 else None)
     return _save(pipe, path)
+
+
+def random_unet2d(size: int, channels: int, num_class_embeds: int | None = None):
+    """A tiny seeded pixel-space ``UNet2DModel`` (the ``diffusers:DIR`` model of the interop tests)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+        block_out_channels=(32, 64), norm_num_groups=8, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=num_class_embeds,
+    ).eval()

@@ -17,6 +17,7 @@ import json
 import math
 import re
 
+import pipelines_tiny
 import pytest
 import torch
 from click.testing import CliRunner
@@ -39,12 +40,7 @@ BETA_END = 0.005
 
 
 def random_unet() -> diffusers.UNet2DModel:
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=SIZE, in_channels=CHANNELS, out_channels=CHANNELS, layers_per_block=1,
-        block_out_channels=(32, 64), norm_num_groups=8, attention_head_dim=8,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    ).eval()
+    return pipelines_tiny.random_unet2d(SIZE, CHANNELS)
 
 
 def save(path, scheduler) -> diffusers.UNet2DModel:

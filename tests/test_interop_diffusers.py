@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import pipelines_tiny
 import pytest
 import torch
 
@@ -21,13 +22,7 @@ SIZE, CHANNELS, BATCH, STEPS = 8, 2, 2, 10
 
 
 def random_unet(num_class_embeds=None) -> diffusers.UNet2DModel:
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=SIZE, in_channels=CHANNELS, out_channels=CHANNELS, layers_per_block=1,
-        block_out_channels=(32, 64), norm_num_groups=8, attention_head_dim=8,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        num_class_embeds=num_class_embeds,
-    ).eval()
+    return pipelines_tiny.random_unet2d(SIZE, CHANNELS, num_class_embeds)
 
 
 def save(tmp_path, prediction_type="epsilon", layout="pipeline", num_class_embeds=None):
