@@ -174,3 +174,15 @@ def test_a_model_object_reused_after_a_diffusers_plan_samples_as_a_fresh_one(sd,
     fresh = prepare_sampling(f"diffusers:{karras}", sampler="heun", schedule="karras", steps=3,
                              prompting=text, device="cpu")
     assert again.sample([0]).equal(fresh.sample([0]))
+
+
+def test_a_prompt_the_encoder_truncates_is_warned_about(sd, tmp_path):
+    long = "a very long prompt " * 6  # the tiny tokenizer spells words out: far over 77 tokens
+    result = ok("--model", f"diffusers:{sd}", "--prompt", long, "--seeds", 0, "--outdir", tmp_path / "o",
+                *COMMON)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "truncated" in warnings[0], result.stderr
+    assert (tmp_path / "o" / "000000.png").is_file()
+    quiet = ok("--model", f"diffusers:{sd}", "--prompt", LINES[0], "--seeds", 0, "--outdir", tmp_path / "q",
+               *COMMON)
+    assert "truncated" not in quiet.stderr

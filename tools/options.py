@@ -471,11 +471,18 @@ def prompting(flags: dict[str, Any], command: str | None = None, refused: bool =
     return Prompting(**given)
 
 
-def report_ignored(model) -> None:
-    """One warning line naming each setting of the model's files that the loader does not honour."""
+def report_ignored(model, prompts=None) -> None:
+    """One warning line naming each setting of the model's files that the loader does not honour, and one
+    for prompts the text encoders truncate (``prompts``: a ``tools.generate.prompts.Prompts``)."""
     ignored = getattr(model, "ignored", None) or []
     if ignored:
         click.echo(f"warning: not honoured: {'; '.join(ignored)}", err=True)
+    cut = prompts.truncated() if prompts is not None else []
+    if cut:
+        shown = "; ".join(repr(text[:60] + ("..." if len(text) > 60 else "")) for text in cut[:3])
+        more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+        click.echo(f"warning: {len(cut)} prompt(s) longer than the text encoder takes are truncated, as "
+                   f"diffusers does: {shown}{more}", err=True)
 
 
 

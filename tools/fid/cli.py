@@ -249,7 +249,7 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
             setup.prompts.assign(seeds)
         ranks = _started_ranks(setup.device)
         if ranks.rank == 0:
-            report_ignored(setup.model)
+            report_ignored(setup.model, setup.prompts)
         with ranks, cli_errors(setup.device, batch):
             mine = ranks.share(seeds)
             batches = (sample_images(setup, mine[start:start + batch]) for start in range(0, len(mine),

@@ -86,7 +86,7 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
                                 prompting=text)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
-        report_ignored(plan.model)
+        report_ignored(plan.model, plan.prompts)
     if progress and rank0:
         click.echo(f"Generating {plan.describe()}", err=True)
     with cli_errors(plan.device, plan.batch):

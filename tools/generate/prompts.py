@@ -106,6 +106,12 @@ class Prompts:
         dimension of 1 that guidance broadcasts over the batch."""
         return self._encode((self.negative,), device, dtype)
 
+    def truncated(self) -> list[str]:
+        """The prompts (and negative prompt) the model's tokenizers cut short, as diffusers does."""
+        check = getattr(self.conditioner, "truncated", None)
+        texts = [*self.lines, *([self.negative] if self.negative else [])]
+        return [] if check is None else [text for text in dict.fromkeys(texts) if check(text)]
+
     def record(self) -> dict[str, Any]:
         record: dict[str, Any] = {"prompts": list(self.lines), "height": self.height, "width": self.width}
         if self.negative is not None:
