@@ -25,7 +25,7 @@ import torch
 import samplers
 from tools.common import BadInput, check_writable_dir, one_line, positive_int
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
-from tools.generate.prompts import Prompting, check_prompting
+from tools.generate.prompts import Prompting, check_prompting, guidance_or_default
 from tools.generate.sampling import check_guidance, check_sampler
 from tools.generate.schedule import DIFFUSERS_SCHEDULE, resize_model, schedule_sigmas
 from tools.generate.steering import check_steering
@@ -401,19 +401,13 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
         # a text model at the asked size, with its prompts (each pass encodes with its own model)
         raw, prompts = _prompted(raw, prompting)
         text = prompts[precisions[0]]
-        if guidance is None:  # a text model's own default (its pipeline's guidance_scale - 1), else none
-            default = getattr(raw[precisions[0]], "default_guidance", None) if text is not None else None
-            guidance = 0.0 if default is None else default
-        guidance = check_guidance(raw[precisions[0]], guidance)
+        guidance = check_guidance(raw[precisions[0]], guidance_or_default(guidance, raw[precisions[0]], text))
         if steering is not None and (steering.init_image is not None or steering.mask is not None):
             raise BenchError("edm bench compares samplers on generation: it takes no --init-image/--mask",
                              "init_image")
         steers = {p: check_steering(steering, raw[p], guidance=guidance, class_label=class_label,
-                                    device=device, dtype=p, trust_pickle=trust_pickle, text=text is not None)
+                                    device=device, dtype=p, trust_pickle=trust_pickle, prompts=prompts[p])
                   for p in precisions}
-    for p in precisions:  # CFG's negative is the negative prompt, as in edm generate
-        if prompts[p] is not None and guidance:
-            steers[p].negative = prompts[p].negative_cond(device, state_dtype(p))
     precise = {p: in_precision(raw[p], p) for p in precisions}
     models = {p: replace(precise[p], denoiser=steers[p].denoiser(precise[p], p)) for p in precisions}
     steer = steers[precisions[0]]

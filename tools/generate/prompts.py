@@ -23,7 +23,7 @@ import torch
 
 from tools.common import BadInput, one_line
 
-__all__ = ["Prompting", "Prompts", "check_prompting", "read_prompts"]
+__all__ = ["Prompting", "Prompts", "check_prompting", "guidance_or_default", "read_prompts"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,12 @@ def check_prompting(prompting: Prompting | None, model, resize) -> tuple[Any, Pr
     c, h, w = model.image_shape
     return model, Prompts(lines=lines, negative=p.negative_prompt, height=int(h), width=int(w),
                           conditioner=conditioner)
+
+
+def guidance_or_default(guidance, model, prompts: Prompts | None):
+    """``guidance`` as given; None is a text model's own default (its pipeline's guidance_scale - 1), and
+    0 (no guidance) for any other model."""
+    if guidance is not None:
+        return guidance
+    default = getattr(model, "default_guidance", None) if prompts is not None else None
+    return 0.0 if default is None else default

@@ -22,7 +22,7 @@ from tools.common import BadInput, one_line
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 
 from .labels import conditioning
-from .prompts import Prompting, Prompts, check_prompting
+from .prompts import Prompting, Prompts, check_prompting, guidance_or_default
 from .schedule import DIFFUSERS_SCHEDULE, diffusers_schedule, resize_model, resolve_steps, schedule_sigmas
 from .steering import Steer, Steering, check_steering, load
 
@@ -250,14 +250,9 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
     options = check_option_names(spec, options or {})
     model = load(model, device, dtype, trust_pickle)
     model, prompts = check_prompting(prompting, model, resize_model)
-    if guidance is None:  # a text model's own default (its pipeline's guidance_scale - 1), else none
-        default = getattr(model, "default_guidance", None) if prompts is not None else None
-        guidance = 0.0 if default is None else default
-    guidance = check_guidance(model, guidance)
+    guidance = check_guidance(model, guidance_or_default(guidance, model, prompts))
     steer = check_steering(steering, model, guidance=guidance, class_label=class_label, device=device,
-                           dtype=dtype, trust_pickle=trust_pickle, text=prompts is not None)
-    if prompts is not None and guidance:
-        steer.negative = prompts.negative_cond(device, state_dtype(dtype))
+                           dtype=dtype, trust_pickle=trust_pickle, prompts=prompts)
     start_scale, end_scale = None, 1.0
     if schedule == DIFFUSERS_SCHEDULE:
         plan = diffusers_schedule(model, spec.name, steps, sigma_min, sigma_max, rho)

@@ -12,7 +12,7 @@ from samplers import schedules
 from tools.common import BadInput, one_line, positive_int
 from tools.schedule_file import ScheduleFileError, file_path, load_schedule
 
-__all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "diffusers_schedule", "dynamic_shift_mu", "resize_model",
+__all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "diffusers_schedule", "resize_model",
            "resolve_steps", "schedule_sigmas"]
 
 DEFAULT_STEPS = 18  # EDM's deterministic sampler on CIFAR-10 / FFHQ (35 NFE with heun)
@@ -80,16 +80,6 @@ def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None
     return sigmas.to("cpu", torch.float64), options
 
 
-def dynamic_shift_mu(config, latent_shape, patch_size: int = 1) -> float:
-    """Flux / SD3.5's ``mu`` of dynamic shifting: linear in the number of image tokens between
-    (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift) of the scheduler config."""
-    tokens = (int(latent_shape[1]) // patch_size) * (int(latent_shape[2]) // patch_size)
-    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-    slope = (max_shift - base_shift) / (max_len - base_len)
-    return base_shift + slope * (tokens - base_len)
-
-
 def diffusers_schedule(model, sampler: str, steps: int, sigma_min=None, sigma_max=None, rho=None):
     """The :class:`tools.models.diffusers_schedule.DiffusersPlan` of ``--schedule diffusers``: the sigmas
     (and start/end conventions) that ``sampler``'s diffusers counterpart, built from the model's own
@@ -104,6 +94,7 @@ def diffusers_schedule(model, sampler: str, steps: int, sigma_min=None, sigma_ma
         raise BadInput("--schedule diffusers reproduces a diffusers scheduler: it needs a diffusers:DIR "
                        "model (this one has no scheduler config)", "schedule")
     from tools.models.diffusers_schedule import diffusers_plan
+    from tools.models.pipelines import dynamic_shift_mu
 
     flow = info.get("prediction") == "flow"
     mu = None

@@ -357,12 +357,13 @@ def _in_dtype(fn: Callable, dtype: torch.dtype) -> Callable:
 
 
 def check_steering(steering: Steering | None, model, *, guidance: float, class_label: int | None, device,
-                   dtype, trust_pickle: bool = False, text: bool = False) -> Steer:
+                   dtype, trust_pickle: bool = False, prompts=None) -> Steer:
     """``steering`` checked against ``model`` (and the guidance weight and class); BadInput (one line naming
     the flag) for anything that does not fit. Loads the guide model and the classifier. The class is
     checked here, against the model's classes or, for an unconditional model, the classifier's.
-    ``text``: the model is conditioned on prompts (CFG's negative is then the negative prompt, set by the
-    caller on ``Steer.negative``)."""
+    ``prompts`` (:class:`tools.generate.prompts.Prompts`): the model is conditioned on text, and CFG's
+    negative condition is the negative prompt."""
+    text = prompts is not None
     steering = steering or Steering()
     s = steering
     uses_class = bool(model.num_classes) and not s.unconditional
@@ -399,6 +400,8 @@ def check_steering(steering: Steering | None, model, *, guidance: float, class_l
     if classifier is not None:
         steer.classifier_scale = (DEFAULT_CLASSIFIER_SCALE if s.classifier_scale is None else
                                   _number(s.classifier_scale, "classifier scale", "classifier_scale", 0))
+    if text and cfg:
+        steer.negative = prompts.negative_cond(device, state_dtype(dtype))
     if s.negative_class is not None:
         k = s.negative_class
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < model.num_classes:

@@ -33,7 +33,7 @@ from .base import LoadedModel, ModelError, parameter_count
 from .diffusers import DIFFUSERS_PREDICTIONS, PREFIX, read_json, scheduler_of, x0_thresholding
 
 __all__ = ["PIPELINES", "PipelineDenoiser", "SD3Backbone", "UNetBackbone", "claims", "claims_pipeline",
-           "load", "load_pipeline", "resized"]
+           "dynamic_shift_mu", "load", "load_pipeline", "resized"]
 
 INDEX = "model_index.json"
 
@@ -288,17 +288,24 @@ def _scheduler_settings(config: dict, kind: str, not_honoured: list[str]) -> dic
     return {"class": config.get("_class_name"), "honoured": honoured, "ignored": ignored}
 
 
+def dynamic_shift_mu(config, latent_shape, patch_size: int = 1) -> float:
+    """Flux / SD3.5's ``mu`` of dynamic shifting (diffusers' ``calculate_shift``): linear in the number of
+    image tokens between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift) of the
+    scheduler config, with FlowMatchEulerDiscreteScheduler's defaults for missing keys."""
+    tokens = (int(latent_shape[1]) // patch_size) * (int(latent_shape[2]) // patch_size)
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    return base_shift + slope * (tokens - base_len)
+
+
 def _flow_shift(settings: dict, latent_shape, patch: int) -> float:
     """The shift the SD3 pipeline samples ``latent_shape`` with: the config's ``shift``, or with
-    ``use_dynamic_shifting`` diffusers' ``calculate_shift`` of the image's token count as
-    ``sigma' = e^mu sigma`` (``time_shift_type="linear"``: ``sigma' = mu sigma``)."""
+    ``use_dynamic_shifting`` :func:`dynamic_shift_mu` of the image's token count as ``sigma' = e^mu sigma``
+    (``time_shift_type="linear"``: ``sigma' = mu sigma``)."""
     if not settings.get("use_dynamic_shifting"):
         return float(settings.get("shift", 1.0))
-    tokens = (int(latent_shape[1]) // patch) * (int(latent_shape[2]) // patch)
-    base_len, max_len = settings.get("base_image_seq_len", 256), settings.get("max_image_seq_len", 4096)
-    base_shift, max_shift = settings.get("base_shift", 0.5), settings.get("max_shift", 1.16)
-    slope = (max_shift - base_shift) / (max_len - base_len)
-    mu = base_shift + slope * (tokens - base_len)
+    mu = dynamic_shift_mu(settings, latent_shape, patch)
     return float(mu) if settings.get("time_shift_type") == "linear" else math.exp(mu)
 
 
