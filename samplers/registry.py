@@ -207,8 +207,12 @@ def list() -> builtins.list[str]:  # noqa: A001 - public name fixed by the API
     return _REGISTRY.names()
 
 
-def get(name: str) -> SamplerSpec:
-    """The spec of sampler ``name``; ValueError naming the valid ones otherwise."""
+def get(name) -> SamplerSpec:
+    """The spec of sampler ``name``; ValueError naming the valid ones otherwise. A solver object with a
+    ``spec`` (``samplers.fitted.LinearSolver``) is its own entry."""
+    spec = name if isinstance(name, SamplerSpec) else getattr(name, "spec", None)
+    if isinstance(spec, SamplerSpec):
+        return spec
     return _REGISTRY[name]
 
 

@@ -245,13 +245,14 @@ def schedules_command(names: tuple[str, ...], as_json: bool) -> None:
 def _register_commands() -> None:
     # Each command lives beside the library it fronts; importing them is cheap (torch loads when one runs).
     from .bench.cli import bench, tune_schedule
+    from .bench.solver_cli import tune_solver
     from .fid.cli import fid
     from .generate.cli import generate
     from .models.cli import info
     from .train_classifier_cli import train_classifier
     from .train_cli import train
 
-    for command in (bench, fid, generate, info, train, train_classifier, tune_schedule):
+    for command in (bench, fid, generate, info, train, train_classifier, tune_schedule, tune_solver):
         main.add_command(command)
 
 

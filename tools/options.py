@@ -270,7 +270,22 @@ def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str
         nfe = None if nfe is None else one_of(nfe, "NFE budget", "nfe", command)
     except BadInput as e:
         raise usage_error(e) from None
-    return nfe, sampler_options([sampler], flags)[sampler]
+    from tools.generate.solvers import special_sampler
+
+    kind = special_sampler(sampler)
+    if kind is None:
+        return nfe, sampler_options([sampler], flags)[sampler]
+    given = [_flag(key[len(SAMPLER_OPTION_PREFIX):]) for key, value in flags.items()
+             if key.startswith(SAMPLER_OPTION_PREFIX) and value is not None]
+    what = "a fitted solver (--sampler file:PATH)" if kind == "file" else "--sampler auto"
+    if given:
+        raise click.UsageError(f"{what} takes no sampler options (got {', '.join(given)})")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and "schedule" in ctx.params and (
+            ctx.get_parameter_source("schedule") is not click.core.ParameterSource.DEFAULT):
+        raise click.BadParameter(f"{what} picks its own noise levels: drop --schedule",
+                                 param_hint="'--schedule'")
+    return nfe, {}
 
 
 def option_value(text: str):

@@ -24,6 +24,15 @@ from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from .labels import conditioning
 from .prompts import Prompting, Prompts, check_prompting, guidance_or_default
 from .schedule import DIFFUSERS_SCHEDULE, diffusers_schedule, resize_model, resolve_steps, schedule_sigmas
+from .solvers import (
+    AUTO,
+    FITTED_SCHEDULE,
+    auto_pick,
+    check_fitted_model,
+    fitted_guidance,
+    read_fitted,
+    special_sampler,
+)
 from .steering import Steer, Steering, check_steering, load
 
 __all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "load",
@@ -102,6 +111,10 @@ class Sampling:
     # x starts at start_scale * latent (None: EDM's sigmas[0] * latent) and the result is end_scale * x.
     start_scale: float | None = None
     end_scale: float = 1.0
+    # What samplers.sample runs: the registered name, or a fitted solver (--sampler file:PATH, whose path
+    # is ``sampler``); ``auto``: where --sampler auto's pick came from.
+    solver: Any = None
+    auto: dict[str, Any] | None = None
 
     @property
     def state_dtype(self) -> torch.dtype:
@@ -121,9 +134,9 @@ class Sampling:
         latents = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=dtype)  # NVlabs'
         x, sigmas, denoiser, finish = self.steer.start(self.denoiser, latents, self.sigmas, seeds,
                                                        self.start_scale)
-        out = finish(samplers.sample(denoiser, x, sigmas, self.sampler, seeds=seeds, cond=self.cond(seeds),
-                                     langevin=self.steer.corrector, resample=self.steer.resample,
-                                     **self.options))
+        out = finish(samplers.sample(denoiser, x, sigmas, self.solver or self.sampler, seeds=seeds,
+                                     cond=self.cond(seeds), langevin=self.steer.corrector,
+                                     resample=self.steer.resample, **self.options))
         return out if self.end_scale == 1 else out * self.end_scale
 
     def images(self, seeds: Sequence[int]) -> torch.Tensor:
@@ -163,6 +176,13 @@ class Sampling:
             record["text"] = self.prompts.record()
         if self.start_scale is not None or self.end_scale != 1:
             record["start_scale"], record["end_scale"] = self.start_scale, self.end_scale
+        if self.auto is not None:
+            record["auto"] = dict(self.auto)
+        if not isinstance(self.solver, str | None):
+            record["weights"] = self.solver.weights.tolist()
+            record["afs"] = self.solver.afs
+            if self.solver.model_sigmas is not None:
+                record["model_sigmas"] = self.solver.model_sigmas.tolist()
         return record
 
     def describe(self) -> str:
@@ -240,21 +260,44 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
     corrector, checked against the model. ``prompting`` (:class:`tools.generate.prompts.Prompting`) gives a
     text model its prompts and size; ``guidance`` None is a text model's own default weight, else 0.
     """
-    spec = sampler_spec(sampler)
+    kind = special_sampler(sampler)
     corrector_steps = 0
     if steering is not None and steering.corrector is not None:
         corrector_steps = 1 if steering.corrector_steps is None else steering.corrector_steps
-    steps, _ = resolve_steps(spec, steps, nfe, options or {}, corrector_steps)
+    fitted = pick = None
+    if kind == "file":
+        fitted = read_fitted(sampler, steps=steps, nfe=nfe, options=options)
+        spec, steps, options = fitted.solver.spec, fitted.solver.levels, {}
+    elif kind is None:
+        spec = sampler_spec(sampler)
+        steps, _ = resolve_steps(spec, steps, nfe, options or {}, corrector_steps)
+        options = check_option_names(spec, options or {})
+    elif options or steps is not None:
+        raise BadInput("--sampler auto picks the sampler, its options and the steps for an NFE budget: give "
+                       "--nfe alone", "sampler")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
-    options = check_option_names(spec, options or {})
     model = load(model, device, dtype, trust_pickle)
+    if fitted is not None:
+        check_fitted_model(fitted, model)
+        guidance = fitted_guidance(fitted, guidance)
+    if kind == AUTO:
+        pick = auto_pick(model, nfe)
+        spec, schedule, options = sampler_spec(pick.sampler), pick.schedule, dict(pick.options)
+        steps, _ = resolve_steps(spec, None, nfe, options, corrector_steps)
     model, prompts = check_prompting(prompting, model, resize_model)
     guidance = check_guidance(model, guidance_or_default(guidance, model, prompts))
     steer = check_steering(steering, model, guidance=guidance, class_label=class_label, device=device,
                            dtype=dtype, trust_pickle=trust_pickle, prompts=prompts)
     start_scale, end_scale = None, 1.0
-    if schedule == DIFFUSERS_SCHEDULE:
+    runs = spec.name if fitted is None else fitted.solver  # what samplers.sample is given
+    if fitted is not None:
+        if schedule == DIFFUSERS_SCHEDULE or any(v is not None for v in (sigma_min, sigma_max, rho)):
+            raise BadInput("a fitted solver brings its own noise levels: drop --schedule, --sigma-min, "
+                           "--sigma-max and --rho", "schedule")
+        follow_timesteps(model.denoiser, None)
+        sigmas, schedule, schedule_options = fitted.solver.sigmas.clone(), FITTED_SCHEDULE, {}
+    elif schedule == DIFFUSERS_SCHEDULE:
         plan = diffusers_schedule(model, spec.name, steps, sigma_min, sigma_max, rho)
         sigmas, schedule_options = plan.sigmas, {"scheduler": plan.scheduler}
         start_scale, end_scale = plan.start_scale, plan.end_scale
@@ -263,14 +306,15 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
     else:
         follow_timesteps(model.denoiser, None)  # a model object that ran a diffusers plan before
         sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
-    check_sampler(spec.name, options, sigmas)
+    check_sampler(runs, options, sigmas)
     corrector_steps = steer.corrector.steps if steer.corrector is not None else 0
     try:
-        nfe_per_image = nfe_on(spec.name, steer.run_sigmas(sigmas), corrector_steps=corrector_steps,
+        nfe_per_image = nfe_on(runs, steer.run_sigmas(sigmas), corrector_steps=corrector_steps,
                                resample=steer.resample, **options)  # exact, img2img's shorter run included
     except ValueError as e:  # restart cannot take a corrector or resampling
         raise BadInput(one_line(e), "corrector" if corrector_steps else "resample") from None
-    setup = Sampling(model=model, sampler=spec.name, options=options, schedule=schedule,
+    setup = Sampling(model=model, sampler=spec.name if fitted is None else fitted.name, solver=runs,
+                     auto=None if pick is None else dict(pick.__dict__), options=options, schedule=schedule,
                      schedule_options=schedule_options, sigmas=sigmas, steps=steps, nfe=nfe_per_image,
                      class_label=steer.class_label, guidance=guidance, device=device, dtype=dtype,
                      denoiser=steer.denoiser(model, dtype), steer=steer, prompts=prompts,

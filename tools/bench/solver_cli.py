@@ -1,0 +1,122 @@
+"""The ``edm tune-solver`` command: a thin layer over ``tools.bench.tune_solver`` (``tools.cli`` registers
+it). torch loads when the command runs."""
+
+from __future__ import annotations
+
+import click
+
+from tools.common import BadInput, check_writable_file, one_line
+from tools.options import (
+    cli_errors,
+    command,
+    option,
+    progress_option,
+    prompting,
+    sampling_options,
+    seeds_option,
+    steering,
+    usage_error,
+)
+
+__all__ = ["tune_solver"]
+
+
+@command("tune-solver")
+@sampling_options(sampler=None, schedule=None)
+@seeds_option(None, "Calibration seeds instead of --num's, e.g. 5000-5063.")
+@option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Calibration images: seeds 1000000 to 1000000+N-1, apart from the usual evaluation seeds.  "
+             "[default: 64]")
+@option("Seeds and classes", "--heldout", type=click.IntRange(min=0), default=64, show_default=True,
+        metavar="N", help="Held-out images to judge the fit on: seeds 2000000 to 2000000+N-1 (0: none).")
+@option("Sampling", "--iterations", type=click.IntRange(min=0), default=None, metavar="N",
+        help="Gradient steps of the fit, each one solver run (forward and backward) on the calibration "
+             "batch.  [default: 200]")
+@option("Output", "--out", required=True, type=click.Path(dir_okay=False), metavar="FILE.json",
+        help="Where the solver file goes (written atomically; its folder is created).")
+@progress_option
+def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
+                guidance, device, dtype, seeds, num, heldout, iterations, out, progress, **flags):
+    """Fit a few-step solver to a model at an NFE budget: its noise levels and multistep weights.
+
+    The fit minimises the distance of the solver's samples to the model's own probability-flow ODE
+    solution from the same noise (solved near-exactly; no data needed) on a calibration batch, starting
+    from the best registered sampler x schedule at that budget (or --sampler / --schedule), and is never
+    worse than that start there. It reports the error on held-out seeds too. Class-conditional models
+    are fitted with the seeds' classes (or --class), guided sampling with its --guidance: a solver is
+    sampled with the guidance it was fitted with. The file is read back by `--sampler file:FILE.json`
+    (in edm generate, edm fid gen and edm bench), for this model only.
+
+    \b
+    Examples:
+      edm tune-solver --model digits --nfe 5 --out digits-5.json
+      edm generate --outdir out --sampler file:digits-5.json --seeds 0-63
+    """
+    import torch
+
+    from tools.generate.sampling import prepare_sampling
+    from tools.solver_file import fingerprint, save_solver
+
+    from .tune import calibration_seeds
+    from .tune_solver import DEFAULT_ITERATIONS, heldout_seeds
+    from .tune_solver import tune_solver as fit
+
+    if nfe is None or steps is not None:
+        raise click.UsageError("give the budget to fit for as --nfe N (a fitted solver takes exactly N "
+                               "calls)")
+    if len(nfe) != 1:
+        raise click.BadParameter("give one budget", param_hint="'--nfe'")
+    nfe = nfe[0]
+    if seeds is not None and num is not None:
+        raise click.UsageError("--seeds and --num are mutually exclusive: give one")
+    if rho is not None:
+        raise click.BadParameter("a fitted solver chooses its own levels; --schedule names the start",
+                                 param_hint="'--rho'")
+    prompting(flags, "edm tune-solver", refused=True)
+    steer = steering(flags, "edm tune-solver (it fits the deterministic ODE solve)",
+                     refused=("init_image", "strength", "mask", "resample", "corrector", "corrector_steps",
+                              "snr"))
+    given = [key for key, value in flags.items() if value is not None]
+    if given:
+        raise click.UsageError("edm tune-solver fits a solver of its own: it takes no sampler options")
+    seeds = seeds if seeds is not None else calibration_seeds(num or 64)
+    try:
+        out_path = check_writable_file(out, "out", example="solver.json")
+    except BadInput as e:
+        raise usage_error(e) from None
+    with cli_errors():
+        setup = prepare_sampling(model, sampler="euler", schedule="karras", nfe=nfe, sigma_min=sigma_min,
+                                 sigma_max=sigma_max, class_label=class_label, guidance=guidance,
+                                 device=device, dtype=dtype or "float32", trust_pickle=trust_pickle,
+                                 steering=steer)
+    loaded = setup.model
+    bottom = float(setup.sigmas[-2])
+    top = float(setup.sigmas[0])
+    held = heldout_seeds(heldout) if heldout else []
+    log = (lambda text: click.echo(text, err=True)) if progress else None
+    if progress:
+        click.echo(f"Fitting a {nfe}-NFE solver for {model} ({len(seeds)} calibration seeds, "
+                   f"{len(held)} held out), sigma {top:g}...{bottom:g}", err=True)
+    try:
+        result = fit(setup.denoiser, nfe, shape=loaded.shape, sigma_min=bottom, sigma_max=top, seeds=seeds,
+                     heldout=held, cond=setup.cond, init=sampler, schedule=schedule,
+                     iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+                     device=setup.device, dtype=setup.state_dtype, progress=progress, log=log)
+    except ValueError as e:  # a start that is not a linear solver of this budget, a bad schedule
+        raise click.UsageError(one_line(e)) from None
+    record = {"model": str(model), "model_fingerprint": fingerprint(loaded.denoiser),
+              "guidance": setup.guidance,
+              "class": class_label if class_label is not None else (
+                  "random per seed" if loaded.num_classes else None),
+              **({"steering": steer.given()} if steer is not None else {}),
+              "fit": result.metadata()}
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        save_solver(out_path, result.solver, **record)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out_path}: {e.strerror or e}") from None
+    heldout_text = "" if result.heldout_error is None else (
+        f"; held-out {result.heldout_init_error:.4g} -> {result.heldout_error:.4g}")
+    click.echo(f"{nfe}-NFE solver: calibration ODE error {result.init_error:.4g} ({result.start}) -> "
+               f"{result.error:.4g} ({result.improvement:.2f}x lower){heldout_text}; saved {out_path}")
+    _ = torch

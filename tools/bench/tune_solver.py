@@ -1,0 +1,356 @@
+"""Solver fitting: the noise levels and multistep weights of a few-step solver, fitted to one model.
+
+``tune_solver`` fits a :class:`samplers.fitted.LinearSolver` of exactly ``nfe`` denoiser calls so that
+its final sample lands as close as it can to the model's own probability-flow ODE solution from the
+same start noise (the teacher, ``tools.bench.ode``: no data needed). The design and the papers behind
+it are in bench/results/few_step.md; in short, S4S-Alt's space (levels and weights) fitted LD3-style
+(backpropagation through the whole few-step solve):
+
+1. Start: every registered deterministic sampler that is a point of the space (``from_sampler``) on a
+   few schedule families, at exactly ``nfe`` calls, is run once on the calibration batch; the best is
+   the start. The fit keeps the best solver it has seen, the start included, so it is never worse
+   than the start on the calibration batch.
+2. Fit: Adam on log(calibration MSE) over (a) the levels, as softmax shares of the log-sigma range
+   with the first level fixed at sigma_max and a slack share below the last, so every parameter value
+   is a valid decreasing schedule ending at or above sigma_min, and (b) zero-sum changes to each row
+   of the start's weights, so whatever the start solves exactly (a denoiser constant along the way)
+   the fit still solves exactly. An L2 penalty on those changes pulls toward the start.
+3. Judge: the start and the fit on held-out seeds (disjoint from calibration and from the evaluation
+   seeds 0, 1, ...), against their own teacher solutions.
+
+The denoiser must be differentiable in ``x`` and ``sigma`` (any torch model is); its parameters are
+frozen during the fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import samplers
+from samplers import schedules
+from samplers.fitted import LinearSolver, from_sampler, multistep
+from tools.device import resolve_device
+
+from .ode import ReferenceCache, rms_error
+from .tune import _positive, _progress_bar, _seeds, _threads_for
+
+__all__ = ["HELDOUT_SEED", "SolverFit", "heldout_seeds", "start_candidates", "tune_solver"]
+
+# Held-out seeds start here: apart from the calibration seeds (1 000 000 on) and the evaluation seeds.
+HELDOUT_SEED = 2_000_000
+# The schedule families a start is looked for on (each on the model's sigma range).
+START_SCHEDULES = ("karras", "exponential", "polyexponential", "kl_optimal")
+DEFAULT_ITERATIONS = 200
+DEFAULT_LEARNING_RATE = 0.05
+DEFAULT_PENALTY = 1e-3
+# A level share never starts below this fraction of the log-sigma range (the softmax of log 0 is stuck).
+MIN_SHARE = 1e-3
+# The teacher's tolerance: near-exact in float64; in float32 the model's own rounding sets the floor.
+TEACHER_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-6}
+
+
+def heldout_seeds(num: int) -> list[int]:
+    """``num`` held-out seeds from HELDOUT_SEED on."""
+    return list(range(HELDOUT_SEED, HELDOUT_SEED + num))
+
+
+@dataclass
+class SolverFit:
+    """A fitted solver and how it was found; ``solver.metadata`` holds :meth:`metadata` once saved."""
+
+    solver: LinearSolver
+    start: str  # "sampler / schedule" of the start
+    start_solver: LinearSolver
+    candidates: dict[str, float]  # every start tried -> its calibration RMS
+    init_error: float  # calibration RMS of the start
+    error: float  # calibration RMS of the fit (<= init_error)
+    heldout_init_error: float | None
+    heldout_error: float | None
+    iterations: int
+    seeds: list[int]
+    heldout: list[int]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nfe(self) -> int:
+        return self.solver.nfe
+
+    @property
+    def improvement(self) -> float:
+        return self.init_error / self.error if self.error > 0 else math.inf
+
+    def metadata(self) -> dict[str, Any]:
+        """What the solver file records about the fit (JSON data)."""
+        from tools.seeds import format_seeds
+
+        return {"nfe": self.nfe, "start": self.start, "init_error": self.init_error, "error": self.error,
+                "heldout_init_error": self.heldout_init_error, "heldout_error": self.heldout_error,
+                "iterations": self.iterations, "seeds": format_seeds(self.seeds),
+                "heldout_seeds": format_seeds(self.heldout) if self.heldout else "", **self.settings}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Starts
+
+
+def _levels_on(name: str, steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    sigmas = schedules.get(name)(steps, sigma_min, sigma_max).to(torch.float64)
+    sigmas[0], sigmas[-2] = sigma_max, sigma_min
+    return sigmas
+
+
+def start_candidates(nfe: int, sigma_min: float, sigma_max: float,
+                     schedule_names: Sequence[str] = START_SCHEDULES) -> dict[str, LinearSolver]:
+    """Every registered sampler (default options) x schedule that is a linear solver of exactly ``nfe``
+    calls over ``sigma_min..sigma_max``, by ``"sampler / schedule"``."""
+    found = {}
+    for sampler in samplers.list():
+        spec = samplers.get(sampler)
+        if spec.stochastic or spec.adaptive:
+            continue
+        try:
+            steps = samplers.steps_for_nfe(sampler, nfe)
+        except ValueError:
+            continue
+        for name in schedule_names:
+            try:
+                solver = from_sampler(sampler, _levels_on(name, steps, sigma_min, sigma_max))
+            except ValueError:
+                continue
+            if solver.nfe == nfe:
+                found[f"{sampler} / {name}"] = solver
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------
+# The parametrisation
+
+
+class Parametrisation:
+    """Levels and weights from unconstrained tensors (see the module docstring, step 2)."""
+
+    def __init__(self, start: LinearSolver, sigma_min: float):
+        self.start, self.afs = start, start.afs
+        levels = start.sigmas[:-1]
+        self.top = float(levels[0])
+        self.log_range = math.log(self.top / sigma_min)
+        log_levels = levels.log()
+        pieces = torch.cat([log_levels[:-1] - log_levels[1:], (log_levels[-1:] - math.log(sigma_min))])
+        shares = (pieces / self.log_range).clamp_min(MIN_SHARE)
+        self.logits0 = shares.log()
+        count = len(levels)
+        mask = torch.tril(torch.ones(count, count, dtype=torch.float64))
+        if self.afs:
+            mask[0] = 0  # the step from the analytical D_0 = 0 has nothing to weigh
+            mask[:, 0] = 0
+        self.mask = mask
+        self.free = mask.sum(1).clamp_min(1)
+
+    def levels(self, logits: torch.Tensor) -> torch.Tensor:
+        shares = torch.softmax(logits, 0)
+        drops = torch.cumsum(shares[:-1], 0) * self.log_range
+        top = logits.new_tensor([self.top])
+        return torch.cat([top, self.top * torch.exp(-drops)])
+
+    def change(self, delta: torch.Tensor) -> torch.Tensor:
+        """Zero-sum (per row) changes on the free weights."""
+        masked = delta * self.mask
+        return (masked - (masked.sum(1, keepdim=True) / self.free[:, None])) * self.mask
+
+    def weights(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.start.weights + self.change(delta)
+
+    def model_levels(self, levels: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The levels the model is told: each state's level times e^shift."""
+        return levels * torch.exp(shift)
+
+    def solver(self, logits, delta, shift, **kwargs) -> LinearSolver:
+        levels = self.levels(logits.detach())
+        told = self.model_levels(levels, shift.detach()) if bool(shift.any()) else None
+        return LinearSolver(torch.cat([levels, levels.new_zeros(1)]), self.weights(delta.detach()),
+                            afs=self.afs, model_sigmas=told, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fit
+
+
+@contextlib.contextmanager
+def _frozen(denoiser):
+    """The denoiser's parameters without gradients during the fit (only x and sigma need them)."""
+    params = [p for p in getattr(denoiser, "parameters", lambda: [])() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class Batch:
+    """One batch of seeds: its start noise, conditioning and teacher solution (computed once)."""
+
+    def __init__(self, denoiser, seeds, shape, cond, sigma_min, sigma_max, device, dtype):
+        self.denoiser, self.seeds, self.cond = denoiser, list(seeds), dict(cond)
+        latents = samplers.noise.latents(self.seeds, tuple(shape), device=device, dtype=torch.float64)
+        self.x = (latents * sigma_max).to(dtype)
+        self.latents = latents
+        self.ends = torch.tensor([sigma_max, sigma_min, 0.0], dtype=torch.float64)
+        self.dtype = dtype
+        self._teacher = None
+
+    def teacher(self) -> torch.Tensor:
+        if self._teacher is None:
+            dtype, denoiser = self.dtype, self.denoiser
+
+            def in_dtype(x, sigma, **cond):  # the ODE solver works in float64; the model in its own dtype
+                return denoiser(x.to(dtype), sigma.to(dtype), **cond).to(torch.float64)
+
+            tolerance = TEACHER_TOLERANCE.get(dtype, 1e-6)
+            cache = ReferenceCache(in_dtype, self.latents, self.cond, rtol=tolerance, atol=tolerance)
+            self._teacher = cache(self.ends)
+        return self._teacher
+
+    def run(self, levels, weights, afs, model_levels=None) -> torch.Tensor:
+        count = self.x.shape[0]
+
+        def model(x, sigma):
+            sigma = sigma if torch.is_tensor(sigma) else torch.tensor(sigma, dtype=x.dtype, device=x.device)
+            return self.denoiser(x, sigma.to(x.dtype).expand(count), **self.cond).to(x.dtype)
+
+        return multistep(model, self.x, levels, weights, afs=afs, model_levels=model_levels)
+
+    def error(self, solver: LinearSolver) -> float:
+        with torch.no_grad():
+            on = dict(device=self.x.device, dtype=self.dtype)
+            told = None if solver.model_sigmas is None else solver.model_sigmas.to(**on)
+            out = self.run(solver.sigmas[:-1].to(**on), solver.weights.to(**on), solver.afs, told)
+        error = rms_error(out, self.teacher())
+        return error if math.isfinite(error) else math.inf
+
+
+def _cond_for(cond, seeds, device, dtype) -> dict:
+    value = cond(seeds) if callable(cond) else cond
+    return {k: v.to(device=device, dtype=dtype) if torch.is_tensor(v) and v.is_floating_point()
+            else (v.to(device) if torch.is_tensor(v) else v) for k, v in dict(value or {}).items()}
+
+
+def _fit(batch: Batch, param: Parametrisation, iterations: int, learning_rate: float, penalty: float,
+         shift: bool, bar) -> tuple[LinearSolver, float]:
+    """Adam on log MSE + penalty; the best solver seen (by calibration RMS) and its RMS."""
+    device, dtype = batch.x.device, batch.dtype
+    teacher = batch.teacher().to(dtype)
+    logits = param.logits0.clone().to(device, torch.float64).requires_grad_(True)
+    delta = torch.zeros_like(param.start.weights, device=device).requires_grad_(True)
+    shifts = torch.zeros(len(param.logits0), dtype=torch.float64, device=device, requires_grad=shift)
+    optimiser = torch.optim.Adam([logits, delta, *([shifts] if shift else [])], lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(iterations, 1),
+                                                           eta_min=learning_rate / 20)
+    start_weights = param.start.weights.to(device)
+    best, best_error = None, math.inf
+    for _ in range(iterations):
+        levels = param.levels(logits)
+        change = param.change(delta)
+        told = param.model_levels(levels, shifts).to(dtype) if shift else None
+        out = batch.run(levels.to(dtype), (start_weights + change).to(dtype), param.afs, told)
+        mse = (out - teacher).to(torch.float64).square().mean()
+        error = float(mse.detach().sqrt())
+        if math.isfinite(error) and error < best_error:
+            best = (logits.detach().clone(), delta.detach().clone(), shifts.detach().clone())
+            best_error = error
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"error {best_error:.4g}", refresh=False)
+        if not math.isfinite(error):
+            break
+        loss = mse.log() + penalty * (change.square().sum() + shifts.square().sum())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+    if best is None:
+        return param.start, math.inf
+    return param.solver(*best), best_error
+
+
+def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, sigma_max: float,
+                seeds: Sequence[int] | None = None, num: int = 64, heldout: Sequence[int] | None = None,
+                heldout_num: int = 64, cond: Mapping[str, Any] | Callable | None = None, init=None,
+                schedule: str | None = None, iterations: int = DEFAULT_ITERATIONS,
+                learning_rate: float = DEFAULT_LEARNING_RATE, penalty: float = DEFAULT_PENALTY,
+                shift: bool = True, device="cpu", dtype=torch.float64, progress: bool = False,
+                log: Callable[[str], None] | None = None) -> SolverFit:
+    """Fit a solver of exactly ``nfe`` calls of ``denoiser`` (see the module docstring).
+
+    ``shape``: one sample's shape; the start noise of a seed is drawn as ``edm generate`` draws it.
+    ``seeds`` (default ``calibration_seeds(num)``) are the calibration batch, ``heldout`` (default
+    ``heldout_seeds(heldout_num)``; empty to skip) the held-out one. ``cond``: the conditioning, a
+    callable ``seeds -> mapping`` (per-seed rows, e.g. class labels) or one mapping for every batch.
+    ``init``: a registered sampler name (on ``schedule``, default karras) or a LinearSolver to start
+    from; default: the best start (step 1). ``dtype``: of the solver's arithmetic and model calls.
+    Raises ValueError (one line) for a bad argument or an ``init`` that is not a linear solver of
+    ``nfe`` calls.
+    """
+    nfe = _positive(nfe, "nfe")
+    seeds = _seeds(seeds, num)
+    heldout = list(heldout) if heldout is not None else heldout_seeds(_positive(heldout_num, "heldout_num"))
+    if set(heldout) & set(seeds):
+        raise ValueError("held-out seeds must be apart from the calibration seeds")
+    iterations = _positive(iterations, "iterations") if iterations != 0 else 0
+    device = resolve_device(device)
+    log = log or (lambda text: None)
+    starts = _starts(init, schedule, nfe, sigma_min, sigma_max)
+    calibration = Batch(denoiser, seeds, shape, _cond_for(cond, seeds, device, dtype), sigma_min, sigma_max,
+                        device, dtype)
+    with _threads_for(device, calibration.x.numel()), _frozen(denoiser):
+        log(f"teacher: probability-flow ODE from {sigma_max:g} to {sigma_min:g} on {len(seeds)} seeds")
+        calibration.teacher()
+        candidates = {label: calibration.error(solver) for label, solver in starts.items()}
+        label = min(candidates, key=candidates.get)
+        start = starts[label]
+        log(f"start: {label}, calibration error {candidates[label]:.4g} (best of {len(starts)})")
+        param = Parametrisation(start, sigma_min)
+        with _progress_bar(progress, iterations, "solver", nfe) as bar:
+            solver, error = _fit(calibration, param, iterations, learning_rate, penalty, shift, bar)
+        if not error < candidates[label]:
+            solver, error = start, candidates[label]
+        heldout_init = heldout_error = None
+        if heldout:
+            batch = Batch(denoiser, heldout, shape, _cond_for(cond, heldout, device, dtype), sigma_min,
+                          sigma_max, device, dtype)
+            heldout_init, heldout_error = batch.error(start), batch.error(solver)
+    settings = {"sigma_min": sigma_min, "sigma_max": sigma_max, "dtype": str(dtype).removeprefix("torch."),
+                "learning_rate": learning_rate, "penalty": penalty}
+    solver = LinearSolver(solver.sigmas, solver.weights, afs=solver.afs, name=f"fitted-{nfe}",
+                          model_sigmas=solver.model_sigmas)
+    return SolverFit(solver=solver, start=label, start_solver=start, candidates=candidates,
+                     init_error=candidates[label], error=error, heldout_init_error=heldout_init,
+                     heldout_error=heldout_error, iterations=iterations, seeds=seeds, heldout=heldout,
+                     settings=settings)
+
+
+def _starts(init, schedule, nfe, sigma_min, sigma_max) -> dict[str, LinearSolver]:
+    if isinstance(init, LinearSolver):
+        if init.nfe != nfe:
+            raise ValueError(f"init solver takes {init.nfe} NFE, not {nfe}")
+        return {init.name: init}
+    if init is None:
+        names = START_SCHEDULES if schedule is None else (schedule,)
+        found = start_candidates(nfe, sigma_min, sigma_max, names)
+        if not found:
+            raise ValueError(f"no registered sampler is a linear solver of exactly {nfe} NFE")
+        return found
+    schedule = schedule or "karras"
+    steps = samplers.steps_for_nfe(init, nfe)
+    solver = from_sampler(init, _levels_on(schedule, steps, sigma_min, sigma_max))
+    if solver.nfe != nfe:
+        raise ValueError(f"{init} takes {solver.nfe} NFE at {steps} steps, not {nfe}")
+    return {f"{init} / {schedule}": solver}
+

@@ -1,0 +1,111 @@
+"""Solver files: a fitted :class:`samplers.fitted.LinearSolver` saved as JSON (by ``edm tune-solver``), read
+back by ``--sampler file:PATH``.
+
+The file holds the solver's levels and weights, whether its first step is analytical, and what it was
+fitted for: the model (its spec and a fingerprint of its weights), the NFE, the guidance weight, the
+class setting and the fit's seeds and errors. A solver is refused for another model, since its levels
+and weights are fitted to one model's trajectories. Nothing but JSON is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edm.checkpoint import atomic_write, read_record
+from samplers.fitted import LinearSolver
+
+__all__ = ["FORMAT", "SolverFile", "SolverFileError", "file_path", "fingerprint", "load_solver",
+           "save_solver"]
+
+FORMAT = "edm-samplers/solver-v1"
+PREFIX = "file:"
+
+
+class SolverFileError(ValueError):
+    """A solver file that is missing, corrupt, not a valid solver or for another model (one line)."""
+
+
+@dataclass(frozen=True)
+class SolverFile:
+    path: Path
+    solver: LinearSolver
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def check_model(self, model_fingerprint: str) -> None:
+        """SolverFileError (one line) unless the solver was fitted for the model of this fingerprint."""
+        fitted = self.metadata.get("model_fingerprint")
+        if fitted != model_fingerprint:
+            raise SolverFileError(f"solver file {self.path} was fitted for another model "
+                                  f"({self.metadata.get('model', '?')}, weights {str(fitted)[:19]}); this "
+                                  f"model's weights are {model_fingerprint[:19]}: fit one with "
+                                  "edm tune-solver")
+
+
+def file_path(name) -> Path | None:
+    """The path in a ``file:PATH`` sampler name, or None for a registry name."""
+    if not isinstance(name, str) or not name.startswith(PREFIX):
+        return None
+    path = name[len(PREFIX):]
+    if not path:
+        raise SolverFileError("file: needs a path, e.g. --sampler file:solver.json")
+    return Path(path).expanduser()
+
+
+def fingerprint(denoiser) -> str:
+    """``sha256:...`` of a denoiser's weights (its ``state_dict``, every tensor as float32 bytes in name
+    order), so a float64 load of the weights has the fingerprint of the float32 one. A denoiser without a
+    ``state_dict`` is fingerprinted by its ``fingerprint`` attribute or its type's name."""
+    digest = hashlib.sha256()
+    state = denoiser.state_dict() if hasattr(denoiser, "state_dict") else None
+    if state is None:
+        digest.update(str(getattr(denoiser, "fingerprint", type(denoiser).__qualname__)).encode())
+    else:
+        for name in sorted(state):
+            tensor = state[name]
+            digest.update(name.encode())
+            if torch.is_tensor(tensor):
+                tensor = tensor.detach().to("cpu")
+                tensor = tensor.float() if tensor.is_floating_point() else tensor
+                digest.update(str(tuple(tensor.shape)).encode())
+                digest.update(tensor.contiguous().numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def save_solver(path, solver: LinearSolver, **metadata) -> Path:
+    """Write ``solver`` and ``metadata`` (JSON data) atomically to ``path``."""
+    path = Path(path)
+    record = {"format": FORMAT, "nfe": solver.nfe, "sigmas": solver.sigmas.tolist(),
+              "weights": solver.weights.tolist(), "afs": solver.afs,
+              **({} if solver.model_sigmas is None else {"model_sigmas": solver.model_sigmas.tolist()}),
+              **metadata}
+    text = json.dumps(record, indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return path
+
+
+def load_solver(path) -> SolverFile:
+    """Read a solver file; SolverFileError naming the file when it is not a valid one."""
+    path = Path(path).expanduser()
+    record = read_record(path, FORMAT, "solver file", SolverFileError)
+    record.pop("format")
+    try:
+        afs = record.pop("afs", False)
+        if not isinstance(afs, bool):
+            raise ValueError(f"afs must be true or false, got {afs!r}")
+        told = record.pop("model_sigmas", None)
+        solver = LinearSolver(torch.tensor(record.pop("sigmas", None), dtype=torch.float64),
+                              torch.tensor(record.pop("weights", None), dtype=torch.float64), afs=afs,
+                              name=f"file:{path}", metadata=record,
+                              model_sigmas=None if told is None else torch.tensor(told, dtype=torch.float64))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise SolverFileError(f"solver file {path}: {str(e).splitlines()[0]}") from None
+    if record.get("nfe") != solver.nfe:
+        raise SolverFileError(f"solver file {path}: says nfe {record.get('nfe')!r}, its levels make "
+                              f"{solver.nfe}")
+    return SolverFile(path=path, solver=solver, metadata=record)
