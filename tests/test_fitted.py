@@ -347,3 +347,70 @@ def test_multistep_with_model_levels_tells_the_model_other_levels():
 
     multistep(model, torch.ones(1, 1), [4.0, 2.0, 1.0], torch.eye(3), model_levels=[5.0, 3.0, 1.5])
     assert told == [5.0, 3.0, 1.5]
+
+
+def test_bench_runs_a_solver_file_at_its_own_budget(digits_solver, tmp_path):
+    from tools.bench import cli as bench_cli
+
+    out = tmp_path / "bench"
+    result = invoke(bench_cli.bench, "--model", "digits", "--sampler", f"file:{digits_solver},ipndm", "--nfe",
+                    "3,4", "--metrics", "ode", "--num", 2, "--ode-num", 2, "--out", out, "--device", "cpu",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    cells = {(c["sampler"], c["schedule"], c["nfe_budget"]): c
+             for c in json.loads((out / "results.json").read_text())["cells"]}
+    mine = cells[(f"file:{digits_solver}", "fitted", 3)]
+    assert mine["status"] == "ok" and mine["nfe"] == 3 and mine["ode_rmse"] > 0
+    assert cells[(f"file:{digits_solver}", "fitted", 4)]["status"] == "skipped: fitted for 3 NFE"
+    assert cells[("ipndm", "karras", 4)]["status"] == "ok"
+
+
+def test_bench_refuses_a_solver_for_another_model(digits_solver, tmp_path):
+    from tools.bench import cli as bench_cli
+
+    record = json.loads(digits_solver.read_text())
+    record["model_fingerprint"] = "sha256:" + "1" * 64
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(record))
+    result = invoke(bench_cli.bench, "--model", "digits", "--sampler", f"file:{other}", "--nfe", 3,
+                    "--metrics", "ode", "--num", 2, "--device", "cpu", "--no-progress", "--out", tmp_path / "b")
+    assert result.exit_code == 2
+    errors = error_lines(result)
+    assert len(errors) == 1 and "fitted for another model" in errors[0], result.output
+
+
+def test_sampler_auto_picks_what_the_table_says(tmp_path, monkeypatch):
+    from tools.bench import auto
+    from tools.models import load_model
+
+    monkeypatch.setenv("EDM_AUTO_DIR", str(tmp_path / "auto"))
+    cells = [{"sampler": sampler, "schedule": schedule, "nfe_budget": 4, "steps": 4, "nfe": 4,
+              "evaluations": 4, "stochastic": False, "status": "ok", "num": 8, "ode_rmse": None, "fd": fd,
+              "detector": "digits"}
+             for sampler, schedule, fd in (("dpmpp_2m", "karras", 9.0), ("deis", "kl_optimal", 3.0),
+                                           ("euler", "exponential", 5.0))]
+    auto.write_auto_table(cells, model="digits", fingerprint=fingerprint(load_model("digits").denoiser))
+    picks = {}
+    for nfe in (4, 6):
+        out = tmp_path / f"auto{nfe}"
+        result = invoke(generate_cli.generate, "--sampler", "auto", "--nfe", nfe, "--seeds", "0",
+                        "--outdir", out, "--device", "cpu", "--no-progress")
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "edm-generate.json").read_text())
+        picks[nfe] = (record["sampler"], record["schedule"], len(record["sigmas"]) - 1)
+        assert record["auto"]["source"].startswith("table")
+    # the row at 4 NFE, and at 6 the largest row below it, run at the asked budget
+    assert picks == {4: ("deis", "kl_optimal", 4), 6: ("deis", "kl_optimal", 6)}
+
+
+@pytest.mark.parametrize("args, match", [
+    ([], "give --nfe"),
+    (["--nfe", 5, "--schedule", "karras"], "drop --schedule"),
+    (["--nfe", 5, "--eta", 0.5], "takes no sampler options"),
+])
+def test_sampler_auto_bad_inputs(tmp_path, args, match):
+    result = invoke(generate_cli.generate, "--sampler", "auto", "--seeds", "0", "--outdir", tmp_path / "o",
+                    "--device", "cpu", "--no-progress", *args)
+    assert result.exit_code == 2, result.output
+    errors = error_lines(result)
+    assert len(errors) == 1 and match in errors[0], result.output

@@ -53,8 +53,10 @@ def _sampler_names(value: str) -> list[str]:
 
 
 def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict]) -> dict[str, dict]:
-    """--eta-style flags for every sampler that has the option, then SAMPLER.KEY=VALUE overrides."""
-    merged = {name: dict(values) for name, values in sampler_options(names, flags).items() if values}
+    """--eta-style flags for every sampler that has the option, then SAMPLER.KEY=VALUE overrides (fitted
+    solvers, file:PATH, have none)."""
+    registered = [name for name in names if not name.startswith("file:")]
+    merged = {name: dict(values) for name, values in sampler_options(registered, flags).items() if values}
     for name, values in per_sampler.items():
         merged.setdefault(name, {}).update(values)
     return merged
@@ -87,12 +89,15 @@ def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict])
 @option("Output", "--overwrite", is_flag=True, help="Start afresh, ignoring results already in DIR.")
 @option("Output", "--batch", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
         help="Samples per batch.")
+@option("Output", "--write-auto", is_flag=True,
+        help="Also write the model's table for --sampler auto: the best sampler x schedule per NFE budget "
+             "by fd (else ode), into $EDM_AUTO_DIR (default ~/.cache/edm-samplers/auto).")
 @progress_option
 def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
           guidance,
           device, dtype, seeds, num, options, metrics, ode_num, detector, detector_weights, ref, out,
           overwrite,
-          batch, progress, **flags):
+          batch, write_auto, progress, **flags):
     """Benchmark samplers: every sampler x schedule x NFE budget, on the same seeds.
 
     --sampler, --schedule and --nfe take comma-separated lists here. Writes DIR/results.csv,
@@ -138,12 +143,43 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
                               progress=progress, trust_pickle=trust_pickle, sigma_min=sigma_min,
                               sigma_max=sigma_max, rho=rho, class_label=class_label, guidance=guidance,
                               steering=steer, prompting=text)
+        if write_auto:
+            _check_write_auto(bench, sigma_min, sigma_max, rho)
         if progress:
             click.echo(f"Benchmarking {bench.describe()}", err=True)
         cells = bench.run()
     skipped = sum(cell["status"] != "ok" for cell in cells)
     click.echo(f"{len(cells)} cells ({bench.computed} computed, {len(cells) - skipped - bench.computed} "
                f"already done, {skipped} skipped) -> {', '.join(str(p) for p in bench.written)}")
+    if write_auto:
+        _write_auto(bench, cells)
+
+
+def _check_write_auto(bench, sigma_min, sigma_max, rho) -> None:
+    """Usage errors, before any sampling, for benchmarks whose best cells --sampler auto could not rerun."""
+    if "fd" not in bench.metrics and "ode" not in bench.metrics:
+        raise click.BadParameter("--write-auto ranks cells by fd or ode: add one of them",
+                                 param_hint="'--metrics'")
+    given = [flag for flag, value in (("--sigma-min", sigma_min), ("--sigma-max", sigma_max), ("--rho", rho))
+             if value is not None]
+    if given:  # a table row names a schedule only, which auto runs with the model's range and default rho
+        raise click.UsageError(f"--write-auto records schedules at their defaults: drop {given[0]}")
+    if bench.corrector is not None:
+        raise click.UsageError("--write-auto records samplers alone: drop the Langevin corrector")
+
+
+def _write_auto(bench, cells) -> None:
+    from tools.solver_file import fingerprint
+
+    from .auto import write_auto_table
+
+    try:
+        path = write_auto_table(cells, model=bench.settings["model"],
+                                fingerprint=fingerprint(bench.loaded.denoiser), sampler_options=bench.options,
+                                conditions=bench.settings)
+    except ValueError as e:  # no cell measured (all skipped), or the table cannot be written
+        raise click.ClickException(one_line(e)) from None
+    click.echo(f"auto table -> {path}")
 
 
 # ---------------------------------------------------------------------------------------------------

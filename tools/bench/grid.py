@@ -19,10 +19,11 @@ import torch
 import samplers
 from samplers.registry import nfe_on
 from tools.common import one_line
+from tools.generate.solvers import FITTED_SCHEDULE
 
 from .outputs import COLUMNS
 
-__all__ = ["CELL_KEYS", "Cell", "fit_budget", "parse_budgets", "plan_cells"]
+__all__ = ["CELL_KEYS", "Cell", "fit_budget", "fitted_cell", "parse_budgets", "plan_cells"]
 
 # The flat record of one cell, in this order: the columns the output writer expects.
 CELL_KEYS = COLUMNS
@@ -96,6 +97,14 @@ def fit_budget(sampler: str, schedule_name: str, schedule: Schedule, budget: int
         if nfe <= budget:
             return cell(sigmas=sigmas, nfe=nfe)
     return cell(skip=f"needs at least {nfe} NFE (one step), more than the budget")
+
+
+def fitted_cell(name: str, solver, budget: int) -> Cell:
+    """A fitted solver's cell: at its own levels, only at the budget it was fitted for (a run at another
+    budget would not be the solver the file holds)."""
+    if budget != solver.nfe:
+        return Cell(name, FITTED_SCHEDULE, budget, skip=f"fitted for {solver.nfe} NFE")
+    return Cell(name, FITTED_SCHEDULE, budget, sigmas=solver.sigmas.clone(), nfe=solver.nfe)
 
 
 def plan_cells(sampler_names: Sequence[str], schedules: Mapping[str, Schedule], budgets: Sequence[int],

@@ -28,11 +28,12 @@ from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from tools.generate.prompts import Prompting, check_prompting, guidance_or_default
 from tools.generate.sampling import check_guidance, check_sampler
 from tools.generate.schedule import DIFFUSERS_SCHEDULE, resize_model, schedule_sigmas
+from tools.generate.solvers import check_fitted_model, fitted_guidance, read_fitted, special_sampler
 from tools.generate.steering import check_steering
 from tools.images import to_uint8
 from tools.seeds import format_seeds, parse_seeds
 
-from .grid import Cell, parse_budgets, plan_cells
+from .grid import Cell, fitted_cell, parse_budgets, plan_cells
 from .inputs import (
     BenchError,
     Conditioning,
@@ -94,6 +95,8 @@ class Bench:
     progress: bool = False
     corrector: Any = None  # samplers.langevin.LangevinCorrector run before every step, or None
     per_call: int = 1  # network passes per denoiser call (2 under guidance)
+    loaded: Any = None  # the model before guidance/steering wrap its denoiser: what its fingerprint is of
+    solvers: dict[str, Any] = field(default_factory=dict)  # file:PATH -> its fitted solver (LinearSolver)
     computed: int = 0  # cells (re)computed by run()
     written: list[Path] = field(default_factory=list)  # the output files of the last write
     _references: ReferenceCache | None = field(default=None, repr=False)
@@ -202,7 +205,8 @@ class Bench:
             x = self._latents(chunk, state) * float(cell.sigmas[0])
             cond = self.cond(start, start + len(chunk), state)
             with watch.running():
-                result = samplers.sample(denoiser, x, cell.sigmas, cell.sampler, seeds=chunk, cond=cond,
+                runs = self.solvers.get(cell.sampler, cell.sampler)
+                result = samplers.sample(denoiser, x, cell.sigmas, runs, seeds=chunk, cond=cond,
                                          langevin=self.corrector, **options)
             yield result
 
@@ -257,7 +261,26 @@ def _sampler_names(value: str | Sequence[str]) -> list[str]:
     if names == ["all"]:
         return samplers.list()
     with _bench_errors("samplers"):
-        return [samplers.get(name).name for name in names]
+        return [name if special_sampler(name) == "file" else samplers.get(name).name for name in names]
+
+
+def _fitted(names: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """file:PATH -> its ``tools.generate.solvers.Fitted`` (read and checked; no options for it)."""
+    fitted = {}
+    for name in names:
+        if special_sampler(name) == "file":
+            with _bench_errors("samplers"):
+                fitted[name] = read_fitted(name, options=options.get(name))
+    return fitted
+
+
+def _check_fitted(fitted: Mapping[str, Any], model, guidance) -> None:
+    """Each fitted solver is for this model and for this guidance weight."""
+    for one in fitted.values():
+        with _bench_errors("samplers"):
+            check_fitted_model(one, model)
+        with _bench_errors("guidance"):
+            fitted_guidance(one, guidance or 0.0)
 
 
 def _sampler_options(options: Mapping[str, Mapping[str, Any]] | None, names: Sequence[str]) -> dict:
@@ -384,7 +407,8 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     with _bench_errors("nfe"):
         budgets = parse_budgets(nfe)
     sampler_names = _sampler_names(samplers)
-    options = _sampler_options(options, sampler_names)
+    fitted = _fitted(sampler_names, options or {})
+    options = _sampler_options(options, [n for n in sampler_names if n not in fitted])
     seeds = _seeds(seeds, num)
     ode_num = _ode_num(ode_num, metrics, seeds)
     if "fd" in metrics and len(seeds) < 2:
@@ -408,6 +432,7 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
         steers = {p: check_steering(steering, raw[p], guidance=guidance, class_label=class_label,
                                     device=device, dtype=p, trust_pickle=trust_pickle, prompts=prompts[p])
                   for p in precisions}
+    _check_fitted(fitted, raw[precisions[0]], guidance)
     precise = {p: in_precision(raw[p], p) for p in precisions}
     models = {p: replace(precise[p], denoiser=steers[p].denoiser(precise[p], p)) for p in precisions}
     steer = steers[precisions[0]]
@@ -450,13 +475,21 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     if base.autoencoder is not None:  # fd's images are the decoded latents
         settings["image_shape"] = list(base.image_shape)
     previous, settings = _resume(out, settings, overwrite)
-    traits = {s: sampler_traits(s, options.get(s)) for s in sampler_names}
+    # a fitted solver is deterministic and ends with the denoised mix, at sigma = 0
+    traits = {s: SamplerTraits(stochastic=False, lands_on_zero=True) if s in fitted
+              else sampler_traits(s, options.get(s)) for s in sampler_names}
     corrector_steps = steer.corrector.steps if steer.corrector is not None else 0
-    cells = plan_cells(sampler_names, schedule_fns, budgets, options, corrector_steps)
+    if fitted and corrector_steps:
+        raise BenchError("a fitted solver runs as fitted: it takes no corrector", "corrector")
+    registered = [s for s in sampler_names if s not in fitted]
+    cells = plan_cells(registered, schedule_fns, budgets, options, corrector_steps)
+    cells += [fitted_cell(name, one.solver, budget) for name, one in fitted.items() for budget in budgets]
     return Bench(cells=cells, metrics=metrics, settings=settings, models=models, cond=conditioning,
                  seeds=seeds, ode_num=ode_num, batch=batch, device=device, dtype=dtype, options=options,
                  traits=traits, fd=fd, out=out, previous=previous, progress=progress,
-                 corrector=steer.corrector, per_call=steer.evaluations_per_call)
+                 corrector=steer.corrector, per_call=steer.evaluations_per_call,
+                 solvers={name: one.solver for name, one in fitted.items()},
+                 loaded=precise[precisions[0]])
 
 
 def run_bench(model, **kwargs) -> list[dict[str, Any]]:

@@ -14,7 +14,11 @@ it are in bench/results/few_step.md; in short, S4S-Alt's space (levels and weigh
    with the first level fixed at sigma_max and a slack share below the last, so every parameter value
    is a valid decreasing schedule ending at or above sigma_min, and (b) zero-sum changes to each row
    of the start's weights, so whatever the start solves exactly (a denoiser constant along the way)
-   the fit still solves exactly. An L2 penalty on those changes pulls toward the start.
+   the fit still solves exactly, and (c) a time shift per evaluation: the level the model is told
+   is the state's level times e^shift (the model's error at a level is not the same as the state's
+   distance from the data there; S4S-Alt and AMED-type methods move these too). An L2 penalty on the
+   weight changes and shifts pulls toward the start. Steps may use minibatches of the calibration
+   batch (``batch_size``), the whole batch judging which solver is best.
 3. Judge: the start and the fit on held-out seeds (disjoint from calibration and from the evaluation
    seeds 0, 1, ...), against their own teacher solutions.
 
@@ -49,6 +53,8 @@ START_SCHEDULES = ("karras", "exponential", "polyexponential", "kl_optimal")
 DEFAULT_ITERATIONS = 200
 DEFAULT_LEARNING_RATE = 0.05
 DEFAULT_PENALTY = 1e-3
+# With minibatches, the whole calibration batch is judged (forward only) every this many steps.
+CHECK_EVERY = 10
 # A level share never starts below this fraction of the log-sigma range (the softmax of log 0 is stuck).
 MIN_SHARE = 1e-3
 # The teacher's tolerance: near-exact in float64; in float32 the model's own rounding sets the floor.
@@ -218,14 +224,23 @@ class Batch:
             self._teacher = cache(self.ends)
         return self._teacher
 
-    def run(self, levels, weights, afs, model_levels=None) -> torch.Tensor:
+    def rows(self, index: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """The start points and conditioning of the samples ``index`` (None: all)."""
+        if index is None:
+            return self.x, self.cond
         count = self.x.shape[0]
+        return self.x[index], {k: v[index] if torch.is_tensor(v) and v.ndim and v.shape[0] == count else v
+                               for k, v in self.cond.items()}
+
+    def run(self, levels, weights, afs, model_levels=None, index=None) -> torch.Tensor:
+        x, cond = self.rows(index)
+        count = x.shape[0]
 
         def model(x, sigma):
             sigma = sigma if torch.is_tensor(sigma) else torch.tensor(sigma, dtype=x.dtype, device=x.device)
-            return self.denoiser(x, sigma.to(x.dtype).expand(count), **self.cond).to(x.dtype)
+            return self.denoiser(x, sigma.to(x.dtype).expand(count), **cond).to(x.dtype)
 
-        return multistep(model, self.x, levels, weights, afs=afs, model_levels=model_levels)
+        return multistep(model, x, levels, weights, afs=afs, model_levels=model_levels)
 
     def error(self, solver: LinearSolver) -> float:
         with torch.no_grad():
@@ -242,11 +257,27 @@ def _cond_for(cond, seeds, device, dtype) -> dict:
             else (v.to(device) if torch.is_tensor(v) else v) for k, v in dict(value or {}).items()}
 
 
+def _minibatches(count: int, size: int | None, device):
+    """Index tensors of ``size`` samples, a fresh permutation of all ``count`` per epoch (seeded, so a
+    fit is reproducible); None (the whole batch) every time when ``size`` covers it."""
+    if size is None or size >= count:
+        while True:
+            yield None
+    generator = torch.Generator().manual_seed(0)
+    while True:
+        order = torch.randperm(count, generator=generator).to(device)
+        for start in range(0, count - size + 1, size):
+            yield order[start:start + size]
+
+
 def _fit(batch: Batch, param: Parametrisation, iterations: int, learning_rate: float, penalty: float,
-         shift: bool, bar) -> tuple[LinearSolver, float]:
-    """Adam on log MSE + penalty; the best solver seen (by calibration RMS) and its RMS."""
+         shift: bool, batch_size: int | None, bar) -> tuple[LinearSolver, float]:
+    """Adam on log MSE + penalty; the best solver seen (by calibration RMS) and its RMS. With minibatches,
+    the whole calibration batch is judged every CHECK_EVERY steps and after the last one."""
     device, dtype = batch.x.device, batch.dtype
     teacher = batch.teacher().to(dtype)
+    whole = batch_size is None or batch_size >= batch.x.shape[0]
+    indices = _minibatches(batch.x.shape[0], batch_size, device)
     logits = param.logits0.clone().to(device, torch.float64).requires_grad_(True)
     delta = torch.zeros_like(param.start.weights, device=device).requires_grad_(True)
     shifts = torch.zeros(len(param.logits0), dtype=torch.float64, device=device, requires_grad=shift)
@@ -255,16 +286,28 @@ def _fit(batch: Batch, param: Parametrisation, iterations: int, learning_rate: f
                                                            eta_min=learning_rate / 20)
     start_weights = param.start.weights.to(device)
     best, best_error = None, math.inf
-    for _ in range(iterations):
+    def judge():
+        nonlocal best, best_error
+        state = (logits.detach().clone(), delta.detach().clone(), shifts.detach().clone())
+        error = batch.error(param.solver(*state))
+        if error < best_error:
+            best, best_error = state, error
+        return error
+
+    for step in range(iterations):
+        index = next(indices)
         levels = param.levels(logits)
         change = param.change(delta)
         told = param.model_levels(levels, shifts).to(dtype) if shift else None
-        out = batch.run(levels.to(dtype), (start_weights + change).to(dtype), param.afs, told)
-        mse = (out - teacher).to(torch.float64).square().mean()
+        out = batch.run(levels.to(dtype), (start_weights + change).to(dtype), param.afs, told, index)
+        target = teacher if index is None else teacher[index]
+        mse = (out - target).to(torch.float64).square().mean()
         error = float(mse.detach().sqrt())
-        if math.isfinite(error) and error < best_error:
+        if whole and math.isfinite(error) and error < best_error:
             best = (logits.detach().clone(), delta.detach().clone(), shifts.detach().clone())
             best_error = error
+        elif not whole and step % CHECK_EVERY == 0:
+            judge()
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"error {best_error:.4g}", refresh=False)
@@ -275,6 +318,8 @@ def _fit(batch: Batch, param: Parametrisation, iterations: int, learning_rate: f
         loss.backward()
         optimiser.step()
         scheduler.step()
+    if not whole:
+        judge()
     if best is None:
         return param.start, math.inf
     return param.solver(*best), best_error
@@ -285,8 +330,8 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
                 heldout_num: int = 64, cond: Mapping[str, Any] | Callable | None = None, init=None,
                 schedule: str | None = None, iterations: int = DEFAULT_ITERATIONS,
                 learning_rate: float = DEFAULT_LEARNING_RATE, penalty: float = DEFAULT_PENALTY,
-                shift: bool = True, device="cpu", dtype=torch.float64, progress: bool = False,
-                log: Callable[[str], None] | None = None) -> SolverFit:
+                shift: bool = True, batch_size: int | None = None, device="cpu", dtype=torch.float64,
+                progress: bool = False, log: Callable[[str], None] | None = None) -> SolverFit:
     """Fit a solver of exactly ``nfe`` calls of ``denoiser`` (see the module docstring).
 
     ``shape``: one sample's shape; the start noise of a seed is drawn as ``edm generate`` draws it.
@@ -295,6 +340,10 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
     callable ``seeds -> mapping`` (per-seed rows, e.g. class labels) or one mapping for every batch.
     ``init``: a registered sampler name (on ``schedule``, default karras) or a LinearSolver to start
     from; default: the best start (step 1). ``dtype``: of the solver's arithmetic and model calls.
+    ``iterations`` Adam steps at ``learning_rate`` (cosine decay); each step runs the solver forward and
+    backward on ``batch_size`` calibration samples (default all; fewer makes a step cheaper and lets a
+    larger calibration pool be used at the same cost), ``penalty`` the weight of the pull toward the
+    start's weights and levels told; ``shift`` lets the levels the model is told move off the state's.
     Raises ValueError (one line) for a bad argument or an ``init`` that is not a linear solver of
     ``nfe`` calls.
     """
@@ -304,6 +353,7 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
     if set(heldout) & set(seeds):
         raise ValueError("held-out seeds must be apart from the calibration seeds")
     iterations = _positive(iterations, "iterations") if iterations != 0 else 0
+    batch_size = None if batch_size is None else _positive(batch_size, "batch_size")
     device = resolve_device(device)
     log = log or (lambda text: None)
     starts = _starts(init, schedule, nfe, sigma_min, sigma_max)
@@ -318,7 +368,8 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
         log(f"start: {label}, calibration error {candidates[label]:.4g} (best of {len(starts)})")
         param = Parametrisation(start, sigma_min)
         with _progress_bar(progress, iterations, "solver", nfe) as bar:
-            solver, error = _fit(calibration, param, iterations, learning_rate, penalty, shift, bar)
+            solver, error = _fit(calibration, param, iterations, learning_rate, penalty, shift, batch_size,
+                                 bar)
         if not error < candidates[label]:
             solver, error = start, candidates[label]
         heldout_init = heldout_error = None
