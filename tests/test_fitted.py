@@ -373,7 +373,8 @@ def test_bench_refuses_a_solver_for_another_model(digits_solver, tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps(record))
     result = invoke(bench_cli.bench, "--model", "digits", "--sampler", f"file:{other}", "--nfe", 3,
-                    "--metrics", "ode", "--num", 2, "--device", "cpu", "--no-progress", "--out", tmp_path / "b")
+                    "--metrics", "ode", "--num", 2, "--device", "cpu", "--no-progress", "--out",
+                    tmp_path / "b")
     assert result.exit_code == 2
     errors = error_lines(result)
     assert len(errors) == 1 and "fitted for another model" in errors[0], result.output
