@@ -121,6 +121,21 @@ def check_writable_file(path, param: str | None = None, example: str = "out.json
     return path
 
 
+#: ``--schedule file:PATH`` and ``--sampler file:PATH`` name files this way
+FILE_PREFIX = "file:"
+
+
+def prefixed_path(name: Any, error: type[Exception], example: str) -> Path | None:
+    """The path in a ``file:PATH`` name, None for any other name; ``error`` (one line, showing
+    ``example``) for ``file:`` without a path."""
+    if not isinstance(name, str) or not name.startswith(FILE_PREFIX):
+        return None
+    path = name[len(FILE_PREFIX):]
+    if not path:
+        raise error(f"file: needs a path, e.g. {example}")
+    return Path(path).expanduser()
+
+
 def lazy_exports(module: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list]]:
     """``(__getattr__, __dir__)`` for a package that exports ``names`` (name -> submodule) on first use.
 

@@ -18,12 +18,13 @@ import torch
 
 from edm.checkpoint import atomic_write, read_record
 from samplers.schedules import loglinear_resample, validate_sigmas
+from tools.common import FILE_PREFIX, prefixed_path
 
 __all__ = ["FORMAT", "PREFIX", "ScheduleFile", "ScheduleFileError", "file_path", "load_schedule",
            "save_schedule"]
 
 FORMAT = "edm-samplers/schedule-v1"
-PREFIX = "file:"
+PREFIX = FILE_PREFIX
 
 
 class ScheduleFileError(ValueError):
@@ -59,12 +60,7 @@ class ScheduleFile:
 
 def file_path(name: str) -> Path | None:
     """The path in a ``file:PATH`` schedule name, or None for a registry name."""
-    if not isinstance(name, str) or not name.startswith(PREFIX):
-        return None
-    path = name[len(PREFIX):]
-    if not path:
-        raise ScheduleFileError("file: needs a path, e.g. --schedule file:tuned.json")
-    return Path(path).expanduser()
+    return prefixed_path(name, ScheduleFileError, "--schedule file:tuned.json")
 
 
 def save_schedule(path, sigmas, **metadata) -> Path:

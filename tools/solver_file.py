@@ -19,12 +19,12 @@ import torch
 
 from edm.checkpoint import atomic_write, read_record
 from samplers.fitted import LinearSolver
+from tools.common import prefixed_path
 
 __all__ = ["FORMAT", "SolverFile", "SolverFileError", "file_path", "fingerprint", "load_solver",
            "save_solver"]
 
 FORMAT = "edm-samplers/solver-v1"
-PREFIX = "file:"
 
 
 class SolverFileError(ValueError):
@@ -49,12 +49,7 @@ class SolverFile:
 
 def file_path(name) -> Path | None:
     """The path in a ``file:PATH`` sampler name, or None for a registry name."""
-    if not isinstance(name, str) or not name.startswith(PREFIX):
-        return None
-    path = name[len(PREFIX):]
-    if not path:
-        raise SolverFileError("file: needs a path, e.g. --sampler file:solver.json")
-    return Path(path).expanduser()
+    return prefixed_path(name, SolverFileError, "--sampler file:solver.json")
 
 
 def fingerprint(denoiser) -> str:

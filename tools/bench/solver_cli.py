@@ -26,17 +26,20 @@ __all__ = ["tune_solver"]
 @seeds_option(None, "Calibration seeds instead of --num's, e.g. 5000-5063.")
 @option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
         help="Calibration images: seeds 1000000 to 1000000+N-1, apart from the usual evaluation seeds.  "
-             "[default: 64]")
+             "[default: 256]")
 @option("Seeds and classes", "--heldout", type=click.IntRange(min=0), default=64, show_default=True,
         metavar="N", help="Held-out images to judge the fit on: seeds 2000000 to 2000000+N-1 (0: none).")
 @option("Sampling", "--iterations", type=click.IntRange(min=0), default=None, metavar="N",
-        help="Gradient steps of the fit, each one solver run (forward and backward) on the calibration "
-             "batch.  [default: 200]")
+        help="Gradient steps of the fit, each one solver run (forward and backward) on --batch-size "
+             "calibration images.  [default: 200]")
+@option("Sampling", "--batch-size", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Calibration images per gradient step (a fresh share of the calibration seeds each step).  "
+             "[default: 64]")
 @option("Output", "--out", required=True, type=click.Path(dir_okay=False), metavar="FILE.json",
         help="Where the solver file goes (written atomically; its folder is created).")
 @progress_option
 def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
-                guidance, device, dtype, seeds, num, heldout, iterations, out, progress, **flags):
+                guidance, device, dtype, seeds, num, heldout, iterations, batch_size, out, progress, **flags):
     """Fit a few-step solver to a model at an NFE budget: its noise levels and multistep weights.
 
     The fit minimises the distance of the solver's samples to the model's own probability-flow ODE
@@ -58,7 +61,7 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
     from tools.solver_file import fingerprint, save_solver
 
     from .tune import calibration_seeds
-    from .tune_solver import DEFAULT_ITERATIONS, heldout_seeds
+    from .tune_solver import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_NUM, heldout_seeds
     from .tune_solver import tune_solver as fit
 
     if nfe is None or steps is not None:
@@ -79,7 +82,7 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
     given = [key for key, value in flags.items() if value is not None]
     if given:
         raise click.UsageError("edm tune-solver fits a solver of its own: it takes no sampler options")
-    seeds = seeds if seeds is not None else calibration_seeds(num or 64)
+    seeds = seeds if seeds is not None else calibration_seeds(num or DEFAULT_NUM)
     try:
         out_path = check_writable_file(out, "out", example="solver.json")
     except BadInput as e:
@@ -101,6 +104,7 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
         result = fit(setup.denoiser, nfe, shape=loaded.shape, sigma_min=bottom, sigma_max=top, seeds=seeds,
                      heldout=held, cond=setup.cond, init=sampler, schedule=schedule,
                      iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+                     batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                      device=setup.device, dtype=setup.state_dtype, progress=progress, log=log)
     except ValueError as e:  # a start that is not a linear solver of this budget, a bad schedule
         raise click.UsageError(one_line(e)) from None

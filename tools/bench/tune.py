@@ -44,8 +44,8 @@ from tools.device import resolve_device
 
 from .ode import ReferenceCache, rms_error
 
-__all__ = ["CALIBRATION_SEED", "TuneResult", "calibration_seeds", "default_max_evals", "tunable_steps",
-           "tune_schedule"]
+__all__ = ["CALIBRATION_SEED", "TuneResult", "calibration_batch", "calibration_seeds", "default_max_evals",
+           "positive_count", "progress_bar", "threads_for", "tunable_steps", "tune_schedule"]
 
 # Calibration seeds start here; evaluations (edm generate, the benchmarks) use small seeds from 0.
 CALIBRATION_SEED = 1_000_000
@@ -352,7 +352,7 @@ def _init_sigmas(init, steps: int, sigma_min, sigma_max) -> tuple[str, torch.Ten
 
 
 @contextlib.contextmanager
-def _threads_for(device: torch.device, elements: int):
+def threads_for(device: torch.device, elements: int):
     """One CPU thread while tuning on small batches (see SMALL_BATCH); torch's setting is restored."""
     if device.type != "cpu" or elements >= SMALL_BATCH:
         yield
@@ -366,7 +366,7 @@ def _threads_for(device: torch.device, elements: int):
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int, sampler: str, nfe: int):
+def progress_bar(enabled: bool, total: int, sampler: str, nfe: int):
     """A tqdm bar on stderr counting sampler runs (None when disabled)."""
     if not enabled:
         yield None
@@ -380,16 +380,16 @@ def _progress_bar(enabled: bool, total: int, sampler: str, nfe: int):
         yield bar
 
 
-def _positive(value, what: str) -> int:
+def positive_count(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
     return value
 
 
-def _seeds(seeds, num) -> list[int]:
+def calibration_batch(seeds, num) -> list[int]:
     """The calibration seeds: those given, else ``calibration_seeds(num)``."""
     if seeds is None:
-        return calibration_seeds(_positive(num, "num"))
+        return calibration_seeds(positive_count(num, "num"))
     seeds = samplers.noise.check_seeds(seeds, len(seeds))
     if len(set(seeds)) != len(seeds):
         raise ValueError("calibration seeds must be distinct")
@@ -418,8 +418,8 @@ def tune_schedule(denoiser, sampler: str, nfe: int, *, shape: Sequence[int], sig
     """
     options = dict(options or {})
     steps = tunable_steps(sampler, nfe, options)
-    seeds = _seeds(seeds, num)
-    max_evals = default_max_evals(nfe) if max_evals is None else _positive(max_evals, "max_evals")
+    seeds = calibration_batch(seeds, num)
+    max_evals = default_max_evals(nfe) if max_evals is None else positive_count(max_evals, "max_evals")
     init_name, init_sigmas = _init_sigmas(init, steps, sigma_min, sigma_max)
     device = resolve_device(device)
     cond = {k: v.to(device=device, dtype=torch.float64) if torch.is_tensor(v) and v.is_floating_point()
@@ -431,9 +431,9 @@ def tune_schedule(denoiser, sampler: str, nfe: int, *, shape: Sequence[int], sig
     def run(sigmas: torch.Tensor) -> torch.Tensor:
         return samplers.sample(denoiser, x, sigmas, sampler, seeds, cond=cond, **options)
 
-    with _threads_for(device, latents.numel()):
+    with threads_for(device, latents.numel()):
         reference = ReferenceCache(denoiser, latents, cond)(init_sigmas)  # once: every schedule shares it
-        with _progress_bar(progress, max_evals, sampler, nfe) as bar:
+        with progress_bar(progress, max_evals, sampler, nfe) as bar:
             objective = Objective(run, reference, max_evals, bar)
             init_levels = init_sigmas[:-1].numpy()
             init_error = objective.error(init_levels, "init")

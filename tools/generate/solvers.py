@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.common import BadInput, one_line
+from tools.common import FILE_PREFIX, BadInput, one_line
 
 __all__ = ["AUTO", "FITTED_SCHEDULE", "Fitted", "auto_pick", "check_fitted_model", "fitted_guidance",
            "read_fitted", "special_sampler"]
@@ -25,7 +25,7 @@ FITTED_SCHEDULE = "fitted"
 
 def special_sampler(name) -> str | None:
     """``"file"`` for ``file:PATH``, ``"auto"`` for auto, None for a registry name."""
-    if isinstance(name, str) and name.startswith("file:"):
+    if isinstance(name, str) and name.startswith(FILE_PREFIX):
         return "file"
     return AUTO if name == AUTO else None
 

@@ -1,0 +1,280 @@
+"""``--sampler auto``: the best registered sampler x schedule for an NFE budget, from a table that ``edm bench
+--write-auto`` writes for a model (its weights' fingerprint), or a documented fallback rule without one.
+
+Tables. ``write_auto_table`` keeps, for each NFE budget of a benchmark, the "ok" cell with the lowest value
+of the benchmark's first quality metric present (``fd`` if it was computed, else ``ode_rmse``): any
+registered sampler, deterministic or stochastic, on a registered schedule. ``file:`` samplers and schedules
+are left out (a path need not exist where the table is read), and so are samplers that cannot be given a
+fixed budget (``samplers.steps_for_nfe`` refuses them: ``restart``, adaptive ones), since ``auto`` runs the
+pick with ``steps_for_nfe``. A table is JSON (format ``edm-samplers/auto-v1``) naming the model and the
+fingerprint of its weights (``tools.solver_file.fingerprint``); writing replaces the table at that path.
+
+Lookup (``auto_choice``). The user's table ``auto_dir()/<fingerprint>.json`` (``$EDM_AUTO_DIR``, else
+``~/.cache/edm-samplers/auto``), then the tables shipped in ``tools/bench/auto_tables/`` whose
+``fingerprint`` matches. In each, the row measured at exactly the asked NFE, else the row of the largest
+NFE below it (its sampler then runs at the asked NFE: more steps of a method that was best with fewer is a
+safe bet, whereas a row above the budget cannot run in it). Without a table, or a row at or below the
+budget, the fallback rule.
+
+Fallback rule, from what the project measured: FD of the ``digits`` model at NFE 3-35 (12 samplers x
+karras/exponential, ``bench/results/auto_digits.md``; NFE 50 in ``bench/results/digits_bench``) and the
+ODE error on an exact Gaussian mixture at NFE 5-50 (``bench/results/accuracy.md``). Without a model's own
+table the rule should be safe rather than best somewhere, so it takes the pair whose worst case is mildest:
+
+* NFE < 30: ``ipndm`` / ``exponential``. On digits it was best at 3, 10, 15 and 20 and never worse than
+  1.74x the best FD at 3-8, where every other pair was 2.1x or more off at some budget (the best pair
+  changes with every budget from 3 to 6: ipndm_afs / exponential, best at 5, is 2.3x off at 4, and
+  ipndm_afs / karras, best at 4, 6.7x off at 6). On the mixture it had the lowest ODE error of the
+  untuned samplers at NFE 5 and was within 1.4x of it at 10.
+* NFE >= 30: ``unipc`` / ``exponential``. By 30 NFE every sampler of order >= 2 is at the FD floor on
+  digits (unipc 4.18 at 20 and 4.14 at 35, best 4.15 and 4.13), and on the mixture it had the lowest ODE
+  error of all untuned samplers at 20 and 50 NFE (2-3x below ipndm, 50x below EDM's heun / karras at 50).
+  It is not used lower: on digits it was 1.4x off at 10 NFE, and erratic on karras. The switch sits at 30,
+  not 20, to keep a margin from that regime on models that reach it later.
+
+Both run at any budget >= 1, and ``exponential`` needs only the model's sigma range, so the rule serves
+every model, discrete ones too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import numbers
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edm.checkpoint import atomic_write, read_record
+
+__all__ = ["AUTO", "FALLBACK", "FORMAT", "AutoChoice", "AutoTableError", "auto_choice", "auto_dir",
+           "load_auto_table", "shipped_tables", "write_auto_table"]
+
+AUTO = "auto"
+FORMAT = "edm-samplers/auto-v1"
+QUALITY = ("fd", "ode_rmse")  # in order of preference; lower is better for both
+SHIPPED = Path(__file__).parent / "auto_tables"
+
+#: (below this NFE, sampler, schedule), in increasing order; the last applies to every larger budget
+FALLBACK = ((30, "ipndm", "exponential"), (None, "unipc", "exponential"))
+
+#: the benchmark settings a table records as the conditions of its measurements
+CONDITIONS = ("seeds", "num", "dtype", "device", "detector", "ref", "guidance", "class", "steering", "text",
+              "batch")
+
+
+class AutoTableError(ValueError):
+    """An auto table that is missing, corrupt or not a table, or cells that give none (one line)."""
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What ``--sampler auto`` runs at ``nfe``: the sampler, its schedule and options, and where the pick
+    came from: ``source`` is ``"table PATH"`` (with the measured ``metric`` and ``value`` at the row's
+    NFE) or ``"fallback"`` (``metric`` and ``value`` None)."""
+
+    sampler: str
+    schedule: str
+    options: dict
+    nfe: int
+    source: str
+    metric: str | None
+    value: float | None
+
+
+def auto_dir() -> Path:
+    """Where ``edm bench --write-auto`` puts tables: ``$EDM_AUTO_DIR``, else
+    ``~/.cache/edm-samplers/auto``."""
+    given = os.environ.get("EDM_AUTO_DIR")
+    return Path(given).expanduser() if given else Path.home() / ".cache" / "edm-samplers" / "auto"
+
+
+def table_name(fingerprint: str) -> str:
+    """The file name of a model's table (':' is not portable in file names)."""
+    return fingerprint.replace(":", "-") + ".json"
+
+
+def _registered(name: Any) -> bool:
+    return isinstance(name, str) and not name.startswith("file:")
+
+
+def _runs_at(sampler: str, nfe: int, options: Mapping[str, Any] | None) -> bool:
+    """Whether ``sampler`` (registered) takes a fixed budget of ``nfe`` with ``options``."""
+    import samplers
+
+    try:
+        samplers.steps_for_nfe(sampler, nfe, dict(options or {}))
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _schedule_known(name: str) -> bool:
+    from samplers import schedules
+
+    try:
+        schedules.spec(name)
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _quality_metric(cells: list[dict]) -> str:
+    for metric in QUALITY:
+        if any(_finite(cell.get(metric)) is not None for cell in cells):
+            return metric
+    raise AutoTableError("no cell has a quality metric (fd or ode_rmse) to rank by: bench with --metrics fd "
+                         "or ode")
+
+
+def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerprint: str, path=None,
+                     sampler_options: Mapping[str, Mapping[str, Any]] | None = None,
+                     conditions: Mapping[str, Any] | None = None) -> Path:
+    """Write the best cell per NFE budget of ``edm bench`` cells (``Bench.run()``'s flat dicts) as the auto
+    table of the model whose weights have ``fingerprint``; return its path (default
+    ``auto_dir()/<fingerprint>.json``, ':' as '-').
+
+    ``sampler_options``: the options each sampler ran with (the bench's ``--option``/flags), recorded
+    with its row, as is a cell's own ``options`` key if it has one. ``conditions``: the benchmark's
+    settings (``Bench.settings``); those of :data:`CONDITIONS` are recorded. AutoTableError (one line)
+    when no cell qualifies.
+    """
+    from .outputs import best_per_budget
+
+    sampler_options = sampler_options or {}
+    usable = []
+    for cell in cells:
+        cell = dict(cell)
+        sampler, schedule, budget = cell.get("sampler"), cell.get("schedule"), cell.get("nfe_budget")
+        if cell.get("status") != "ok" or not (_registered(sampler) and _registered(schedule)):
+            continue
+        options = dict(cell.get("options") or sampler_options.get(sampler) or {})
+        if isinstance(budget, int) and _runs_at(sampler, budget, options):
+            usable.append({**cell, "options": options})
+    metric = _quality_metric(usable)
+    rows = []
+    for budget, cell in best_per_budget(usable, metric).items():
+        rows.append({"nfe": budget, "sampler": cell["sampler"], "schedule": cell["schedule"],
+                     "options": cell["options"], "metric": metric, "value": _finite(cell[metric]),
+                     "steps": cell.get("steps"), "nfe_used": cell.get("nfe"), "num": cell.get("num"),
+                     "stochastic": bool(cell.get("stochastic"))})
+    settings = dict(conditions or {})
+    record = {
+        "format": FORMAT, "model": str(model), "fingerprint": str(fingerprint),
+        "date": datetime.date.today().isoformat(), "metric": metric,
+        "conditions": {key: settings[key] for key in CONDITIONS if settings.get(key) is not None},
+        "rows": rows,
+    }
+    from tools.common import jsonable
+
+    text = json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n"
+    path = Path(path).expanduser() if path is not None else auto_dir() / table_name(str(fingerprint))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except OSError as e:
+        raise AutoTableError(f"cannot write the auto table {path}: {e.strerror or e}") from None
+    return path
+
+
+def _check_row(row: Any, path: Path) -> None:
+    def bad(why: str) -> AutoTableError:
+        return AutoTableError(f"corrupt auto table {path}: {why}")
+
+    if not isinstance(row, dict):
+        raise bad("a row is not an object")
+    nfe = row.get("nfe")
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
+        raise bad(f"a row's nfe is {nfe!r}, not a positive integer")
+    for key in ("sampler", "schedule"):
+        if not isinstance(row.get(key), str) or not row[key]:
+            raise bad(f"the row of NFE {nfe} has no {key} name")
+    if not isinstance(row.get("options", {}), dict):
+        raise bad(f"the row of NFE {nfe} has options that are not an object")
+    value = row.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise bad(f"the row of NFE {nfe} has value {value!r}, not a number")
+
+
+def load_auto_table(path) -> dict:
+    """The auto table at ``path`` (JSON only is read); AutoTableError (one line) naming the file when it is
+    missing, corrupt or not a table."""
+    path = Path(path).expanduser()
+    record = read_record(path, FORMAT, "auto table", AutoTableError)
+    if not isinstance(record.get("fingerprint"), str) or not record["fingerprint"]:
+        raise AutoTableError(f"corrupt auto table {path}: no model fingerprint")
+    rows = record.get("rows")
+    if not isinstance(rows, list):
+        raise AutoTableError(f"corrupt auto table {path}: its rows are not a list")
+    for row in rows:
+        _check_row(row, path)
+    if len({row["nfe"] for row in rows}) != len(rows):
+        raise AutoTableError(f"corrupt auto table {path}: two rows for one NFE")
+    return record
+
+
+def shipped_tables() -> list[Path]:
+    """The tables shipped with the package, in name order."""
+    return sorted(SHIPPED.glob("*.json"))
+
+
+def _tables(fingerprint: str) -> list[tuple[Path, dict]]:
+    """The tables for ``fingerprint``, the user's before the shipped ones."""
+    found = []
+    user = auto_dir() / table_name(fingerprint)
+    if user.is_file():
+        table = load_auto_table(user)
+        if table["fingerprint"] != fingerprint:
+            raise AutoTableError(f"auto table {user} is for weights {table['fingerprint'][:19]}, not "
+                                 f"{fingerprint[:19]} as its name says: rewrite it (edm bench --write-auto)")
+        found.append((user, table))
+    for path in shipped_tables():
+        table = load_auto_table(path)
+        if table["fingerprint"] == fingerprint:
+            found.append((path, table))
+    return found
+
+
+def _row_for(table: dict, nfe: int) -> dict | None:
+    """The row measured at ``nfe``, else the one of the largest NFE below it, that runs at ``nfe``."""
+    rows = sorted((row for row in table["rows"] if row["nfe"] <= nfe), key=lambda row: -row["nfe"])
+    for row in rows:
+        if _registered(row["sampler"]) and _schedule_known(row["schedule"]) \
+                and _runs_at(row["sampler"], nfe, row.get("options")):
+            return row
+    return None
+
+
+def fallback(nfe: int) -> AutoChoice:
+    """The documented rule's pick at ``nfe`` (see the module docstring)."""
+    for below, sampler, schedule in FALLBACK:
+        if (below is None or nfe < below) and _runs_at(sampler, nfe, None):
+            return AutoChoice(sampler, schedule, {}, nfe, "fallback", None, None)
+    # only reached if a budget is too small for the rule's sampler; euler runs at any budget
+    return AutoChoice("euler", "karras", {}, nfe, "fallback", None, None)
+
+
+def auto_choice(fingerprint: str, nfe: int) -> AutoChoice:
+    """What ``--sampler auto`` runs at ``nfe`` for the model whose weights have ``fingerprint``.
+
+    The user's table, then the shipped ones (see the module docstring); else the fallback rule. ValueError
+    (one line) when ``nfe`` is not a positive integer; AutoTableError when a table found is corrupt.
+    """
+    if not isinstance(nfe, numbers.Integral) or isinstance(nfe, bool) or nfe < 1:
+        raise ValueError(f"--sampler auto needs an NFE budget, a positive integer (--nfe N), got {nfe!r}")
+    nfe = int(nfe)
+    for path, table in _tables(str(fingerprint)):
+        row = _row_for(table, nfe)
+        if row is not None:
+            return AutoChoice(row["sampler"], row["schedule"], dict(row.get("options") or {}), nfe,
+                              f"table {path}", row.get("metric", table.get("metric")), row.get("value"))
+    return fallback(nfe)
