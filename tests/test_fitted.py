@@ -415,3 +415,13 @@ def test_sampler_auto_bad_inputs(tmp_path, args, match):
     assert result.exit_code == 2, result.output
     errors = error_lines(result)
     assert len(errors) == 1 and match in errors[0], result.output
+
+
+def test_fid_gen_scores_a_solver_file(digits_solver):
+    from tools.fid import cli as fid_cli
+
+    result = invoke(fid_cli.fid, "gen", "--sampler", f"file:{digits_solver}", "--num", 8, "--ref", "digits",
+                    "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("fd_digits ")
+    assert float(result.stdout.split()[1]) > 0
