@@ -425,3 +425,18 @@ def test_fid_gen_scores_a_solver_file(digits_solver):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("fd_digits ")
     assert float(result.stdout.split()[1]) > 0
+
+
+def test_a_guided_fit_is_sampled_with_its_guidance(tmp_path):
+    out = tmp_path / "guided.json"
+    result = invoke(solver_cli.tune_solver, "--model", "digits", "--nfe", 3, "--num", 2, "--heldout", 0,
+                    "--iterations", 1, "--guidance", 1, "--class", 4, "--out", out, "--device", "cpu",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    meta = load_solver(out).metadata
+    assert meta["guidance"] == 1.0 and meta["class"] == 4 and meta["fit"]["heldout_error"] is None
+    images = tmp_path / "images"
+    result = invoke(generate_cli.generate, "--sampler", f"file:{out}", "--seeds", "0", "--outdir", images,
+                    "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads((images / "edm-generate.json").read_text())["guidance"] == 1.0
