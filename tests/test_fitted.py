@@ -144,6 +144,16 @@ def test_zero_iterations_return_the_start_exactly(mixture):
     assert fit.start == "dpmpp_2m / karras" and fit.error == fit.init_error
 
 
+def test_a_fitted_solver_is_a_start_of_its_own(mixture):
+    told = LinearSolver(karras(4), from_sampler("dpmpp_2m", karras(4)).weights,
+                        model_sigmas=karras(4)[:-1] * torch.tensor([1.1, 0.9, 1.2, 1.0], dtype=torch.float64))
+    fit = tune_solver(mixture, 4, shape=SHAPE, **RANGE, num=4, heldout=[], init=told, iterations=3)
+    again = tune_solver(mixture, 4, shape=SHAPE, **RANGE, num=4, heldout=[], init=told, iterations=0)
+    x = latents(range(2))
+    assert torch.equal(again.solver.sample(mixture, x), told.sample(mixture, x))
+    assert fit.error <= fit.init_error == again.error
+
+
 def test_the_fit_beats_its_start_on_calibration_and_held_out_seeds(mixture):
     fit = tune_solver(mixture, 5, shape=SHAPE, **RANGE, num=32, heldout_num=32, iterations=60)
     assert fit.start in start_candidates(5, 0.002, 80.0)

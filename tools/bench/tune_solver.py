@@ -155,6 +155,9 @@ class Parametrisation:
         pieces = torch.cat([log_levels[:-1] - log_levels[1:], (log_levels[-1:] - math.log(sigma_min))])
         shares = (pieces / self.log_range).clamp_min(MIN_SHARE)
         self.logits0 = shares.log()
+        # a start that already tells the model other levels (a refit of a fitted solver) keeps them
+        told = start.model_sigmas
+        self.shift0 = torch.zeros_like(levels) if told is None else (told / levels).log()
         count = len(levels)
         mask = torch.tril(torch.ones(count, count, dtype=torch.float64))
         if self.afs:
@@ -183,7 +186,7 @@ class Parametrisation:
 
     def solver(self, logits, delta, shift, **kwargs) -> LinearSolver:
         levels = self.levels(logits.detach())
-        told = self.model_levels(levels, shift.detach()) if bool(shift.any()) else None
+        told = self.model_levels(levels, shift.detach()) if bool(shift.detach().any()) else None
         return LinearSolver(torch.cat([levels, levels.new_zeros(1)]), self.weights(delta.detach()),
                             afs=self.afs, model_sigmas=told, **kwargs)
 
@@ -285,7 +288,8 @@ def _fit(batch: Batch, param: Parametrisation, iterations: int, learning_rate: f
     indices = _minibatches(batch.x.shape[0], batch_size, device)
     logits = param.logits0.clone().to(device, torch.float64).requires_grad_(True)
     delta = torch.zeros_like(param.start.weights, device=device).requires_grad_(True)
-    shifts = torch.zeros(len(param.logits0), dtype=torch.float64, device=device, requires_grad=shift)
+    shift0 = param.shift0.to(device)
+    shifts = shift0.clone().requires_grad_(shift)
     optimiser = torch.optim.Adam([logits, delta, *([shifts] if shift else [])], lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(iterations, 1),
                                                            eta_min=learning_rate / 20)
@@ -318,7 +322,7 @@ def _fit(batch: Batch, param: Parametrisation, iterations: int, learning_rate: f
             bar.set_postfix_str(f"error {best_error:.4g}", refresh=False)
         if not math.isfinite(error):
             break
-        loss = mse.log() + penalty * (change.square().sum() + shifts.square().sum())
+        loss = mse.log() + penalty * (change.square().sum() + (shifts - shift0).square().sum())
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
