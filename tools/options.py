@@ -312,9 +312,10 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
         is_flag=True,
         help="Allow loading a pickle. Pickles run code when loaded: only for files you trust.")),
     "sampler": ("Sampling", ("--sampler",), dict(
-        metavar="NAME", help="The sampler (`edm samplers` lists them with their options); `edm bench` takes "
-                             "a "
-                             "comma-separated list or 'all'.")),
+        metavar="NAME", help="The sampler (`edm samplers` lists them with their options), file:PATH for a "
+                             "solver fitted by `edm tune-solver`, or 'auto' with --nfe (the best "
+                             "registered sampler and schedule for the budget, from the model's `edm bench "
+                             "--write-auto` table); `edm bench` takes a comma-separated list or 'all'.")),
     "steps": ("Sampling", ("--steps",), dict(
         type=click.IntRange(min=1), metavar="N",
         help="Number of steps (noise levels before the final 0).  [default: 18, as EDM; edm bench compares "
