@@ -152,7 +152,6 @@ def mixture(args) -> int:
         f"--heldout {args.heldout} --iterations {args.iterations}`, {environment(torch.get_num_threads())}.",
         "",
         f"{args.num} evaluation seeds (0..{args.num - 1}); fitted on {args.calibration} calibration seeds "
-        f"(minibatches of {args.batch_size}) "
         f"({calibration_seeds(1)[0]} on), judged also on {args.heldout} held-out seeds "
         f"({heldout_seeds(1)[0]} on). Error: RMS distance to the probability-flow ODE (DOP853, rtol = atol "
         f"= 1e-10) from the same noise, then the final denoising jump; float64.",
@@ -276,8 +275,8 @@ def digits(args) -> int:
         f"1797 digits). Converged: {CONVERGED[0]} at {CONVERGED[1]} NFE, same seeds: **{converged:.3f}**. "
         f"Best registered: the lowest FD among {', '.join(DIGITS_SAMPLERS)} x {', '.join(DIGITS_SCHEDULES)} "
         f"at that budget; tuned schedule: that sampler with `tune_schedule` ({args.tune_num} calibration "
-        f"seeds, {args.tune_evals} runs). Fitted solvers: {args.calibration} calibration seeds, minibatches "
-        f"of {args.batch_size}, float32, {args.iterations} iterations; "
+        f"seeds, {args.tune_evals} runs). Fitted solvers: {args.calibration} calibration seeds, float32, "
+        f"{args.iterations} iterations; "
         f"calibration / held-out columns are ODE errors ({args.heldout} held-out seeds); the last column is "
         "the ODE error on 64 seeds that all have class 0, then class 7 (the fit drew a class per seed).",
         "",
@@ -326,10 +325,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=["mixture", "digits"])
     parser.add_argument("--num", type=int, default=None, help="evaluation seeds (mixture 256, digits 2000)")
-    parser.add_argument("--calibration", type=int, default=512, help="calibration seeds of the fit")
+    parser.add_argument("--calibration", type=int, default=256, help="calibration seeds of the fit")
     parser.add_argument("--heldout", type=int, default=256, help="held-out seeds of the fit")
     parser.add_argument("--iterations", type=int, default=300, help="gradient steps of the fit")
-    parser.add_argument("--batch-size", type=int, default=128, help="calibration samples per step of the fit")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="calibration samples run at once in the fit (memory only)")
     parser.add_argument("--tune-num", type=int, default=16,
                         help="calibration seeds of tune_schedule (digits)")
     parser.add_argument("--tune-evals", type=int, default=100, help="sampler runs of tune_schedule (digits)")

@@ -167,6 +167,14 @@ def test_the_fit_beats_its_start_on_calibration_and_held_out_seeds(mixture):
     assert math.isclose(rms_error(fit.solver.sample(mixture, noise), reference), fit.error, rel_tol=1e-6)
 
 
+def test_the_fit_does_not_depend_on_how_the_batch_is_chunked(mixture):
+    whole = tune_solver(mixture, 4, shape=SHAPE, **RANGE, num=12, heldout=[], iterations=6, batch_size=None)
+    chunked = tune_solver(mixture, 4, shape=SHAPE, **RANGE, num=12, heldout=[], iterations=6, batch_size=5)
+    torch.testing.assert_close(chunked.solver.weights, whole.solver.weights, rtol=0, atol=1e-10)
+    torch.testing.assert_close(chunked.solver.sigmas, whole.solver.sigmas, rtol=1e-10, atol=0)
+    assert math.isclose(chunked.error, whole.error, rel_tol=1e-9)
+
+
 def test_never_worse_than_the_start(mixture):
     """A learning rate far too large diverges; the start comes back."""
     fit = tune_solver(mixture, 4, shape=SHAPE, **RANGE, num=4, heldout=[], init="ipndm", iterations=3,

@@ -30,11 +30,11 @@ __all__ = ["tune_solver"]
 @option("Seeds and classes", "--heldout", type=click.IntRange(min=0), default=64, show_default=True,
         metavar="N", help="Held-out images to judge the fit on: seeds 2000000 to 2000000+N-1 (0: none).")
 @option("Sampling", "--iterations", type=click.IntRange(min=0), default=None, metavar="N",
-        help="Gradient steps of the fit, each one solver run (forward and backward) on --batch-size "
-             "calibration images.  [default: 200]")
+        help="Gradient steps of the fit, each one solver run (forward and backward) on all calibration "
+             "images.  [default: 200]")
 @option("Sampling", "--batch-size", type=click.IntRange(min=1), default=None, metavar="N",
-        help="Calibration images per gradient step (a fresh share of the calibration seeds each step).  "
-             "[default: 64]")
+        help="Calibration images run through the model at once (memory only: each step's gradient is "
+             "the whole calibration batch's).  [default: 128]")
 @option("Output", "--out", required=True, type=click.Path(dir_okay=False), metavar="FILE.json",
         help="Where the solver file goes (written atomically; its folder is created).")
 @progress_option
