@@ -6,7 +6,9 @@ data-prediction exponential-integrator form (DPM-Solver++'s, Euler's = DDIM's)::
     x_{i+1} = (s_{i+1} / s_i) x_i + (1 - s_{i+1} / s_i) * sum_{j <= i} a_ij D_j,    D_j = D(x_j; s_j)
 
 over evaluation levels ``s_0 > s_1 > ... > s_{K-1} > s_K = 0``, with a lower-triangular weight matrix
-``a``. The last step, onto 0, returns the weighted denoised mix itself. Why this form:
+``a``. The last step, onto 0, returns the weighted denoised mix itself. The model may be told another
+level than the state's, ``D(x_j; t_j)`` with ``t_j`` = ``model_sigmas[j]`` (a fitted time shift; default
+``s_j``). Why this form:
 
 * every weight row summing to 1 keeps the solver exact whenever D is constant along the way (one
   data point: the ODE is then ``x(s) = D + (s / s_0) (x_0 - D)``), whatever the levels; weights that
@@ -59,7 +61,8 @@ def multistep(model: Callable, x: torch.Tensor, levels: Sequence, weights, *, af
         sigma = levels[i]
         d = torch.zeros_like(x) if afs and i == 0 else model(x, told[i])
         denoised.append(d)
-        report(callback, i, x, float(sigma), d) if callback is not None else None
+        if callback is not None:
+            report(callback, i, x, float(sigma), d)
         mix = sum(weights[i][j] * denoised[j] for j in range(i + 1))
         if i + 1 == count:
             return mix
