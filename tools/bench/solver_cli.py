@@ -55,8 +55,6 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
       edm tune-solver --model digits --nfe 5 --out digits-5.json
       edm generate --outdir out --sampler file:digits-5.json --seeds 0-63
     """
-    import torch
-
     from tools.generate.sampling import prepare_sampling
     from tools.solver_file import fingerprint, save_solver
 
@@ -123,4 +121,3 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
         f"; held-out {result.heldout_init_error:.4g} -> {result.heldout_error:.4g}")
     click.echo(f"{nfe}-NFE solver: calibration ODE error {result.init_error:.4g} ({result.start}) -> "
                f"{result.error:.4g} ({result.improvement:.2f}x lower){heldout_text}; saved {out_path}")
-    _ = torch
