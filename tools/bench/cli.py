@@ -55,7 +55,9 @@ def _sampler_names(value: str) -> list[str]:
 def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict]) -> dict[str, dict]:
     """--eta-style flags for every sampler that has the option, then SAMPLER.KEY=VALUE overrides (fitted
     solvers, file:PATH, have none)."""
-    registered = [name for name in names if not name.startswith("file:")]
+    from tools.generate.solvers import special_sampler
+
+    registered = [name for name in names if special_sampler(name) != "file"]
     merged = {name: dict(values) for name, values in sampler_options(registered, flags).items() if values}
     for name, values in per_sampler.items():
         merged.setdefault(name, {}).update(values)

@@ -28,7 +28,7 @@ from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from tools.generate.prompts import Prompting, check_prompting, guidance_or_default
 from tools.generate.sampling import check_guidance, check_sampler
 from tools.generate.schedule import DIFFUSERS_SCHEDULE, resize_model, schedule_sigmas
-from tools.generate.solvers import check_fitted_model, fitted_guidance, read_fitted, special_sampler
+from tools.generate.solvers import check_fitted_use, read_fitted, special_sampler
 from tools.generate.steering import check_steering
 from tools.images import to_uint8
 from tools.seeds import format_seeds, parse_seeds
@@ -274,15 +274,6 @@ def _fitted(names: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> d
     return fitted
 
 
-def _check_fitted(fitted: Mapping[str, Any], model, guidance) -> None:
-    """Each fitted solver is for this model and for this guidance weight."""
-    for one in fitted.values():
-        with _bench_errors("samplers"):
-            check_fitted_model(one, model)
-        with _bench_errors("guidance"):
-            fitted_guidance(one, guidance or 0.0)
-
-
 def _sampler_options(options: Mapping[str, Mapping[str, Any]] | None, names: Sequence[str]) -> dict:
     """Per-sampler option overrides, each checked by a run on a 1x1 zero problem."""
     checked = {}
@@ -432,7 +423,9 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
         steers = {p: check_steering(steering, raw[p], guidance=guidance, class_label=class_label,
                                     device=device, dtype=p, trust_pickle=trust_pickle, prompts=prompts[p])
                   for p in precisions}
-    _check_fitted(fitted, raw[precisions[0]], guidance)
+    for one in fitted.values():  # each solver file is for this model and this guidance weight
+        with _bench_errors():
+            check_fitted_use(one, raw[precisions[0]], guidance or 0.0)
     precise = {p: in_precision(raw[p], p) for p in precisions}
     models = {p: replace(precise[p], denoiser=steers[p].denoiser(precise[p], p)) for p in precisions}
     steer = steers[precisions[0]]

@@ -28,8 +28,7 @@ from .solvers import (
     AUTO,
     FITTED_SCHEDULE,
     auto_pick,
-    check_fitted_model,
-    fitted_guidance,
+    check_fitted_use,
     read_fitted,
     special_sampler,
 )
@@ -279,8 +278,7 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
     dtype = resolve_dtype(dtype)
     model = load(model, device, dtype, trust_pickle)
     if fitted is not None:
-        check_fitted_model(fitted, model)
-        guidance = fitted_guidance(fitted, guidance)
+        guidance = check_fitted_use(fitted, model, guidance)
     if kind == AUTO:
         pick = auto_pick(model, nfe)
         spec, schedule, options = sampler_spec(pick.sampler), pick.schedule, dict(pick.options)

@@ -15,8 +15,8 @@ from typing import Any
 
 from tools.common import FILE_PREFIX, BadInput, one_line
 
-__all__ = ["AUTO", "FITTED_SCHEDULE", "Fitted", "auto_pick", "check_fitted_model", "fitted_guidance",
-           "read_fitted", "special_sampler"]
+__all__ = ["AUTO", "FITTED_SCHEDULE", "Fitted", "auto_pick", "check_fitted_model", "check_fitted_use",
+           "fitted_guidance", "read_fitted", "special_sampler"]
 
 AUTO = "auto"
 #: the schedule a fitted solver's run records: its own levels
@@ -83,6 +83,13 @@ def fitted_guidance(fitted: Fitted, guidance):
                        f"{fitted_w:g}, not {float(guidance):g}: sample with its guidance or fit one for "
                        f"{float(guidance):g}", "guidance")
     return guidance
+
+
+def check_fitted_use(fitted: Fitted, model, guidance):
+    """BadInput unless the solver was fitted to this model; the guidance weight to sample with (see
+    :func:`fitted_guidance`). The one check every command that runs a solver file makes."""
+    check_fitted_model(fitted, model)
+    return fitted_guidance(fitted, guidance)
 
 
 def auto_pick(model, nfe):
