@@ -175,6 +175,20 @@ def test_the_fit_does_not_depend_on_how_the_batch_is_chunked(mixture):
     assert math.isclose(chunked.error, whole.error, rel_tol=1e-9)
 
 
+def test_restarts_keep_the_best_of_the_fits_from_the_best_starts(mixture):
+    """restarts=3 fits from each of the three best starts, and returns the fit a single-start run from
+    that start gives (the same steps), the lowest of the three."""
+    common = dict(shape=SHAPE, **RANGE, num=6, heldout=[], iterations=4)
+    fit = tune_solver(mixture, 4, restarts=3, **common)
+    ranked = sorted(fit.candidates, key=fit.candidates.get)[:3]
+    starts = start_candidates(4, 0.002, 80.0)
+    alone = {label: tune_solver(mixture, 4, init=starts[label], **common) for label in ranked}
+    assert fit.start in ranked and fit.settings["restarts"] == 3
+    assert fit.error == min(one.error for one in alone.values()) == alone[fit.start].error
+    assert torch.equal(fit.solver.weights, alone[fit.start].solver.weights)
+    assert fit.init_error == fit.candidates[fit.start]
+
+
 def test_never_worse_than_the_start(mixture):
     """A learning rate far too large diverges; the start comes back."""
     fit = tune_solver(mixture, 4, shape=SHAPE, **RANGE, num=4, heldout=[], init="ipndm", iterations=3,
@@ -200,6 +214,7 @@ def test_conditioning_reaches_the_denoiser(mixture):
     (dict(init="nope"), "unknown sampler"),
     (dict(seeds=[1, 1]), "distinct"),
     (dict(seeds=[5, 6], heldout=[6]), "apart"),
+    (dict(restarts=0), "restarts"),
 ])
 def test_bad_arguments(mixture, kwargs, match):
     args = {"nfe": 4, **kwargs}
@@ -267,7 +282,7 @@ def error_lines(result) -> list[str]:
 def digits_solver(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("solver") / "digits-3.json"
     result = invoke(solver_cli.tune_solver, "--model", "digits", "--nfe", 3, "--num", 3, "--heldout", 2,
-                    "--iterations", 2, "--out", out, "--device", "cpu", "--no-progress")
+                    "--iterations", 2, "--restarts", 2, "--out", out, "--device", "cpu", "--no-progress")
     assert result.exit_code == 0, result.output
     return out
 
@@ -278,7 +293,7 @@ def test_cli_fits_and_records_what_it_fitted(digits_solver):
     assert loaded.solver.nfe == 3 and meta["model"] == "digits" and meta["guidance"] == 0.0
     assert meta["class"] == "random per seed" and meta["fit"]["seeds"] == "1000000-1000002"
     assert meta["fit"]["heldout_seeds"] == "2000000-2000001"
-    assert meta["fit"]["error"] <= meta["fit"]["init_error"]
+    assert meta["fit"]["error"] <= meta["fit"]["init_error"] and meta["fit"]["restarts"] == 2
     from tools.models import load_model
 
     assert meta["model_fingerprint"] == fingerprint(load_model("digits").denoiser)
@@ -336,6 +351,7 @@ def test_generate_refuses_what_a_solver_file_fixes(digits_solver, tmp_path, args
     (["--model", "no/such/model.json"], "--model"),
     (["--out", "."], "is a directory"),
     (["--seeds", "5-9", "--num", 5], "mutually exclusive"),
+    (["--restarts", 0], "--restarts"),
 ])
 def test_tune_solver_bad_inputs(tmp_path, monkeypatch, args, match):
     monkeypatch.chdir(tmp_path)

@@ -35,11 +35,15 @@ __all__ = ["tune_solver"]
 @option("Sampling", "--batch-size", type=click.IntRange(min=1), default=None, metavar="N",
         help="Calibration images run through the model at once (memory only: each step's gradient is "
              "the whole calibration batch's).  [default: 128]")
+@option("Sampling", "--restarts", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+        help="Fit from the K best starts and keep the best fit (K times the time; the error is not "
+             "convex, and another start can end lower).")
 @option("Output", "--out", required=True, type=click.Path(dir_okay=False), metavar="FILE.json",
         help="Where the solver file goes (written atomically; its folder is created).")
 @progress_option
 def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
-                guidance, device, dtype, seeds, num, heldout, iterations, batch_size, out, progress, **flags):
+                guidance, device, dtype, seeds, num, heldout, iterations, restarts, batch_size, out, progress,
+                **flags):
     """Fit a few-step solver to a model at an NFE budget: its noise levels and multistep weights.
 
     The fit minimises the distance of the solver's samples to the model's own probability-flow ODE
@@ -101,7 +105,7 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
     try:
         result = fit(setup.denoiser, nfe, shape=loaded.shape, sigma_min=bottom, sigma_max=top, seeds=seeds,
                      heldout=held, cond=setup.cond, init=sampler, schedule=schedule,
-                     iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+                     iterations=DEFAULT_ITERATIONS if iterations is None else iterations, restarts=restarts,
                      batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
                      device=setup.device, dtype=setup.state_dtype, progress=progress, log=log)
     except ValueError as e:  # a start that is not a linear solver of this budget, a bad schedule

@@ -9,7 +9,9 @@ it are in bench/results/few_step.md; in short, S4S-Alt's space (levels and weigh
 1. Start: every registered deterministic sampler that is a point of the space (``from_sampler``) on a
    few schedule families, at exactly ``nfe`` calls, is run once on the calibration batch; the best is
    the start. The fit keeps the best solver it has seen, the start included, so it is never worse
-   than the start on the calibration batch.
+   than the start on the calibration batch. With ``restarts`` k the k best starts are each fitted and
+   the best fit is kept: the error is not convex in the levels, and on the mixture at 10 NFE a fit
+   from the best start stayed where it began while one from the third best went 22% lower.
 2. Fit: Adam on log(calibration MSE) over (a) the levels, as softmax shares of the log-sigma range
    with the first level fixed at sigma_max and a slack share below the last, so every parameter value
    is a valid decreasing schedule ending at or above sigma_min, and (b) zero-sum changes to each row
@@ -329,7 +331,7 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
                 heldout: Sequence[int] | None = None, heldout_num: int = 64,
                 cond: Mapping[str, Any] | Callable | None = None, init=None, schedule: str | None = None,
                 iterations: int = DEFAULT_ITERATIONS, learning_rate: float = DEFAULT_LEARNING_RATE,
-                penalty: float = DEFAULT_PENALTY, shift: bool = True,
+                penalty: float = DEFAULT_PENALTY, shift: bool = True, restarts: int = 1,
                 batch_size: int | None = DEFAULT_BATCH_SIZE, device="cpu", dtype=torch.float64,
                 progress: bool = False, log: Callable[[str], None] | None = None) -> SolverFit:
     """Fit a solver of exactly ``nfe`` calls of ``denoiser`` (see the module docstring).
@@ -343,7 +345,8 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
     ``iterations`` Adam steps at ``learning_rate`` (cosine decay); each step runs the solver forward and
     backward on the whole calibration batch, ``batch_size`` samples at a time (None: all at once);
     ``penalty`` is the weight of the pull toward the start's weights and levels told; ``shift`` lets the
-    levels the model is told move off the state's.
+    levels the model is told move off the state's; ``restarts`` is how many of the best starts are
+    fitted (the best fit wins; the progress bar counts every fit's steps).
     Raises ValueError (one line) for a bad argument or an ``init`` that is not a linear solver of
     ``nfe`` calls.
     """
@@ -355,6 +358,7 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
     if set(heldout) & set(seeds):
         raise ValueError("held-out seeds must be apart from the calibration seeds")
     iterations = positive_count(iterations, "iterations") if iterations != 0 else 0
+    restarts = positive_count(restarts, "restarts")
     batch_size = None if batch_size is None else positive_count(batch_size, "batch_size")
     device = resolve_device(device)
     log = log or (lambda text: None)
@@ -365,22 +369,27 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
         log(f"teacher: probability-flow ODE from {sigma_max:g} to {sigma_min:g} on {len(seeds)} seeds")
         calibration.teacher()
         candidates = {label: calibration.error(solver) for label, solver in starts.items()}
-        label = min(candidates, key=candidates.get)
+        ranked = sorted(candidates, key=candidates.get)[:restarts]
+        log(f"start: {ranked[0]}, calibration error {candidates[ranked[0]]:.4g} (best of {len(starts)})")
+        fits = {}
+        with progress_bar(progress, iterations * len(ranked), "solver", nfe) as bar:
+            for label in ranked:
+                fitted, error = _fit(calibration, Parametrisation(starts[label], sigma_min), iterations,
+                                     learning_rate, penalty, shift, batch_size, bar)
+                kept = error < candidates[label]
+                fits[label] = (fitted, error) if kept else (starts[label], candidates[label])
+                if len(ranked) > 1:
+                    log(f"fit from {label}: {candidates[label]:.4g} -> {fits[label][1]:.4g}")
+        label = min(fits, key=lambda key: fits[key][1])
         start = starts[label]
-        log(f"start: {label}, calibration error {candidates[label]:.4g} (best of {len(starts)})")
-        param = Parametrisation(start, sigma_min)
-        with progress_bar(progress, iterations, "solver", nfe) as bar:
-            solver, error = _fit(calibration, param, iterations, learning_rate, penalty, shift, batch_size,
-                                 bar)
-        if not error < candidates[label]:
-            solver, error = start, candidates[label]
+        solver, error = fits[label]
         heldout_init = heldout_error = None
         if heldout:
             batch = Batch(denoiser, heldout, shape, _cond_for(cond, heldout, device, dtype), sigma_min,
                           sigma_max, device, dtype)
             heldout_init, heldout_error = batch.error(start), batch.error(solver)
     settings = {"sigma_min": sigma_min, "sigma_max": sigma_max, "dtype": str(dtype).removeprefix("torch."),
-                "learning_rate": learning_rate, "penalty": penalty}
+                "learning_rate": learning_rate, "penalty": penalty, "restarts": restarts}
     solver = LinearSolver(solver.sigmas, solver.weights, afs=solver.afs, name=f"fitted-{nfe}",
                           model_sigmas=solver.model_sigmas)
     return SolverFit(solver=solver, start=label, start_solver=start, candidates=candidates,
