@@ -369,7 +369,7 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
         log(f"teacher: probability-flow ODE from {sigma_max:g} to {sigma_min:g} on {len(seeds)} seeds")
         calibration.teacher()
         candidates = {label: calibration.error(solver) for label, solver in starts.items()}
-        ranked = sorted(candidates, key=candidates.get)[:restarts]
+        ranked = _distinct(sorted(candidates, key=candidates.get), starts)[:restarts]
         log(f"start: {ranked[0]}, calibration error {candidates[ranked[0]]:.4g} (best of {len(starts)})")
         fits = {}
         with progress_bar(progress, iterations * len(ranked), "solver", nfe) as bar:
@@ -396,6 +396,18 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
                      init_error=candidates[label], error=error, heldout_init_error=heldout_init,
                      heldout_error=heldout_error, iterations=iterations, seeds=seeds, heldout=heldout,
                      settings=settings)
+
+
+def _distinct(labels: Sequence[str], starts: Mapping[str, LinearSolver]) -> list[str]:
+    """``labels`` without those whose solver repeats an earlier one's numbers (polyexponential at its
+    default rho is exponential: one fit from them is enough)."""
+    kept: list[str] = []
+    for label in labels:
+        solver = starts[label]
+        if not any(solver.afs == starts[k].afs and torch.allclose(solver.sigmas, starts[k].sigmas)
+                   and torch.allclose(solver.weights, starts[k].weights) for k in kept):
+            kept.append(label)
+    return kept
 
 
 def _starts(init, schedule, nfe, sigma_min, sigma_max) -> dict[str, LinearSolver]:
