@@ -348,7 +348,9 @@ def digits(args) -> int:
     elapsed = time.perf_counter() - started
     table = [
         f"`PYTHONPATH=. python bench/few_step.py digits --num {args.num} --calibration {args.calibration} "
-        f"--heldout {args.heldout} --iterations {args.iterations}`, {environment(torch.get_num_threads())}; "
+        f"--heldout {args.heldout} --iterations {args.iterations} "
+        f"--budgets {','.join(map(str, args.budgets))}`, "
+        f"{environment(torch.get_num_threads())}; "
         f"{elapsed / 60:.0f} min.",
         "",
         f"FD-digits of seeds 0..{args.num - 1} (a random class per seed) against the shipped reference (all "
