@@ -26,7 +26,8 @@ __all__ = ["tune_solver"]
 @seeds_option(None, "Calibration seeds instead of --num's, e.g. 5000-5063.")
 @option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
         help="Calibration images: seeds 1000000 to 1000000+N-1, apart from the usual evaluation seeds.  "
-             "[default: 256]")
+             "Fewer fit faster but overfit (held-out error 1.75x the calibration error with 256 on digits "
+             "at 5 NFE, 1.31x with 1024).  [default: 1024]")
 @option("Seeds and classes", "--heldout", type=click.IntRange(min=0), default=64, show_default=True,
         metavar="N", help="Held-out images to judge the fit on: seeds 2000000 to 2000000+N-1 (0: none).")
 @option("Sampling", "--iterations", type=click.IntRange(min=0), default=None, metavar="N",
