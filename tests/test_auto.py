@@ -85,6 +85,30 @@ def test_cells_without_a_quality_metric_give_no_table(tmp_path):
     assert not (tmp_path / "t.json").exists()
 
 
+def test_a_table_grows_budget_by_budget_when_measured_alike(tmp_path):
+    """A second --write-auto at other budgets keeps the first run's rows where it did not measure, and
+    replaces them where it did; a table measured otherwise (another metric or conditions, or corrupt) is
+    replaced whole."""
+    path, alike = tmp_path / "t.json", {"num": 64, "seeds": "0-63"}
+    write_auto_table(CELLS, model="gm", fingerprint=FP, path=path, conditions=alike)
+    later = [cell("deis", "karras", 10, fd=2.0), cell("lms", "karras", 40, fd=3.0)]
+    table = load_auto_table(write_auto_table(later, model="gm", fingerprint=FP, path=path, conditions=alike))
+    picked = {row["nfe"]: (row["sampler"], row["value"]) for row in table["rows"]}
+    assert picked == {5: ("ipndm_afs", 6.0), 10: ("deis", 2.0), 20: ("euler_ancestral", 4.1),
+                      40: ("lms", 3.0)}
+    assert [row["nfe"] for row in table["rows"]] == [5, 10, 20, 40]
+    other = load_auto_table(write_auto_table(later, model="gm", fingerprint=FP, path=path,
+                                             conditions={"num": 128, "seeds": "0-127"}))
+    assert [row["nfe"] for row in other["rows"]] == [10, 40]
+    by_ode = load_auto_table(write_auto_table([{**c, "fd": None, "ode_rmse": 0.1} for c in CELLS], model="gm",
+                                              fingerprint=FP, path=path, conditions={"num": 128,
+                                                                                     "seeds": "0-127"}))
+    assert by_ode["metric"] == "ode_rmse" and 40 not in {row["nfe"] for row in by_ode["rows"]}
+    path.write_text("{not json")
+    fresh = load_auto_table(write_auto_table(later, model="gm", fingerprint=FP, path=path, conditions=alike))
+    assert [row["nfe"] for row in fresh["rows"]] == [10, 40]
+
+
 def test_auto_picks_what_the_table_says(user_dir):
     path = write_auto_table(CELLS, model="gm", fingerprint=FP)
     exact = auto_choice(FP, 10)

@@ -7,7 +7,10 @@ registered sampler, deterministic or stochastic, on a registered schedule. ``fil
 are left out (a path need not exist where the table is read), and so are samplers that cannot be given a
 fixed budget (``samplers.steps_for_nfe`` refuses them: ``restart``, adaptive ones), since ``auto`` runs the
 pick with ``steps_for_nfe``. A table is JSON (format ``edm-samplers/auto-v1``) naming the model and the
-fingerprint of its weights (``tools.solver_file.fingerprint``); writing replaces the table at that path.
+fingerprint of its weights (``tools.solver_file.fingerprint``). Writing merges into the table already at
+that path when its rows were measured the same way (same weights, metric and conditions): the budgets
+benchmarked again get the new rows, the others keep theirs, so a table grows budget by budget; otherwise
+(or when that file is corrupt) the new table replaces it.
 
 Lookup (``auto_choice``). The user's table ``auto_dir()/<fingerprint>.json`` (``$EDM_AUTO_DIR``, else
 ``~/.cache/edm-samplers/auto``), then the tables shipped in ``tools/bench/auto_tables/`` whose
@@ -141,7 +144,8 @@ def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerpr
                      conditions: Mapping[str, Any] | None = None) -> Path:
     """Write the best cell per NFE budget of ``edm bench`` cells (``Bench.run()``'s flat dicts) as the auto
     table of the model whose weights have ``fingerprint``; return its path (default
-    ``auto_dir()/<fingerprint>.json``, ':' as '-').
+    ``auto_dir()/<fingerprint>.json``, ':' as '-'). A table measured alike already there keeps its rows
+    at the budgets these cells do not cover (see the module docstring).
 
     ``sampler_options``: the options each sampler ran with (the bench's ``--option``/flags), recorded
     with its row, as is a cell's own ``options`` key if it has one. ``conditions``: the benchmark's
@@ -151,6 +155,7 @@ def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerpr
     from .outputs import best_per_budget
 
     sampler_options = sampler_options or {}
+    today = datetime.date.today().isoformat()
     usable = []
     for cell in cells:
         cell = dict(cell)
@@ -166,24 +171,40 @@ def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerpr
         rows.append({"nfe": budget, "sampler": cell["sampler"], "schedule": cell["schedule"],
                      "options": cell["options"], "metric": metric, "value": _finite(cell[metric]),
                      "steps": cell.get("steps"), "nfe_used": cell.get("nfe"), "num": cell.get("num"),
-                     "stochastic": bool(cell.get("stochastic"))})
+                     "stochastic": bool(cell.get("stochastic")), "date": today})
     settings = dict(conditions or {})
-    record = {
-        "format": FORMAT, "model": str(model), "fingerprint": str(fingerprint),
-        "date": datetime.date.today().isoformat(), "metric": metric,
-        "conditions": {key: settings[key] for key in CONDITIONS if settings.get(key) is not None},
-        "rows": rows,
-    }
     from tools.common import jsonable
 
-    text = json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n"
+    record = jsonable({
+        "format": FORMAT, "model": str(model), "fingerprint": str(fingerprint), "date": today,
+        "metric": metric,
+        "conditions": {key: settings[key] for key in CONDITIONS if settings.get(key) is not None},
+        "rows": rows,
+    })
     path = Path(path).expanduser() if path is not None else auto_dir() / table_name(str(fingerprint))
+    kept = {row["nfe"]: row for row in _mergeable_rows(path, record)}
+    record["rows"] = sorted({**kept, **{row["nfe"]: row for row in record["rows"]}}.values(),
+                            key=lambda row: row["nfe"])
+    text = json.dumps(record, indent=1, allow_nan=False) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     except OSError as e:
         raise AutoTableError(f"cannot write the auto table {path}: {e.strerror or e}") from None
     return path
+
+
+def _mergeable_rows(path: Path, record: dict) -> list[dict]:
+    """The rows of the table already at ``path`` when ``record`` (a new table) may be merged into it: the
+    same weights, metric and conditions, so that values at different budgets were measured alike."""
+    if not path.is_file():
+        return []
+    try:
+        old = load_auto_table(path)
+    except AutoTableError:  # a corrupt table is replaced
+        return []
+    same = all(old.get(key) == record[key] for key in ("fingerprint", "metric", "conditions"))
+    return old["rows"] if same else []
 
 
 def _check_row(row: Any, path: Path) -> None:

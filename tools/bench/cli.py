@@ -93,7 +93,8 @@ def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict])
         help="Samples per batch.")
 @option("Output", "--write-auto", is_flag=True,
         help="Also write the model's table for --sampler auto: the best sampler x schedule per NFE budget "
-             "by fd (else ode), into $EDM_AUTO_DIR (default ~/.cache/edm-samplers/auto).")
+             "by fd (else ode), into $EDM_AUTO_DIR (default ~/.cache/edm-samplers/auto); merged into an "
+             "earlier table measured alike (same metric and settings), budget by budget.")
 @progress_option
 def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
           guidance,
