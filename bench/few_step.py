@@ -341,9 +341,10 @@ def digits(args) -> int:
                     f"({fit.heldout_error / fit.error:.2f}x) | {fixed[0][1]:.4f}, {fixed[7][1]:.4f} |")
         print(rows[-1], flush=True)
         path = out_dir(args) / "few_step" / f"digits-{budget}.json"
-        from tools.solver_file import fingerprint, save_solver
+        from tools.solver_file import fingerprints, save_solver
 
-        save_solver(path, fit.solver, model="digits", model_fingerprint=fingerprint(model.denoiser),
+        prints = fingerprints(model.denoiser)
+        save_solver(path, fit.solver, model="digits", model_fingerprint=prints[0], model_fingerprints=prints,
                     guidance=0.0, **{"class": "random per seed"}, fit=fit.metadata())
     elapsed = time.perf_counter() - started
     table = [

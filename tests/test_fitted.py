@@ -20,7 +20,7 @@ from tools.bench import solver_cli
 from tools.bench.ode import ReferenceCache, rms_error
 from tools.bench.tune_solver import _distinct, start_candidates, tune_solver
 from tools.generate import cli as generate_cli
-from tools.solver_file import SolverFileError, fingerprint, load_solver, save_solver
+from tools.solver_file import SolverFileError, fingerprint, fingerprints, load_solver, save_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -300,6 +300,27 @@ def test_cli_fits_and_records_what_it_fitted(digits_solver):
     from tools.models import load_model
 
     assert meta["model_fingerprint"] == fingerprint(load_model("digits").denoiser)
+    assert meta["model_fingerprints"] == fingerprints(load_model("digits").denoiser)
+
+
+def test_a_solver_fitted_in_float32_serves_half_precision_loads_of_its_model(digits_solver, tmp_path):
+    """A cast rounds the weights, so a bfloat16 load has other bytes; the file records what they are."""
+    from tools.models import load_model
+
+    prints = fingerprints(load_model("digits").denoiser)
+    assert len(prints) == 3
+    for dtype in (torch.float16, torch.bfloat16):
+        half = fingerprint(load_model("digits", dtype=dtype).denoiser)
+        assert half != prints[0] and half in prints
+    result = invoke(generate_cli.generate, "--sampler", f"file:{digits_solver}", "--seeds", "0",
+                    "--dtype", "bfloat16", "--outdir", tmp_path / "bf16", "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, result.output
+    record = json.loads(digits_solver.read_text())
+    del record["model_fingerprints"]  # a file that knows only its float32 weights
+    (tmp_path / "old.json").write_text(json.dumps(record))
+    result = invoke(generate_cli.generate, "--sampler", f"file:{tmp_path / 'old.json'}", "--seeds", "0",
+                    "--dtype", "bfloat16", "--outdir", tmp_path / "old", "--device", "cpu", "--no-progress")
+    assert result.exit_code == 2 and "fitted for another model" in result.output
 
 
 def test_generate_with_a_solver_file_is_batch_invariant(digits_solver, tmp_path):
@@ -319,6 +340,7 @@ def test_generate_with_a_solver_file_is_batch_invariant(digits_solver, tmp_path)
 def test_a_solver_is_refused_for_another_model(digits_solver, tmp_path):
     record = json.loads(digits_solver.read_text())
     record["model_fingerprint"] = "sha256:" + "0" * 64
+    record["model_fingerprints"] = [record["model_fingerprint"]]
     other = tmp_path / "other.json"
     other.write_text(json.dumps(record))
     result = invoke(generate_cli.generate, "--sampler", f"file:{other}", "--seeds", "0", "--outdir",
@@ -407,6 +429,7 @@ def test_bench_refuses_a_solver_for_another_model(digits_solver, tmp_path):
 
     record = json.loads(digits_solver.read_text())
     record["model_fingerprint"] = "sha256:" + "1" * 64
+    record["model_fingerprints"] = [record["model_fingerprint"]]
     other = tmp_path / "other.json"
     other.write_text(json.dumps(record))
     result = invoke(bench_cli.bench, "--model", "digits", "--sampler", f"file:{other}", "--nfe", 3,

@@ -61,7 +61,7 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
       edm generate --outdir out --sampler file:digits-5.json --seeds 0-63
     """
     from tools.generate.sampling import prepare_sampling
-    from tools.solver_file import fingerprint, save_solver
+    from tools.solver_file import fingerprints, save_solver
 
     from .tune import calibration_seeds
     from .tune_solver import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_NUM, heldout_seeds
@@ -111,7 +111,8 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
                      device=setup.device, dtype=setup.state_dtype, progress=progress, log=log)
     except ValueError as e:  # a start that is not a linear solver of this budget, a bad schedule
         raise click.UsageError(one_line(e)) from None
-    record = {"model": str(model), "model_fingerprint": fingerprint(loaded.denoiser),
+    prints = fingerprints(loaded.denoiser)  # as loaded, and as a float16 / bfloat16 load would be
+    record = {"model": str(model), "model_fingerprint": prints[0], "model_fingerprints": prints,
               "guidance": setup.guidance,
               "class": class_label if class_label is not None else (
                   "random per seed" if loaded.num_classes else None),
