@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import samplers
@@ -190,6 +191,19 @@ def test_the_shipped_digits_table_is_for_the_digits_weights(monkeypatch):
         assert (choice.sampler, choice.schedule) == (row["sampler"], row["schedule"])
         assert choice.value == row["value"] and choice.nfe == row["nfe"]
         assert choice.source == f"table {path}" and samplers.steps_for_nfe(choice.sampler, row["nfe"]) >= 1
+    # a bfloat16 load of the same weights has another fingerprint, which the table lists
+    half = fingerprint(load_model("digits", dtype=torch.bfloat16).denoiser)
+    assert half != digits and auto_choice(half, 5).source == f"table {path}"
+
+
+def test_a_user_table_serves_the_other_fingerprints_it_lists(user_dir):
+    half = "sha256:" + "ef" * 32
+    path = write_auto_table(CELLS, model="gm", fingerprint=FP, fingerprints=[FP, half])
+    assert load_auto_table(path)["fingerprints"] == [FP, half]
+    (user_dir / "unreadable.json").write_text("{")  # another model's broken table is not this one's error
+    choice = auto_choice(half, 10)
+    assert (choice.sampler, choice.source) == ("dpmpp_2m", f"table {path}")
+    assert auto_choice("sha256:" + "01" * 32, 10).source == "fallback"
 
 
 def edm(*args):
@@ -214,6 +228,7 @@ def test_bench_writes_the_auto_table_of_the_model(tmp_path, user_dir):
         assert math.isfinite(row["value"]) and row["num"] == 4
         assert row["options"] == ({"s_noise": 1.0} if row["sampler"] == "euler" else {})
     assert [row["nfe"] for row in table["rows"]] == [3, 4] and table["conditions"]["num"] == 4
+    assert table["fingerprints"][0] == digits and len(table["fingerprints"]) == 3
     assert auto_choice(digits, 4).source == f"table {path}"
 
 

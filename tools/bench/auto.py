@@ -13,8 +13,11 @@ benchmarked again get the new rows, the others keep theirs, so a table grows bud
 (or when that file is corrupt) the new table replaces it.
 
 Lookup (``auto_choice``). The user's table ``auto_dir()/<fingerprint>.json`` (``$EDM_AUTO_DIR``, else
-``~/.cache/edm-samplers/auto``), then the tables shipped in ``tools/bench/auto_tables/`` whose
-``fingerprint`` matches. In each, the row measured at exactly the asked NFE, else the row of the largest
+``~/.cache/edm-samplers/auto``), then the user's and the shipped (``tools/bench/auto_tables/``) tables
+that list the fingerprint among their ``fingerprints``: a table records, besides its weights'
+fingerprint, the ones they have when loaded in float16 and bfloat16 (``tools.solver_file.fingerprints``),
+so a table measured in float32 serves half-precision loads of the model too.
+In each, the row measured at exactly the asked NFE, else the row of the largest
 NFE below it (its sampler then runs at the asked NFE: more steps of a method that was best with fewer is a
 safe bet, whereas a row above the budget cannot run in it). Without a table, or a row at or below the
 budget, the fallback rule.
@@ -141,11 +144,13 @@ def _quality_metric(cells: list[dict]) -> str:
 
 def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerprint: str, path=None,
                      sampler_options: Mapping[str, Mapping[str, Any]] | None = None,
-                     conditions: Mapping[str, Any] | None = None) -> Path:
+                     conditions: Mapping[str, Any] | None = None,
+                     fingerprints: Iterable[str] | None = None) -> Path:
     """Write the best cell per NFE budget of ``edm bench`` cells (``Bench.run()``'s flat dicts) as the auto
     table of the model whose weights have ``fingerprint``; return its path (default
     ``auto_dir()/<fingerprint>.json``, ':' as '-'). A table measured alike already there keeps its rows
-    at the budgets these cells do not cover (see the module docstring).
+    at the budgets these cells do not cover (see the module docstring). ``fingerprints``: the other
+    fingerprints the same weights have (half-precision loads), recorded for the lookup.
 
     ``sampler_options``: the options each sampler ran with (the bench's ``--option``/flags), recorded
     with its row, as is a cell's own ``options`` key if it has one. ``conditions``: the benchmark's
@@ -177,6 +182,7 @@ def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerpr
 
     record = jsonable({
         "format": FORMAT, "model": str(model), "fingerprint": str(fingerprint), "date": today,
+        "fingerprints": list(dict.fromkeys([str(fingerprint), *map(str, fingerprints or ())])),
         "metric": metric,
         "conditions": {key: settings[key] for key in CONDITIONS if settings.get(key) is not None},
         "rows": rows,
@@ -248,8 +254,14 @@ def shipped_tables() -> list[Path]:
     return sorted(SHIPPED.glob("*.json"))
 
 
+def _lists(table: dict, fingerprint: str) -> bool:
+    also = table.get("fingerprints")
+    return table["fingerprint"] == fingerprint or (isinstance(also, list) and fingerprint in also)
+
+
 def _tables(fingerprint: str) -> list[tuple[Path, dict]]:
-    """The tables for ``fingerprint``, the user's before the shipped ones."""
+    """The tables for ``fingerprint``: the user's named by it, the user's other tables that list it (a
+    half-precision load of a model benchmarked in float32), then the shipped ones."""
     found = []
     user = auto_dir() / table_name(fingerprint)
     if user.is_file():
@@ -258,9 +270,15 @@ def _tables(fingerprint: str) -> list[tuple[Path, dict]]:
             raise AutoTableError(f"auto table {user} is for weights {table['fingerprint'][:19]}, not "
                                  f"{fingerprint[:19]} as its name says: rewrite it (edm bench --write-auto)")
         found.append((user, table))
-    for path in shipped_tables():
-        table = load_auto_table(path)
-        if table["fingerprint"] == fingerprint:
+    others = sorted(path for path in auto_dir().glob("*.json") if path != user) if auto_dir().is_dir() else []
+    for path in [*others, *shipped_tables()]:
+        try:
+            table = load_auto_table(path)
+        except AutoTableError:
+            if path.parent == SHIPPED:
+                raise
+            continue  # another model's table (by its name), unreadable: not this model's business
+        if _lists(table, fingerprint):
             found.append((path, table))
     return found
 

@@ -172,14 +172,14 @@ def _check_write_auto(bench, sigma_min, sigma_max, rho) -> None:
 
 
 def _write_auto(bench, cells) -> None:
-    from tools.solver_file import fingerprint
+    from tools.solver_file import fingerprints
 
     from .auto import write_auto_table
 
+    prints = fingerprints(bench.loaded.denoiser)  # as loaded, then as float16 / bfloat16 loads would be
     try:
-        path = write_auto_table(cells, model=bench.settings["model"],
-                                fingerprint=fingerprint(bench.loaded.denoiser), sampler_options=bench.options,
-                                conditions=bench.settings)
+        path = write_auto_table(cells, model=bench.settings["model"], fingerprint=prints[0],
+                                fingerprints=prints, sampler_options=bench.options, conditions=bench.settings)
     except ValueError as e:  # no cell measured (all skipped), or the table cannot be written
         raise click.ClickException(one_line(e)) from None
     click.echo(f"auto table -> {path}")
