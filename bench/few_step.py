@@ -195,6 +195,14 @@ def per_seed_spread(x: torch.Tensor, reference: torch.Tensor, top: int = 5) -> d
             "worst_seeds": per.argsort(descending=True)[:top].tolist()}
 
 
+def fitted_starts(fit, budget: int, restarts: int) -> list[str]:
+    """The starts a ``restarts`` fit ran from: the best distinct ones."""
+    from tools.bench.tune_solver import _distinct
+
+    starts = start_candidates(budget, fit.settings["sigma_min"], fit.settings["sigma_max"])
+    return _distinct(sorted(fit.candidates, key=fit.candidates.get), starts)[:restarts]
+
+
 def bound(args) -> int:
     accuracy, denoiser, latents, problem = mixture_problem(args.num)
     ends = torch.tensor([accuracy.SIGMA_MAX, accuracy.SIGMA_MIN, 0.0], dtype=torch.float64)
@@ -217,8 +225,8 @@ def bound(args) -> int:
         record["budgets"][budget] = {"k-diffusion best": theirs, "in-sample fit": {
             "ode_rmse": error.rms, "ode_median": error.median, "start": fit.start,
             "start_error": fit.init_error, "starts": {
-                label: fit.candidates[label] for label in sorted(fit.candidates, key=fit.candidates.get)[
-                    :args.restarts]}}, "spread": spread, "ratio": ratio,
+                label: fit.candidates[label] for label in fitted_starts(fit, budget, args.restarts)}},
+            "spread": spread, "ratio": ratio,
             "seconds": time.perf_counter() - started}
         rows.append(f"| {budget} | {theirs['sampler']} / {theirs['schedule']} | {fmt(theirs['ode_rmse'])} | "
                     f"{fit.start} | {fmt(fit.init_error)} | **{fmt(error.rms)}** "
