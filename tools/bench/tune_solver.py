@@ -55,7 +55,7 @@ START_SCHEDULES = ("karras", "exponential", "polyexponential", "kl_optimal")
 DEFAULT_ITERATIONS = 200
 # Calibration seeds, and how many run through the model at once (memory; the gradient is the whole
 # batch's). Fewer seeds overfit: at 5 NFE the held-out error was 2x the calibration error on digits with
-# 128 seeds and 1.75x with 256, 1.31x with 1024; on the Gaussian mixture 1.82x with 256, 0.80x with 1024.
+# 128 seeds, 1.75x with 256 and 1.31x with 1024; on the Gaussian mixture 1.82x with 256, 1.28x with 1024.
 DEFAULT_NUM = 1024
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 0.05
