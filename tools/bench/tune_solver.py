@@ -9,9 +9,10 @@ it are in bench/results/few_step.md; in short, S4S-Alt's space (levels and weigh
 1. Start: every registered deterministic sampler that is a point of the space (``from_sampler``) on a
    few schedule families, at exactly ``nfe`` calls, is run once on the calibration batch; the best is
    the start. The fit keeps the best solver it has seen, the start included, so it is never worse
-   than the start on the calibration batch. With ``restarts`` k the k best starts are each fitted and
-   the best fit is kept: the error is not convex in the levels, and on the mixture at 10 NFE a fit
-   from the best start stayed where it began while one from the third best went 22% lower.
+   than the start on the calibration batch. With ``restarts`` k the k best distinct starts are each
+   fitted and the best fit is kept: the error is not convex, and fits from different starts end apart
+   (bench/results/few_step/bound.md: 0.0199, 0.0279 and 0.0230 from the mixture's three best starts at
+   5 NFE), so a start that begins worse can end better.
 2. Fit: Adam on log(calibration MSE) over (a) the levels, as softmax shares of the log-sigma range
    with the first level fixed at sigma_max and a slack share below the last, so every parameter value
    is a valid decreasing schedule ending at or above sigma_min, and (b) zero-sum changes to each row
