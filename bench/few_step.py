@@ -197,10 +197,10 @@ def per_seed_spread(x: torch.Tensor, reference: torch.Tensor, top: int = 5) -> d
 
 def fitted_starts(fit, budget: int, restarts: int) -> list[str]:
     """The starts a ``restarts`` fit ran from: the best distinct ones."""
-    from tools.bench.tune_solver import _distinct
+    from tools.bench.tune_solver import distinct_starts
 
     starts = start_candidates(budget, fit.settings["sigma_min"], fit.settings["sigma_max"])
-    return _distinct(sorted(fit.candidates, key=fit.candidates.get), starts)[:restarts]
+    return distinct_starts(sorted(fit.candidates, key=fit.candidates.get), starts)[:restarts]
 
 
 def bound(args) -> int:

@@ -18,7 +18,7 @@ from samplers import schedules
 from samplers.fitted import LinearSolver, from_sampler, multistep
 from tools.bench import solver_cli
 from tools.bench.ode import ReferenceCache, rms_error
-from tools.bench.tune_solver import _distinct, start_candidates, tune_solver
+from tools.bench.tune_solver import distinct_starts, start_candidates, tune_solver
 from tools.generate import cli as generate_cli
 from tools.solver_file import SolverFileError, fingerprint, fingerprints, load_solver, save_solver
 
@@ -181,10 +181,10 @@ def test_restarts_keep_the_best_of_the_fits_from_the_best_starts(mixture):
     common = dict(shape=SHAPE, **RANGE, num=6, heldout=[], iterations=4)
     fit = tune_solver(mixture, 4, restarts=3, **common)
     starts = start_candidates(4, 0.002, 80.0)
-    ranked = _distinct(sorted(fit.candidates, key=fit.candidates.get), starts)[:3]
+    ranked = distinct_starts(sorted(fit.candidates, key=fit.candidates.get), starts)[:3]
     # polyexponential at its default rho is exponential: a repeated start is not fitted twice
-    assert "euler / polyexponential" not in _distinct(["euler / exponential", "euler / polyexponential"],
-                                                      starts)
+    pair = ["euler / exponential", "euler / polyexponential"]
+    assert distinct_starts(pair, starts) == pair[:1]
     alone = {label: tune_solver(mixture, 4, init=starts[label], **common) for label in ranked}
     assert fit.start in ranked and fit.settings["restarts"] == 3
     assert fit.error == min(one.error for one in alone.values()) == alone[fit.start].error

@@ -47,7 +47,7 @@ from tools.device import resolve_device
 from .ode import ReferenceCache, rms_error
 from .tune import calibration_batch, positive_count, progress_bar, threads_for
 
-__all__ = ["HELDOUT_SEED", "SolverFit", "heldout_seeds", "start_candidates", "tune_solver"]
+__all__ = ["HELDOUT_SEED", "SolverFit", "distinct_starts", "heldout_seeds", "start_candidates", "tune_solver"]
 
 # Held-out seeds start here: apart from the calibration seeds (1 000 000 on) and the evaluation seeds.
 HELDOUT_SEED = 2_000_000
@@ -371,7 +371,7 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
         log(f"teacher: probability-flow ODE from {sigma_max:g} to {sigma_min:g} on {len(seeds)} seeds")
         calibration.teacher()
         candidates = {label: calibration.error(solver) for label, solver in starts.items()}
-        ranked = _distinct(sorted(candidates, key=candidates.get), starts)[:restarts]
+        ranked = distinct_starts(sorted(candidates, key=candidates.get), starts)[:restarts]
         log(f"start: {ranked[0]}, calibration error {candidates[ranked[0]]:.4g} (best of {len(starts)})")
         fits = {}
         with progress_bar(progress, iterations * len(ranked), "solver", nfe) as bar:
@@ -400,7 +400,7 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
                      settings=settings)
 
 
-def _distinct(labels: Sequence[str], starts: Mapping[str, LinearSolver]) -> list[str]:
+def distinct_starts(labels: Sequence[str], starts: Mapping[str, LinearSolver]) -> list[str]:
     """``labels`` without those whose solver repeats an earlier one's numbers (polyexponential at its
     default rho is exponential: one fit from them is enough)."""
     kept: list[str] = []
