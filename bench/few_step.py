@@ -68,13 +68,15 @@ def environment(threads: int) -> str:
             f"torch {torch.__version__}, {threads} thread(s), machine shared with other jobs")
 
 
-def write(out: Path, part: str, record: dict, table: list[str], plot) -> None:
+def write(out: Path, part: str, record: dict, table: list[str], plot=None) -> None:
+    """``<part>.json``, ``<part>.md`` and, with a ``plot``, ``<part>.png`` under ``out/few_step``."""
     folder = out / "few_step"
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=2)
     atomic_write(folder / f"{part}.json", lambda tmp: Path(tmp).write_text(text + "\n"))
     atomic_write(folder / f"{part}.md", lambda tmp: Path(tmp).write_text("\n".join(table) + "\n"))
-    plot(folder / f"{part}.png")
+    if plot is not None:
+        plot(folder / f"{part}.png")
 
 
 def line_plot(lines: dict[str, dict[int, float]], ylabel: str, title: str, hline: tuple[str, float] | None):
@@ -195,14 +197,6 @@ def per_seed_spread(x: torch.Tensor, reference: torch.Tensor, top: int = 5) -> d
             "worst_seeds": per.argsort(descending=True)[:top].tolist()}
 
 
-def fitted_starts(fit, budget: int, restarts: int) -> list[str]:
-    """The starts a ``restarts`` fit ran from: the best distinct ones."""
-    from tools.bench.tune_solver import distinct_starts
-
-    starts = start_candidates(budget, fit.settings["sigma_min"], fit.settings["sigma_max"])
-    return distinct_starts(sorted(fit.candidates, key=fit.candidates.get), starts)[:restarts]
-
-
 def bound(args) -> int:
     accuracy, denoiser, latents, problem = mixture_problem(args.num)
     ends = torch.tensor([accuracy.SIGMA_MAX, accuracy.SIGMA_MIN, 0.0], dtype=torch.float64)
@@ -224,8 +218,7 @@ def bound(args) -> int:
         spread = {"fitted": per_seed_spread(out, reference), "start": per_seed_spread(start, reference)}
         record["budgets"][budget] = {"k-diffusion best": theirs, "in-sample fit": {
             "ode_rmse": error.rms, "ode_median": error.median, "start": fit.start,
-            "start_error": fit.init_error, "starts": {
-                label: fit.candidates[label] for label in fitted_starts(fit, budget, args.restarts)}},
+            "start_error": fit.init_error, "starts": {label: fit.candidates[label] for label in fit.fits}},
             "spread": spread, "ratio": ratio,
             "seconds": time.perf_counter() - started}
         rows.append(f"| {budget} | {theirs['sampler']} / {theirs['schedule']} | {fmt(theirs['ode_rmse'])} | "
@@ -251,11 +244,7 @@ def bound(args) -> int:
     ]
     record.update(num=args.num, iterations=args.iterations, restarts=args.restarts,
                   environment=environment(torch.get_num_threads()))
-    folder = out_dir(args) / "few_step"
-    folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2)
-    atomic_write(folder / "bound.json", lambda tmp: Path(tmp).write_text(text + "\n"))
-    atomic_write(folder / "bound.md", lambda tmp: Path(tmp).write_text("\n".join(table) + "\n"))
+    write(out_dir(args), "bound", record, table, None)
     print(f"bounds under the target: {met}/{len(MIXTURE_BUDGETS)}")
     return 0
 
@@ -268,6 +257,7 @@ def digits(args) -> int:
     from tools.fid.scoring import score
     from tools.generate.runner import sample_images
     from tools.generate.sampling import prepare_sampling
+    from tools.solver_file import fingerprints, save_solver
 
     seeds = list(range(args.num))
     ref = Path(__file__).resolve().parents[1] / "tools" / "fid" / "refs" / "digits.npz"
@@ -290,6 +280,7 @@ def digits(args) -> int:
     rows, met = [], 0
     base = setup_for("euler", 5)
     model = base.model
+    prints = fingerprints(model.denoiser)  # what each solver file records of the model
     top, bottom = float(base.sigmas[0]), float(base.sigmas[-2])
     for budget in args.budgets:
         cells = {}
@@ -349,9 +340,6 @@ def digits(args) -> int:
                     f"({fit.heldout_error / fit.error:.2f}x) | {fixed[0][1]:.4f}, {fixed[7][1]:.4f} |")
         print(rows[-1], flush=True)
         path = out_dir(args) / "few_step" / f"digits-{budget}.json"
-        from tools.solver_file import fingerprints, save_solver
-
-        prints = fingerprints(model.denoiser)
         save_solver(path, fit.solver, model="digits", model_fingerprint=prints[0], model_fingerprints=prints,
                     guidance=0.0, **{"class": "random per seed"}, fit=fit.metadata())
     elapsed = time.perf_counter() - started

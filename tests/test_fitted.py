@@ -187,6 +187,7 @@ def test_restarts_keep_the_best_of_the_fits_from_the_best_starts(mixture):
     assert distinct_starts(pair, starts) == pair[:1]
     alone = {label: tune_solver(mixture, 4, init=starts[label], **common) for label in ranked}
     assert fit.start in ranked and fit.settings["restarts"] == 3
+    assert list(fit.fits) == ranked and fit.fits == {label: alone[label].error for label in ranked}
     assert fit.error == min(one.error for one in alone.values()) == alone[fit.start].error
     assert torch.equal(fit.solver.weights, alone[fit.start].solver.weights)
     assert fit.init_error == fit.candidates[fit.start]

@@ -88,6 +88,8 @@ class SolverFit:
     seeds: list[int]
     heldout: list[int]
     settings: dict[str, Any] = field(default_factory=dict)
+    # every start the fit ran from (``restarts`` of them, best first) -> the calibration RMS it ended at
+    fits: dict[str, float] = field(default_factory=dict)
 
     @property
     def nfe(self) -> int:
@@ -397,7 +399,7 @@ def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, s
     return SolverFit(solver=solver, start=label, start_solver=start, candidates=candidates,
                      init_error=candidates[label], error=error, heldout_init_error=heldout_init,
                      heldout_error=heldout_error, iterations=iterations, seeds=seeds, heldout=heldout,
-                     settings=settings)
+                     settings=settings, fits={key: error for key, (_, error) in fits.items()})
 
 
 def distinct_starts(labels: Sequence[str], starts: Mapping[str, LinearSolver]) -> list[str]:
