@@ -13,7 +13,7 @@ Side by side, at NFE budgets 5, 10, 20 and 50 (each sampler takes the most steps
   polyexponential schedules.
 * ours: every deterministic registered sampler with default options on every registered schedule that
   spans the same range (a schedule that stops above 0.002 solves another problem), plus, at each
-  budget, schedules tuned by ``tools.bench.tune_schedule`` for our best few samplers (the best three,
+  budget, schedules tuned by ``tools.compare.tune_schedule`` for our best few samplers (the best three,
   and any other within 1.5x of the best untuned error) on a calibration batch whose seeds are disjoint
   from the evaluation seeds.
 
@@ -21,7 +21,7 @@ Side by side, at NFE budgets 5, 10, 20 and 50 (each sampler takes the most steps
                                           [--out bench/results]
 
 Writes ``DIR/accuracy.md`` (summary + the full table), ``DIR/accuracy/`` (every cell as
-results.csv/json/md and ``ode_rmse.png``, via ``tools.bench.outputs``) and the tuned schedules as
+results.csv/json/md and ``ode_rmse.png``, via ``tools.compare.outputs``) and the tuned schedules as
 ``DIR/accuracy/schedules/<sampler>-nfe<N>.json`` (readable by ``--schedule file:PATH``). Target: ours
 <= 0.5 x k-diffusion's best at every budget. The last line printed is ``targets met: X/Y``.
 """
@@ -50,9 +50,9 @@ import samplers  # noqa: E402
 from edm.checkpoint import atomic_write  # noqa: E402
 from edm.gaussian_mixture import GaussianMixture  # noqa: E402
 from samplers import schedules  # noqa: E402
-from tools.bench.ode import ReferenceCache, rms_error  # noqa: E402
-from tools.bench.outputs import best_per_budget, write_outputs  # noqa: E402
-from tools.bench.tune import tune_schedule  # noqa: E402
+from tools.compare.outputs import best_per_budget, write_outputs  # noqa: E402
+from tools.ode import ReferenceCache, rms_error  # noqa: E402
+from tools.schedules.tune import tune_schedule  # noqa: E402
 
 BUDGETS = (5, 10, 20, 50)
 SHAPE = (3, 16, 16)
@@ -98,7 +98,7 @@ class Problem:
 
 
 def cell(side: str, sampler: str, schedule: str, budget: int, steps, nfe: int, error: OdeError) -> dict:
-    """One row in the format of ``tools.bench`` (sampler names carry their library), plus the median."""
+    """One row in the format of ``tools.compare`` (sampler names carry their library), plus the median."""
     return {"sampler": f"{side}:{sampler}", "schedule": schedule, "nfe_budget": budget, "steps": steps,
             "nfe": nfe, "stochastic": False, "status": "ok", "num": None, "ode_rmse": error.rms, "fd": None,
             "detector": None, "time_per_sample_s": None, "denoiser_share": None, "ode_median": error.median}

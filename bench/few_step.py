@@ -1,4 +1,4 @@
-"""Few-step sampling: fitted solvers (``tools.bench.tune_solver``) against the best registered samplers.
+"""Few-step sampling: fitted solvers (``tools.solvers.tune``) against the best registered samplers.
 
 Two parts, each run on its own (``mixture`` takes minutes, ``digits`` about an hour on 2 CPU cores):
 
@@ -50,8 +50,8 @@ from outdir import add_out_arguments, out_dir  # noqa: E402 (bench/ is on sys.pa
 import samplers  # noqa: E402
 from edm.checkpoint import atomic_write  # noqa: E402
 from samplers.fitted import LinearSolver  # noqa: E402
-from tools.bench.tune import calibration_seeds, tune_schedule  # noqa: E402
-from tools.bench.tune_solver import heldout_seeds, start_candidates, tune_solver  # noqa: E402
+from tools.schedules.tune import calibration_seeds, tune_schedule  # noqa: E402
+from tools.solvers.tune import heldout_seeds, start_candidates, tune_solver  # noqa: E402
 
 MIXTURE_BUDGETS = (5, 10)
 DIGITS_BUDGETS = (3, 4, 5)
@@ -118,7 +118,7 @@ def mixture_problem(num: int):
     import accuracy  # bench/accuracy.py: the problem, k-diffusion's side and our registered side
 
     from edm.gaussian_mixture import GaussianMixture
-    from tools.bench.ode import ReferenceCache
+    from tools.ode import ReferenceCache
 
     denoiser = GaussianMixture.random(shape=accuracy.SHAPE, k=16, seed=0, dtype=torch.float64)
     latents = samplers.noise.latents(list(range(num)), accuracy.SHAPE, dtype=torch.float64)
@@ -257,7 +257,7 @@ def digits(args) -> int:
     from tools.fid.scoring import score
     from tools.generate.runner import sample_images
     from tools.generate.sampling import prepare_sampling
-    from tools.solver_file import fingerprints, save_solver
+    from tools.solvers.file import fingerprints, save_solver
 
     seeds = list(range(args.num))
     ref = Path(__file__).resolve().parents[1] / "tools" / "fid" / "refs" / "digits.npz"
@@ -391,7 +391,7 @@ def fd_solver(setup, solver: LinearSolver, seeds, batch: int, ref: Path) -> floa
 
 def one_class_error(setup, solver: LinearSolver, bottom: float, top: float) -> tuple[float, float]:
     """(start error, fitted error) on 64 held-out seeds of one class: the fitted solver against the ODE."""
-    from tools.bench.tune_solver import Batch
+    from tools.solvers.tune import Batch
 
     seeds = heldout_seeds(64)
     batch = Batch(setup.denoiser, seeds, setup.model.shape, setup.cond(seeds), bottom, top, setup.device,

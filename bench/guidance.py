@@ -47,11 +47,11 @@ from outdir import add_out_arguments, out_dir  # noqa: E402 (bench/ is on sys.pa
 
 from edm.checkpoint import atomic_write  # noqa: E402
 from tools.fid import score  # noqa: E402
-from tools.generate.labels import class_labels  # noqa: E402
 from tools.generate.sampling import prepare_sampling  # noqa: E402
-from tools.generate.steering import Steering  # noqa: E402
 from tools.images import to_uint8, write_png  # noqa: E402
+from tools.labels import class_labels  # noqa: E402
 from tools.models import load_model  # noqa: E402
+from tools.steering import Steering  # noqa: E402
 
 PARTS = ("guidance", "classifier", "inpaint", "img2img", "pc")
 INTERVAL = (0.28, 5.42)  # Kynkaanniemi et al. 2024's interval for EDM2 (ImageNet-512), in sigma
@@ -282,7 +282,7 @@ def report(folder: Path, results: dict, num: int) -> tuple[str, int, int]:
                   "across rows.", ""]
     if "classifier" in results:
         rows = results["classifier"]
-        from tools.generate.steering import DEFAULT_CLASSIFIER_SCALE
+        from tools.steering import DEFAULT_CLASSIFIER_SCALE
 
         default = [r for r in rows if r["weight"] == DEFAULT_CLASSIFIER_SCALE]
         ok = bool(default) and default[0]["accuracy"] >= 0.90

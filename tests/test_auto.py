@@ -1,4 +1,4 @@
-"""``--sampler auto``'s tables (``tools.bench.auto``) and ``edm bench --write-auto``."""
+"""``--sampler auto``'s tables (``tools.solvers.auto``) and ``edm bench --write-auto``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from click.testing import CliRunner
 import samplers
 from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools import cli
-from tools.bench import auto
-from tools.bench.auto import AutoTableError, auto_choice, auto_dir, load_auto_table, write_auto_table
+from tools.compare import auto
+from tools.solvers.auto import AutoTableError, auto_choice, auto_dir, load_auto_table, write_auto_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,7 +179,7 @@ def test_a_corrupt_user_table_is_reported_not_skipped(user_dir):
 
 def test_the_shipped_digits_table_is_for_the_digits_weights(monkeypatch):
     from tools.models import load_model
-    from tools.solver_file import fingerprint
+    from tools.solvers.file import fingerprint
 
     monkeypatch.setattr(auto, "SHIPPED", Path(auto.__file__).parent / "auto_tables")
     path = auto.SHIPPED / "digits.json"
@@ -212,7 +212,7 @@ def edm(*args):
 
 def test_bench_writes_the_auto_table_of_the_model(tmp_path, user_dir):
     from tools.models import load_model
-    from tools.solver_file import fingerprint
+    from tools.solvers.file import fingerprint
 
     result = edm("--sampler", "euler,ipndm", "--nfe", "3,4", "--metrics", "fd", "--num", 4, "--option",
                  "euler.s_noise=1.0", "--out", tmp_path / "out", "--write-auto")

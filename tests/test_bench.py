@@ -1,4 +1,4 @@
-"""The benchmark engine (``tools.bench``) and ``edm bench``, on an exact Gaussian-mixture denoiser and
+"""The benchmark engine (``tools.compare``) and ``edm bench``, on an exact Gaussian-mixture denoiser and
 (for the command) a few samples of the built-in digits model. No wall-clock time is asserted."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from _support import Counting, one_thread  # noqa: F401  (one_thread: a fixture 
 from edm.gaussian_mixture import GaussianMixture
 from samplers.registry import nfe_on
 from tools import cli
-from tools.bench import CELL_KEYS, BenchError, fit_budget, parse_budgets, parse_metrics, run_bench
-from tools.bench.ode import reference_sample
+from tools.compare import CELL_KEYS, BenchError, fit_budget, parse_budgets, parse_metrics, run_bench
+from tools.ode import reference_sample
 
 SHAPE = (1, 4, 4)
 SIGMA_MIN, SIGMA_MAX = 0.01, 20.0
@@ -201,7 +201,7 @@ def test_conditioning_of_a_plain_denoiser_is_split_by_batch():
 def test_samples_are_the_images_edm_generate_writes(tmp_path):
     """Same latents, seeds and (class-conditional digits model) class labels as `edm generate`."""
     from tools import generate as pipeline
-    from tools.bench import Stopwatch, prepare_bench
+    from tools.compare import Stopwatch, prepare_bench
     from tools.images import to_uint8
 
     planned = prepare_bench("digits", samplers=["dpmpp_2m_sde"], nfe=[6], metrics=["time"], num=3, batch=3,

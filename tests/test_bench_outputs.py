@@ -11,8 +11,8 @@ import warnings
 import pytest
 from PIL import Image
 
-from tools.bench import outputs
-from tools.bench.outputs import COLUMNS, best_per_budget, read_results, write_outputs
+from tools.compare import outputs
+from tools.compare.outputs import COLUMNS, best_per_budget, read_results, write_outputs
 
 SETTINGS = {"model": "digits", "num": 16, "seeds": list(range(16)), "device": "cpu", "dtype": "float32"}
 TABLES = ("results.json", "results.csv", "results.md")

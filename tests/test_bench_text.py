@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from _support import one_thread  # noqa: F401  (a fixture used by pytestmark)
 from tools import cli
-from tools.bench import BenchError, run_bench
-from tools.bench.runner import prepare_bench
+from tools.compare import BenchError, run_bench
+from tools.compare.runner import prepare_bench
 from tools.fid.detectors import Detector
 from tools.generate.prompts import Prompting
 from tools.images import to_uint8

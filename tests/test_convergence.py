@@ -11,7 +11,7 @@ import torch
 import samplers
 from _support import start
 from edm.gaussian_mixture import GaussianMixture
-from tools.bench.ode import solve_probability_flow
+from tools.ode import solve_probability_flow
 
 SIGMA_MIN, SIGMA_MAX = 0.02, 20.0
 STEPS = (32, 64, 128)

@@ -1,4 +1,4 @@
-"""``tools.models.diffusers_schedule``: our samplers on a diffusers scheduler's own timesteps reproduce that
+"""``tools.schedules.diffusers``: our samplers on a diffusers scheduler's own timesteps reproduce that
 scheduler's loop, start noise and output included.
 
 The oracle is diffusers' loop as its pipelines run it: ``x = randn(seed) * scheduler.init_noise_sigma``,
@@ -23,7 +23,7 @@ from _support import one_thread  # noqa: F401  (one_thread: a fixture used by py
 from edm import DiscreteTimeDenoiser
 from tools.models import load_model
 from tools.models.diffusers import DiffusersBackbone
-from tools.models.diffusers_schedule import (
+from tools.schedules.diffusers import (
     _ALGORITHM,
     COUNTERPARTS,
     FLOW_COUNTERPARTS,

@@ -306,7 +306,7 @@ def test_edm_generate_applies_the_model_clip_sample(tmp_path):
     images are diffusers' DDIM loop's (float64 on both sides; 8-bit images, so within one level)."""
     from tools import images
     from tools.cli import main
-    from tools.schedule_file import save_schedule
+    from tools.schedules.file import save_schedule
 
     unet = save(tmp_path / "model", diffusers.DDIMScheduler(beta_end=BETA_END)).double()
     model = load_model(f"diffusers:{tmp_path / 'model'}", dtype=torch.float64)

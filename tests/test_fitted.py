@@ -1,4 +1,4 @@
-"""Fitted linear multistep solvers: samplers.fitted, tools.bench.tune_solver, solver files, `edm tune-solver`
+"""Fitted linear multistep solvers: samplers.fitted, tools.solvers.tune, solver files, `edm tune-solver`
 and `--sampler file:PATH`."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from _support import one_thread  # noqa: F401  (a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
 from samplers.fitted import LinearSolver, from_sampler, multistep
-from tools.bench import solver_cli
-from tools.bench.ode import ReferenceCache, rms_error
-from tools.bench.tune_solver import distinct_starts, start_candidates, tune_solver
+from tools.compare import solver_cli
 from tools.generate import cli as generate_cli
-from tools.solver_file import SolverFileError, fingerprint, fingerprints, load_solver, save_solver
+from tools.ode import ReferenceCache, rms_error
+from tools.solvers.file import SolverFileError, fingerprint, fingerprints, load_solver, save_solver
+from tools.solvers.tune import distinct_starts, start_candidates, tune_solver
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -410,7 +410,7 @@ def test_multistep_with_model_levels_tells_the_model_other_levels():
 
 
 def test_bench_runs_a_solver_file_at_its_own_budget(digits_solver, tmp_path):
-    from tools.bench import cli as bench_cli
+    from tools.compare import cli as bench_cli
 
     out = tmp_path / "bench"
     result = invoke(bench_cli.bench, "--model", "digits", "--sampler", f"file:{digits_solver},ipndm", "--nfe",
@@ -426,7 +426,7 @@ def test_bench_runs_a_solver_file_at_its_own_budget(digits_solver, tmp_path):
 
 
 def test_bench_refuses_a_solver_for_another_model(digits_solver, tmp_path):
-    from tools.bench import cli as bench_cli
+    from tools.compare import cli as bench_cli
 
     record = json.loads(digits_solver.read_text())
     record["model_fingerprint"] = "sha256:" + "1" * 64
@@ -442,7 +442,7 @@ def test_bench_refuses_a_solver_for_another_model(digits_solver, tmp_path):
 
 
 def test_sampler_auto_picks_what_the_table_says(tmp_path, monkeypatch):
-    from tools.bench import auto
+    from tools.compare import auto
     from tools.models import load_model
 
     monkeypatch.setenv("EDM_AUTO_DIR", str(tmp_path / "auto"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edm.gaussian_mixture import GaussianMixture
-from tools.bench.ode import reference_sample, solve_probability_flow
+from tools.ode import reference_sample, solve_probability_flow
 
 SIGMAS = [0.01, 0.1, 0.5, 1.0, 3.0, 20.0]
 

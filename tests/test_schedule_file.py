@@ -1,4 +1,4 @@
-"""Schedule files (tools.schedule_file) and `edm generate --schedule file:PATH`."""
+"""Schedule files (tools.schedules.file) and `edm generate --schedule file:PATH`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from _support import assert_schedule
 from samplers import schedules
 from tools import generate as pipeline
 from tools.generate import cli as generate_cli
-from tools.schedule_file import FORMAT, ScheduleFileError, file_path, load_schedule, save_schedule
+from tools.schedules.file import FORMAT, ScheduleFileError, file_path, load_schedule, save_schedule
 
 DIGITS = Path(__file__).resolve().parents[1] / "edm" / "weights" / "digits.json"
 needs_digits = pytest.mark.skipif(not DIGITS.is_file(), reason="the embedded digits model is not trained yet")

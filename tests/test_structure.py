@@ -124,7 +124,7 @@ def imports() -> Imports:
 def test_the_walk_sees_the_known_edges(imports):
     # guards the walker itself: a few imports that must be found
     assert "tools.generate.sampling" in imports.edges["tools.generate.plan"]
-    assert "tools.fid.scoring" in imports.edges["tools.bench.inputs"]  # through the lazy package export
+    assert "tools.fid.scoring" in imports.edges["tools.compare.inputs"]  # through the lazy package export
     assert "tools.generate.cli" in imports.edges["tools.cli"]
     assert "tools.options" in imports.uses_click and "tools.generate.sampling" not in imports.uses_click
 
@@ -137,7 +137,7 @@ def test_no_private_names_cross_modules_in_tools(imports):
 def test_library_modules_never_import_cli_modules(imports):
     cli = imports.uses_click
     library = [name for name in MODULES if name.startswith("tools.") and name not in cli]
-    assert {"tools.fid.scoring", "tools.bench.runner", "tools.generate.runner",
+    assert {"tools.fid.scoring", "tools.compare.runner", "tools.generate.runner",
             "tools.models.loader"} <= set(library)
     bad = [f"{name} -> {target}" for name in library for target in imports.edges[name] if target in cli]
     assert bad == []

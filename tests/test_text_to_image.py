@@ -159,7 +159,7 @@ def test_editing_matches_the_img2img_and_inpaint_pipelines(pipelines, tmp_path, 
     image is encoded with the seed's first draw and the start noise is its second, as the pipelines do."""
     from tools.generate.plan import prepare
     from tools.generate.prompts import Prompting
-    from tools.generate.steering import Steering
+    from tools.steering import Steering
 
     pipe, path = pipelines("sd1")
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -1,4 +1,4 @@
-"""tools.bench.tune (the schedule tuner) and the `edm tune-schedule` command."""
+"""tools.schedules.tune (the schedule tuner) and the `edm tune-schedule` command."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import samplers
 from _support import assert_schedule, one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
-from tools.bench import cli as tune_cli
-from tools.bench import tune
-from tools.bench.ode import ReferenceCache, rms_error
-from tools.bench.tune import calibration_seeds, tunable_steps, tune_schedule
+from tools.compare import cli as tune_cli
+from tools.compare import tune
 from tools.generate import cli as generate_cli
-from tools.schedule_file import load_schedule
+from tools.ode import ReferenceCache, rms_error
+from tools.schedules.file import load_schedule
+from tools.schedules.tune import calibration_seeds, tunable_steps, tune_schedule
 
 SHAPE = (3, 8, 8)
 RANGE = dict(sigma_min=0.002, sigma_max=80.0)

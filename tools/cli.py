@@ -2,7 +2,7 @@
 
 Entry point ``edm = tools.cli:main`` (setup.cfg); also runs as ``python -m tools.cli``.
 The commands live beside the libraries they front (``tools/generate/cli.py``, ``tools/fid/cli.py``,
-``tools/bench/cli.py``, ``tools/models/cli.py``, ``tools/train_cli.py``,
+``tools/compare/cli.py``, ``tools/models/cli.py``, ``tools/train_cli.py``,
 ``tools/train_classifier_cli.py``) and share their sampling options
 (``tools/options.py``). The registries (and with them torch) are imported inside the commands, so
 ``edm --help`` starts without importing torch.
@@ -244,13 +244,13 @@ def schedules_command(names: tuple[str, ...], as_json: bool) -> None:
 
 def _register_commands() -> None:
     # Each command lives beside the library it fronts; importing them is cheap (torch loads when one runs).
-    from .bench.cli import bench, tune_schedule
-    from .bench.solver_cli import tune_solver
+    from .compare.cli import bench, tune_schedule
     from .fid.cli import fid
     from .generate.cli import generate
     from .models.cli import info
     from .train_classifier_cli import train_classifier
     from .train_cli import train
+    from .tune_cli import tune_solver
 
     for command in (bench, fid, generate, info, train, train_classifier, tune_schedule, tune_solver):
         main.add_command(command)

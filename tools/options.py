@@ -270,7 +270,7 @@ def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str
         nfe = None if nfe is None else one_of(nfe, "NFE budget", "nfe", command)
     except BadInput as e:
         raise usage_error(e) from None
-    from tools.generate.solvers import special_sampler
+    from tools.solvers.use import special_sampler
 
     kind = special_sampler(sampler)
     if kind is None:
@@ -447,14 +447,14 @@ def sampling_options(**defaults: Any) -> Callable:
     return decorate
 
 
-#: the flags that build a tools.generate.steering.Steering (they reach a command in its **flags)
+#: the flags that build a tools.steering.Steering (they reach a command in its **flags)
 STEERING_FLAGS = ("negative_class", "guidance_interval", "guidance_rescale", "guide_model", "unconditional",
                   "classifier", "classifier_scale", "threshold", "threshold_percentile", "init_image",
                   "strength", "mask", "resample", "corrector", "corrector_steps", "snr")
 
 
 def steering(flags: dict[str, Any], command: str | None = None, refused: Sequence[str] = ()):
-    """Pop the steering flags out of a command's ``flags`` into a ``tools.generate.steering.Steering`` (None
+    """Pop the steering flags out of a command's ``flags`` into a ``tools.steering.Steering`` (None
     when none is given). ``refused``: flags ``command`` does not take (a usage error names them)."""
     given = {key: flags.pop(key) for key in STEERING_FLAGS if key in flags}
     given = {key: value for key, value in given.items() if value is not None and value is not False}
@@ -464,7 +464,7 @@ def steering(flags: dict[str, Any], command: str | None = None, refused: Sequenc
         raise click.UsageError(f"{command} does not take {names}")
     if not given:
         return None
-    from .generate.steering import Steering
+    from .steering import Steering
 
     return Steering(**given)
 

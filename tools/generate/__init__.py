@@ -21,7 +21,7 @@ in batches and writes ``{seed:06d}.png`` per seed (``--subdirs``: in ``{seed - s
 ``prepare(...)`` does the validation and returns a :class:`Plan`; ``run(plan)`` does the work.
 
 Modules: :mod:`.sampling` (what is sampled, checked once for every command that samples),
-:mod:`.schedule` (steps and sigmas), :mod:`.labels` (class labels per seed), :mod:`.plan` (the job),
+:mod:`.plan` (the job),
 :mod:`.runner` (the work), :mod:`.record` (the folder's settings), :mod:`.cli` (``edm generate``).
 PNG and grid I/O is :mod:`tools.images`; devices and dtypes :mod:`tools.device`; ranks :mod:`tools.ranks`.
 Names are imported on first use, so the CLI module loads without torch.
@@ -30,8 +30,9 @@ Names are imported on first use, so the CLI module loads without torch.
 from tools.common import lazy_exports
 
 _EXPORTS = {
-    "DEFAULT_STEPS": ".schedule", "resolve_steps": ".schedule", "schedule_sigmas": ".schedule",
-    "class_labels": ".labels", "conditioning": ".labels",
+    "DEFAULT_STEPS": "tools.schedules.steps", "resolve_steps": "tools.schedules.steps",
+    "schedule_sigmas": "tools.schedules.steps",
+    "class_labels": "tools.labels", "conditioning": "tools.labels",
     "GUIDANCE_MEANING": ".sampling", "Sampling": ".sampling", "prepare_sampling": ".sampling",
     "check_sampler": ".sampling",
     "GenerateError": ".plan", "Plan": ".plan", "prepare": ".plan",

@@ -12,10 +12,10 @@ import torch
 from tools.common import BadInput, check_writable_dir, positive_int
 from tools.images import PNG_MODES, image_path
 from tools.seeds import format_seeds, parse_seeds
+from tools.steering import Steering
 
 from .record import check_record
 from .sampling import Sampling, prepare_sampling
-from .steering import Steering
 
 __all__ = ["GenerateError", "Plan", "prepare"]
 

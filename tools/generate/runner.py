@@ -108,7 +108,7 @@ def generate(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "ka
             replace the folder's record of settings (default: a folder made with other settings is refused).
         device, dtype: where and in which precision the model runs (the sampler's state stays in float32,
             or float64 for a float64 model). Default device: cuda when available, else cpu.
-        steering: a :class:`tools.generate.steering.Steering`: negative class, guidance interval and
+        steering: a :class:`tools.steering.Steering`: negative class, guidance interval and
             rescale, autoguidance, classifier guidance, thresholding, img2img, inpainting, a corrector.
         prompting: a :class:`tools.generate.prompts.Prompting`: a text model's prompt(s), negative prompt
             and image size.

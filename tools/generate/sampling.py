@@ -20,11 +20,15 @@ import samplers
 from samplers.registry import nfe_on
 from tools.common import BadInput, one_line
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
-
-from .labels import conditioning
-from .prompts import Prompting, Prompts, check_prompting, guidance_or_default
-from .schedule import DIFFUSERS_SCHEDULE, diffusers_schedule, resize_model, resolve_steps, schedule_sigmas
-from .solvers import (
+from tools.labels import conditioning
+from tools.schedules.steps import (
+    DIFFUSERS_SCHEDULE,
+    diffusers_schedule,
+    resize_model,
+    resolve_steps,
+    schedule_sigmas,
+)
+from tools.solvers.use import (
     AUTO,
     FITTED_SCHEDULE,
     auto_pick,
@@ -32,7 +36,9 @@ from .solvers import (
     read_fitted,
     special_sampler,
 )
-from .steering import Steer, Steering, check_steering, load
+from tools.steering import Steer, Steering, check_steering, load
+
+from .prompts import Prompting, Prompts, check_prompting, guidance_or_default
 
 __all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "load",
            "prepare_sampling"]
@@ -59,7 +65,7 @@ def check_sampler(name: str, options: Mapping[str, Any], sigmas: torch.Tensor) -
 
 def check_guidance(model, guidance) -> float:
     """The guidance weight w: a finite number >= 0 (whether the model can take it is
-    :func:`tools.generate.steering.check_steering`'s question: autoguidance needs no class)."""
+    :func:`tools.steering.check_steering`'s question: autoguidance needs no class)."""
     try:
         guidance = float(guidance)
     except (TypeError, ValueError):
@@ -106,7 +112,7 @@ class Sampling:
     steer: Steer = field(repr=False)  # guidance family, thresholding, editing, corrector
     denoiser: Callable = field(default=None, repr=False)  # guided, in the model's dtype
     prompts: Prompts | None = None  # a text model's prompts (tools.generate.prompts)
-    # The start and end conventions of --schedule diffusers (tools.models.diffusers_schedule.DiffusersPlan):
+    # The start and end conventions of --schedule diffusers (tools.schedules.diffusers.DiffusersPlan):
     # x starts at start_scale * latent (None: EDM's sigmas[0] * latent) and the result is end_scale * x.
     start_scale: float | None = None
     end_scale: float = 1.0
@@ -255,7 +261,7 @@ def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", 
     Nothing is written. The model is loaded (when given as a spec), the schedule computed, the sampler
     run once on a 1x1 zero problem (checks its options) and the guided denoiser evaluated once on one
     sample (checks the model, its dtype on this device, the class and the guidance). ``steering``
-    (:class:`tools.generate.steering.Steering`) adds the guidance family, thresholding, editing and a
+    (:class:`tools.steering.Steering`) adds the guidance family, thresholding, editing and a
     corrector, checked against the model. ``prompting`` (:class:`tools.generate.prompts.Prompting`) gives a
     text model its prompts and size; ``guidance`` None is a text model's own default weight, else 0.
     """

@@ -128,7 +128,7 @@ HONOURED = {
 }
 
 #: settings of the scheduler's own timesteps: honoured by ``--schedule diffusers``
-#: (``tools.models.diffusers_schedule``, which builds the scheduler from this config), unused otherwise
+#: (``tools.schedules.diffusers``, which builds the scheduler from this config), unused otherwise
 SCHEDULE_SETTINGS = (
     "timestep_spacing", "steps_offset", "set_alpha_to_one", "use_karras_sigmas", "use_exponential_sigmas",
     "use_beta_sigmas", "final_sigmas_type", "interpolation_type", "lambda_min_clipped", "shift",

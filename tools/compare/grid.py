@@ -19,7 +19,7 @@ import torch
 import samplers
 from samplers.registry import nfe_on
 from tools.common import one_line
-from tools.generate.solvers import FITTED_SCHEDULE
+from tools.solvers.use import FITTED_SCHEDULE
 
 from .outputs import COLUMNS
 

@@ -1,4 +1,4 @@
-"""The ``edm tune-solver`` command: a thin layer over ``tools.bench.tune_solver`` (``tools.cli`` registers
+"""The ``edm tune-solver`` command: a thin layer over ``tools.solvers.tune`` (``tools.cli`` registers
 it). torch loads when the command runs."""
 
 from __future__ import annotations
@@ -61,11 +61,10 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
       edm generate --outdir out --sampler file:digits-5.json --seeds 0-63
     """
     from tools.generate.sampling import prepare_sampling
-    from tools.solver_file import fingerprints, save_solver
-
-    from .tune import calibration_seeds
-    from .tune_solver import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_NUM, heldout_seeds
-    from .tune_solver import tune_solver as fit
+    from tools.schedules.tune import calibration_seeds
+    from tools.solvers.file import fingerprints, save_solver
+    from tools.solvers.tune import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_NUM, heldout_seeds
+    from tools.solvers.tune import tune_solver as fit
 
     if nfe is None or steps is not None:
         raise click.UsageError("give the budget to fit for as --nfe N (a fitted solver takes exactly N "

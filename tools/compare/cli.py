@@ -1,5 +1,5 @@
 """The ``edm bench`` and ``edm tune-schedule`` commands (click command objects; ``tools.cli`` registers
-them): thin layers over ``tools.bench.prepare_bench`` / ``Bench.run`` and ``tools.bench.tune_schedule``,
+them): thin layers over ``tools.compare.prepare_bench`` / ``Bench.run`` and ``tools.compare.tune_schedule``,
 with the sampling options every sampling command shares (:mod:`tools.options`). torch loads when a
 command runs."""
 
@@ -55,7 +55,7 @@ def _sampler_names(value: str) -> list[str]:
 def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict]) -> dict[str, dict]:
     """--eta-style flags for every sampler that has the option, then SAMPLER.KEY=VALUE overrides (fitted
     solvers, file:PATH, have none)."""
-    from tools.generate.solvers import special_sampler
+    from tools.solvers.use import special_sampler
 
     registered = [name for name in names if special_sampler(name) != "file"]
     merged = {name: dict(values) for name, values in sampler_options(registered, flags).items() if values}
@@ -172,9 +172,8 @@ def _check_write_auto(bench, sigma_min, sigma_max, rho) -> None:
 
 
 def _write_auto(bench, cells) -> None:
-    from tools.solver_file import fingerprints
-
-    from .auto import write_auto_table
+    from tools.solvers.auto import write_auto_table
+    from tools.solvers.file import fingerprints
 
     prints = fingerprints(bench.loaded.denoiser)  # as loaded, then as float16 / bfloat16 loads would be
     try:
@@ -223,9 +222,8 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
     import torch
 
     from tools.generate.sampling import prepare_sampling
-
-    from .tune import calibration_seeds, check_something_to_tune, tunable_steps
-    from .tune import tune_schedule as tune
+    from tools.schedules.tune import calibration_seeds, check_something_to_tune, tunable_steps
+    from tools.schedules.tune import tune_schedule as tune
 
     if sampler is None:
         raise click.BadParameter("give the sampler to tune", param_hint="'--sampler'")

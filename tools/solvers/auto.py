@@ -7,15 +7,15 @@ registered sampler, deterministic or stochastic, on a registered schedule. ``fil
 are left out (a path need not exist where the table is read), and so are samplers that cannot be given a
 fixed budget (``samplers.steps_for_nfe`` refuses them: ``restart``, adaptive ones), since ``auto`` runs the
 pick with ``steps_for_nfe``. A table is JSON (format ``edm-samplers/auto-v1``) naming the model and the
-fingerprint of its weights (``tools.solver_file.fingerprint``). Writing merges into the table already at
+fingerprint of its weights (``tools.solvers.file.fingerprint``). Writing merges into the table already at
 that path when its rows were measured the same way (same weights, metric and conditions): the budgets
 benchmarked again get the new rows, the others keep theirs, so a table grows budget by budget; otherwise
 (or when that file is corrupt) the new table replaces it.
 
 Lookup (``auto_choice``). The user's table ``auto_dir()/<fingerprint>.json`` (``$EDM_AUTO_DIR``, else
-``~/.cache/edm-samplers/auto``), then the user's and the shipped (``tools/bench/auto_tables/``) tables
+``~/.cache/edm-samplers/auto``), then the user's and the shipped (``tools/solvers/auto_tables/``) tables
 that list the fingerprint among their ``fingerprints``: a table records, besides its weights'
-fingerprint, the ones they have when loaded in float16 and bfloat16 (``tools.solver_file.fingerprints``),
+fingerprint, the ones they have when loaded in float16 and bfloat16 (``tools.solvers.file.fingerprints``),
 so a table measured in float32 serves half-precision loads of the model too.
 In each, the row measured at exactly the asked NFE, else the row of the largest
 NFE below it (its sampler then runs at the asked NFE: more steps of a method that was best with fewer is a
@@ -57,7 +57,7 @@ from typing import Any
 from edm.checkpoint import atomic_write, read_record
 
 __all__ = ["AUTO", "FALLBACK", "FORMAT", "AutoChoice", "AutoTableError", "auto_choice", "auto_dir",
-           "load_auto_table", "shipped_tables", "write_auto_table"]
+           "best_per_budget", "load_auto_table", "ranking_value", "shipped_tables", "write_auto_table"]
 
 AUTO = "auto"
 FORMAT = "edm-samplers/auto-v1"
@@ -142,6 +142,29 @@ def _quality_metric(cells: list[dict]) -> str:
                          "or ode")
 
 
+
+def ranking_value(cell: Mapping[str, Any], metric: str) -> float | None:
+    """A benchmark cell's finite ``metric``, or None (not measured, skipped, or NaN/inf: cannot rank)."""
+    value = cell.get(metric)
+    if cell.get("status") != "ok" or value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def best_per_budget(cells: Iterable[Mapping[str, Any]], metric: str) -> dict[int, Any]:
+    """For each NFE budget, the "ok" cell with the lowest finite ``metric`` (the first one on ties).
+
+    Budgets where no cell has a value are left out; keys are in increasing budget order.
+    """
+    best: dict[int, Any] = {}
+    for cell in cells:
+        value = ranking_value(cell, metric)
+        budget = cell["nfe_budget"]
+        if value is not None and (budget not in best or value < ranking_value(best[budget], metric)):
+            best[budget] = cell
+    return dict(sorted(best.items()))
+
+
 def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerprint: str, path=None,
                      sampler_options: Mapping[str, Mapping[str, Any]] | None = None,
                      conditions: Mapping[str, Any] | None = None,
@@ -157,8 +180,6 @@ def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerpr
     settings (``Bench.settings``); those of :data:`CONDITIONS` are recorded. AutoTableError (one line)
     when no cell qualifies.
     """
-    from .outputs import best_per_budget
-
     sampler_options = sampler_options or {}
     today = datetime.date.today().isoformat()
     usable = []

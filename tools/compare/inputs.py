@@ -17,9 +17,9 @@ import torch
 
 from tools.common import BadInput
 from tools.device import state_dtype
-from tools.generate.labels import conditioning
 from tools.generate.prompts import Prompts
 from tools.generate.sampling import check_denoiser, load
+from tools.labels import conditioning
 from tools.models import LoadedModel
 
 __all__ = ["BenchError", "Conditioning", "as_loaded", "check_model", "fd_reference", "in_precision",
@@ -91,7 +91,7 @@ def load_spec(model, dtype: torch.dtype, device: torch.device, trust_pickle: boo
 def in_precision(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
     """The model's weights as ``edm generate`` runs them in ``dtype``: float64 gets float64 weights (a copy
     when needed); the casts of half precisions and the guidance family are the denoiser
-    ``tools.generate.steering.Steer.denoiser`` builds over it."""
+    ``tools.steering.Steer.denoiser`` builds over it."""
     if dtype == torch.float64:
         loaded = dataclasses.replace(loaded, denoiser=_module_in(loaded.denoiser, dtype))
     return loaded

@@ -26,6 +26,7 @@ from typing import Any
 from edm.checkpoint import atomic_write, read_record
 from tools.common import format_value, jsonable
 from tools.seeds import format_seeds
+from tools.solvers.auto import best_per_budget, ranking_value
 
 __all__ = ["COLUMNS", "FORMAT", "METRICS", "best_per_budget", "read_results", "write_outputs"]
 
@@ -51,14 +52,6 @@ def _is_ok(cell: dict) -> bool:
     return cell.get("status") == "ok"
 
 
-def _value(cell: dict, metric: str) -> float | None:
-    """The cell's finite ``metric``, or None (not measured, skipped, or NaN/inf, which cannot rank)."""
-    value = cell.get(metric)
-    if not _is_ok(cell) or value is None or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _pair(cell: dict) -> tuple[str, str]:
     return cell["sampler"], cell["schedule"]
 
@@ -75,20 +68,6 @@ def _budgets(cells: Iterable[dict]) -> list[int]:
 def _present(cells: list[dict], metric: str) -> bool:
     """Whether any measured cell has a value (NaN included: it is shown, just never ranked)."""
     return any(_is_ok(cell) and cell.get(metric) is not None for cell in cells)
-
-
-def best_per_budget(cells: list[dict], metric: str) -> dict[int, dict]:
-    """For each NFE budget, the "ok" cell with the lowest finite ``metric`` (the first one on ties).
-
-    Budgets where no cell has a value are left out; keys are in increasing budget order.
-    """
-    best: dict[int, dict] = {}
-    for cell in cells:
-        value = _value(cell, metric)
-        budget = cell["nfe_budget"]
-        if value is not None and (budget not in best or value < _value(best[budget], metric)):
-            best[budget] = cell
-    return dict(sorted(best.items()))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,7 +264,7 @@ def _series(cells: list[dict], metric: str) -> dict[tuple[str, str], list[tuple[
     scale = 1e3 if metric == "time_per_sample_s" else 1.0
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for cell in cells:
-        value, nfe = _value(cell, metric), cell.get("nfe") or cell["nfe_budget"]
+        value, nfe = ranking_value(cell, metric), cell.get("nfe") or cell["nfe_budget"]
         if value is not None and value > 0 and nfe > 0:
             series.setdefault(_pair(cell), []).append((nfe, value * scale))
     return {pair: sorted(points) for pair, points in series.items()}

@@ -27,11 +27,12 @@ from tools.common import BadInput, check_writable_dir, one_line, positive_int
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from tools.generate.prompts import Prompting, check_prompting, guidance_or_default
 from tools.generate.sampling import check_guidance, check_sampler
-from tools.generate.schedule import DIFFUSERS_SCHEDULE, resize_model, schedule_sigmas
-from tools.generate.solvers import check_fitted_use, read_fitted, special_sampler
-from tools.generate.steering import check_steering
 from tools.images import to_uint8
+from tools.ode import ReferenceCache, rms_error
+from tools.schedules.steps import DIFFUSERS_SCHEDULE, resize_model, schedule_sigmas
 from tools.seeds import format_seeds, parse_seeds
+from tools.solvers.use import check_fitted_use, read_fitted, special_sampler
+from tools.steering import check_steering
 
 from .grid import Cell, fitted_cell, parse_budgets, plan_cells
 from .inputs import (
@@ -45,7 +46,6 @@ from .inputs import (
     load_spec,
 )
 from .metrics import SamplerTraits, Stopwatch, has_metric, parse_metrics, sampler_traits
-from .ode import ReferenceCache, rms_error
 from .resume import conflicts, merge_settings, plain, read_previous, reusable_metrics
 
 __all__ = ["DEFAULT_NFE", "Bench", "prepare_bench", "run_bench"]
@@ -265,7 +265,7 @@ def _sampler_names(value: str | Sequence[str]) -> list[str]:
 
 
 def _fitted(names: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """file:PATH -> its ``tools.generate.solvers.Fitted`` (read and checked; no options for it)."""
+    """file:PATH -> its ``tools.solvers.use.Fitted`` (read and checked; no options for it)."""
     fitted = {}
     for name in names:
         if special_sampler(name) == "file":
@@ -361,7 +361,7 @@ def _time_label(metrics: Sequence[str], dtype: torch.dtype) -> str | None:
     return f"the sampling pass: all seeds, {str(dtype).removeprefix('torch.')}"
 
 
-#: settings beyond tools.bench.resume's that must match too: a text model's prompts and image size
+#: settings beyond tools.compare.resume's that must match too: a text model's prompts and image size
 _SAME_TOO = ("text", "image_shape")
 
 
@@ -514,7 +514,7 @@ def run_bench(model, **kwargs) -> list[dict[str, Any]]:
         out: a folder for ``results.csv``/``.json``/``.md`` and plots; a previous run there with the same
             settings is resumed (only missing cells and metrics are computed) unless ``overwrite``.
 
-    Returns the cells of this grid: flat dicts with the keys ``tools.bench.CELL_KEYS``.
+    Returns the cells of this grid: flat dicts with the keys ``tools.compare.CELL_KEYS``.
     Raises :class:`BenchError` (one line, ``.param`` naming the argument) on bad input, before any work.
     """
     return prepare_bench(model, **kwargs).run()

@@ -27,8 +27,7 @@ from samplers.noise import LATENT_STREAM, stream_seed
 from tools.common import BadInput, one_line
 from tools.device import ModelDtype, state_dtype
 from tools.images import from_uint8, image_path, read_png
-
-from .labels import check_class
+from tools.labels import check_class
 
 __all__ = ["CORRECTORS", "DEFAULT_CLASSIFIER_SCALE", "Steer", "Steering", "check_steering", "load"]
 

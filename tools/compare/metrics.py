@@ -2,7 +2,7 @@
 two traits of a sampler that decide how the ``ode`` metric treats it.
 
 * ``ode``: RMS distance of the sampler's result from the exact probability-flow ODE solution from the same
-  noise (``tools.bench.ode``), in float64; only for deterministic samplers.
+  noise (``tools.ode``), in float64; only for deterministic samplers.
 * ``fd``: Frechet distance of the samples' detector features from a reference (``tools.fid``).
 * ``time``: wall time of the sampling per sample, and the share of it spent inside the denoiser.
 """

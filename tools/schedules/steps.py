@@ -10,7 +10,7 @@ import torch
 import samplers
 from samplers import schedules
 from tools.common import BadInput, one_line, positive_int
-from tools.schedule_file import ScheduleFileError, file_path, load_schedule
+from tools.schedules.file import ScheduleFileError, file_path, load_schedule
 
 __all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "diffusers_schedule", "resize_model",
            "resolve_steps", "schedule_sigmas"]
@@ -43,7 +43,7 @@ def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None
                     rho=None) -> tuple[torch.Tensor, dict[str, Any]]:
     """The float64 CPU sigmas of schedule ``name`` for ``steps`` steps on ``model``, and the options given.
 
-    ``name`` is a registered schedule or ``file:PATH`` (a schedule file, see ``tools.schedule_file``).
+    ``name`` is a registered schedule or ``file:PATH`` (a schedule file, see ``tools.schedules.file``).
     The range defaults to the model's; table schedules get the model's ``sigmas``. Raises
     :class:`BadInput` with a one-line message.
     """
@@ -81,7 +81,7 @@ def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None
 
 
 def diffusers_schedule(model, sampler: str, steps: int, sigma_min=None, sigma_max=None, rho=None):
-    """The :class:`tools.models.diffusers_schedule.DiffusersPlan` of ``--schedule diffusers``: the sigmas
+    """The :class:`tools.schedules.diffusers.DiffusersPlan` of ``--schedule diffusers``: the sigmas
     (and start/end conventions) that ``sampler``'s diffusers counterpart, built from the model's own
     scheduler config, would use for ``steps`` steps. BadInput for a model without a scheduler config, a
     sampler without a counterpart, or a range given with it."""
@@ -93,8 +93,8 @@ def diffusers_schedule(model, sampler: str, steps: int, sigma_min=None, sigma_ma
     if not isinstance(config, dict):
         raise BadInput("--schedule diffusers reproduces a diffusers scheduler: it needs a diffusers:DIR "
                        "model (this one has no scheduler config)", "schedule")
-    from tools.models.diffusers_schedule import diffusers_plan
     from tools.models.pipelines import dynamic_shift_mu
+    from tools.schedules.diffusers import diffusers_plan
 
     flow = info.get("prediction") == "flow"
     mu = None

@@ -2,7 +2,7 @@
 
 ``tune_solver`` fits a :class:`samplers.fitted.LinearSolver` of exactly ``nfe`` denoiser calls so that
 its final sample lands as close as it can to the model's own probability-flow ODE solution from the
-same start noise (the teacher, ``tools.bench.ode``: no data needed). The design and the papers behind
+same start noise (the teacher, ``tools.ode``: no data needed). The design and the papers behind
 it are in bench/results/few_step.md; in short, S4S-Alt's space (levels and weights) fitted LD3-style
 (backpropagation through the whole few-step solve):
 
@@ -43,9 +43,8 @@ import samplers
 from samplers import schedules
 from samplers.fitted import LinearSolver, from_sampler, multistep
 from tools.device import resolve_device
-
-from .ode import ReferenceCache, rms_error
-from .tune import calibration_batch, positive_count, progress_bar, threads_for
+from tools.ode import ReferenceCache, rms_error
+from tools.schedules.tune import calibration_batch, positive_count, progress_bar, threads_for
 
 __all__ = ["HELDOUT_SEED", "SolverFit", "distinct_starts", "heldout_seeds", "start_candidates", "tune_solver"]
 

@@ -1,7 +1,7 @@
 """What ``--sampler`` names besides a registered sampler: a fitted solver file (``file:PATH``, written by
 ``edm tune-solver``) or ``auto`` (the best registered sampler x schedule at an NFE budget, from a table
 ``edm bench --write-auto`` wrote for the model, a shipped one, or the fallback rule of
-``tools.bench.auto``).
+``tools.solvers.auto``).
 
 A fitted solver brings its own noise levels and runs only at its own NFE, for the model it was fitted
 to, with the guidance weight it was fitted with; each mismatch is one line of BadInput.
@@ -42,7 +42,7 @@ class Fitted:
 def read_fitted(name: str, *, steps=None, nfe=None, options=None) -> Fitted:
     """The solver file of ``file:PATH``; BadInput when it is unreadable or asked for something else (other
     steps or NFE, sampler options)."""
-    from tools.solver_file import SolverFileError, file_path, load_solver
+    from tools.solvers.file import SolverFileError, file_path, load_solver
 
     try:
         loaded = load_solver(file_path(name))
@@ -62,7 +62,7 @@ def read_fitted(name: str, *, steps=None, nfe=None, options=None) -> Fitted:
 
 def check_fitted_model(fitted: Fitted, model) -> None:
     """BadInput unless the solver was fitted to this model's weights."""
-    from tools.solver_file import SolverFile, SolverFileError, fingerprint
+    from tools.solvers.file import SolverFile, SolverFileError, fingerprint
 
     record = SolverFile(path=fitted.name.removeprefix("file:"), solver=fitted.solver,
                         metadata=fitted.metadata)
@@ -93,11 +93,11 @@ def check_fitted_use(fitted: Fitted, model, guidance):
 
 
 def auto_pick(model, nfe):
-    """``tools.bench.auto.AutoChoice`` for the model at ``nfe``; BadInput without a budget."""
+    """``tools.solvers.auto.AutoChoice`` for the model at ``nfe``; BadInput without a budget."""
     if nfe is None:
         raise BadInput("--sampler auto picks a sampler for an NFE budget: give --nfe", "nfe")
-    from tools.bench.auto import auto_choice
-    from tools.solver_file import fingerprint
+    from tools.solvers.auto import auto_choice
+    from tools.solvers.file import fingerprint
 
     try:
         return auto_choice(fingerprint(model.denoiser), nfe)

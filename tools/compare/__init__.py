@@ -20,11 +20,7 @@ _EXPORTS = {
     "BenchError": ".inputs",
     "METRICS": ".metrics", "SamplerTraits": ".metrics", "Stopwatch": ".metrics", "parse_metrics": ".metrics",
     "sampler_traits": ".metrics",
-    "ReferenceCache": ".ode", "reference_sample": ".ode", "rms_error": ".ode",
-    "solve_probability_flow": ".ode",
     "DEFAULT_NFE": ".runner", "Bench": ".runner", "prepare_bench": ".runner", "run_bench": ".runner",
-    "CALIBRATION_SEED": ".tune", "TuneResult": ".tune", "calibration_seeds": ".tune",
-    "default_max_evals": ".tune", "tunable_steps": ".tune", "tune_schedule": ".tune",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,7 +1,7 @@
 """Schedule tuning: the sigma steps that minimise a deterministic sampler's ODE error at a fixed NFE.
 
 The error of a sampler run is its RMS distance to the exact probability-flow ODE end point from the
-same start noise (``tools.bench.ode``), measured on a *calibration* batch whose seeds are disjoint from
+same start noise (``tools.ode``), measured on a *calibration* batch whose seeds are disjoint from
 the usual evaluation seeds, so that a tuned schedule can be judged on seeds it never saw.
 
 The search keeps the schedule's two ends (sigma_max and the last nonzero sigma) and so the reference
@@ -41,8 +41,7 @@ import samplers
 from samplers import schedules
 from samplers.schedules import validate_sigmas
 from tools.device import resolve_device
-
-from .ode import ReferenceCache, rms_error
+from tools.ode import ReferenceCache, rms_error
 
 __all__ = ["CALIBRATION_SEED", "TuneResult", "calibration_batch", "calibration_seeds", "default_max_evals",
            "positive_count", "progress_bar", "threads_for", "tunable_steps", "tune_schedule"]
@@ -119,7 +118,7 @@ class TuneResult:
 
     def save(self, path, **metadata) -> Path:
         """Write the schedule file (atomically), with the tune's metadata and ``metadata`` (e.g. model)."""
-        from tools.schedule_file import save_schedule
+        from tools.schedules.file import save_schedule
 
         return save_schedule(path, self.sigmas, **{**self.metadata(), **metadata})
 
@@ -330,7 +329,7 @@ def _init_sigmas(init, steps: int, sigma_min, sigma_max) -> tuple[str, torch.Ten
     A registry name is built over ``sigma_min..sigma_max``; a ``file:PATH`` schedule file or a tensor
     brings its own ends, which must match the range where one is given.
     """
-    from tools.schedule_file import file_path, load_schedule
+    from tools.schedules.file import file_path, load_schedule
 
     path = file_path(init) if isinstance(init, str) else None
     if isinstance(init, str) and path is None:
