@@ -24,8 +24,8 @@ from tools import cli
 from tools.compare import BenchError, run_bench
 from tools.compare.runner import prepare_bench
 from tools.fid.detectors import Detector
-from tools.generate.prompts import Prompting
 from tools.images import to_uint8
+from tools.request import Prompting
 
 pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread")

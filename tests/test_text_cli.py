@@ -157,9 +157,9 @@ def test_a_model_object_reused_after_a_diffusers_plan_samples_as_a_fresh_one(sd,
     the loaded model; a later setup with another schedule on the same object must not keep them."""
     import shutil
 
-    from tools.generate.prompts import Prompting
     from tools.generate.sampling import prepare_sampling
     from tools.models import load_model
+    from tools.request import Prompting
 
     karras = tmp_path / "karras"
     shutil.copytree(sd, karras)

@@ -99,7 +99,7 @@ def our_command(path, sampler, outdir):
 @pytest.mark.parametrize("name,sampler", CASES)
 def test_float_images_match_the_pipeline(pipelines, name, sampler):
     from tools.generate.plan import prepare
-    from tools.generate.prompts import Prompting
+    from tools.request import Prompting
 
     pipe, path = pipelines(name)
     plan = prepare(f"diffusers:{path}", list(SEEDS), path / "unused", sampler=sampler, schedule="diffusers",
@@ -158,7 +158,7 @@ def test_editing_matches_the_img2img_and_inpaint_pipelines(pipelines, tmp_path, 
     """img2img (strength 0.6) and inpainting with a 4-channel UNet (its mask-blending mode): the init
     image is encoded with the seed's first draw and the start noise is its second, as the pipelines do."""
     from tools.generate.plan import prepare
-    from tools.generate.prompts import Prompting
+    from tools.request import Prompting
     from tools.steering import Steering
 
     pipe, path = pipelines("sd1")
@@ -221,7 +221,7 @@ def test_float64_through_the_python_api(pipelines, name, sampler):
     precision)."""
     from samplers.noise import latents as seed_latents
     from tools.generate.plan import prepare
-    from tools.generate.prompts import Prompting
+    from tools.request import Prompting
 
     pipe, path = pipelines(name)
     seeds = [0, 1]

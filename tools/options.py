@@ -469,12 +469,12 @@ def steering(flags: dict[str, Any], command: str | None = None, refused: Sequenc
     return Steering(**given)
 
 
-#: the flags that build a tools.generate.prompts.Prompting
+#: the flags that build a tools.request.Prompting
 PROMPT_FLAGS = ("prompt", "negative_prompt", "prompts", "width", "height")
 
 
 def prompting(flags: dict[str, Any], command: str | None = None, refused: bool = False):
-    """Pop the text flags out of a command's ``flags`` into a ``tools.generate.prompts.Prompting`` (None when
+    """Pop the text flags out of a command's ``flags`` into a ``tools.request.Prompting`` (None when
     none is given); ``refused``: ``command`` takes none of them (a usage error names them)."""
     given = {key: flags.pop(key) for key in PROMPT_FLAGS if key in flags}
     given = {key: value for key, value in given.items() if value is not None}
@@ -482,9 +482,41 @@ def prompting(flags: dict[str, Any], command: str | None = None, refused: bool =
         raise click.UsageError(f"{command} does not take {', '.join(_flag(key) for key in given)}")
     if not given:
         return None
-    from .generate.prompts import Prompting
+    from .request import Prompting
 
     return Prompting(**given)
+
+
+#: the flags that are fields of a tools.request.SamplingRequest as they are, whatever the command samples
+REQUEST_FLAGS = ("model", "trust_pickle", "sigma_min", "sigma_max", "rho", "class_label", "guidance",
+                 "device")
+
+
+def model_request(flags: dict[str, Any], command: str, dtype: str = "float32", *,
+                  refused: Sequence[str] = (), text_refused: bool = False):
+    """Pop what a command samples *with* out of ``flags`` into a ``tools.request.SamplingRequest``: the
+    model, range, class, guidance, steering, text, device and dtype (``dtype``: the command's default), not
+    the sampler, schedule or budget. ``refused`` / ``text_refused``: steering / text flags ``command`` does
+    not take (usage errors)."""
+    from .request import SamplingRequest
+
+    text = prompting(flags, command, text_refused)
+    steer = steering(flags, command, refused)
+    fields = {key: flags.pop(key) for key in REQUEST_FLAGS}
+    return SamplingRequest(**fields, dtype=flags.pop("dtype") or dtype, steering=steer, prompting=text)
+
+
+def sampling_request(flags: dict[str, Any], command: str, dtype: str = "float32", *,
+                     refused: Sequence[str] = (), text_refused: bool = False):
+    """Pop every sampling option out of a command's ``flags`` into the ``tools.request.SamplingRequest`` the
+    command runs, built once here (see :func:`model_request`; the sampler, its options, the schedule and
+    the steps or NFE budget too). Usage errors (one line, exit 2) for what the flags alone tell."""
+    request = model_request(flags, command, dtype, refused=refused, text_refused=text_refused)
+    sampler, schedule, steps, nfe = (flags.pop(key) for key in ("sampler", "schedule", "steps", "nfe"))
+    nfe, options = one_sampler(sampler, steps, nfe, flags, command)
+    for key in [key for key in flags if key.startswith(SAMPLER_OPTION_PREFIX)]:
+        flags.pop(key)
+    return request.replace(sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options)
 
 
 def report_ignored(model, prompts=None) -> None:

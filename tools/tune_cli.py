@@ -9,12 +9,11 @@ from tools.common import BadInput, check_writable_file, one_line
 from tools.options import (
     cli_errors,
     command,
+    model_request,
     option,
     progress_option,
-    prompting,
     sampling_options,
     seeds_option,
-    steering,
     usage_error,
 )
 
@@ -42,9 +41,8 @@ __all__ = ["tune_solver"]
 @option("Output", "--out", required=True, type=click.Path(dir_okay=False), metavar="FILE.json",
         help="Where the solver file goes (written atomically; its folder is created).")
 @progress_option
-def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
-                guidance, device, dtype, seeds, num, heldout, iterations, restarts, batch_size, out, progress,
-                **flags):
+def tune_solver(sampler, steps, nfe, schedule, seeds, num, heldout, iterations, restarts, batch_size, out,
+                progress, **flags):
     """Fit a few-step solver to a model at an NFE budget: its noise levels and multistep weights.
 
     The fit minimises the distance of the solver's samples to the model's own probability-flow ODE
@@ -74,13 +72,12 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
     nfe = nfe[0]
     if seeds is not None and num is not None:
         raise click.UsageError("--seeds and --num are mutually exclusive: give one")
-    if rho is not None:
+    if flags["rho"] is not None:
         raise click.BadParameter("a fitted solver chooses its own levels; --schedule names the start",
                                  param_hint="'--rho'")
-    prompting(flags, "edm tune-solver", refused=True)
-    steer = steering(flags, "edm tune-solver (it fits the deterministic ODE solve)",
-                     refused=("init_image", "strength", "mask", "resample", "corrector", "corrector_steps",
-                              "snr"))
+    request = model_request(flags, "edm tune-solver (it fits the deterministic ODE solve)",
+                            refused=("init_image", "strength", "mask", "resample", "corrector",
+                                     "corrector_steps", "snr"), text_refused=True)
     given = [key for key, value in flags.items() if value is not None]
     if given:
         raise click.UsageError("edm tune-solver fits a solver of its own: it takes no sampler options")
@@ -90,17 +87,14 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
     except BadInput as e:
         raise usage_error(e) from None
     with cli_errors():
-        setup = prepare_sampling(model, sampler="euler", schedule="karras", nfe=nfe, sigma_min=sigma_min,
-                                 sigma_max=sigma_max, class_label=class_label, guidance=guidance,
-                                 device=device, dtype=dtype or "float32", trust_pickle=trust_pickle,
-                                 steering=steer)
+        setup = prepare_sampling(request.replace(sampler="euler", schedule="karras", nfe=nfe))
     loaded = setup.model
     bottom = float(setup.sigmas[-2])
     top = float(setup.sigmas[0])
     held = heldout_seeds(heldout) if heldout else []
     log = (lambda text: click.echo(text, err=True)) if progress else None
     if progress:
-        click.echo(f"Fitting a {nfe}-NFE solver for {model} ({len(seeds)} calibration seeds, "
+        click.echo(f"Fitting a {nfe}-NFE solver for {request.model} ({len(seeds)} calibration seeds, "
                    f"{len(held)} held out), sigma {top:g}...{bottom:g}", err=True)
     try:
         result = fit(setup.denoiser, nfe, shape=loaded.shape, sigma_min=bottom, sigma_max=top, seeds=seeds,
@@ -111,7 +105,8 @@ def tune_solver(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
     except ValueError as e:  # a start that is not a linear solver of this budget, a bad schedule
         raise click.UsageError(one_line(e)) from None
     prints = fingerprints(loaded.denoiser)  # as loaded, and as a float16 / bfloat16 load would be
-    record = {"model": str(model), "model_fingerprint": prints[0], "model_fingerprints": prints,
+    class_label, steer = request.class_label, request.steering
+    record = {"model": str(request.model), "model_fingerprint": prints[0], "model_fingerprints": prints,
               "guidance": setup.guidance,
               "class": class_label if class_label is not None else (
                   "random per seed" if loaded.num_classes else None),

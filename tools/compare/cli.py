@@ -15,16 +15,15 @@ from tools.options import (
     command,
     detector_option,
     detector_weights_option,
+    model_request,
     one_sampler,
     option,
     option_value,
     parse_list,
     progress_option,
-    prompting,
     sampler_options,
     sampling_options,
     seeds_option,
-    steering,
     usage_error,
 )
 
@@ -96,11 +95,8 @@ def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict])
              "by fd (else ode), into $EDM_AUTO_DIR (default ~/.cache/edm-samplers/auto); merged into an "
              "earlier table measured alike (same metric and settings), budget by budget.")
 @progress_option
-def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
-          guidance,
-          device, dtype, seeds, num, options, metrics, ode_num, detector, detector_weights, ref, out,
-          overwrite,
-          batch, write_auto, progress, **flags):
+def bench(sampler, steps, nfe, schedule, seeds, num, options, metrics, ode_num, detector, detector_weights,
+          ref, out, overwrite, batch, write_auto, progress, **flags):
     """Benchmark samplers: every sampler x schedule x NFE budget, on the same seeds.
 
     --sampler, --schedule and --nfe take comma-separated lists here. Writes DIR/results.csv,
@@ -127,27 +123,23 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
       edm bench --out bench-out --model diffusers:sd15 --prompts prompts.txt --metrics fd,time \\
           --ref coco-stats.npz --sampler euler,dpmpp_2m --nfe 10,20
     """
-    from .runner import DEFAULT_NFE, prepare_bench
+    from .runner import DEFAULT_NFE, BenchRequest, prepare_bench
 
     if steps is not None:
         raise click.BadParameter("edm bench compares samplers at equal NFE: give budgets with --nfe",
                                  param_hint="'--steps'")
-    text = prompting(flags, "edm bench")
-    steer = steering(flags, "edm bench (it compares samplers on generation)",
-                     refused=("init_image", "strength", "mask", "resample"))
+    sampling = model_request(flags, "edm bench (it compares samplers on generation)",
+                             refused=("init_image", "strength", "mask", "resample"))
     names = _sampler_names(sampler)
     merged = _merged_options(names, flags, options)
+    request = BenchRequest(sampling=sampling, samplers=names, schedules=schedule, nfe=nfe or DEFAULT_NFE,
+                           metrics=metrics, num=num, seeds=seeds, ode_num=ode_num, options=merged,
+                           batch=batch, detector=detector, detector_weights=detector_weights, ref=ref,
+                           out=out, overwrite=overwrite, progress=progress)
     with cli_errors(batch=batch):
-        bench = prepare_bench(model, samplers=names, schedules=schedule, nfe=nfe or DEFAULT_NFE,
-                              metrics=metrics, num=num, seeds=seeds, ode_num=ode_num, options=merged,
-                              batch=batch,
-                              device=device, dtype=dtype or "float32", detector=detector,
-                              detector_weights=detector_weights, ref=ref, out=out, overwrite=overwrite,
-                              progress=progress, trust_pickle=trust_pickle, sigma_min=sigma_min,
-                              sigma_max=sigma_max, rho=rho, class_label=class_label, guidance=guidance,
-                              steering=steer, prompting=text)
+        bench = prepare_bench(request)
         if write_auto:
-            _check_write_auto(bench, sigma_min, sigma_max, rho)
+            _check_write_auto(bench, sampling)
         if progress:
             click.echo(f"Benchmarking {bench.describe()}", err=True)
         cells = bench.run()
@@ -158,13 +150,14 @@ def bench(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_m
         _write_auto(bench, cells)
 
 
-def _check_write_auto(bench, sigma_min, sigma_max, rho) -> None:
+def _check_write_auto(bench, sampling) -> None:
     """Usage errors, before any sampling, for benchmarks whose best cells --sampler auto could not rerun."""
     if "fd" not in bench.metrics and "ode" not in bench.metrics:
         raise click.BadParameter("--write-auto ranks cells by fd or ode: add one of them",
                                  param_hint="'--metrics'")
-    given = [flag for flag, value in (("--sigma-min", sigma_min), ("--sigma-max", sigma_max), ("--rho", rho))
-             if value is not None]
+    ranges = (("--sigma-min", sampling.sigma_min), ("--sigma-max", sampling.sigma_max),
+              ("--rho", sampling.rho))
+    given = [flag for flag, value in ranges if value is not None]
     if given:  # a table row names a schedule only, which auto runs with the model's range and default rho
         raise click.UsageError(f"--write-auto records schedules at their defaults: drop {given[0]}")
     if bench.corrector is not None:
@@ -203,8 +196,7 @@ def _write_auto(bench, cells) -> None:
         help="Where the schedule file goes (written atomically; its folder is created).")
 @progress_option
 @click.pass_context
-def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho,
-                  class_label, guidance, device, dtype, seeds, num, init, max_evals, out, progress, **flags):
+def tune_schedule(ctx, sampler, steps, nfe, schedule, seeds, num, init, max_evals, out, progress, **flags):
     """Tune the sigma schedule of a deterministic --sampler at an NFE budget for a model, and save it.
 
     The search minimises the sampler's error against the exact probability-flow ODE (solved in float64)
@@ -229,7 +221,7 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
         raise click.BadParameter("give the sampler to tune", param_hint="'--sampler'")
     if steps is None and nfe is None:
         raise click.UsageError("give the budget to tune for: --nfe N (or --steps N)")
-    if dtype not in (None, "float64"):
+    if flags["dtype"] not in (None, "float64"):
         raise click.BadParameter("tuning runs sampler, model and reference in float64 (the error must be the "
                                  "solver's, not rounding)", param_hint="'--dtype'")
     if seeds is not None and num is not None:
@@ -238,10 +230,9 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
         if ctx.get_parameter_source("init") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--schedule and --init name the same thing: give one")
         init = schedule
-    prompting(flags, "edm tune-schedule", refused=True)
-    steer = steering(flags, "edm tune-schedule (it fits the deterministic ODE solve)",
-                     refused=("init_image", "strength", "mask", "resample", "corrector", "corrector_steps",
-                              "snr"))
+    request = model_request(flags, "edm tune-schedule (it fits the deterministic ODE solve)", "float64",
+                            refused=("init_image", "strength", "mask", "resample", "corrector",
+                                     "corrector_steps", "snr"), text_refused=True)
     nfe, options = one_sampler(sampler, steps, nfe, flags, "edm tune-schedule")
     import samplers
 
@@ -258,12 +249,10 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
     except BadInput as e:
         raise usage_error(e) from None
     with cli_errors():
-        setup = prepare_sampling(model, sampler=sampler, schedule=init, steps=steps, options=options,
-                                 sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, class_label=class_label,
-                                 guidance=guidance, device=device, dtype=torch.float64,
-                                 trust_pickle=trust_pickle, steering=steer)
+        setup = prepare_sampling(request.replace(sampler=sampler, schedule=init, steps=steps, options=options,
+                                                 dtype=torch.float64))
     if progress:
-        click.echo(f"Tuning {sampler} at NFE {nfe} ({steps} steps) for {model} from {init}, "
+        click.echo(f"Tuning {sampler} at NFE {nfe} ({steps} steps) for {request.model} from {init}, "
                    f"{len(seeds)} calibration seeds", err=True)
     try:
         result = tune(setup.denoiser, sampler, nfe, shape=setup.model.shape, seeds=seeds,
@@ -274,7 +263,9 @@ def tune_schedule(ctx, model, trust_pickle, sampler, steps, nfe, schedule, sigma
     result = dataclasses.replace(result, init=init)  # the name given, not the tensor it became
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        result.save(out_path, model=model, **({"class": class_label} if class_label is not None else {}),
+        class_label, guidance, steer = request.class_label, request.guidance, request.steering
+        result.save(out_path, model=request.model,
+                    **({"class": class_label} if class_label is not None else {}),
                     **({"guidance": guidance} if guidance else {}),
                     **({"steering": steer.given()} if steer is not None else {}))
     except OSError as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,10 +26,11 @@ import torch
 import samplers
 from tools.common import BadInput, check_writable_dir, one_line, positive_int
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
-from tools.generate.prompts import Prompting, check_prompting, guidance_or_default
+from tools.generate.prompts import check_prompting, guidance_or_default
 from tools.generate.sampling import check_guidance, check_sampler
 from tools.images import to_uint8
 from tools.ode import ReferenceCache, rms_error
+from tools.request import Prompting, SamplingRequest
 from tools.schedules.steps import DIFFUSERS_SCHEDULE, resize_model, schedule_sigmas
 from tools.seeds import format_seeds, parse_seeds
 from tools.solvers.use import check_fitted_use, read_fitted, special_sampler
@@ -48,7 +50,7 @@ from .inputs import (
 from .metrics import SamplerTraits, Stopwatch, has_metric, parse_metrics, sampler_traits
 from .resume import conflicts, merge_settings, plain, read_previous, reusable_metrics
 
-__all__ = ["DEFAULT_NFE", "Bench", "prepare_bench", "run_bench"]
+__all__ = ["DEFAULT_NFE", "Bench", "BenchRequest", "prepare_bench", "run_bench"]
 
 DEFAULT_NFE = (5, 10, 20, 50)
 DEFAULT_NUM = 64
@@ -382,46 +384,80 @@ def _resume(out: Path | None, settings: dict[str, Any], overwrite: bool) -> tupl
     return cells, merge_settings(old, settings)
 
 
-def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequence[str] = ("karras",),
-                  nfe: str | int | Sequence[int] = DEFAULT_NFE,
-                  metrics: str | Sequence[str] = ("ode", "time"),
-                  num: int | None = None, seeds=None, ode_num: int | None = None,
-                  options: Mapping[str, Mapping[str, Any]] | None = None, batch: int = 64, device=None,
-                  dtype="float32", detector: str | None = None, detector_weights=None, ref=None, out=None,
-                  overwrite: bool = False, progress: bool = False, shape=None, sigma_min=None, sigma_max=None,
-                  sigmas=None, cond: Mapping[str, Any] | None = None, name: str | None = None,
-                  trust_pickle: bool = False, rho: float | None = None, class_label: int | None = None,
-                  guidance: float | None = None, steering=None, prompting: Prompting | None = None) -> Bench:
-    """Check every argument of :func:`run_bench` and plan its cells; raises :class:`BenchError`."""
+@dataclass(frozen=True, kw_only=True)
+class BenchRequest:
+    """What a benchmark asks (unchecked): a sampling request whose model, range, class, guidance, steering,
+    text, device and dtype every cell shares, and the grid and measurements (see :func:`run_bench` for each
+    field's meaning). ``shape``, ``sigmas``, ``cond`` and ``name`` describe a plain denoiser callable given
+    as the model."""
+
+    sampling: SamplingRequest
+    samplers: str | Sequence[str] = "all"
+    schedules: str | Sequence[str] = ("karras",)
+    nfe: str | int | Sequence[int] = DEFAULT_NFE
+    metrics: str | Sequence[str] = ("ode", "time")
+    num: int | None = None
+    seeds: Any = None
+    ode_num: int | None = None
+    options: Mapping[str, Mapping[str, Any]] | None = None
+    batch: int = 64
+    detector: str | None = None
+    detector_weights: Any = None
+    ref: Any = None
+    out: Any = None
+    overwrite: bool = False
+    progress: bool = False
+    shape: Any = None
+    sigmas: Any = None
+    cond: Mapping[str, Any] | None = None
+    name: str | None = None
+
+    @classmethod
+    def of(cls, model, **fields: Any) -> BenchRequest:
+        """The request of :func:`run_bench`'s keywords: those of :class:`tools.request.SamplingRequest`
+        (``options`` and ``nfe`` excepted: here they are per sampler and a list) go to ``sampling``."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        shared = {key: fields.pop(key) for key in list(fields) if key not in own}
+        return cls(sampling=SamplingRequest(model=model, **shared), **fields)
+
+
+def prepare_bench(request: BenchRequest) -> Bench:
+    """Check every field of ``request`` and plan its cells; raises :class:`BenchError`."""
+    r, sampling = request, request.sampling
+    model, steering, guidance = sampling.model, sampling.steering, sampling.guidance
+    sigma_min, sigma_max, rho = sampling.sigma_min, sampling.sigma_max, sampling.rho
     with _bench_errors("metrics"):
-        metrics = parse_metrics(metrics)
+        metrics = parse_metrics(r.metrics)
     with _bench_errors("nfe"):
-        budgets = parse_budgets(nfe)
-    sampler_names = _sampler_names(samplers)
-    fitted = _fitted(sampler_names, options or {})
-    options = _sampler_options(options, [n for n in sampler_names if n not in fitted])
-    seeds = _seeds(seeds, num)
-    ode_num = _ode_num(ode_num, metrics, seeds)
+        budgets = parse_budgets(r.nfe)
+    sampler_names = _sampler_names(r.samplers)
+    fitted = _fitted(sampler_names, r.options or {})
+    options = _sampler_options(r.options, [n for n in sampler_names if n not in fitted])
+    seeds = _seeds(r.seeds, r.num)
+    ode_num = _ode_num(r.ode_num, metrics, seeds)
     if "fd" in metrics and len(seeds) < 2:
         raise BenchError("the fd metric needs at least 2 samples", "num")
     with _bench_errors():
-        batch = positive_int(batch, "batch", "batch")
-        device, dtype = resolve_device(device), resolve_dtype(dtype)
-    out = _out(out)
+        batch = positive_int(r.batch, "batch", "batch")
+        device, dtype = resolve_device(sampling.device), resolve_dtype(sampling.dtype)
+    out = _out(r.out)
 
-    loaded = as_loaded(model, shape=shape, sigma_min=sigma_min, sigma_max=sigma_max, sigmas=sigmas, name=name)
+    loaded = as_loaded(model, shape=r.shape, sigma_min=sigma_min, sigma_max=sigma_max, sigmas=r.sigmas,
+                       name=r.name)
     precisions = _precisions(metrics, dtype)
-    raw = {p: loaded if loaded is not None else load_spec(model, p, device, trust_pickle) for p in precisions}
+    raw = {p: loaded if loaded is not None else load_spec(model, p, device, sampling.trust_pickle)
+           for p in precisions}
     with _bench_errors():
         # a text model at the asked size, with its prompts (each pass encodes with its own model)
-        raw, prompts = _prompted(raw, prompting)
+        raw, prompts = _prompted(raw, sampling.prompting)
         text = prompts[precisions[0]]
         guidance = check_guidance(raw[precisions[0]], guidance_or_default(guidance, raw[precisions[0]], text))
         if steering is not None and (steering.init_image is not None or steering.mask is not None):
             raise BenchError("edm bench compares samplers on generation: it takes no --init-image/--mask",
                              "init_image")
-        steers = {p: check_steering(steering, raw[p], guidance=guidance, class_label=class_label,
-                                    device=device, dtype=p, trust_pickle=trust_pickle, prompts=prompts[p])
+        steers = {p: check_steering(steering, raw[p], guidance=guidance, class_label=sampling.class_label,
+                                    device=device, dtype=p, trust_pickle=sampling.trust_pickle,
+                                    prompts=prompts[p])
                   for p in precisions}
     for one in fitted.values():  # each solver file is for this model and this guidance weight
         with _bench_errors():
@@ -436,17 +472,18 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     base = next(iter(models.values()))  # its sigma range is the schedules'
     base = replace(base, sigma_min=base.sigma_min if sigma_min is None else float(sigma_min),
                    sigma_max=base.sigma_max if sigma_max is None else float(sigma_max))
-    schedule_fns = _schedules(schedules, base, budgets[0], rho)
-    conditioning = Conditioning(base, seeds, device, cond, class_label, steer.num_classes,
+    schedule_fns = _schedules(r.schedules, base, budgets[0], rho)
+    conditioning = Conditioning(base, seeds, device, r.cond, class_label, steer.num_classes,
                                 prompts={state_dtype(p): prompts[p] for p in precisions if text is not None})
     fd = detector_name = ref_name = None
+    ref = r.ref
     if "fd" in metrics:
         if ref is None and not is_digits(model, base):
             raise BenchError("the fd metric needs a reference (--ref): statistics .npz or a set of images",
                              "ref")
         ref = "digits" if ref is None else ref
-        detector_fn, mu, sigma, ref_name = fd_reference(ref, base.image_shape, detector=detector,
-                                                        detector_weights=detector_weights, device=device,
+        detector_fn, mu, sigma, ref_name = fd_reference(ref, base.image_shape, detector=r.detector,
+                                                        detector_weights=r.detector_weights, device=device,
                                                         batch=batch)
         if ref == "digits":  # the shipped statistics by name, not by this install's path: results resume
             ref_name = "digits"  # from any checkout (the detector setting tells the two digits refs apart)
@@ -467,7 +504,7 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
         settings["text"] = text.record()
     if base.autoencoder is not None:  # fd's images are the decoded latents
         settings["image_shape"] = list(base.image_shape)
-    previous, settings = _resume(out, settings, overwrite)
+    previous, settings = _resume(out, settings, r.overwrite)
     # a fitted solver is deterministic and ends with the denoised mix, at sigma = 0
     traits = {s: SamplerTraits(stochastic=False, lands_on_zero=True) if s in fitted
               else sampler_traits(s, options.get(s)) for s in sampler_names}
@@ -479,7 +516,7 @@ def prepare_bench(model, *, samplers: str | Sequence[str], schedules: str | Sequ
     cells += [fitted_cell(name, one.solver, budget) for name, one in fitted.items() for budget in budgets]
     return Bench(cells=cells, metrics=metrics, settings=settings, models=models, cond=conditioning,
                  seeds=seeds, ode_num=ode_num, batch=batch, device=device, dtype=dtype, options=options,
-                 traits=traits, fd=fd, out=out, previous=previous, progress=progress,
+                 traits=traits, fd=fd, out=out, previous=previous, progress=r.progress,
                  corrector=steer.corrector, per_call=steer.evaluations_per_call,
                  solvers={name: one.solver for name, one in fitted.items()},
                  loaded=precise[precisions[0]])
@@ -517,4 +554,4 @@ def run_bench(model, **kwargs) -> list[dict[str, Any]]:
     Returns the cells of this grid: flat dicts with the keys ``tools.compare.CELL_KEYS``.
     Raises :class:`BenchError` (one line, ``.param`` naming the argument) on bad input, before any work.
     """
-    return prepare_bench(model, **kwargs).run()
+    return prepare_bench(BenchRequest.of(model, **kwargs)).run()

@@ -36,14 +36,12 @@ from tools.options import (
     command,
     detector_option,
     detector_weights_option,
-    one_sampler,
     option,
     progress_option,
-    prompting,
     report_ignored,
     sampling_options,
+    sampling_request,
     seeds_option,
-    steering,
     usage_error,
 )
 
@@ -218,9 +216,8 @@ def calc_command(images, ref, metrics, detector, detector_weights, num, seed, ba
 @batch_option
 @progress_option
 @json_option
-def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
-                guidance, device, dtype, seeds, num, seed_offset, ref, metrics, detector, detector_weights,
-                batch, progress, as_json, **flags):
+def gen_command(seeds, num, seed_offset, ref, metrics, detector, detector_weights, batch, progress, as_json,
+                **flags):
     """Score a sampler: generate images in memory (those `edm generate` writes with the same sampling
     options and seeds) and score them batch by batch, writing nothing."""
     from tools.generate.runner import sample_images
@@ -233,17 +230,11 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
         raise click.UsageError("give --num (seeds OFFSET..OFFSET+K-1) or --seeds, one of them")
     if seeds is not None and seed_offset:
         raise click.UsageError("--seed-offset goes with --num, not with --seeds")
-    steer = steering(flags)
-    text = prompting(flags)
-    nfe, options = one_sampler(sampler, steps, nfe, flags, "edm fid gen")
+    request = sampling_request(flags, "edm fid gen")
     seeds = seeds if seeds is not None else list(range(seed_offset, seed_offset + num))
 
     def body():
-        setup = prepare_sampling(model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe,
-                                 options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                                 class_label=class_label, guidance=guidance, device=device,
-                                 dtype=dtype or "float32", trust_pickle=trust_pickle, steering=steer,
-                                 prompting=text)
+        setup = prepare_sampling(request)
         setup.check_seeds(seeds)
         if setup.prompts is not None:
             setup.prompts.assign(seeds)
@@ -257,7 +248,7 @@ def gen_command(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, s
             result = score(batches, ref, metrics, detector=detector, detector_weights=detector_weights,
                            device=setup.device, batch=batch, ranks=ranks, progress=progress)
             if ranks.rank == 0:
-                info = {"model": str(model), "sampler": setup.sampler, "options": setup.options,
+                info = {"model": str(request.model), "sampler": setup.sampler, "options": setup.options,
                         "schedule": setup.schedule, "steps": setup.steps, "nfe": setup.nfe,
                         "class": setup.class_label, "guidance": setup.guidance, "seeds": format_seeds(seeds),
                         "network_evaluations": setup.evaluations, **setup.settings().get("steering", {})}

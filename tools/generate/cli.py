@@ -14,13 +14,11 @@ import click
 from tools.options import (
     cli_errors,
     command,
-    one_sampler,
     option,
-    prompting,
     report_ignored,
     sampling_options,
+    sampling_request,
     seeds_option,
-    steering,
 )
 
 __all__ = ["generate"]
@@ -41,8 +39,7 @@ __all__ = ["generate"]
 @option("Output", "--batch", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
         help="Images per batch: changes speed and memory, not the images.")
 @option("Output", "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigma_max, rho, class_label,
-             guidance, device, dtype, seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
+def generate(seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
     """Write one PNG per seed, sampled from a diffusion model.
 
     Each image depends on its seed alone: the same seed gives the same image whatever --batch, its
@@ -72,24 +69,17 @@ def generate(model, trust_pickle, sampler, steps, nfe, schedule, sigma_min, sigm
     from . import plan as planning
     from . import runner as running
 
-    steer = steering(flags)
-    text = prompting(flags)
-    nfe, options = one_sampler(sampler, steps, nfe, flags, "edm generate")
+    request = sampling_request(flags, "edm generate")
+    output = planning.Output(seeds=seeds, outdir=outdir, batch=batch, subdirs=subdirs, grid=grid,
+                             overwrite=overwrite, progress=progress)
     with cli_errors():
-        plan = planning.prepare(model, seeds, outdir, sampler=sampler, schedule=schedule, steps=steps,
-                                nfe=nfe,
-                                options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                                batch=batch,
-                                class_label=class_label, guidance=guidance, subdirs=subdirs, grid=grid,
-                                overwrite=overwrite, device=device, dtype=dtype or "float32",
-                                progress=progress, trust_pickle=trust_pickle, steering=steer,
-                                prompting=text)
+        plan = planning.prepare(request, output)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
-        report_ignored(plan.model, plan.prompts)
+        report_ignored(plan.sampling.model, plan.sampling.prompts)
     if progress and rank0:
         click.echo(f"Generating {plan.describe()}", err=True)
-    with cli_errors(plan.device, plan.batch):
+    with cli_errors(plan.sampling.device, plan.batch):
         summary = running.run(plan)
     if summary.rank == 0:
         click.echo(summary.line())

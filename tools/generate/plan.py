@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tools.common import BadInput, check_writable_dir, positive_int
 from tools.images import PNG_MODES, image_path
+from tools.request import SamplingRequest
 from tools.seeds import format_seeds, parse_seeds
-from tools.steering import Steering
 
 from .record import check_record
 from .sampling import Sampling, prepare_sampling
 
-__all__ = ["GenerateError", "Plan", "prepare"]
+__all__ = ["GenerateError", "Output", "Plan", "prepare"]
 
 #: the pipeline's error: bad input found before anything is written (``param`` names the argument)
 GenerateError = BadInput
 
 
-@dataclass(kw_only=True)
-class Plan(Sampling):
-    """A validated generation job (see :func:`prepare`): what to sample, and where the images go."""
+@dataclass
+class Output:
+    """Where and how a generation job writes (as asked; :func:`prepare` checks it)."""
 
+    seeds: Any  # NVlabs syntax ("0-63,100") or a list of ints: one image per seed
+    outdir: Any
+    batch: int = 64  # images per denoiser batch (changes speed, not images)
+    subdirs: bool = False  # one folder per 1000 seeds
+    grid: Any = None  # also tile all images into this PNG
+    overwrite: bool = False  # re-create existing PNGs and replace the folder's record of settings
+    progress: bool = True
+
+
+@dataclass
+class Plan:
+    """A validated generation job (see :func:`prepare`): the request, its checked setup, and where the images
+    go."""
+
+    request: SamplingRequest
+    sampling: Sampling
     seeds: list[int]
     outdir: Path
     batch: int
@@ -40,28 +53,19 @@ class Plan(Sampling):
 
     def describe(self) -> str:
         """One line: what will be sampled how."""
-        return f"{len(self.seeds)} seeds ({format_seeds(self.seeds)}), {super().describe()}"
+        return f"{len(self.seeds)} seeds ({format_seeds(self.seeds)}), {self.sampling.describe()}"
 
 
-def prepare(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "karras",
-            steps: int | None = None, nfe: int | None = None, options: Mapping[str, Any] | None = None,
-            sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-            batch: int = 64, class_label: int | None = None, guidance: float | None = None,
-            subdirs: bool = False,
-            grid=None, overwrite: bool = False, device=None, dtype=torch.float32, progress: bool = True,
-            trust_pickle: bool = False, steering: Steering | None = None, prompting=None) -> Plan:
-    """Check every argument of :func:`tools.generate.generate` and return the job; raises
-    :class:`GenerateError`. Nothing is written (see :func:`tools.generate.sampling.prepare_sampling`);
-    a folder that holds images made with other settings is refused unless ``overwrite``."""
+def prepare(request: SamplingRequest, output: Output) -> Plan:
+    """Check ``request`` and ``output`` and return the job; raises :class:`GenerateError`. Nothing is written
+    (see :func:`tools.generate.sampling.prepare_sampling`); a folder that holds images made with other
+    settings is refused unless ``output.overwrite``."""
     try:
-        seeds = parse_seeds(seeds)
+        seeds = parse_seeds(output.seeds)
     except ValueError as e:
         raise GenerateError(str(e), "seeds") from None
-    batch = positive_int(batch, "batch", "batch")
-    setup = prepare_sampling(model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options,
-                             sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, class_label=class_label,
-                             guidance=guidance, device=device, dtype=dtype, trust_pickle=trust_pickle,
-                             steering=steering, prompting=prompting)
+    batch = positive_int(output.batch, "batch", "batch")
+    setup = prepare_sampling(request)
     setup.check_seeds(seeds)
     if setup.prompts is not None:
         setup.prompts.assign(seeds)
@@ -69,14 +73,15 @@ def prepare(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "kar
     if len(shape) != 3 or shape[0] not in PNG_MODES:
         raise GenerateError(f"cannot write images of shape {list(shape)} as PNG (need [C, H, W], C in 1..4)",
                             "model")
-    outdir = Path(outdir).expanduser()
+    outdir = Path(output.outdir).expanduser()
     check_writable_dir(outdir, "outdir")
+    grid = output.grid
     if grid is not None:
         grid = Path(grid).expanduser()
         if grid.is_dir():
             raise GenerateError(f"grid path {grid} is a directory; give a file name such as grid.png", "grid")
         check_writable_dir(grid.parent, "grid")
-    check_record(outdir, setup.settings(), overwrite)
-    fields = {name: getattr(setup, name) for name in Sampling.__dataclass_fields__}
-    return Plan(**fields, seeds=seeds, outdir=outdir, batch=batch, subdirs=bool(subdirs), grid=grid,
-                overwrite=bool(overwrite), progress=bool(progress))
+    check_record(outdir, setup.settings(), output.overwrite)
+    return Plan(request=request, sampling=setup, seeds=seeds, outdir=outdir, batch=batch,
+                subdirs=bool(output.subdirs), grid=grid, overwrite=bool(output.overwrite),
+                progress=bool(output.progress))

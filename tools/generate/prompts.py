@@ -1,9 +1,9 @@
 """Text conditioning of a run: the prompt(s), the negative prompt and the image size of a text-to-image
 model, checked once for every command that samples.
 
-:class:`Prompting` is the plain-data request (what ``--prompt``, ``--negative-prompt``, ``--prompts``,
-``--width`` and ``--height`` say); :func:`check_prompting` turns it, for a loaded model, into
-:class:`Prompts`, which gives each seed its prompt and encodes a batch with the model's own
+:class:`tools.request.Prompting` is the plain-data request (what ``--prompt``, ``--negative-prompt``,
+``--prompts``, ``--width`` and ``--height`` say); :func:`check_prompting` turns it, for a loaded model,
+into :class:`Prompts`, which gives each seed its prompt and encodes a batch with the model's own
 conditioner (``LoadedModel.conditioner``).
 
 Which prompt a seed gets: with ``--prompts FILE`` (one prompt per line, blank lines skipped) the k-th
@@ -22,22 +22,9 @@ from typing import Any
 import torch
 
 from tools.common import BadInput, one_line
+from tools.request import Prompting
 
 __all__ = ["Prompting", "Prompts", "check_prompting", "guidance_or_default", "read_prompts"]
-
-
-@dataclass(frozen=True)
-class Prompting:
-    """The text conditioning a run asks for; None is "not asked for"."""
-
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    prompts: str | None = None  # a file of prompts, one per line
-    width: int | None = None
-    height: int | None = None
-
-    def given(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 def read_prompts(path) -> list[str]:

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tools.images import remove_stale_temporaries, to_uint8, write_grid, write_png
 from tools.ranks import Ranks
+from tools.request import SamplingRequest
 
-from .plan import Plan, prepare
+from .plan import Output, Plan, prepare
 from .record import write_record
 
 __all__ = ["Summary", "generate", "run", "sample_images"]
@@ -43,30 +43,32 @@ class Summary:
         return text
 
 
-def sample_images(plan, seeds: list[int]) -> np.ndarray:
-    """uint8 ``[B, H, W, C]`` images of ``seeds`` (one batch)."""
-    return to_uint8(plan.images(seeds))
+def sample_images(sampling, seeds: list[int]) -> np.ndarray:
+    """uint8 ``[B, H, W, C]`` images of ``seeds`` (one batch) from a checked
+    :class:`tools.generate.sampling.Sampling`."""
+    return to_uint8(sampling.images(seeds))
 
 
 def run(plan: Plan) -> Summary:
     """Sample and write the images of ``plan`` (this rank's share under torchrun); the grid on rank 0."""
     from tqdm import tqdm
 
-    ranks = Ranks().start(plan.device)
+    ranks = Ranks().start(plan.sampling.device)
     try:
         mine = ranks.share(plan.seeds)
         remove_stale_temporaries(mine, plan.outdir, plan.subdirs)
         todo = [s for s in mine if plan.overwrite or not plan.path(s).is_file()]
         plan.outdir.mkdir(parents=True, exist_ok=True)
         if ranks.rank == 0:
-            write_record(plan.outdir, plan.settings())
+            write_record(plan.outdir, plan.sampling.settings())
         written = 0
-        desc = plan.sampler if ranks.world == 1 else f"{plan.sampler} (rank 0 of {ranks.world})"
+        sampler = plan.sampling.sampler
+        desc = sampler if ranks.world == 1 else f"{sampler} (rank 0 of {ranks.world})"
         with tqdm(total=len(todo), desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
                   disable=not plan.progress or ranks.rank != 0) as bar:
             for start in range(0, len(todo), plan.batch):
                 chunk = todo[start:start + plan.batch]
-                for seed, image in zip(chunk, sample_images(plan, chunk)):
+                for seed, image in zip(chunk, sample_images(plan.sampling, chunk)):
                     write_png(plan.path(seed), image)
                     written += 1
                 bar.update(len(chunk))
@@ -75,7 +77,7 @@ def run(plan: Plan) -> Summary:
         grid_size = None
         if plan.grid is not None and ranks.rank == 0:
             grid_size = write_grid([plan.path(s) for s in plan.seeds], plan.grid,
-                                   getattr(plan.model, "image_shape", plan.model.shape))
+                                   getattr(plan.sampling.model, "image_shape", plan.sampling.model.shape))
         ranks.barrier()
     finally:
         ranks.close()
@@ -83,38 +85,34 @@ def run(plan: Plan) -> Summary:
                    plan=plan, rank=ranks.rank)
 
 
-def generate(model, seeds, outdir, *, sampler: str = "heun", schedule: str = "karras",
-             steps: int | None = None, nfe: int | None = None, options: Mapping[str, Any] | None = None,
-             sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-             batch: int = 64, class_label: int | None = None, guidance: float | None = None,
-            subdirs: bool = False,
-             grid=None, overwrite: bool = False, device=None, dtype=torch.float32, progress: bool = True,
-             trust_pickle: bool = False, steering=None, prompting=None) -> Summary:
+def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest | None = None,  # noqa: PLR0913
+             sampler: str | None = None, schedule: str | None = None, steps: int | None = None,
+             nfe: int | None = None, options: Mapping[str, Any] | None = None, sigma_min: float | None = None,
+             sigma_max: float | None = None, rho: float | None = None, class_label: int | None = None,
+             guidance: float | None = None, device=None, dtype=None, trust_pickle: bool | None = None,
+             steering=None, prompting=None, batch: int = 64, subdirs: bool = False, grid=None,
+             overwrite: bool = False, progress: bool = True) -> Summary:
     """Write one PNG per seed of ``model`` into ``outdir``; return what was written.
 
+    The sampling is a :class:`tools.request.SamplingRequest`: give ``request``, or its fields as keywords
+    (with ``request`` too, they override its fields). See that class for the meaning of ``model``,
+    ``sampler``, ``options``, ``schedule``, ``rho``, ``sigma_min``, ``sigma_max``, ``steps``, ``nfe``,
+    ``class_label``, ``guidance``, ``steering`` (:mod:`tools.steering`), ``prompting``
+    (:class:`tools.request.Prompting`), ``device``, ``dtype`` and ``trust_pickle``; a field left None keeps
+    the request's (or the default's) value.
+
     Args:
-        model: a model spec for :func:`tools.models.load_model` (``"digits"``, a checkpoint path,
-            ``"diffusers:DIR"``, a ``.pkl`` with ``trust_pickle``) or a loaded ``LoadedModel``.
         seeds: NVlabs syntax (``"0-63,100"``) or a list of ints; one image per seed.
-        sampler, options: a registered sampler and the options to override (``samplers.get(name).options``).
-        schedule, rho, sigma_min, sigma_max: the sigma schedule; the range defaults to the model's and
-            table schedules get the model's ``sigmas``.
-        steps, nfe: the number of steps (default 18) or an NFE budget (the most steps within it).
         batch: images per denoiser batch (changes speed, not images).
-        class_label: the class of every image; None draws one per seed (class-conditional models).
-        guidance: classifier-free guidance weight w >= 0 (0: none; diffusers' guidance_scale = 1 + w).
         subdirs: one folder per 1000 seeds. grid: also tile all images into this PNG.
         overwrite: re-create existing PNGs (default: skip them, so an interrupted run resumes) and
             replace the folder's record of settings (default: a folder made with other settings is refused).
-        device, dtype: where and in which precision the model runs (the sampler's state stays in float32,
-            or float64 for a float64 model). Default device: cuda when available, else cpu.
-        steering: a :class:`tools.steering.Steering`: negative class, guidance interval and
-            rescale, autoguidance, classifier guidance, thresholding, img2img, inpainting, a corrector.
-        prompting: a :class:`tools.generate.prompts.Prompting`: a text model's prompt(s), negative prompt
-            and image size.
     """
-    return run(prepare(model, seeds, outdir, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe,
-                       options=options, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, batch=batch,
-                       class_label=class_label, guidance=guidance, subdirs=subdirs, grid=grid,
-                       overwrite=overwrite, device=device, dtype=dtype, progress=progress,
-                       trust_pickle=trust_pickle, steering=steering, prompting=prompting))
+    given = dict(model=model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options,
+                 sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, class_label=class_label,
+                 guidance=guidance, device=device, dtype=dtype, trust_pickle=trust_pickle, steering=steering,
+                 prompting=prompting)
+    request = SamplingRequest.of(request, **{k: v for k, v in given.items() if v is not None})
+    output = Output(seeds=seeds, outdir=outdir, batch=batch, subdirs=subdirs, grid=grid, overwrite=overwrite,
+                    progress=progress)
+    return run(prepare(request, output))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -21,9 +21,11 @@ from samplers.registry import nfe_on
 from tools.common import BadInput, one_line
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from tools.labels import conditioning
+from tools.request import SamplingRequest
 from tools.schedules.steps import (
     DIFFUSERS_SCHEDULE,
     diffusers_schedule,
+    pinned_to_timesteps,
     resize_model,
     resolve_steps,
     schedule_sigmas,
@@ -36,9 +38,9 @@ from tools.solvers.use import (
     read_fitted,
     special_sampler,
 )
-from tools.steering import Steer, Steering, check_steering, load
+from tools.steering import Steer, check_steering, load
 
-from .prompts import Prompting, Prompts, check_prompting, guidance_or_default
+from .prompts import Prompts, check_prompting, guidance_or_default
 
 __all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "load",
            "prepare_sampling"]
@@ -208,31 +210,6 @@ class Sampling:
                 f"{self.device} {dtype_name(self.dtype)}")
 
 
-def follow_timesteps(denoiser, plan) -> None:
-    """Make the model's preconditioned denoiser call its network at the diffusers scheduler's own
-    timesteps for the plan's sigmas (and interpolate its time map as that scheduler does in between);
-    ``plan`` None undoes it.
-
-    The denoiser is found through the wrappers' ``inner`` / ``denoiser`` attributes and changed in place:
-    a model object given to two setups samples as the later one says (one run at a time)."""
-    from edm.precond import Precond
-
-    seen = 0
-    while not isinstance(denoiser, Precond) and seen < 8:
-        denoiser = getattr(denoiser, "inner", None) or getattr(denoiser, "denoiser", None)
-        seen += 1
-    if not isinstance(denoiser, Precond):
-        return
-    scheme = denoiser.scheme
-    if hasattr(scheme, "interpolation"):
-        loaded = scheme.__dict__.setdefault("loaded_interpolation", scheme.interpolation)
-        scheme.interpolation = loaded if plan is None else plan.interpolation
-    if plan is None:
-        denoiser.pin_times(None, None)
-    else:
-        denoiser.pin_times(plan.sigmas[:len(plan.timesteps)], plan.timesteps)
-
-
 def sampler_spec(name: str):
     try:
         return samplers.get(name)
@@ -249,80 +226,117 @@ def check_option_names(spec, options: Mapping[str, Any]) -> dict[str, Any]:
     return dict(options)
 
 
-def prepare_sampling(model, *, sampler: str = "heun", schedule: str = "karras", steps: int | None = None,
-                     nfe: int | None = None, options: Mapping[str, Any] | None = None,
-                     sigma_min: float | None = None, sigma_max: float | None = None, rho: float | None = None,
-                     class_label: int | None = None, guidance: float | None = None, device=None,
-                     dtype=torch.float32,
-                     trust_pickle: bool = False, steering: Steering | None = None,
-                     prompting: Prompting | None = None) -> Sampling:
-    """Check every sampling argument (see :func:`tools.generate.generate`); raises :class:`BadInput`.
+@dataclass
+class _Choice:
+    """The sampler a request runs, before the model is loaded: a registered one, a fitted solver or auto."""
+
+    kind: str | None  # None (registered), "file" or AUTO (tools.solvers.use.special_sampler)
+    spec: Any = None  # the samplers registry entry
+    steps: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "karras"
+    fitted: Any = None  # tools.solvers.use.Fitted
+    pick: Any = None  # --sampler auto's pick
+
+
+def _choose_sampler(request: SamplingRequest, corrector_steps: int) -> _Choice:
+    kind = special_sampler(request.sampler)
+    options = dict(request.options)
+    if kind == "file":
+        fitted = read_fitted(request.sampler, steps=request.steps, nfe=request.nfe, options=options)
+        return _Choice(kind, fitted.solver.spec, fitted.solver.levels, {}, request.schedule, fitted=fitted)
+    if kind is None:
+        spec = sampler_spec(request.sampler)
+        steps, _ = resolve_steps(spec, request.steps, request.nfe, options, corrector_steps)
+        return _Choice(kind, spec, steps, check_option_names(spec, options), request.schedule)
+    if options or request.steps is not None:
+        raise BadInput("--sampler auto picks the sampler, its options and the steps for an NFE budget: give "
+                       "--nfe alone", "sampler")
+    return _Choice(kind, schedule=request.schedule)
+
+
+def _auto_choice(model, nfe: int | None, corrector_steps: int) -> _Choice:
+    pick = auto_pick(model, nfe)
+    spec, options = sampler_spec(pick.sampler), dict(pick.options)
+    steps, _ = resolve_steps(spec, None, nfe, options, corrector_steps)
+    return _Choice(AUTO, spec, steps, options, pick.schedule, pick=pick)
+
+
+@dataclass
+class _Levels:
+    """The noise levels a run visits, with the conventions of where they came from."""
+
+    model: Any  # the model, its denoiser pinned to a diffusers scheduler's timesteps for --schedule diffusers
+    sigmas: torch.Tensor
+    schedule: str
+    schedule_options: dict[str, Any]
+    options: dict[str, Any]
+    start_scale: float | None = None
+    end_scale: float = 1.0
+
+
+def _levels(choice: _Choice, model, request: SamplingRequest) -> _Levels:
+    ranges = (request.sigma_min, request.sigma_max, request.rho)
+    if choice.fitted is not None:
+        if choice.schedule == DIFFUSERS_SCHEDULE or any(v is not None for v in ranges):
+            raise BadInput("a fitted solver brings its own noise levels: drop --schedule, --sigma-min, "
+                           "--sigma-max and --rho", "schedule")
+        return _Levels(model, choice.fitted.solver.sigmas.clone(), FITTED_SCHEDULE, {}, choice.options)
+    if choice.schedule == DIFFUSERS_SCHEDULE:
+        plan = diffusers_schedule(model, choice.spec.name, choice.steps, *ranges)
+        pinned = replace(model, denoiser=pinned_to_timesteps(model.denoiser, plan))
+        return _Levels(pinned, plan.sigmas, choice.schedule, {"scheduler": plan.scheduler},
+                       {**plan.options, **choice.options},  # the scheduler's solver settings, unless given
+                       plan.start_scale, plan.end_scale)
+    sigmas, schedule_options = schedule_sigmas(model, choice.schedule, choice.steps, *ranges)
+    return _Levels(model, sigmas, choice.schedule, schedule_options, choice.options)
+
+
+def _corrector_steps(steering) -> int:
+    if steering is None or steering.corrector is None:
+        return 0
+    return 1 if steering.corrector_steps is None else steering.corrector_steps
+
+
+def prepare_sampling(request: SamplingRequest) -> Sampling:
+    """Check every field of ``request`` (a :class:`tools.request.SamplingRequest`); raises
+    :class:`BadInput` naming the argument.
 
     Nothing is written. The model is loaded (when given as a spec), the schedule computed, the sampler
     run once on a 1x1 zero problem (checks its options) and the guided denoiser evaluated once on one
-    sample (checks the model, its dtype on this device, the class and the guidance). ``steering``
-    (:class:`tools.steering.Steering`) adds the guidance family, thresholding, editing and a
-    corrector, checked against the model. ``prompting`` (:class:`tools.generate.prompts.Prompting`) gives a
-    text model its prompts and size; ``guidance`` None is a text model's own default weight, else 0.
+    sample (checks the model, its dtype on this device, the class and the guidance). The request's
+    steering adds the guidance family, thresholding, editing and a corrector, checked against the model;
+    its prompting gives a text model its prompts and size; guidance None is a text model's own default
+    weight, else 0.
     """
-    kind = special_sampler(sampler)
-    corrector_steps = 0
-    if steering is not None and steering.corrector is not None:
-        corrector_steps = 1 if steering.corrector_steps is None else steering.corrector_steps
-    fitted = pick = None
-    if kind == "file":
-        fitted = read_fitted(sampler, steps=steps, nfe=nfe, options=options)
-        spec, steps, options = fitted.solver.spec, fitted.solver.levels, {}
-    elif kind is None:
-        spec = sampler_spec(sampler)
-        steps, _ = resolve_steps(spec, steps, nfe, options or {}, corrector_steps)
-        options = check_option_names(spec, options or {})
-    elif options or steps is not None:
-        raise BadInput("--sampler auto picks the sampler, its options and the steps for an NFE budget: give "
-                       "--nfe alone", "sampler")
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype)
-    model = load(model, device, dtype, trust_pickle)
-    if fitted is not None:
-        guidance = check_fitted_use(fitted, model, guidance)
-    if kind == AUTO:
-        pick = auto_pick(model, nfe)
-        spec, schedule, options = sampler_spec(pick.sampler), pick.schedule, dict(pick.options)
-        steps, _ = resolve_steps(spec, None, nfe, options, corrector_steps)
-    model, prompts = check_prompting(prompting, model, resize_model)
+    choice = _choose_sampler(request, _corrector_steps(request.steering))
+    device, dtype = resolve_device(request.device), resolve_dtype(request.dtype)
+    model = load(request.model, device, dtype, request.trust_pickle)
+    guidance = request.guidance
+    if choice.fitted is not None:
+        guidance = check_fitted_use(choice.fitted, model, guidance)
+    if choice.kind == AUTO:
+        choice = _auto_choice(model, request.nfe, _corrector_steps(request.steering))
+    model, prompts = check_prompting(request.prompting, model, resize_model)
     guidance = check_guidance(model, guidance_or_default(guidance, model, prompts))
-    steer = check_steering(steering, model, guidance=guidance, class_label=class_label, device=device,
-                           dtype=dtype, trust_pickle=trust_pickle, prompts=prompts)
-    start_scale, end_scale = None, 1.0
-    runs = spec.name if fitted is None else fitted.solver  # what samplers.sample is given
-    if fitted is not None:
-        if schedule == DIFFUSERS_SCHEDULE or any(v is not None for v in (sigma_min, sigma_max, rho)):
-            raise BadInput("a fitted solver brings its own noise levels: drop --schedule, --sigma-min, "
-                           "--sigma-max and --rho", "schedule")
-        follow_timesteps(model.denoiser, None)
-        sigmas, schedule, schedule_options = fitted.solver.sigmas.clone(), FITTED_SCHEDULE, {}
-    elif schedule == DIFFUSERS_SCHEDULE:
-        plan = diffusers_schedule(model, spec.name, steps, sigma_min, sigma_max, rho)
-        sigmas, schedule_options = plan.sigmas, {"scheduler": plan.scheduler}
-        start_scale, end_scale = plan.start_scale, plan.end_scale
-        options = {**plan.options, **options}  # the scheduler's solver settings, unless given
-        follow_timesteps(model.denoiser, plan)
-    else:
-        follow_timesteps(model.denoiser, None)  # a model object that ran a diffusers plan before
-        sigmas, schedule_options = schedule_sigmas(model, schedule, steps, sigma_min, sigma_max, rho)
-    check_sampler(runs, options, sigmas)
+    steer = check_steering(request.steering, model, guidance=guidance, class_label=request.class_label,
+                           device=device, dtype=dtype, trust_pickle=request.trust_pickle, prompts=prompts)
+    levels = _levels(choice, model, request)
+    runs = choice.spec.name if choice.fitted is None else choice.fitted.solver  # what samplers.sample runs
+    check_sampler(runs, levels.options, levels.sigmas)
     corrector_steps = steer.corrector.steps if steer.corrector is not None else 0
     try:
-        nfe_per_image = nfe_on(runs, steer.run_sigmas(sigmas), corrector_steps=corrector_steps,
-                               resample=steer.resample, **options)  # exact, img2img's shorter run included
+        nfe_per_image = nfe_on(runs, steer.run_sigmas(levels.sigmas), corrector_steps=corrector_steps,
+                               resample=steer.resample, **levels.options)  # img2img's shorter run included
     except ValueError as e:  # restart cannot take a corrector or resampling
         raise BadInput(one_line(e), "corrector" if corrector_steps else "resample") from None
-    setup = Sampling(model=model, sampler=spec.name if fitted is None else fitted.name, solver=runs,
-                     auto=None if pick is None else dict(pick.__dict__), options=options, schedule=schedule,
-                     schedule_options=schedule_options, sigmas=sigmas, steps=steps, nfe=nfe_per_image,
-                     class_label=steer.class_label, guidance=guidance, device=device, dtype=dtype,
-                     denoiser=steer.denoiser(model, dtype), steer=steer, prompts=prompts,
-                     start_scale=start_scale, end_scale=end_scale)
+    setup = Sampling(model=levels.model, sampler=choice.spec.name if choice.fitted is None else
+                     choice.fitted.name, solver=runs, auto=None if choice.pick is None else
+                     dict(choice.pick.__dict__), options=levels.options, schedule=levels.schedule,
+                     schedule_options=levels.schedule_options, sigmas=levels.sigmas, steps=choice.steps,
+                     nfe=nfe_per_image, class_label=steer.class_label, guidance=guidance, device=device,
+                     dtype=dtype, denoiser=steer.denoiser(levels.model, dtype), steer=steer,
+                     prompts=prompts, start_scale=levels.start_scale, end_scale=levels.end_scale)
     cond = setup.cond([0]) if prompts is None else prompts.first_cond(device, state_dtype(dtype))
-    check_denoiser(setup.denoiser, model, float(sigmas[0]), cond, device, dtype)
+    check_denoiser(setup.denoiser, levels.model, float(levels.sigmas[0]), cond, device, dtype)
     return setup

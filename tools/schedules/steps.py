@@ -3,6 +3,7 @@ number of steps or the most steps that fit an NFE budget."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from samplers import schedules
 from tools.common import BadInput, one_line, positive_int
 from tools.schedules.file import ScheduleFileError, file_path, load_schedule
 
-__all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "diffusers_schedule", "resize_model",
+__all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "diffusers_schedule", "pinned_to_timesteps", "resize_model",
            "resolve_steps", "schedule_sigmas"]
 
 DEFAULT_STEPS = 18  # EDM's deterministic sampler on CIFAR-10 / FFHQ (35 NFE with heun)
@@ -111,3 +112,43 @@ def resize_model(model, height, width):
     from tools.models.pipelines import resized
 
     return resized(model, height, width)
+
+
+def _shallow_copy(obj):
+    """A copy of ``obj`` whose own attributes can be reassigned without touching ``obj`` (a module's
+    submodule, parameter and buffer tables are copied too; the tensors themselves are shared)."""
+    clone = copy.copy(obj)
+    if isinstance(obj, torch.nn.Module):
+        for table in ("_modules", "_parameters", "_buffers"):
+            clone.__dict__[table] = copy.copy(obj.__dict__[table])
+    return clone
+
+
+def pinned_to_timesteps(denoiser, plan):
+    """``denoiser`` calling its network at the diffusers scheduler's own timesteps for ``plan``'s sigmas
+    (and interpolating its time map between them as that scheduler does): a new wrapper chain, the
+    given one unchanged.
+
+    The preconditioned denoiser (``edm.Precond``) is found through the wrappers' ``inner`` /
+    ``denoiser`` attributes; each wrapper on the way is copied shallowly (the network's weights are
+    shared). A chain without a ``Precond`` is returned as it is."""
+    from edm.precond import Precond
+
+    path, node = [], denoiser
+    while not isinstance(node, Precond) and len(path) < 8:
+        attribute = "inner" if getattr(node, "inner", None) is not None else "denoiser"
+        path.append((node, attribute))
+        node = getattr(node, attribute, None)
+    if not isinstance(node, Precond):
+        return denoiser
+    pinned = _shallow_copy(node)
+    if hasattr(node.scheme, "interpolation"):
+        scheme = _shallow_copy(node.scheme)
+        scheme.interpolation = plan.interpolation
+        pinned.scheme = scheme
+    pinned.pin_times(plan.sigmas[:len(plan.timesteps)], plan.timesteps)
+    for wrapper, attribute in reversed(path):
+        outer = _shallow_copy(wrapper)
+        setattr(outer, attribute, pinned)
+        pinned = outer
+    return pinned
