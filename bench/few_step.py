@@ -257,6 +257,7 @@ def digits(args) -> int:
     from tools.fid.scoring import score
     from tools.generate.runner import sample_images
     from tools.generate.sampling import prepare_sampling
+    from tools.request import SamplingRequest
     from tools.solvers.file import fingerprints, save_solver
 
     seeds = list(range(args.num))
@@ -267,8 +268,8 @@ def digits(args) -> int:
         return float(score(batches, str(ref), ["fd"], detector="digits", batch=args.batch)["fd_digits"])
 
     def setup_for(sampler, nfe=None, schedule="karras", dtype="float32", class_label=None):
-        return prepare_sampling("digits", sampler=sampler, nfe=nfe, schedule=schedule, device="cpu",
-                                dtype=dtype, class_label=class_label)
+        return prepare_sampling(SamplingRequest(sampler=sampler, nfe=nfe, schedule=schedule, device="cpu",
+                                                dtype=dtype, class_label=class_label))
 
     started = time.perf_counter()
     converged = fd(setup_for(CONVERGED[0], CONVERGED[1]))

@@ -51,6 +51,7 @@ from tools.generate.sampling import prepare_sampling  # noqa: E402
 from tools.images import to_uint8, write_png  # noqa: E402
 from tools.labels import class_labels  # noqa: E402
 from tools.models import load_model  # noqa: E402
+from tools.request import SamplingRequest  # noqa: E402
 from tools.steering import Steering  # noqa: E402
 
 PARTS = ("guidance", "classifier", "inpaint", "img2img", "pc")
@@ -88,8 +89,8 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
 
 def run_point(name: str, weight, command: str, seeds, targets, classify, *, model="digits", steering=None,
               fd=True, **sampling):
-    """Sample ``seeds`` as ``prepare_sampling(model, steering=..., **sampling)``; FD-digits, accuracy
-    against ``targets``, NFE, counted network evaluations per image, wall time."""
+    """Sample ``seeds`` as ``prepare_sampling(SamplingRequest(model=..., steering=..., **sampling))``;
+    FD-digits, accuracy against ``targets``, NFE, counted network evaluations per image, wall time."""
     loaded = load_model(model) if isinstance(model, str) else model
     main = Counted(loaded.denoiser)
     loaded = dataclasses.replace(loaded, denoiser=main)
@@ -107,7 +108,7 @@ def run_point(name: str, weight, command: str, seeds, targets, classify, *, mode
         counted.num_classes, counted.shape = classifier.num_classes, classifier.shape
         counters.append(counted)
         steering = dataclasses.replace(steering, classifier=counted)
-    setup = prepare_sampling(loaded, steering=steering, **sampling)
+    setup = prepare_sampling(SamplingRequest(model=loaded, steering=steering, **sampling))
     setup.check_seeds(seeds)
     for c in counters:
         c.count = 0

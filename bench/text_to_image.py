@@ -53,13 +53,13 @@ def build(directory: Path) -> Path:
 
 
 def setup_for(directory: Path, dtype: str, size: int, steps: int):
-    from tools.generate.prompts import Prompting
     from tools.generate.sampling import prepare_sampling
+    from tools.request import Prompting, SamplingRequest
 
-    return prepare_sampling(f"diffusers:{directory}", sampler=SAMPLER, schedule="diffusers", steps=steps,
-                            guidance=GUIDANCE, device="cpu", dtype=dtype,
-                            prompting=Prompting(prompt=PROMPT, negative_prompt=NEGATIVE, width=size,
-                                                height=size))
+    text = Prompting(prompt=PROMPT, negative_prompt=NEGATIVE, width=size, height=size)
+    return prepare_sampling(SamplingRequest(model=f"diffusers:{directory}", sampler=SAMPLER,
+                                            schedule="diffusers", steps=steps, guidance=GUIDANCE,
+                                            device="cpu", dtype=dtype, prompting=text))
 
 
 def time_part(directory: Path, size: int, steps: int, repeats: int, batch: int) -> list[dict]:

@@ -92,3 +92,16 @@ def default_dtype(dtype):
         yield
     finally:
         torch.set_default_dtype(old)
+
+
+def plan_of(model, seeds, outdir, **fields):
+    """``tools.generate.prepare`` of a request and an output given as one set of keywords, as
+    ``tools.generate.generate`` takes them."""
+    from dataclasses import fields as dataclass_fields
+
+    from tools.generate.plan import Output, prepare
+    from tools.request import SamplingRequest
+
+    output = {f.name for f in dataclass_fields(Output)}
+    kept = {key: fields.pop(key) for key in list(fields) if key in output}
+    return prepare(SamplingRequest(model=model, **fields), Output(seeds=seeds, outdir=outdir, **kept))

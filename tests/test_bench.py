@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import Counting, one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import Counting, one_thread, plan_of  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers.registry import nfe_on
 from tools import cli
@@ -201,16 +201,16 @@ def test_conditioning_of_a_plain_denoiser_is_split_by_batch():
 def test_samples_are_the_images_edm_generate_writes(tmp_path):
     """Same latents, seeds and (class-conditional digits model) class labels as `edm generate`."""
     from tools import generate as pipeline
-    from tools.compare import Stopwatch, prepare_bench
+    from tools.compare import BenchRequest, Stopwatch, prepare_bench
     from tools.images import to_uint8
 
-    planned = prepare_bench("digits", samplers=["dpmpp_2m_sde"], nfe=[6], metrics=["time"], num=3, batch=3,
-                            device="cpu")
+    planned = prepare_bench(BenchRequest.of("digits", samplers=["dpmpp_2m_sde"], nfe=[6], metrics=["time"],
+                                            num=3, batch=3, device="cpu"))
     (cell,) = planned.cells
     ours = torch.cat(list(planned._sample(cell, torch.float32, planned.seeds, Stopwatch("cpu"))))
-    plan = pipeline.prepare("digits", "0-2", tmp_path, sampler="dpmpp_2m_sde", steps=cell.steps, batch=3,
-                            device="cpu", progress=False)
-    assert (to_uint8(ours) == pipeline.sample_images(plan, [0, 1, 2])).all()
+    plan = plan_of("digits", "0-2", tmp_path, sampler="dpmpp_2m_sde", steps=cell.steps, batch=3,
+                   device="cpu", progress=False)
+    assert (to_uint8(ours) == pipeline.sample_images(plan.sampling, [0, 1, 2])).all()
 
 
 # ---------------------------------------------------------------------------------------------------

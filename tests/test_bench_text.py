@@ -19,10 +19,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from _support import one_thread  # noqa: F401  (a fixture used by pytestmark)
+from _support import one_thread, plan_of  # noqa: F401  (a fixture used by pytestmark)
 from tools import cli
 from tools.compare import BenchError, run_bench
-from tools.compare.runner import prepare_bench
+from tools.compare.runner import BenchRequest, prepare_bench
 from tools.fid.detectors import Detector
 from tools.images import to_uint8
 from tools.request import Prompting
@@ -87,11 +87,9 @@ def reference() -> tuple[np.ndarray, np.ndarray]:
 def generate_images(model, sampler: str, steps: int, prompt: str, seeds, outdir, **kwargs) -> torch.Tensor:
     """``edm generate``'s images of ``seeds``, all with ``prompt`` (its plan, as the command builds it;
     nothing is written)."""
-    from tools.generate.plan import prepare
-
-    plan = prepare(model, list(seeds), outdir, sampler=sampler, steps=steps, device="cpu",
+    plan = plan_of(model, list(seeds), outdir, sampler=sampler, steps=steps, device="cpu",
                    prompting=Prompting(prompt=prompt, negative_prompt=NEGATIVE), **kwargs)
-    return plan.images(list(seeds))
+    return plan.sampling.images(list(seeds))
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
@@ -100,9 +98,10 @@ def test_fd_images_are_edm_generates_images(model, sd, sampler, tmp_path):
     schedule, steps, seed, prompt, negative prompt and (default) guidance: the latents decoded."""
     _, prompts = sd
     detector = Pooled()
-    bench = prepare_bench(model, samplers=sampler, nfe=[3], metrics="fd", seeds=SEEDS, batch=3, device="cpu",
-                          detector=detector, ref=reference(),
-                          prompting=Prompting(prompts=str(prompts), negative_prompt=NEGATIVE))
+    text = Prompting(prompts=str(prompts), negative_prompt=NEGATIVE)
+    bench = prepare_bench(BenchRequest.of(model, samplers=sampler, nfe=[3], metrics="fd", seeds=SEEDS,
+                                          batch=3, device="cpu", detector=detector, ref=reference(),
+                                          prompting=text))
     (cell,) = bench.run()
     assert cell["status"] == "ok" and cell["detector"] == "pooled" and math.isfinite(cell["fd"])
     ours = torch.cat(detector.seen)  # uint8 NCHW, batches of 3 then 1
@@ -132,15 +131,16 @@ def test_guidance_and_negative_prompt_are_generates(model, tmp_path):
 
 def test_ode_metric_is_in_latent_space(model):
     """ode compares latents (the decoder is not involved); one cheap cell on one seed."""
-    bench = prepare_bench(model, samplers="euler", nfe=[2], metrics="ode", seeds=[0, 1], ode_num=1,
-                          guidance=0.0, device="cpu", prompting=Prompting(prompt=PROMPTS[0]))
+    bench = prepare_bench(BenchRequest.of(model, samplers="euler", nfe=[2], metrics="ode", seeds=[0, 1],
+                                          ode_num=1, guidance=0.0, device="cpu",
+                                          prompting=Prompting(prompt=PROMPTS[0])))
     assert bench.settings["shape"] == [4, 8, 8] and bench.settings["image_shape"] == [3, 16, 16]
     assert bench.settings["guidance"] is None and bench.settings["text"]["prompts"] == [PROMPTS[0]]
 
 
 def test_a_text_model_needs_a_prompt(model):
     with pytest.raises(BenchError, match="--prompt") as info:
-        prepare_bench(model, samplers="euler", nfe=[2], metrics="time", num=1, device="cpu")
+        prepare_bench(BenchRequest.of(model, samplers="euler", nfe=[2], metrics="time", num=1, device="cpu"))
     assert info.value.param == "prompt"
 
 

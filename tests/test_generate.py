@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import one_thread, plan_of  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools import common, images
 from tools import generate as pipeline
 from tools.generate import cli as generate_cli
@@ -144,13 +144,13 @@ def test_batch_size_and_position_do_not_change_the_images(tiny, tmp_path, sample
 
 def test_images_are_nvlabs_uint8_of_the_sample(tiny, tmp_path):
     """The PNG is round(-ish) x * 127.5 + 128 of samplers.sample's output, truncated as NVlabs does."""
-    plan = pipeline.prepare(tiny, "3,11", tmp_path / "out", sampler="euler_ancestral", steps=5,
-                            progress=False)
+    plan = plan_of(tiny, "3,11", tmp_path / "out", sampler="euler_ancestral", steps=5, progress=False)
     labels = pipeline.class_labels([3, 11], CLASSES, SHAPE)
-    sigmas = plan.sigmas
+    sigmas = plan.sampling.sigmas
     x = samplers.noise.latents([3, 11], SHAPE) * float(sigmas[0])
     cond = {"class_labels": torch.nn.functional.one_hot(labels, CLASSES).float()}
-    images = samplers.sample(plan.model.denoiser, x, sigmas, "euler_ancestral", seeds=[3, 11], cond=cond)
+    images = samplers.sample(plan.sampling.model.denoiser, x, sigmas, "euler_ancestral", seeds=[3, 11],
+                             cond=cond)
     expected = (images * 127.5 + 128).clip(0, 255).to(torch.uint8)[:, 0].numpy()
     pipeline.run(plan)
     for seed, image in zip([3, 11], expected):
@@ -358,8 +358,8 @@ def test_nfe_budget(tiny, tmp_path, sampler, budget):
     from tools.models import load_model
 
     model = Counting(load_model(tiny))
-    plan = pipeline.prepare(model, "0-4", tmp_path, sampler=sampler, nfe=budget, batch=5, progress=False,
-                            guidance=1.0)
+    plan = plan_of(model, "0-4", tmp_path, sampler=sampler, nfe=budget, batch=5, progress=False,
+                   guidance=1.0).sampling
     assert plan.steps == samplers.steps_for_nfe(sampler, budget)
     assert plan.nfe == samplers.get(sampler).nfe(plan.steps) <= budget
     assert samplers.get(sampler).nfe(plan.steps + 1) > budget
@@ -475,7 +475,7 @@ def test_api_errors_name_the_parameter(tiny, tmp_path):
     for kwargs, param in cases:
         kwargs = {"model": tiny, "seeds": "0", **kwargs}
         with pytest.raises(pipeline.GenerateError) as info:
-            pipeline.prepare(kwargs.pop("model"), kwargs.pop("seeds"), tmp_path / "out", **kwargs)
+            plan_of(kwargs.pop("model"), kwargs.pop("seeds"), tmp_path / "out", **kwargs)
         assert info.value.param == param, (kwargs, str(info.value))
     assert not (tmp_path / "out").exists()
 

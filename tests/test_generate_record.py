@@ -8,9 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import one_thread, plan_of  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools.common import BadInput
-from tools.generate import prepare
 from tools.generate.cli import generate
 from tools.generate.record import RECORD_NAME, differences
 
@@ -83,7 +82,7 @@ def test_overwrite_replaces_the_images_and_the_record(tmp_path):
 
 def test_the_library_refuses_too(made):
     with pytest.raises(BadInput) as error:
-        prepare("digits", "0-3", made, sampler="euler", steps=3, device="cpu")
+        plan_of("digits", "0-3", made, sampler="euler", steps=3, device="cpu")
     assert error.value.param == "outdir" and "sampler heun -> euler" in str(error.value)
 
 

@@ -153,13 +153,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(sd, tmp_path, case):
 
 
 def test_a_model_object_reused_after_a_diffusers_plan_samples_as_a_fresh_one(sd, tmp_path):
-    """--schedule diffusers pins the network's timesteps (and, for Karras sigmas, a log-sigma time map) on
-    the loaded model; a later setup with another schedule on the same object must not keep them."""
+    """--schedule diffusers pins the network's timesteps (and, for Karras sigmas, a log-sigma time map) on a
+    copy of the loaded model's denoiser; a later setup with another schedule on the same object samples as
+    a fresh load, and the loaded model itself is left as it was."""
     import shutil
 
     from tools.generate.sampling import prepare_sampling
     from tools.models import load_model
-    from tools.request import Prompting
+    from tools.request import Prompting, SamplingRequest
 
     karras = tmp_path / "karras"
     shutil.copytree(sd, karras)
@@ -169,11 +170,14 @@ def test_a_model_object_reused_after_a_diffusers_plan_samples_as_a_fresh_one(sd,
                                        "use_karras_sigmas": True}))
     text = Prompting(prompt=LINES[0])
     reused = load_model(f"diffusers:{karras}")
-    prepare_sampling(reused, sampler="euler", schedule="diffusers", steps=4, prompting=text, device="cpu")
-    again = prepare_sampling(reused, sampler="heun", schedule="karras", steps=3, prompting=text, device="cpu")
-    fresh = prepare_sampling(f"diffusers:{karras}", sampler="heun", schedule="karras", steps=3,
-                             prompting=text, device="cpu")
+    prepare_sampling(SamplingRequest(model=reused, sampler="euler", schedule="diffusers", steps=4,
+                                     prompting=text, device="cpu"))
+    again = prepare_sampling(SamplingRequest(model=reused, sampler="heun", schedule="karras", steps=3,
+                                             prompting=text, device="cpu"))
+    fresh = prepare_sampling(SamplingRequest(model=f"diffusers:{karras}", sampler="heun", schedule="karras",
+                                             steps=3, prompting=text, device="cpu"))
     assert again.sample([0]).equal(fresh.sample([0]))
+    assert reused.denoiser is again.model.denoiser  # karras: the loaded denoiser itself, never pinned
 
 
 def test_a_prompt_the_encoder_truncates_is_warned_about(sd, tmp_path):

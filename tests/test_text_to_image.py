@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from _support import plan_of
 from tools.cli import main
 
 diffusers = pytest.importorskip("diffusers")
@@ -98,14 +99,13 @@ def our_command(path, sampler, outdir):
 
 @pytest.mark.parametrize("name,sampler", CASES)
 def test_float_images_match_the_pipeline(pipelines, name, sampler):
-    from tools.generate.plan import prepare
     from tools.request import Prompting
 
     pipe, path = pipelines(name)
-    plan = prepare(f"diffusers:{path}", list(SEEDS), path / "unused", sampler=sampler, schedule="diffusers",
+    plan = plan_of(f"diffusers:{path}", list(SEEDS), path / "unused", sampler=sampler, schedule="diffusers",
                    steps=STEPS, guidance=W, device="cpu",
                    prompting=Prompting(prompt=PROMPT, negative_prompt=NEGATIVE))
-    ours = (plan.images(list(SEEDS)) / 2 + 0.5).clamp(0, 1)
+    ours = (plan.sampling.images(list(SEEDS)) / 2 + 0.5).clamp(0, 1)
     theirs = torch.stack(diffusers_images(pipe, name, sampler, "pt"))
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max().item() <= 1e-4
@@ -157,7 +157,6 @@ def _init_and_mask(tmp_path, size: int):
 def test_editing_matches_the_img2img_and_inpaint_pipelines(pipelines, tmp_path, edit):
     """img2img (strength 0.6) and inpainting with a 4-channel UNet (its mask-blending mode): the init
     image is encoded with the seed's first draw and the start noise is its second, as the pipelines do."""
-    from tools.generate.plan import prepare
     from tools.request import Prompting
     from tools.steering import Steering
 
@@ -175,10 +174,10 @@ def test_editing_matches_the_img2img_and_inpaint_pipelines(pipelines, tmp_path, 
         call = {"image": init, "mask_image": mask}
     oracle.set_progress_bar_config(disable=True)
     oracle.scheduler = counterpart(pipe, "sd1", sampler)
-    plan = prepare(f"diffusers:{path}", seeds, tmp_path / "unused", sampler=sampler, schedule="diffusers",
+    plan = plan_of(f"diffusers:{path}", seeds, tmp_path / "unused", sampler=sampler, schedule="diffusers",
                    steps=STEPS, guidance=W, device="cpu", steering=steering,
                    prompting=Prompting(prompt=PROMPT, negative_prompt=NEGATIVE))
-    ours = (plan.images(seeds) / 2 + 0.5).clamp(0, 1)
+    ours = (plan.sampling.images(seeds) / 2 + 0.5).clamp(0, 1)
     theirs = []
     for seed in seeds:
         with torch.no_grad():
@@ -188,10 +187,10 @@ def test_editing_matches_the_img2img_and_inpaint_pipelines(pipelines, tmp_path, 
     theirs = torch.stack(theirs)
     assert (ours - theirs).abs().max().item() <= 1e-4
     if edit == "img2img":  # and the edit kept something of the init image: not plain generation
-        plain = prepare(f"diffusers:{path}", seeds, tmp_path / "unused", sampler=sampler,
+        plain = plan_of(f"diffusers:{path}", seeds, tmp_path / "unused", sampler=sampler,
                         schedule="diffusers", steps=STEPS, guidance=W, device="cpu",
                         prompting=Prompting(prompt=PROMPT, negative_prompt=NEGATIVE))
-        assert (plain.images(seeds) / 2 + 0.5 - ours).abs().max().item() > 1e-2
+        assert (plain.sampling.images(seeds) / 2 + 0.5 - ours).abs().max().item() > 1e-2
 
 
 def _in_float64(scheduler, sigmas: torch.Tensor, flow: bool):
@@ -220,21 +219,20 @@ def test_float64_through_the_python_api(pipelines, name, sampler):
     handed our latents: the seed's float32 draw, cast (what `edm generate` samples from in every
     precision)."""
     from samplers.noise import latents as seed_latents
-    from tools.generate.plan import prepare
     from tools.request import Prompting
 
     pipe, path = pipelines(name)
     seeds = [0, 1]
-    plan = prepare(f"diffusers:{path}", seeds, path / "unused", sampler=sampler, schedule="diffusers",
+    plan = plan_of(f"diffusers:{path}", seeds, path / "unused", sampler=sampler, schedule="diffusers",
                    steps=STEPS, guidance=W, device="cpu", dtype="float64",
                    prompting=Prompting(prompt=PROMPT, negative_prompt=NEGATIVE))
-    ours = (plan.images(seeds) / 2 + 0.5).clamp(0, 1)
+    ours = (plan.sampling.images(seeds) / 2 + 0.5).clamp(0, 1)
     pipe64 = type(pipe)(**pipe.components).to(dtype=torch.float64)
     pipe64.set_progress_bar_config(disable=True)
-    pipe64.scheduler = _in_float64(counterpart(pipe, name, sampler), plan.sigmas, flow=name == "sd3")
+    pipe64.scheduler = _in_float64(counterpart(pipe, name, sampler), plan.sampling.sigmas, flow=name == "sd3")
     theirs = []
     for seed in seeds:
-        latents = seed_latents([seed], plan.model.shape, dtype=torch.float64)
+        latents = seed_latents([seed], plan.sampling.model.shape, dtype=torch.float64)
         with torch.no_grad():
             theirs.append(pipe64(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
                                  guidance_scale=1 + W, latents=latents, output_type="pt").images[0])
