@@ -13,7 +13,7 @@ Side by side, at NFE budgets 5, 10, 20 and 50 (each sampler takes the most steps
   polyexponential schedules.
 * ours: every deterministic registered sampler with default options on every registered schedule that
   spans the same range (a schedule that stops above 0.002 solves another problem), plus, at each
-  budget, schedules tuned by ``tools.compare.tune_schedule`` for our best few samplers (the best three,
+  budget, schedules tuned by ``tools.schedules.tune_schedule`` for our best few samplers (the best three,
   and any other within 1.5x of the best untuned error) on a calibration batch whose seeds are disjoint
   from the evaluation seeds.
 

@@ -8,7 +8,7 @@ starts where diffusers' pipeline does. ``s = 1`` is exactly plain generation: th
 ``sigma_max * latent`` with no trace of the init image (at sigma_max the image would be 1/80 of the
 state; dropping it makes strength 1 the unedited model).
 
-**Inpainting** (as the seed notes describe it; Lugmayr et al. 2022 without resampling): a mask says
+**Inpainting** (Lugmayr et al. 2022 without resampling): a mask says
 which pixels to generate (1) and which to keep (0). :class:`Inpainting` wraps the denoiser so that at
 every evaluation the known region of its input is the init image noised to the current level with the
 seed's latent, ``init + sigma * latent``, and the known region of its output is the init image. A

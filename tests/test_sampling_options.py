@@ -11,10 +11,11 @@ from click.testing import CliRunner
 
 import samplers
 from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
-from tools.compare.cli import bench, tune_schedule
+from tools.compare.cli import bench
 from tools.fid.cli import fid
 from tools.generate.cli import generate
 from tools.options import SAMPLING_PARAMS
+from tools.tune_cli import tune_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,7 +151,7 @@ def test_bench_errors_name_the_flags_it_has(tmp_path):
 
 
 def test_tune_schedule_tunes_with_the_class_and_guidance_it_will_be_sampled_with(tmp_path, monkeypatch):
-    from tools.compare import tune
+    from tools.schedules import tune
     from tools.schedules.file import load_schedule
 
     seen = {}

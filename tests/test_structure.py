@@ -7,6 +7,8 @@ too) and asserts that
   ``module._name``);
 * no library module (one that does not use click) under ``tools`` imports a CLI module (one that does);
 * there is no import cycle among the project's modules;
+* ``tools`` is built in floors (:data:`FLOORS`): a module imports only from its own floor or the floors
+  below, so no arrow runs back up and no circle forms between ``tools`` subpackages;
 * ``samplers`` imports neither ``edm`` nor ``tools``, and ``edm`` does not import ``tools``;
 * ``import tools.cli`` does not import torch, and ``edm --help`` works.
 """
@@ -106,7 +108,10 @@ class Imports:
                         aliases[alias.asname or alias.name] = full
                         continue
                     lazy = _lazy_exports(source) if source in MODULES and _is_package(source) else {}
-                    target = f"{source}{lazy[alias.name]}" if alias.name in lazy else _owner(source)
+                    target = _owner(source)
+                    if alias.name in lazy:  # a relative submodule name, or an absolute module
+                        where = lazy[alias.name]
+                        target = f"{source}{where}" if where.startswith(".") else _owner(where)
                     self._edge(module, target)
                     if alias.name.startswith("_") and not alias.name.startswith("__") and target != module:
                         self.private.append(f"{module} imports {alias.name} from {target}")
@@ -185,6 +190,46 @@ def test_no_import_cycles(imports):
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: the floors of ``tools``, lowest first: each module or subpackage imports only from its own floor or below
+FLOORS = (
+    ("tools.common", "tools.seeds", "tools.images", "tools.ranks", "tools.device", "tools.ode",
+     "tools.labels", "tools.request"),
+    ("tools.models",),
+    ("tools.schedules",),
+    ("tools.solvers",),
+    ("tools.steering",),
+    ("tools.options",),
+    ("tools.generate",),
+    ("tools.fid",),
+    ("tools.compare",),
+    ("tools.cli", "tools.train_cli", "tools.train_classifier_cli", "tools.tune_cli"),
+)
+
+
+def _floor(module: str) -> int | None:
+    for level, rooms in enumerate(FLOORS):
+        if any(module == room or module.startswith(room + ".") for room in rooms):
+            return level
+    return None
+
+
+def test_every_tools_module_has_a_floor():
+    assert [name for name in MODULES if name.startswith("tools.") and _floor(name) is None] == []
+
+
+def test_no_import_runs_up_a_floor(imports):
+    """At any depth (imports inside functions count): a lower floor never imports a higher one."""
+    bad = [f"{m} -> {t}" for m, targets in imports.edges.items() if m.startswith("tools.")
+           for t in targets if t.startswith("tools.") and _floor(t) > _floor(m)]
+    assert bad == []
+
+
+def test_the_floor_check_sees_an_import_inside_a_function(imports):
+    # tools.generate.plan imports tools.request at module level; tools.options imports it inside a function
+    assert "tools.request" in imports.edges["tools.options"]
+    assert _floor("tools.options") > _floor("tools.request")
 
 
 def test_dependencies_point_one_way(imports):

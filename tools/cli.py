@@ -244,13 +244,13 @@ def schedules_command(names: tuple[str, ...], as_json: bool) -> None:
 
 def _register_commands() -> None:
     # Each command lives beside the library it fronts; importing them is cheap (torch loads when one runs).
-    from .compare.cli import bench, tune_schedule
+    from .compare.cli import bench
     from .fid.cli import fid
     from .generate.cli import generate
     from .models.cli import info
     from .train_classifier_cli import train_classifier
     from .train_cli import train
-    from .tune_cli import tune_solver
+    from .tune_cli import tune_schedule, tune_solver
 
     for command in (bench, fid, generate, info, train, train_classifier, tune_schedule, tune_solver):
         main.add_command(command)

@@ -15,8 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BadInput", "check_writable_dir", "format_value", "jsonable", "lazy_exports", "one_line",
-           "positive_int", "spelled_out"]
+__all__ = ["CONTEXT", "BadInput", "check_writable_dir", "format_value", "jsonable", "lazy_exports",
+           "one_line", "positive_int", "spelled_out"]
+
+#: click settings of every command: -h as --help, and help as wide as 120 columns
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 
 
 class BadInput(ValueError):

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .common import BadInput, one_line
+from .common import CONTEXT, BadInput, one_line
 
 __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
            "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
@@ -25,7 +25,6 @@ __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedC
            "sampling_options", "seeds_option", "steering", "usage_error", "channel_mult_value",
            "sigma_data_value", "training_data_value"]
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 SAMPLER_OPTION_PREFIX = "sampler_option_"
 SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Text", "Guidance", "Editing",

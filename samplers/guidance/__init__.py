@@ -1,6 +1,6 @@
 """Guidance and x0 transforms: denoisers wrapping denoisers, so each works with every sampler.
 
-Compose them innermost first (``../shared/design.md``): the model -> guidance (classifier-free with a
+Compose them innermost first: the model -> guidance (classifier-free with a
 negative condition, interval and rescale; autoguidance; classifier guidance) -> x0 thresholding ->
 editing (``samplers.editing``). Each keeps the per-seed property: sample i's output depends on sample
 i's inputs only.

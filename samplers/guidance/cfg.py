@@ -2,7 +2,7 @@
 
 ``D_w(x; sigma, c) = D(x; sigma, c) + w * (D(x; sigma, c) - D(x; sigma, c_neg))``
 
-``w = 0`` is plain conditional sampling (the convention of the seed notes); diffusers' ``guidance_scale``
+``w = 0`` is plain conditional sampling (the convention of Ho & Salimans' w); diffusers' ``guidance_scale``
 is ``1 + w`` and EDM2's ``guidance`` (``D_neg.lerp(D, guidance)``) is ``1 + w`` too. The conditional and
 negative evaluations run as ONE call on a batch of ``2B`` (the conditional half first), so a guided step
 costs one network call, and the guided output of a sample depends on that sample's inputs only.

@@ -20,7 +20,8 @@ _EXPORTS = {
     "BenchError": ".inputs",
     "METRICS": ".metrics", "SamplerTraits": ".metrics", "Stopwatch": ".metrics", "parse_metrics": ".metrics",
     "sampler_traits": ".metrics",
-    "DEFAULT_NFE": ".runner", "Bench": ".runner", "prepare_bench": ".runner", "run_bench": ".runner",
+    "DEFAULT_NFE": ".runner", "Bench": ".runner", "BenchRequest": ".runner", "prepare_bench": ".runner",
+    "run_bench": ".runner",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,22 +1,18 @@
-"""The ``edm bench`` and ``edm tune-schedule`` commands (click command objects; ``tools.cli`` registers
-them): thin layers over ``tools.compare.prepare_bench`` / ``Bench.run`` and ``tools.compare.tune_schedule``,
-with the sampling options every sampling command shares (:mod:`tools.options`). torch loads when a
-command runs."""
+"""The ``edm bench`` command (a click command object; ``tools.cli`` registers it): a thin layer over
+``tools.compare.prepare_bench`` / ``Bench.run``, with the sampling options every sampling command shares
+(:mod:`tools.options`). torch loads when the command runs."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
-from tools.common import BadInput, check_writable_file, one_line
+from tools.common import BadInput, one_line
 from tools.options import (
     cli_errors,
     command,
     detector_option,
     detector_weights_option,
     model_request,
-    one_sampler,
     option,
     option_value,
     parse_list,
@@ -27,7 +23,7 @@ from tools.options import (
     usage_error,
 )
 
-__all__ = ["bench", "tune_schedule"]
+__all__ = ["bench"]
 
 def _parse_options(ctx, param, items) -> dict[str, dict]:
     options: dict[str, dict] = {}
@@ -175,101 +171,3 @@ def _write_auto(bench, cells) -> None:
     except ValueError as e:  # no cell measured (all skipped), or the table cannot be written
         raise click.ClickException(one_line(e)) from None
     click.echo(f"auto table -> {path}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# edm tune-schedule
-
-
-@command("tune-schedule")
-@sampling_options(sampler=None)
-@seeds_option(None, "Calibration seeds instead of --num's, e.g. 5000-5031.")
-@option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
-        help="Calibration images: seeds 1000000 to 1000000+N-1, apart from the usual evaluation seeds.  "
-             "[default: 16]")
-@option("Sampling", "--init", default="karras", show_default=True, metavar="NAME",
-        help="The schedule to start from (`edm schedules`), or file:PATH; the tuned schedule keeps its "
-             "first and last nonzero sigma. (--schedule is the same; give one of them.)")
-@option("Sampling", "--max-evals", type=click.IntRange(min=1), default=None, metavar="N",
-        help="At most N sampler runs on the calibration batch.  [default: 20000/NFE, at least 200]")
-@option("Output", "--out", required=True, type=click.Path(dir_okay=False), metavar="FILE.json",
-        help="Where the schedule file goes (written atomically; its folder is created).")
-@progress_option
-@click.pass_context
-def tune_schedule(ctx, sampler, steps, nfe, schedule, seeds, num, init, max_evals, out, progress, **flags):
-    """Tune the sigma schedule of a deterministic --sampler at an NFE budget for a model, and save it.
-
-    The search minimises the sampler's error against the exact probability-flow ODE (solved in float64)
-    on a calibration batch, moving the schedule's interior noise levels; the start and end levels stay
-    those of --init. Class-conditional models are tuned with the seeds' classes (or --class) and the
-    --guidance they will be sampled with. The schedule file is read back by `edm generate --schedule
-    file:FILE.json` (exact at the tuned step count, resampled log-linearly at others). Judge the result
-    on other seeds: the calibration seeds are apart from the usual 0, 1, ...
-
-    \b
-    Examples:
-      edm tune-schedule --model digits --sampler heun --nfe 11 --out heun11.json
-      edm generate --outdir out --sampler heun --nfe 11 --schedule file:heun11.json
-    """
-    import torch
-
-    from tools.generate.sampling import prepare_sampling
-    from tools.schedules.tune import calibration_seeds, check_something_to_tune, tunable_steps
-    from tools.schedules.tune import tune_schedule as tune
-
-    if sampler is None:
-        raise click.BadParameter("give the sampler to tune", param_hint="'--sampler'")
-    if steps is None and nfe is None:
-        raise click.UsageError("give the budget to tune for: --nfe N (or --steps N)")
-    if flags["dtype"] not in (None, "float64"):
-        raise click.BadParameter("tuning runs sampler, model and reference in float64 (the error must be the "
-                                 "solver's, not rounding)", param_hint="'--dtype'")
-    if seeds is not None and num is not None:
-        raise click.UsageError("--seeds and --num are mutually exclusive: give one")
-    if ctx.get_parameter_source("schedule") is not click.core.ParameterSource.DEFAULT:
-        if ctx.get_parameter_source("init") is not click.core.ParameterSource.DEFAULT:
-            raise click.UsageError("--schedule and --init name the same thing: give one")
-        init = schedule
-    request = model_request(flags, "edm tune-schedule (it fits the deterministic ODE solve)", "float64",
-                            refused=("init_image", "strength", "mask", "resample", "corrector",
-                                     "corrector_steps", "snr"), text_refused=True)
-    nfe, options = one_sampler(sampler, steps, nfe, flags, "edm tune-schedule")
-    import samplers
-
-    try:
-        if nfe is None:
-            nfe = samplers.get(sampler).nfe(steps)
-        steps = tunable_steps(sampler, nfe, options)
-        check_something_to_tune(sampler, nfe)
-    except ValueError as e:
-        raise usage_error(e) from None  # the message says what is wrong: the sampler, or its budget
-    seeds = seeds if seeds is not None else calibration_seeds(num or 16)
-    try:
-        out_path = check_writable_file(out, "out", example="tuned.json")
-    except BadInput as e:
-        raise usage_error(e) from None
-    with cli_errors():
-        setup = prepare_sampling(request.replace(sampler=sampler, schedule=init, steps=steps, options=options,
-                                                 dtype=torch.float64))
-    if progress:
-        click.echo(f"Tuning {sampler} at NFE {nfe} ({steps} steps) for {request.model} from {init}, "
-                   f"{len(seeds)} calibration seeds", err=True)
-    try:
-        result = tune(setup.denoiser, sampler, nfe, shape=setup.model.shape, seeds=seeds,
-                      cond=setup.cond(seeds), init=setup.sigmas, options=options, device=setup.device,
-                      max_evals=max_evals, progress=progress)
-    except ValueError as e:  # e.g. a sampler that uses only the schedule's ends
-        raise click.UsageError(one_line(e)) from None
-    result = dataclasses.replace(result, init=init)  # the name given, not the tensor it became
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        class_label, guidance, steer = request.class_label, request.guidance, request.steering
-        result.save(out_path, model=request.model,
-                    **({"class": class_label} if class_label is not None else {}),
-                    **({"guidance": guidance} if guidance else {}),
-                    **({"steering": steer.given()} if steer is not None else {}))
-    except OSError as e:
-        raise click.ClickException(f"cannot write {out_path}: {e.strerror or e}") from None
-    click.echo(f"{sampler} NFE {nfe} ({steps} steps): calibration ODE error {result.init_error:.4g} "
-               f"({init}) -> {result.error:.4g} ({result.improvement:.2f}x lower, "
-               f"{result.evaluations} runs), saved {out_path}")

@@ -10,8 +10,7 @@ from typing import Any
 
 import click
 
-from tools.common import BadInput, jsonable, one_line
-from tools.options import CONTEXT
+from tools.common import CONTEXT, BadInput, jsonable, one_line
 
 __all__ = ["info", "model_block", "model_record"]
 

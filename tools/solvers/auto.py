@@ -22,24 +22,11 @@ NFE below it (its sampler then runs at the asked NFE: more steps of a method tha
 safe bet, whereas a row above the budget cannot run in it). Without a table, or a row at or below the
 budget, the fallback rule.
 
-Fallback rule, from what the project measured: FD of the ``digits`` model at NFE 3-35 (12 samplers x
-karras/exponential, ``bench/results/auto_digits.md``; NFE 50 in ``bench/results/digits_bench``) and the
-ODE error on an exact Gaussian mixture at NFE 5-50 (``bench/results/accuracy.md``). Without a model's own
-table the rule should be safe rather than best somewhere, so it takes the pair whose worst case is mildest:
-
-* NFE < 30: ``ipndm`` / ``exponential``. On digits it was best at 3, 10, 15 and 20 and never worse than
-  1.74x the best FD at 3-8, where every other pair was 2.1x or more off at some budget (the best pair
-  changes with every budget from 3 to 6: ipndm_afs / exponential, best at 5, is 2.3x off at 4, and
-  ipndm_afs / karras, best at 4, 6.7x off at 6). On the mixture it had the lowest ODE error of the
-  untuned samplers at NFE 5 and was within 1.4x of it at 10.
-* NFE >= 30: ``unipc`` / ``exponential``. By 30 NFE every sampler of order >= 2 is at the FD floor on
-  digits (unipc 4.18 at 20 and 4.14 at 35, best 4.15 and 4.13), and on the mixture it had the lowest ODE
-  error of all untuned samplers at 20 and 50 NFE (2-3x below ipndm, 50x below EDM's heun / karras at 50).
-  It is not used lower: on digits it was 1.4x off at 10 NFE, and erratic on karras. The switch sits at 30,
-  not 20, to keep a margin from that regime on models that reach it later.
-
-Both run at any budget >= 1, and ``exponential`` needs only the model's sigma range, so the rule serves
-every model, discrete ones too.
+Fallback rule (:data:`FALLBACK`): ``ipndm`` / ``exponential`` below 30 NFE, ``unipc`` / ``exponential`` from
+30 on. Without a model's own table the rule should be safe rather than best somewhere: these are the pairs
+whose worst case was mildest in the project's measurements, recorded with the reasoning in
+``bench/results/auto_fallback.md``. Both run at any budget >= 1, and ``exponential`` needs only the
+model's sigma range, so the rule serves every model, discrete ones too.
 """
 
 from __future__ import annotations
