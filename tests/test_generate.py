@@ -359,13 +359,14 @@ def test_nfe_budget(tiny, tmp_path, sampler, budget):
 
     model = Counting(load_model(tiny))
     plan = plan_of(model, "0-4", tmp_path, sampler=sampler, nfe=budget, batch=5, progress=False,
-                   guidance=1.0).sampling
-    assert plan.steps == samplers.steps_for_nfe(sampler, budget)
-    assert plan.nfe == samplers.get(sampler).nfe(plan.steps) <= budget
-    assert samplers.get(sampler).nfe(plan.steps + 1) > budget
+                   guidance=1.0)
+    setup = plan.sampling
+    assert setup.steps == samplers.steps_for_nfe(sampler, budget)
+    assert setup.nfe == samplers.get(sampler).nfe(setup.steps) <= budget
+    assert samplers.get(sampler).nfe(setup.steps + 1) > budget
     model.calls.clear()
     pipeline.run(plan)
-    assert model.calls == [10] * plan.nfe  # one guided call of 2 x 5 per evaluation
+    assert model.calls == [10] * setup.nfe  # one guided call of 2 x 5 per evaluation
 
 
 def test_nfe_flag(tiny, tmp_path):
