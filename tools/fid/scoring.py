@@ -236,16 +236,6 @@ def statistics(source: ImageSource, detector, device, ranks: Ranks, *, keep: boo
                               progress=progress and ranks.rank == 0, total=total)
 
 
-def _prepared(source, ref, metrics, detector: str | None, detector_weights, device, batch, num, seed):
-    metrics = parse_metrics(metrics)
-    need_features = any(m in FEATURE_METRICS for m in metrics)
-    device = resolve_device(device)
-    source = as_source(source, param="source", num=num, seed=seed, batch=batch)
-    found, det = _reference_and_detector(ref, source.shape, need_features, detector, detector_weights, device,
-                                         batch)
-    return metrics, need_features, device, source, found, det
-
-
 def _reference_and_detector(ref, shape, need_features: bool, detector, detector_weights, device,
                             batch: int) -> tuple[Reference, Any]:
     """``ref`` resolved for images of ``shape`` and the detector they are compared by, both checked: an
@@ -263,7 +253,7 @@ def _reference_and_detector(ref, shape, need_features: bool, detector, detector_
 # The calls
 
 
-def score(source, ref, metrics: str | Sequence[str] = ("fd",), *, detector=None,
+def score(source, ref, metrics: str | Sequence[str] = ("fd",), *, detector=None,  # noqa: PLR0913 (public)
           detector_weights=None, device=None, batch: int = 64, num: int | None = None, seed: int = 0,
           ranks: Ranks | None = None, progress: bool = False) -> dict[str, Any]:
     """Score the images of ``source`` against ``ref`` (see the module docstring).
@@ -275,9 +265,12 @@ def score(source, ref, metrics: str | Sequence[str] = ("fd",), *, detector=None,
     is. Under torchrun, pass ``ranks`` (started): each rank reads its share and
     the statistics are summed; every rank gets the result.
     """
-    metrics, need_features, device, source, found, det = _prepared(source, ref, metrics, detector,
-                                                                    detector_weights, device, batch, num,
-                                                                    seed)
+    metrics = parse_metrics(metrics)
+    need_features = any(m in FEATURE_METRICS for m in metrics)
+    device = resolve_device(device)
+    source = as_source(source, param="source", num=num, seed=seed, batch=batch)
+    found, det = _reference_and_detector(ref, source.shape, need_features, detector, detector_weights, device,
+                                         batch)
     ranks = ranks or one_process()
     ref_stats = None
     if found.source is not None:
@@ -316,9 +309,9 @@ def fd_reference(ref, shape: Sequence[int], *, detector: str | None = None, dete
     return det, mu, sigma, found.name
 
 
-def make_reference(data, dest=None, *, detector: str | None = None, detector_weights=None, device=None,
-                   batch: int = 64, num: int | None = None, seed: int = 0, ranks: Ranks | None = None,
-                   progress: bool = False) -> dict[str, Any]:
+def make_reference(data, dest=None, *, detector: str | None = None,  # noqa: PLR0913 (public)
+                   detector_weights=None, device=None, batch: int = 64, num: int | None = None, seed: int = 0,
+                   ranks: Ranks | None = None, progress: bool = False) -> dict[str, Any]:
     """Reference statistics of the images ``data``: written to ``dest`` (NVlabs' ``mu``, ``sigma`` plus
     metadata, atomically, on rank 0) when given, and returned as ``{"mu", "sigma", "meta"}``.
 

@@ -399,8 +399,9 @@ def calibration_batch(seeds, num) -> list[int]:
 # The tuner
 
 
-def tune_schedule(denoiser, sampler: str, nfe: int, *, shape: Sequence[int], sigma_min: float | None = None,
-                  sigma_max: float | None = None, seeds: Sequence[int] | None = None, num: int = 16,
+def tune_schedule(denoiser, sampler: str, nfe: int, *,  # noqa: PLR0913 (public, keywords)
+                  shape: Sequence[int], sigma_min: float | None = None, sigma_max: float | None = None,
+                  seeds: Sequence[int] | None = None, num: int = 16,
                   cond: Mapping[str, Any] | None = None, init="karras",
                   options: Mapping[str, Any] | None = None, device="cpu", max_evals: int | None = None,
                   progress: bool = False) -> TuneResult:

@@ -329,7 +329,8 @@ def _fit(batch: Batch, param: Parametrisation, iterations: int, learning_rate: f
     return param.solver(*best), best_error
 
 
-def tune_solver(denoiser, nfe: int, *, shape: Sequence[int], sigma_min: float, sigma_max: float,
+def tune_solver(denoiser, nfe: int, *,  # noqa: PLR0913 (public, keywords)
+                shape: Sequence[int], sigma_min: float, sigma_max: float,
                 seeds: Sequence[int] | None = None, num: int = DEFAULT_NUM,
                 heldout: Sequence[int] | None = None, heldout_num: int = 64,
                 cond: Mapping[str, Any] | Callable | None = None, init=None, schedule: str | None = None,
