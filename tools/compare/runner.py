@@ -525,6 +525,9 @@ def prepare_bench(request: BenchRequest) -> Bench:
 def run_bench(model, **kwargs) -> list[dict[str, Any]]:
     """Benchmark samplers on ``model``: every sampler x schedule x NFE budget on the same seeds.
 
+    ``model`` may also be a whole :class:`BenchRequest` (then without keywords); the keywords below are
+    its fields, those of its sampling request (:class:`tools.request.SamplingRequest`) included.
+
     Args:
         model: a model spec (``"digits"``, a checkpoint, ``"diffusers:DIR"``, ...), a
             ``tools.models.LoadedModel``, or a plain denoiser ``D(x, sigma, **cond)`` with ``shape=``
@@ -554,4 +557,9 @@ def run_bench(model, **kwargs) -> list[dict[str, Any]]:
     Returns the cells of this grid: flat dicts with the keys ``tools.compare.CELL_KEYS``.
     Raises :class:`BenchError` (one line, ``.param`` naming the argument) on bad input, before any work.
     """
+    if isinstance(model, BenchRequest):
+        if kwargs:
+            raise BenchError(f"run_bench takes a BenchRequest or keywords, not both (got "
+                             f"{', '.join(kwargs)})")
+        return prepare_bench(model).run()
     return prepare_bench(BenchRequest.of(model, **kwargs)).run()

@@ -94,8 +94,8 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
              overwrite: bool = False, progress: bool = True) -> Summary:
     """Write one PNG per seed of ``model`` into ``outdir``; return what was written.
 
-    The sampling is a :class:`tools.request.SamplingRequest`: give ``request``, or its fields as keywords
-    (with ``request`` too, they override its fields). See that class for the meaning of ``model``,
+    The sampling is a :class:`tools.request.SamplingRequest`: give it as ``request`` (or in place of
+    ``model``), or its fields as keywords (with a request too, they override its fields). See that class for the meaning of ``model``,
     ``sampler``, ``options``, ``schedule``, ``rho``, ``sigma_min``, ``sigma_max``, ``steps``, ``nfe``,
     ``class_label``, ``guidance``, ``steering`` (:mod:`tools.steering`), ``prompting``
     (:class:`tools.request.Prompting`), ``device``, ``dtype`` and ``trust_pickle``; a field left None keeps
@@ -108,6 +108,8 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
         overwrite: re-create existing PNGs (default: skip them, so an interrupted run resumes) and
             replace the folder's record of settings (default: a folder made with other settings is refused).
     """
+    if isinstance(model, SamplingRequest):
+        request, model = model, None
     given = dict(model=model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options,
                  sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, class_label=class_label,
                  guidance=guidance, device=device, dtype=dtype, trust_pickle=trust_pickle, steering=steering,
