@@ -95,11 +95,11 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
     """Write one PNG per seed of ``model`` into ``outdir``; return what was written.
 
     The sampling is a :class:`tools.request.SamplingRequest`: give it as ``request`` (or in place of
-    ``model``), or its fields as keywords (with a request too, they override its fields). See that class for the meaning of ``model``,
-    ``sampler``, ``options``, ``schedule``, ``rho``, ``sigma_min``, ``sigma_max``, ``steps``, ``nfe``,
-    ``class_label``, ``guidance``, ``steering`` (:mod:`tools.steering`), ``prompting``
-    (:class:`tools.request.Prompting`), ``device``, ``dtype`` and ``trust_pickle``; a field left None keeps
-    the request's (or the default's) value.
+    ``model``), or its fields as keywords (with a request too, they override its fields). See that class
+    for the meaning of ``model``, ``sampler``, ``options``, ``schedule``, ``rho``, ``sigma_min``,
+    ``sigma_max``, ``steps``, ``nfe``, ``class_label``, ``guidance``, ``steering`` (:mod:`tools.steering`),
+    ``prompting`` (:class:`tools.request.Prompting`), ``device``, ``dtype`` and ``trust_pickle``; a field
+    left None keeps the request's (or the default's) value.
 
     Args:
         seeds: NVlabs syntax (``"0-63,100"``) or a list of ints; one image per seed.
