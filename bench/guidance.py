@@ -99,7 +99,7 @@ def run_point(name: str, weight, command: str, seeds, targets, classify, *, mode
         guide = load_model(steering.guide_model)
         counted = Counted(guide.denoiser)
         counters.append(counted)
-        steering = dataclasses.replace(steering, guide_model=dataclasses.replace(guide, denoiser=counted))
+        steering = steering.replace(guide_model=dataclasses.replace(guide, denoiser=counted))
     if steering is not None and isinstance(steering.classifier, str):
         from tools.models.classifier import load_classifier_spec
 
@@ -107,7 +107,7 @@ def run_point(name: str, weight, command: str, seeds, targets, classify, *, mode
         counted = Counted(classifier)
         counted.num_classes, counted.shape = classifier.num_classes, classifier.shape
         counters.append(counted)
-        steering = dataclasses.replace(steering, classifier=counted)
+        steering = steering.replace(classifier=counted)
     setup = prepare_sampling(SamplingRequest(model=loaded, steering=steering, **sampling))
     setup.check_seeds(seeds)
     for c in counters:

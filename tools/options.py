@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 
 from .common import CONTEXT, BadInput, one_line
+from .steering import Steering
+from .steering import flags as steering_flags
 
 __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
            "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
@@ -304,6 +307,32 @@ MODEL_HELP = ("The model: 'digits' (built in), a checkpoint NAME[.json|.safetens
               "saved UNet2DModel and scheduler, or a Stable Diffusion 1.x/2.x, SDXL or SD3 pipeline), or an "
               "NVlabs network .pkl (needs --trust-pickle).")
 
+
+def _steering_attrs(flag) -> dict[str, Any]:
+    """The click attributes of a steering kind's flag (``tools.steering.Flag``, plain data)."""
+    attrs: dict[str, Any] = {}
+    if flag.type is bool:
+        attrs["is_flag"] = True
+    elif flag.choices:
+        attrs["type"] = click.Choice(flag.choices)
+    elif flag.type is Path:
+        attrs["type"] = click.Path()
+    elif flag.type is int and flag.min is not None:
+        attrs["type"] = click.IntRange(min=flag.min)
+    elif flag.type in (int, float):
+        attrs["type"] = flag.type
+    if flag.metavar:
+        attrs["metavar"] = flag.metavar
+    return {**attrs, "help": flag.help}
+
+
+def _steering_params() -> dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]:
+    """The flags of the registered steering kinds (``tools.steering.registry``), as SAMPLING_PARAMS entries,
+    in registration order."""
+    return {name: (flag.section, (flag.flag,), _steering_attrs(flag))
+            for name, flag in steering_flags().items()}
+
+
 #: every sampling option: (section, declarations, attributes except the default)
 SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "model": ("Model", ("--model",), dict(metavar="SPEC", help=MODEL_HELP)),
@@ -361,65 +390,7 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
         help="Guidance weight w >= 0: classifier-free D + w (D - D_neg), or with --guide-model autoguidance "
              "D + w (D - D_weak); 0 is none (diffusers' guidance_scale and EDM2's guidance are 1 + w, so "
              "guidance_scale 7.5 is --guidance 6.5).  [default: a text model's pipeline default, else 0]")),
-    "negative_class": ("Guidance", ("--negative-class",), dict(
-        type=int, metavar="K",
-        help="Classifier-free guidance away from class K instead of from the unconditional model.")),
-    "guidance_interval": ("Guidance", ("--guidance-interval",), dict(
-        metavar="LO,HI",
-        help="Guide only where LO < sigma <= HI (Kynkaanniemi et al. 2024), e.g. 0.28,5.42; elsewhere one "
-             "plain call.")),
-    "guidance_rescale": ("Guidance", ("--guidance-rescale",), dict(
-        type=float, metavar="PHI",
-        help="CFG rescale (Lin et al. 2024): match the guided x0's std to the conditional one's, mixed with "
-             "weight PHI in [0, 1].")),
-    "guide_model": ("Guidance", ("--guide-model",), dict(
-        metavar="SPEC",
-        help="Autoguidance (Karras et al. 2024): guide with this weaker version of the model, e.g. "
-             "digits-weak; --guidance sets w. Costs a second network per step.")),
-    "unconditional": ("Guidance", ("--unconditional",), dict(
-        is_flag=True,
-        help="The model gets no class; --class then names only the classifier's target.")),
-    "classifier": ("Guidance", ("--classifier",), dict(
-        metavar="SPEC",
-        help="Classifier guidance (Dhariwal & Nichol 2021): D + s sigma^2 grad log p(class | x, sigma) "
-             "from a noise-aware classifier: 'digits-classifier' (built in) or a file written by `edm "
-             "train-classifier`. Costs a backward pass per step.")),
-    "classifier_scale": ("Guidance", ("--classifier-scale",), dict(
-        type=float, metavar="S",
-        help="Classifier guidance scale s >= 0 (1: the exact posterior for an exact classifier).  [default: "
-             "2, the best measured on digits: 96% of the asked class, the lowest FD]")),
-    "threshold": ("Guidance", ("--threshold",), dict(
-        type=click.Choice(("static", "dynamic")),
-        help="Threshold the predicted x0: static clips to [-1, 1]; dynamic (Imagen) divides each sample by "
-             "its percentile of |x0| when above 1.  [default: the model's own (diffusers' clip_sample / "
-             "thresholding), else none]")),
-    "threshold_percentile": ("Guidance", ("--threshold-percentile",), dict(
-        type=float, metavar="P", help="Dynamic thresholding's percentile in (0, 1].  [default: 0.995]")),
-    "init_image": ("Editing", ("--init-image",), dict(
-        type=click.Path(), metavar="PATH",
-        help="img2img / inpainting: one PNG for every seed, or a folder of NNNNNN.png per seed as `edm "
-             "generate` writes them; same size and channels as the model's images.")),
-    "strength": ("Editing", ("--strength",), dict(
-        type=float, metavar="S",
-        help="img2img strength in (0, 1]: run the last floor(S x steps) steps from the init image noised to "
-             "that level (diffusers' rule); 1 is plain generation.  [default: 1]")),
-    "mask": ("Editing", ("--mask",), dict(
-        type=click.Path(), metavar="PATH",
-        help="Inpainting mask PNG, same size as the images: white generates, black keeps the init image.")),
-    "resample": ("Editing", ("--resample",), dict(
-        metavar="JUMP,COUNT",
-        help="RePaint resampling for --mask: solve each part of JUMP steps COUNT times, jumping back up in "
-             "noise in between (COUNT times the NFE).")),
-    "corrector": ("Sampling", ("--corrector",), dict(
-        type=click.Choice(("langevin",)),
-        help="Predictor-corrector (Song et al. 2021): Langevin steps at each step's noise level before the "
-             "sampler's step; the sampler then runs step by step.")),
-    "corrector_steps": ("Sampling", ("--corrector-steps",), dict(
-        type=click.IntRange(min=1), metavar="N",
-        help="Corrector steps per sampler step (each one NFE).  [default: 1]")),
-    "snr": ("Sampling", ("--snr",), dict(
-        type=float, metavar="R",
-        help="The corrector's target signal-to-noise ratio, which sets its step size.  [default: 0.16]")),
+    **_steering_params(),
     "device": ("Device", ("--device",), dict(
         metavar="DEVICE", help="cpu, cuda or cuda:N.  [default: cuda if available, else cpu]")),
     "dtype": ("Device", ("--dtype",), dict(
@@ -446,16 +417,16 @@ def sampling_options(**defaults: Any) -> Callable:
     return decorate
 
 
-#: the flags that build a tools.steering.Steering (they reach a command in its **flags)
-STEERING_FLAGS = ("negative_class", "guidance_interval", "guidance_rescale", "guide_model", "unconditional",
-                  "classifier", "classifier_scale", "threshold", "threshold_percentile", "init_image",
-                  "strength", "mask", "resample", "corrector", "corrector_steps", "snr")
+#: the flags that build a tools.steering.Steering (they reach a command in its **flags): the registered
+#: steering kinds' when the command line was built
+STEERING_FLAGS = tuple(steering_flags())
 
 
 def steering(flags: dict[str, Any], command: str | None = None, refused: Sequence[str] = ()):
-    """Pop the steering flags out of a command's ``flags`` into a ``tools.steering.Steering`` (None
-    when none is given). ``refused``: flags ``command`` does not take (a usage error names them)."""
-    given = {key: flags.pop(key) for key in STEERING_FLAGS if key in flags}
+    """Pop the steering flags (every registered kind's) out of a command's ``flags`` into a
+    ``tools.steering.Steering`` (None when none is given). ``refused``: flags ``command`` does not take (a
+    usage error names them)."""
+    given = {key: flags.pop(key) for key in steering_flags() if key in flags}
     given = {key: value for key, value in given.items() if value is not None and value is not False}
     bad = [key for key in refused if key in given]
     if bad:
@@ -463,8 +434,6 @@ def steering(flags: dict[str, Any], command: str | None = None, refused: Sequenc
         raise click.UsageError(f"{command} does not take {names}")
     if not given:
         return None
-    from .steering import Steering
-
     return Steering(**given)
 
 

@@ -110,6 +110,11 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         self.interval = check_interval(interval)
 
     @property
+    def evaluations(self) -> int:
+        """Network evaluations per guided call: the conditional and negative halves of one ``2B`` batch."""
+        return 1 if self.w == 0 else 2
+
+    @property
     def guidance_scale(self) -> float:
         """The same weight in diffusers' convention: ``1 + w``."""
         return 1.0 + self.w

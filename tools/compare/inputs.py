@@ -91,7 +91,7 @@ def load_spec(model, dtype: torch.dtype, device: torch.device, trust_pickle: boo
 def in_precision(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
     """The model's weights as ``edm generate`` runs them in ``dtype``: float64 gets float64 weights (a copy
     when needed); the casts of half precisions and the guidance family are the denoiser
-    ``tools.steering.Steer.denoiser`` builds over it."""
+    ``tools.steering.CheckedSteering.denoiser`` builds over it."""
     if dtype == torch.float64:
         loaded = dataclasses.replace(loaded, denoiser=_module_in(loaded.denoiser, dtype))
     return loaded

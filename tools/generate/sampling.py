@@ -38,7 +38,7 @@ from tools.solvers.use import (
     read_fitted,
     special_sampler,
 )
-from tools.steering import Steer, check_steering, load
+from tools.steering import CheckedSteering, check_steering, load
 
 from .prompts import Prompts, check_prompting, guidance_or_default
 
@@ -111,7 +111,7 @@ class Sampling:
     guidance: float
     device: torch.device
     dtype: torch.dtype
-    steer: Steer = field(repr=False)  # guidance family, thresholding, editing, corrector
+    steer: CheckedSteering = field(repr=False)  # guidance family, thresholding, editing, corrector
     denoiser: Callable = field(default=None, repr=False)  # guided, in the model's dtype
     prompts: Prompts | None = None  # a text model's prompts (tools.generate.prompts)
     # The start and end conventions of --schedule diffusers (tools.schedules.diffusers.DiffusersPlan):

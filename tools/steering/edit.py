@@ -1,0 +1,141 @@
+"""The images of an edit (img2img's init image, inpainting's mask) as the model's data, and each batch's
+start from them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from samplers.editing import Inpainting, img2img_start, paste
+from samplers.noise import LATENT_STREAM, stream_seed
+from tools.common import BadInput, one_line
+from tools.images import from_uint8, image_path, read_png
+
+__all__ = ["EditImages", "edit_start", "load_image", "load_init", "load_mask", "plain_start", "seed_draws"]
+
+
+@dataclass(frozen=True)
+class EditImages:
+    """The init image(s) and mask of an edit, as float tensors in the model's data space."""
+
+    init: torch.Tensor | None  # [1, C, H, W] for one PNG; None when per seed (a folder)
+    folder: Path | None
+    mask: torch.Tensor | None  # [1, 1, H, W] of 0/1 (1: generate)
+    shape: tuple[int, ...]
+    strength: float
+
+    def check_seeds(self, seeds: Sequence[int]) -> None:
+        """Every seed's init image exists and has the model's shape (a folder of per-seed images)."""
+        if self.folder is None:
+            return
+        for seed in seeds:
+            self._seed_image(seed)
+
+    def _seed_image(self, seed: int) -> torch.Tensor:
+        for subdirs in (False, True):
+            path = image_path(self.folder, seed, subdirs)
+            if path.is_file():
+                return load_image(path, self.shape, "init_image")
+        expected = image_path(self.folder, seed)
+        raise BadInput(f"no init image for seed {seed} in {self.folder} (expected {expected}"
+                       " as `edm generate` writes them)", "init_image")
+
+    def init_for(self, seeds: Sequence[int], device, dtype) -> torch.Tensor:
+        if self.init is not None:
+            return self.init.to(device=device, dtype=dtype).expand(len(seeds), *self.shape)
+        return torch.cat([self._seed_image(s) for s in seeds]).to(device=device, dtype=dtype)
+
+
+def load_image(path: Path, shape: Sequence[int], param: str) -> torch.Tensor:
+    """A PNG as ``[1, C, H, W]`` in [-1, 1]; BadInput unless it has ``shape`` (C, H, W)."""
+    try:
+        array = read_png(path)
+    except ValueError as e:
+        raise BadInput(one_line(e), param) from None
+    got = (array.shape[2], array.shape[0], array.shape[1])
+    if got != tuple(shape):
+        raise BadInput(f"{path} is {got[0]}x{got[1]}x{got[2]} (channels x height x width); the model's "
+                       f"images are {shape[0]}x{shape[1]}x{shape[2]}", param)
+    return from_uint8(array[None])
+
+
+def load_mask(path: Path, shape: Sequence[int]) -> torch.Tensor:
+    """A mask PNG (white = generate, black = keep; a pixel >= 128 in every channel generates) as
+    ``[1, 1, H, W]`` of 0/1; BadInput unless its size is the model's."""
+    try:
+        array = read_png(path)
+    except ValueError as e:
+        raise BadInput(one_line(e), "mask") from None
+    if array.shape[:2] != tuple(shape[1:]):
+        raise BadInput(f"mask {path} is {array.shape[0]}x{array.shape[1]}; the model's images are "
+                       f"{shape[1]}x{shape[2]}", "mask")
+    colour = array[:, :, :3] if array.shape[2] in (3, 4) else array[:, :, :1]
+    generate = (colour >= 128).all(axis=2)
+    return torch.from_numpy(generate).float()[None, None]
+
+
+def load_init(path, shape: Sequence[int], strength: float) -> EditImages:
+    """``--init-image``: one PNG, or a folder of per-seed PNGs (read per batch); BadInput if neither."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        init, folder = None, path
+    elif path.is_file():
+        init, folder = load_image(path, shape, "init_image"), None
+    else:
+        raise BadInput(f"init image {path} does not exist (give a PNG, or a folder of NNNNNN.png per seed)",
+                       "init_image")
+    return EditImages(init=init, folder=folder, mask=None, shape=tuple(shape), strength=strength)
+
+
+def seed_draws(seeds: Sequence[int], shape: Sequence[int], count: int, device, dtype) -> list[torch.Tensor]:
+    """The first ``count`` float32 standard normal draws of ``shape`` from each seed's latent generator
+    (the one whose first draw is ``samplers.noise.latents``'), each as a ``[B, *shape]`` batch: a diffusers
+    pipeline called with ``torch.Generator().manual_seed(seed)`` draws its VAE posterior sample first and
+    its start noise second."""
+    draws = [[] for _ in range(count)]
+    device = torch.device(device)
+    for seed in seeds:
+        gen = torch.Generator(device=device).manual_seed(stream_seed(int(seed), LATENT_STREAM))
+        for row in draws:
+            row.append(torch.randn((1, *shape), generator=gen, device=device))
+    return [torch.cat(row).to(device=device, dtype=dtype) for row in draws]
+
+
+def plain_start(denoiser: Callable, latents: torch.Tensor, sigmas: torch.Tensor,
+                start_scale: float | None = None):
+    """``(x, sigmas, denoiser, finish)`` of a batch that edits nothing: ``start_scale * latents`` (default
+    ``sigmas[0]``, EDM's), or the latents themselves at ``sigmas[0] = inf``."""
+    if math.isinf(float(sigmas[0])):
+        return latents, sigmas, denoiser, lambda x: x
+    scale = float(sigmas[0]) if start_scale is None else float(start_scale)
+    return latents * scale, sigmas, denoiser, lambda x: x
+
+
+def edit_start(edit: EditImages, autoencoder, denoiser: Callable, latents: torch.Tensor, sigmas: torch.Tensor,
+               seeds: Sequence[int], start_scale: float | None = None):
+    """``(x, sigmas, denoiser, finish)`` of a batch that edits ``edit``'s images: img2img's start part-way
+    down the schedule, and for inpainting the denoiser that keeps the mask's black region and the finish
+    that pastes it. A latent model (``autoencoder``) edits in latent space, as diffusers' pipelines."""
+    init = edit.init_for(seeds, latents.device, latents.dtype)
+    mask = edit.mask
+    start = None
+    if autoencoder is not None:  # into latent space, as diffusers' img2img / inpaint pipelines
+        posterior, latents = seed_draws(seeds, latents.shape[1:], 2, latents.device, latents.dtype)
+        with torch.no_grad():
+            init = autoencoder.encode(init, noise=posterior).to(latents.dtype)
+        if mask is not None:  # nearest-neighbour downsampling, as the pipelines
+            mask = torch.nn.functional.interpolate(mask, size=tuple(latents.shape[2:]))
+        # the pipelines blend the known region in after each step, not before the first
+        start = float(sigmas[0]) if edit.strength == 1 else None
+    x, run = img2img_start(init, latents, sigmas, edit.strength, start_scale)
+    if mask is None:
+        return x, run, denoiser, lambda out: out
+    mask = mask.to(device=latents.device, dtype=latents.dtype)
+    if start is None:
+        x = torch.where(mask.bool(), x, init + latents * float(run[0]))  # the kept region starts noised
+    inpainting = Inpainting(denoiser, init, mask, latents, start=start)
+    return x, run, inpainting, lambda out: paste(out, init, mask)

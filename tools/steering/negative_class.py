@@ -1,0 +1,41 @@
+"""``--negative-class K``: classifier-free guidance away from class K instead of from the unconditional
+model (the negative condition of :mod:`tools.steering.cfg`)."""
+
+from __future__ import annotations
+
+import numbers
+
+from tools.common import BadInput
+
+from .cfg import classifier_free
+from .kind import Checking, Flag, SteeringKind
+
+__all__ = ["NegativeClassKind"]
+
+
+class NegativeClassKind(SteeringKind):
+    """The one-hot class K as classifier-free guidance's negative conditioning."""
+
+    name = "negative-class"
+    flags = (Flag("negative_class", "Guidance", type=int, metavar="K",
+                  help="Classifier-free guidance away from class K instead of from the unconditional "
+                       "model."),)
+
+    def requires(self, c: Checking) -> None:
+        c.requires("negative_class", classifier_free(c), "is the negative condition of classifier-free "
+                   "guidance: give --guidance W > 0 (and no --guide-model)")
+
+    def check(self, c: Checking) -> None:
+        k = c.steering.negative_class
+        if k is None:
+            return
+        classes = c.model.num_classes
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < classes:
+            raise BadInput(f"negative class {k!r} is out of range: this model has classes 0..{classes - 1}",
+                           "negative_class")
+        import torch
+
+        from tools.device import state_dtype
+
+        one_hot = torch.nn.functional.one_hot(torch.tensor([int(k)]), classes)
+        c.settings["negative"] = {"class_labels": one_hot.to(device=c.device, dtype=state_dtype(c.dtype))}

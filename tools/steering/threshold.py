@@ -1,0 +1,57 @@
+"""``--threshold static|dynamic`` and ``--threshold-percentile P``: thresholding of the predicted x0 (a
+model's own rule, diffusers' ``clip_sample`` / ``thresholding``, when the flag is not given)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tools.common import BadInput
+
+from .kind import X0, Building, Checking, Flag, SteeringKind
+from .parse import number
+
+__all__ = ["THRESHOLD_KINDS", "ThresholdKind"]
+
+THRESHOLD_KINDS = ("static", "dynamic")  # as samplers.guidance.THRESHOLDS (which imports torch)
+
+
+class ThresholdKind(SteeringKind):
+    """``samplers.guidance.Thresholded`` around the guided denoiser, with ``settings["threshold"]`` (its
+    keyword arguments) the flags' or the model's own."""
+
+    name = "threshold"
+    layer = X0
+    flags = (
+        Flag("threshold", "Guidance", choices=THRESHOLD_KINDS,
+             help="Threshold the predicted x0: static clips to [-1, 1]; dynamic (Imagen) divides each sample "
+                  "by its percentile of |x0| when above 1.  [default: the model's own (diffusers' "
+                  "clip_sample / thresholding), else none]"),
+        Flag("threshold_percentile", "Guidance", type=float, metavar="P",
+             help="Dynamic thresholding's percentile in (0, 1].  [default: 0.995]"),
+    )
+
+    def requires(self, c: Checking) -> None:
+        c.requires("threshold_percentile", c.steering.threshold == "dynamic",
+                   "is dynamic thresholding's: give --threshold dynamic")
+
+    def check(self, c: Checking) -> None:
+        kind = c.steering.threshold
+        if kind is None:
+            c.settings["threshold"] = getattr(c.model, "threshold", None)
+        elif kind not in THRESHOLD_KINDS:
+            raise BadInput(f"unknown thresholding {kind!r}; valid: {', '.join(THRESHOLD_KINDS)}", "threshold")
+        elif kind == "static":
+            c.settings["threshold"] = {"kind": "static"}
+        else:
+            percentile = c.steering.threshold_percentile
+            percentile = 0.995 if percentile is None else number(
+                percentile, "threshold percentile", "threshold_percentile", 0, 1, low_open=True)
+            c.settings["threshold"] = {"kind": "dynamic", "percentile": percentile}
+
+    def wrap(self, denoiser: Callable, b: Building) -> Callable:
+        threshold = b.settings.get("threshold")
+        if threshold is None:
+            return denoiser
+        from samplers.guidance import Thresholded
+
+        return Thresholded(denoiser, **threshold)
