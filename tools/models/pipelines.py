@@ -32,11 +32,11 @@ from tools.common import BadInput
 from .base import LoadedModel, ModelError
 from .diffusers import PREFIX, read_json
 from .families import PIPELINES, for_pipeline
-from .families.base import Denoising, Geometry, PipelineFamily, SchedulerFile
+from .families.base import Denoising, Geometry, PipelineFamily
 from .families.flow import dynamic_shift_mu, flow_shift
 from .families.sd3 import SD3Backbone
 from .families.unet import UNetBackbone
-from .saved_pipeline import INDEX, SavedPipeline
+from .saved_pipeline import INDEX, SavedPipeline, SchedulerFile
 
 __all__ = ["PIPELINES", "PipelineDenoiser", "SD3Backbone", "UNetBackbone", "claims", "claims_pipeline",
            "dynamic_shift_mu", "load", "load_pipeline", "resized"]
@@ -150,7 +150,7 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
     saved = SavedPipeline(root, read_json(root / INDEX), device=device, dtype=dtype, source=source)
     family = _family(saved.index_path, saved.index)
     saved.check_present(family.required)
-    scheduler = SchedulerFile(*saved.scheduler_config())
+    scheduler = saved.scheduler()
     net = saved.network(family.network, family.network_class)
     vae = saved.vae()
     conditioner = family.conditioner(saved, net)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from tools.common import one_line
 from .base import ModelError, parameter_count
 from .diffusers import read_json
 
-__all__ = ["INDEX", "SavedPipeline"]
+__all__ = ["INDEX", "SavedPipeline", "SchedulerFile"]
 
 INDEX = "model_index.json"
 
@@ -70,6 +71,13 @@ def _quiet():
     finally:
         if was_on:
             logging.enable_progress_bar()
+
+
+class SchedulerFile(NamedTuple):
+    """The pipeline's ``scheduler_config.json``: its contents and where it is (for messages)."""
+
+    config: dict
+    path: Path
 
 
 class SavedPipeline:
@@ -129,12 +137,13 @@ class SavedPipeline:
             raise ModelError(f"{folder} is missing: {self.index_path} lists {name} ({'.'.join(entry)})")
         return folder
 
-    def scheduler_config(self) -> tuple[dict, Path]:
-        """``(config, path)`` of the scheduler's ``scheduler_config.json``."""
+    def scheduler(self) -> SchedulerFile:
+        """The scheduler's config file (its settings, not a scheduler object: the sampling loop is this
+        library's)."""
         path = self.root / "scheduler" / "scheduler_config.json"
         if not path.is_file():
             raise ModelError(f"{path} is missing: the pipeline's scheduler config")
-        return read_json(path), path
+        return SchedulerFile(read_json(path), path)
 
     def _from_pretrained(self, name: str, dtype: torch.dtype | None, required: bool):
         """The component ``name`` as its class loads it (None when the index has none and it is not

@@ -11,25 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Denoising", "Geometry", "PipelineFamily", "SchedulerFile", "SchedulerKind", "cast_floating"]
+from ..saved_pipeline import SavedPipeline, SchedulerFile
+
+__all__ = ["Denoising", "Geometry", "PipelineFamily", "SchedulerKind", "cast_floating"]
 
 
 def cast_floating(value: Tensor, dtype: torch.dtype) -> Tensor:
     """``value`` in ``dtype`` if it is a floating-point tensor (ids and masks keep theirs)."""
     return value.to(dtype) if value.is_floating_point() else value
-
-
-class SchedulerFile(NamedTuple):
-    """The pipeline's ``scheduler_config.json``: its contents and where it is (for messages)."""
-
-    config: dict
-    path: Path
 
 
 class Geometry(NamedTuple):
@@ -115,10 +109,9 @@ class PipelineFamily:
         conditions being the conditioner's keys."""
         raise NotImplementedError
 
-    def conditioner(self, saved, network: nn.Module):
+    def conditioner(self, saved: SavedPipeline, network: nn.Module):
         """The text conditioner (``keys``, ``encode(prompts, height=, width=)``), its tokenizers and
-        encoders loaded through ``saved`` (a :class:`tools.models.saved_pipeline.SavedPipeline`);
-        ModelError when they do not fit ``network``."""
+        encoders loaded through ``saved``; ModelError when they do not fit ``network``."""
         raise NotImplementedError
 
     def geometry(self, config) -> Geometry:
@@ -127,6 +120,6 @@ class PipelineFamily:
         latent = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         return Geometry((int(config.in_channels), *latent))
 
-    def info_fields(self, saved, conditioner, denoising: Denoising) -> dict[str, Any]:
+    def info_fields(self, saved: SavedPipeline, conditioner, denoising: Denoising) -> dict[str, Any]:
         """Fields of the model's info record that only this family has (none by default)."""
         return {}

@@ -11,7 +11,8 @@ from tools.common import one_line
 
 from ..base import ModelError
 from ..diffusers import DIFFUSERS_PREDICTIONS, scheduler_of, x0_thresholding
-from .base import Denoising, Geometry, SchedulerFile, SchedulerKind
+from ..saved_pipeline import SchedulerFile
+from .base import Denoising, Geometry, SchedulerKind
 
 __all__ = ["DiscreteTime"]
 

@@ -12,7 +12,8 @@ from torch import nn
 from tools.common import one_line
 
 from ..base import ModelError
-from .base import Denoising, Geometry, SchedulerFile, SchedulerKind
+from ..saved_pipeline import SchedulerFile
+from .base import Denoising, Geometry, SchedulerKind
 
 __all__ = ["FlowMatching", "dynamic_shift_mu", "flow_shift"]
 
