@@ -93,6 +93,9 @@ class PipelineFamily:
             network, ``vae`` and ``scheduler`` among them).
         optional: components it uses when the index names them (they may be null).
         scheduler: the :class:`SchedulerKind` that makes the network's backbone a denoiser.
+
+    A family defines :meth:`backbone` and :meth:`conditioner`; :meth:`geometry` (a UNet's by default) and
+    :meth:`info_fields` (none by default) where it differs.
     """
 
     name: str
