@@ -1,0 +1,128 @@
+"""What a text-to-image pipeline family declares, and the records its loading steps hand back.
+
+A family is one kind of diffusers pipeline saved with ``save_pretrained`` (Stable Diffusion 1.x/2.x, SDXL,
+SD3, ...): the ``model_index.json`` class names it answers to, the components it needs, its denoiser
+network and how that network becomes an EDM denoiser, and its text conditioner. The work every family
+shares (reading the index, loading components and the VAE, building the loaded model and its info record)
+is done once by the pipeline loader, which asks the family only for what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..saved_pipeline import SavedPipeline, SchedulerFile
+
+__all__ = ["Denoising", "Geometry", "PipelineFamily", "SchedulerKind", "cast_floating"]
+
+
+def cast_floating(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` in ``dtype`` if it is a floating-point tensor (ids and masks keep theirs)."""
+    return value.to(dtype) if value.is_floating_point() else value
+
+
+class Geometry(NamedTuple):
+    """The latent the denoiser network works on: ``shape`` (channels, height, width) at the network's
+    default size, the ``patch`` size of a transformer (1 for a UNet) and the largest latent side its
+    position embedding allows (None: no limit)."""
+
+    shape: tuple[int, int, int]
+    patch: int = 1
+    max_latent: int | None = None
+
+
+@dataclass(frozen=True)
+class Denoising:
+    """The EDM denoiser a scheduler kind built around a backbone, with what the info record says of it:
+    its ``prediction`` (eps, v, x0 or flow), its discrete ``sigmas`` (None: continuous), the x0
+    ``threshold`` it applies (keyword arguments, or None) with its one-line description ``thresholding``,
+    and the scheduler settings that are on but not honoured (``ignored``)."""
+
+    inner: nn.Module
+    prediction: str
+    num_train_timesteps: int
+    sigmas: Tensor | None = None
+    threshold: Any = None
+    thresholding: str = "none"
+    ignored: list[str] = field(default_factory=list)
+
+
+class SchedulerKind:
+    """How a pipeline's scheduler config turns a backbone into an EDM denoiser.
+
+    ``model_settings`` are the scheduler settings that define the trained model (and so the denoiser);
+    ``x0_settings`` those of the x0 thresholding the denoiser honours. Every other setting is about the
+    sampling loop (spacing, offsets, sigma schedules), which this library chooses itself.
+    """
+
+    model_settings: tuple[str, ...] = ()
+    x0_settings: tuple[str, ...] = ()
+
+    def denoiser(self, backbone: nn.Module, scheduler: SchedulerFile, geometry: Geometry,
+                 dtype: torch.dtype) -> Denoising:
+        """The denoiser around ``backbone`` (run in ``dtype``) for latents of ``geometry``; ModelError
+        naming ``scheduler.path`` when the scheduler does not fit."""
+        raise NotImplementedError
+
+    def settings(self, config: Mapping[str, Any], not_honoured: list[str]) -> dict:
+        """The settings written in ``config``, split into those the denoiser honours (the trained model's,
+        and the x0 thresholding unless ``not_honoured`` names it) and those it ignores (the sampling
+        loop's): ``{"class", "honoured", "ignored"}``."""
+        written = {k: v for k, v in config.items() if not k.startswith("_")}
+        honoured = {k: v for k, v in written.items() if k in self.model_settings
+                    or (k in self.x0_settings and not any(line.startswith(f"{k}=") for line in not_honoured))}
+        ignored = {k: v for k, v in written.items() if k not in honoured}
+        return {"class": config.get("_class_name"), "honoured": honoured, "ignored": ignored}
+
+
+class PipelineFamily:
+    """A family of diffusers text-to-image pipelines (subclass it, set the attributes, and register it with
+    :func:`tools.models.families.registry.register`).
+
+    Attributes:
+        name: the registry key (``"sd"``).
+        display_name: what ``edm info`` calls the family (``"Stable Diffusion 1.x/2.x"``).
+        pipelines: ``model_index.json`` ``_class_name`` -> that pipeline's default ``guidance_scale``.
+        network: the component holding the denoiser network (``"unet"``), of class ``network_class``.
+        required: the components the pipeline cannot be sampled without, checked in this order (the
+            network, ``vae`` and ``scheduler`` among them).
+        optional: components it uses when the index names them (they may be null).
+        scheduler: the :class:`SchedulerKind` that makes the network's backbone a denoiser.
+
+    A family defines :meth:`backbone` and :meth:`conditioner`; :meth:`geometry` (a UNet's by default) and
+    :meth:`info_fields` (none by default) where it differs.
+    """
+
+    name: str
+    display_name: str
+    pipelines: Mapping[str, float]
+    network: str
+    network_class: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    scheduler: SchedulerKind
+
+    def backbone(self, network: nn.Module) -> nn.Module:
+        """The network as the backbone ``F(x_in, t, **conditions)`` of :attr:`scheduler`'s denoiser, the
+        conditions being the conditioner's keys."""
+        raise NotImplementedError
+
+    def conditioner(self, saved: SavedPipeline, network: nn.Module):
+        """The text conditioner (``keys``, ``encode(prompts, height=, width=)``), its tokenizers and
+        encoders loaded through ``saved``; ModelError when they do not fit ``network``."""
+        raise NotImplementedError
+
+    def geometry(self, config) -> Geometry:
+        """The network's latent geometry read from its ``config`` (a UNet's: no patches, no limit)."""
+        size = config.sample_size
+        latent = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return Geometry((int(config.in_channels), *latent))
+
+    def info_fields(self, saved: SavedPipeline, conditioner, denoising: Denoising) -> dict[str, Any]:
+        """Fields of the model's info record that only this family has (none by default)."""
+        return {}
