@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import samplers
 from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools import cli
-from tools.compare import auto
+from tools.solvers import auto
 from tools.solvers.auto import AutoTableError, auto_choice, auto_dir, load_auto_table, write_auto_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ from _support import one_thread  # noqa: F401  (a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
 from samplers.fitted import LinearSolver, from_sampler, multistep
-from tools.compare import solver_cli
+from tools import tune_cli as solver_cli
 from tools.generate import cli as generate_cli
 from tools.ode import ReferenceCache, rms_error
 from tools.solvers.file import SolverFileError, fingerprint, fingerprints, load_solver, save_solver
@@ -442,8 +442,8 @@ def test_bench_refuses_a_solver_for_another_model(digits_solver, tmp_path):
 
 
 def test_sampler_auto_picks_what_the_table_says(tmp_path, monkeypatch):
-    from tools.compare import auto
     from tools.models import load_model
+    from tools.solvers import auto
 
     monkeypatch.setenv("EDM_AUTO_DIR", str(tmp_path / "auto"))
     cells = [{"sampler": sampler, "schedule": schedule, "nfe_budget": 4, "steps": 4, "nfe": 4,

@@ -14,9 +14,9 @@ from _support import assert_schedule, one_thread  # noqa: F401  (one_thread: a f
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
 from tools.compare import cli as tune_cli
-from tools.compare import tune
 from tools.generate import cli as generate_cli
 from tools.ode import ReferenceCache, rms_error
+from tools.schedules import tune
 from tools.schedules.file import load_schedule
 from tools.schedules.tune import calibration_seeds, tunable_steps, tune_schedule
 
