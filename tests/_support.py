@@ -1,26 +1,16 @@
-"""Shared test fixtures: an exact denoiser and noise that both libraries can be fed identically."""
+"""Shared test helpers (plain functions; the fixtures are in conftest.py): an exact denoiser and noise that
+both libraries can be fed identically."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 
-import pytest
 import torch
 
 from edm.gaussian_mixture import GaussianMixture
 
 SHAPE = (3, 8, 8)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """The machine is shared: one thread, which is also fastest for the small models and problems of the
-    tests. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")`` after importing it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def mixture(dtype=torch.float64) -> GaussianMixture:

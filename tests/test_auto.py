@@ -11,7 +11,6 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools import cli
 from tools.solvers import auto
 from tools.solvers.auto import AutoTableError, auto_choice, auto_dir, load_auto_table, write_auto_table

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import Counting, one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import Counting
 from edm.gaussian_mixture import GaussianMixture
 from samplers.registry import nfe_on
 from tools import cli

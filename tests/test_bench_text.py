@@ -14,12 +14,10 @@ import json
 import math
 
 import numpy as np
-import pipelines_tiny
 import pytest
 import torch
 from click.testing import CliRunner
 
-from _support import one_thread  # noqa: F401  (a fixture used by pytestmark)
 from tools import cli
 from tools.compare import BenchError, run_bench
 from tools.compare.runner import prepare_bench
@@ -28,28 +26,20 @@ from tools.generate.prompts import Prompting
 from tools.images import to_uint8
 
 pytest.importorskip("diffusers")
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 
 PROMPTS = ("a red bicycle", "a blue car", "sunset over the sea")
 NEGATIVE = "blurry"
 SEEDS = [3, 7, 11, 12]  # not 0..N-1: the k-th seed of the list gets prompt k
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory):
+def sd(tiny_pipeline, tmp_path_factory):
     """A saved tiny SD 1.x pipeline (16x16 images, 4x8x8 latents) and a prompts file."""
     root = tmp_path_factory.mktemp("sd")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        pipelines_tiny.build_sd(root / "pipe")
     prompts = root / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n\n", encoding="utf-8")  # a blank line is skipped
-    return root / "pipe", prompts
+    return tiny_pipeline("sd"), prompts
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import torch
 from click.testing import CliRunner
 
 import tools.fid
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools.fid import FidError, make_reference, score
 from tools.fid.cli import fid
 from tools.fid.frechet import frechet_distance

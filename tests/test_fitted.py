@@ -12,7 +12,6 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import one_thread  # noqa: F401  (a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
 from samplers.fitted import LinearSolver, from_sampler, multistep

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import samplers
-from _support import one_thread  # noqa: F401  (fixture)
 from edm.flow import (
     FlowDenoiser,
     FlowScheme,

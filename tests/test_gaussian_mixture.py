@@ -11,13 +11,8 @@ from tools.ode import reference_sample, solve_probability_flow
 SIGMAS = [0.01, 0.1, 0.5, 1.0, 3.0, 20.0]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The tensors here are tiny: one intra-op thread is fastest, and robust to a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The tensors here are tiny: one intra-op thread is fastest, and robust to a loaded machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_mixture(diagonal: bool, seed: int = 0, dtype=torch.float64) -> GaussianMixture:

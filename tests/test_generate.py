@@ -21,7 +21,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools import common, images
 from tools import generate as pipeline
 from tools.generate import cli as generate_cli

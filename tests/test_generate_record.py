@@ -8,7 +8,6 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools.common import BadInput
 from tools.generate import prepare
 from tools.generate.cli import generate

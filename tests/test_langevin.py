@@ -10,10 +10,7 @@ import pytest
 import torch
 
 import samplers
-from _support import (
-    Counting,
-    one_thread,  # noqa: F401  (one_thread: a fixture used by pytestmark)
-)
+from _support import Counting
 from samplers import registry
 from samplers.langevin import LangevinCorrector
 

@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools.compare.cli import bench, tune_schedule
 from tools.fid.cli import fid
 from tools.generate.cli import generate

@@ -160,22 +160,15 @@ def generate(*args):
                                                       *[str(a) for a in args]])
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from tools.models import load_model
-
-    return load_model("digits")
-
-
 @needs_digits
-def test_schedule_sigmas_reads_files(digits, saved):
+def test_schedule_sigmas_reads_files(digits_model, saved):
     path, sigmas = saved
-    exact, options = pipeline.schedule_sigmas(digits, f"file:{path}", 7)
+    exact, options = pipeline.schedule_sigmas(digits_model, f"file:{path}", 7)
     assert torch.equal(exact, sigmas) and options == {}
-    assert torch.equal(pipeline.schedule_sigmas(digits, f"file:{path}", 4)[0], load_schedule(path)(4))
+    assert torch.equal(pipeline.schedule_sigmas(digits_model, f"file:{path}", 4)[0], load_schedule(path)(4))
     for kwargs in (dict(rho=3.0), dict(sigma_min=0.01), dict(sigma_max=10.0)):
         with pytest.raises(pipeline.GenerateError, match="fixes its own sigmas") as info:
-            pipeline.schedule_sigmas(digits, f"file:{path}", 7, **kwargs)
+            pipeline.schedule_sigmas(digits_model, f"file:{path}", 7, **kwargs)
         assert info.value.param == "schedule"
 
 

@@ -17,7 +17,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm.classifier import BUILTIN_CLASSIFIERS, NoiseAwareClassifier, builtin_classifier_path, save_classifier
 from tools.cli import main
 from tools.generate.record import RECORD_NAME

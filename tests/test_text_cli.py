@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pipelines_tiny
 import pytest
 from click.testing import CliRunner
 
@@ -25,16 +24,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
 LINES = ["a red bicycle", "a blue house", "two cats"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sd")
-    pipelines_tiny.build_sd(path)
-    return path
+def sd(tiny_pipeline):
+    return tiny_pipeline("sd")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import assert_schedule, one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import assert_schedule
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
 from tools.compare import cli as tune_cli
