@@ -149,7 +149,7 @@ def test_bench_errors_name_the_flags_it_has(tmp_path):
 
 
 def test_tune_schedule_tunes_with_the_class_and_guidance_it_will_be_sampled_with(tmp_path, monkeypatch):
-    from tools.compare import tune
+    from tools.schedules import tune
     from tools.schedules.file import load_schedule
 
     seen = {}
