@@ -3,7 +3,8 @@
 Opt-in fixtures (a module names them in ``pytestmark = pytest.mark.usefixtures(...)`` or a test takes them
 as arguments): ``one_thread`` and ``offline``. Built artefacts: ``tiny_pipeline`` (saved tiny diffusers
 pipelines, built once per session, read only) and ``digits_model`` (the shipped digits model, loaded once
-per module). Plain helpers (mixtures, noise) are in ``_support.py``.
+per module). Plain helpers (click commands run in process and their error lines, mixtures, noise) are in
+``_support.py``.
 """
 
 from __future__ import annotations

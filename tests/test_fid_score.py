@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import tools.fid
+from _support import assert_usage_error
 from tools.fid import FidError, make_reference, score
 from tools.fid.cli import fid
 from tools.fid.frechet import frechet_distance
@@ -103,9 +104,7 @@ def test_fid_ref_checks_its_destination_before_any_work(halves, tmp_path, monkey
     result = CliRunner().invoke(fid, ["ref", "--data", str(folder / "b.npy"), "--dest",
                                       str(blocker / "r.npz"),
                                       "--device", "cpu", "--no-progress"])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "--dest" in errors[0] and "is not a directory" in errors[0], result.output
+    assert_usage_error(result, "--dest", "is not a directory")
     assert ".tmp" not in result.output
     monkeypatch.undo()
     # a missing folder is created, as --grid and tune-schedule --out do

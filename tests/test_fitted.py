@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import samplers
+from _support import assert_usage_error, error_lines, invoke
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
 from samplers.fitted import LinearSolver, from_sampler, multistep
@@ -273,14 +273,6 @@ def test_fingerprint_follows_the_weights_not_their_dtype():
 # The commands
 
 
-def invoke(command, *args):
-    return CliRunner().invoke(command, [str(a) for a in args])
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.output.splitlines() if line.startswith("Error:")]
-
-
 @pytest.fixture(scope="module")
 def digits_solver(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("solver") / "digits-3.json"
@@ -390,10 +382,7 @@ def test_tune_solver_bad_inputs(tmp_path, monkeypatch, args, match):
         merged["--num"] = given.get("--num", 5)
     result = invoke(solver_cli.tune_solver, "--no-progress", "--device", "cpu",
                     *[str(a) for key, value in merged.items() for a in (key, value)])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = error_lines(result)
-    assert len(errors) == 1 and match in errors[0], result.output
+    assert_usage_error(result, match)
     assert not (tmp_path / "s.json").exists()
 
 

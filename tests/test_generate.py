@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import samplers
+from _support import error_lines, invoke
 from tools import common, images
 from tools import generate as pipeline
 from tools.generate import cli as generate_cli
@@ -71,10 +71,6 @@ def models(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tiny(models) -> str:
     return models["cond"]
-
-
-def invoke(command, *args: str):
-    return CliRunner().invoke(command, [str(a) for a in args])
 
 
 def generate(*args):
@@ -272,7 +268,7 @@ def test_a_write_that_fails_midway_leaves_no_png(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", save_half)
     result = generate("--model", tiny, "--steps", 3, "--seeds", "0-5", "--outdir", tmp_path)
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert [line for line in result.output.splitlines() if line.startswith("Error:")] == [
+    assert error_lines(result) == [
         "Error: [Errno 28] No space left on device"]
     assert sorted(os.listdir(tmp_path)) == ["000000.png", "000001.png", RECORD_NAME]
 
@@ -440,7 +436,7 @@ def test_bad_inputs(models, tmp_path):
         if "--outdir" not in args:
             args = [*args, "--outdir", tmp_path / "out"]
         result = invoke(generate_cli.generate, "--no-progress", *args)
-        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        errors = error_lines(result)
         if result.exit_code != 2 or len(errors) != 1 or "Traceback" in result.output:
             failures.append(f"{name}: exit {result.exit_code}: {result.output!r}")
         if snapshot(tmp_path) != before:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
+import _support
 from _support import assert_schedule
 from samplers import schedules
 from tools import generate as pipeline
@@ -156,8 +156,7 @@ def test_load_errors_are_one_line_naming_the_file(tmp_path, case):
 
 
 def generate(*args):
-    return CliRunner().invoke(generate_cli.generate, ["--no-progress", "--device", "cpu",
-                                                      *[str(a) for a in args]])
+    return _support.invoke(generate_cli.generate, "--no-progress", "--device", "cpu", *args)
 
 
 @needs_digits
@@ -216,7 +215,4 @@ def test_generate_rejects_an_empty_file_path(tmp_path):
 
 def assert_usage_error(result, match: str) -> None:
     """Exit 2, no traceback, exactly one "Error:" line, about --schedule and containing ``match``."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "'--schedule'" in errors[0] and match in errors[0], result.output
+    _support.assert_usage_error(result, "'--schedule'", match)
