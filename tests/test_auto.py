@@ -209,6 +209,7 @@ def edm(*args):
     return CliRunner().invoke(cli.main, ["bench", *map(str, args), "--device", "cpu", "--no-progress"])
 
 
+@pytest.mark.slow
 def test_bench_writes_the_auto_table_of_the_model(tmp_path, user_dir):
     from tools.models import load_model
     from tools.solvers.file import fingerprint

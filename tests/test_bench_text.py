@@ -85,6 +85,7 @@ def generate_images(model, sampler: str, steps: int, prompt: str, seeds, outdir,
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+@pytest.mark.slow
 def test_fd_images_are_edm_generates_images(model, sd, sampler, tmp_path):
     """The images one cell scores are, seed by seed, those ``edm generate`` writes with the same sampler,
     schedule, steps, seed, prompt, negative prompt and (default) guidance: the latents decoded."""
@@ -153,6 +154,7 @@ def bench_args(pipe, out, *more):
             "--sampler", "euler,dpmpp_2m", "--num", "3", "--device", "cpu", "--no-progress", *more]
 
 
+@pytest.mark.slow
 def test_command_takes_the_text_flags_and_resumes_only_the_same_prompts(sd, tmp_path):
     pipe, prompts = sd
     out = tmp_path / "out"

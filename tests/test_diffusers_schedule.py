@@ -141,6 +141,7 @@ def refused(config_name, sampler, steps):
 
 @pytest.mark.parametrize("steps", [4, 7])
 @pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.slow
 def test_counterparts_reproduce_diffusers_loops(tmp_path, unet, config_name, steps):
     config = {**CONFIGS[config_name], "_class_name": "DDPMScheduler"}
     save(tmp_path, unet, config)
@@ -311,6 +312,7 @@ def test_unknown_sampler_names_the_ones_with_counterparts():
         diffusers_plan(SD15, "euler", 0)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line():
     for (name, sampler, *steps), _ in REFUSED.items():
         with pytest.raises(ValueError) as error:

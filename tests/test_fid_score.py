@@ -30,6 +30,7 @@ def halves(tmp_path_factory):
     return folder, a, b
 
 
+@pytest.mark.slow
 def test_score_is_the_same_for_every_form_of_the_images(halves):
     folder, a, _ = halves
     from_file = score(folder / "a.npy", folder / "b.npy", device="cpu")
@@ -60,6 +61,7 @@ def test_score_against_statistics_in_any_form(halves, tmp_path):
                                     abs=1e-10)
 
 
+@pytest.mark.slow
 def test_score_all_metrics_and_the_cli_prints_the_same(halves):
     folder, a, b = halves
     result = score(a, b, ("fid", "kid", "pr"), device="cpu")

@@ -70,6 +70,7 @@ def test_the_same_settings_resume_and_a_new_step_count_is_named(made):
     assert result.exit_code == 2 and "steps 3 -> 4" in result.output
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_images_and_the_record(tmp_path):
     out = tmp_path / "out"
     assert run("--outdir", out).exit_code == 0

@@ -342,6 +342,7 @@ def _copy_with_index(source, target, **changes):
     return target
 
 
+@pytest.mark.slow
 def test_other_indexes(built, tmp_path):
     _, sd, sd_path = built["sd"]
     img2img = load_pipeline(_copy_with_index(sd_path, tmp_path / "img2img",
@@ -355,6 +356,7 @@ def test_other_indexes(built, tmp_path):
         "encoder_hidden_states"])
 
 
+@pytest.mark.slow
 def test_float16_networks_with_an_upcast_vae(built):
     _, _, path = built["sdxl"]
     model = load_pipeline(path, dtype=torch.float16)

@@ -76,6 +76,7 @@ def test_every_sampler_option_is_described_in_generate_help():
             assert meaning and shown.startswith(meaning), (key, shown)
 
 
+@pytest.mark.slow
 def test_restart_list_default_is_shown_in_the_syntax_the_flag_takes(tmp_path):
     default = samplers.get("restart").options["restart_list"]
     shown = _flag_help(help_text("generate"), "--restart-list")
@@ -103,6 +104,7 @@ def test_tune_schedule_with_nothing_to_tune_says_so(tmp_path):
     assert "inf" not in result.output and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_fid_gen_equals_fid_calc_on_what_generate_writes(tmp_path):
     flags_ = ["--sampler", "ipndm_afs", "--schedule", "exponential", "--nfe", 5, "--class", 3, "--guidance",
               1,
@@ -120,6 +122,7 @@ def test_fid_gen_equals_fid_calc_on_what_generate_writes(tmp_path):
     assert json.loads(seeds.output.splitlines()[-1])["fd_digits"] == b["fd_digits"]
 
 
+@pytest.mark.slow
 def test_bench_flags_apply_to_the_samplers_that_have_them(tmp_path):
     result = invoke(bench, "--sampler", "euler,euler_ancestral", "--nfe", 3, "--eta", 0.5, "--metrics",
                     "time",
@@ -141,6 +144,7 @@ def test_bench_errors_name_the_flags_it_has(tmp_path):
     assert_usage_error(result, "'--schedule'", "nope")
 
 
+@pytest.mark.slow
 def test_tune_schedule_tunes_with_the_class_and_guidance_it_will_be_sampled_with(tmp_path, monkeypatch):
     from tools.schedules import tune
     from tools.schedules.file import load_schedule

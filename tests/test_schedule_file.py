@@ -172,6 +172,7 @@ def test_schedule_sigmas_reads_files(digits_model, saved):
 
 
 @needs_digits
+@pytest.mark.slow
 def test_generate_with_a_file_equals_the_registry_schedule_it_holds(tmp_path):
     path = save_schedule(tmp_path / "karras4.json", karras(4))
     common = ["--sampler", "heun", "--steps", 4, "--seeds", "0-1"]

@@ -91,6 +91,7 @@ def our_command(path, sampler, outdir):
 
 
 @pytest.mark.parametrize("name,sampler", CASES)
+@pytest.mark.slow
 def test_float_images_match_the_pipeline(pipelines, name, sampler):
     from tools.generate.plan import prepare
     from tools.generate.prompts import Prompting
@@ -106,6 +107,7 @@ def test_float_images_match_the_pipeline(pipelines, name, sampler):
 
 
 @pytest.mark.parametrize("name,sampler", [("sd1", "dpmpp_2m"), ("sdxl", "euler"), ("sd3", "euler")])
+@pytest.mark.slow
 def test_png_bytes_match_the_pipeline(pipelines, tmp_path, name, sampler):
     from PIL import Image
 
@@ -121,6 +123,7 @@ def test_png_bytes_match_the_pipeline(pipelines, tmp_path, name, sampler):
     assert np.abs(ours.astype(int) - theirs).max() <= 1
 
 
+@pytest.mark.slow
 def test_batch_does_not_change_the_bytes(pipelines, tmp_path):
     _, path = pipelines("sd1")
     runner = CliRunner()
@@ -207,6 +210,7 @@ def _in_float64(scheduler, sigmas: torch.Tensor, flow: bool):
 
 
 @pytest.mark.parametrize("name,sampler", [("sd1", "ddim"), ("sd2v", "unipc"), ("sd3", "unipc")])
+@pytest.mark.slow
 def test_float64_through_the_python_api(pipelines, name, sampler):
     """In float64, where the scheduler's step keeps float64 (DDIM, UniPC; Euler and DPM-Solver cast the
     sample to float32 in every step) and with its float32 tables made float64, the same seeds give the
