@@ -5,6 +5,9 @@ as arguments): ``one_thread`` and ``offline``. Built artefacts: ``tiny_pipeline`
 pipelines, built once per session, read only) and ``digits_model`` (the shipped digits model, loaded once
 per module). Plain helpers (click commands run in process and their error lines, mixtures, noise) are in
 ``_support.py``.
+
+Tests marked ``slow`` (registered in pyproject.toml) are left out of the fast lane,
+``python -m pytest -m "not slow"``; ``python -m pytest`` runs every test.
 """
 
 from __future__ import annotations
