@@ -1,26 +1,39 @@
-"""Shared test fixtures: an exact denoiser and noise that both libraries can be fed identically."""
+"""Shared test helpers (plain functions; the fixtures are in conftest.py): an exact denoiser and noise that
+both libraries can be fed identically, and click commands run in process with their error lines."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 
-import pytest
 import torch
+from click.testing import CliRunner
 
 from edm.gaussian_mixture import GaussianMixture
 
 SHAPE = (3, 8, 8)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """The machine is shared: one thread, which is also fastest for the small models and problems of the
-    tests. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")`` after importing it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def invoke(command, *args, **kwargs):
+    """Run a click ``command`` in process (click's CliRunner), its arguments as strings."""
+    return CliRunner().invoke(command, [str(a) for a in args], **kwargs)
+
+
+def error_lines(result) -> list[str]:
+    """The lines of a command's output that start with ``Error:``."""
+    return [line for line in result.output.splitlines() if line.startswith("Error:")]
+
+
+def assert_usage_error(result, *fragments: str) -> str:
+    """A usage error: exit 2, no traceback, exactly one ``Error:`` line, which contains each of
+    ``fragments``. Returns that line."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    errors = error_lines(result)
+    assert len(errors) == 1, result.output
+    for fragment in fragments:
+        assert fragment in errors[0], result.output
+    return errors[0]
 
 
 def mixture(dtype=torch.float64) -> GaussianMixture:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build_sd", "build_sd3", "build_sdxl", "byte_vocabulary", "tiny_t5_tokenizer", "tiny_tokenizer"]
+__all__ = ["BUILDERS", "build_sd", "build_sd3", "build_sdxl", "byte_vocabulary", "tiny_t5_tokenizer",
+           "tiny_tokenizer"]
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 HIDDEN = 32  # width of the tiny CLIP encoders
@@ -184,6 +185,16 @@ def build_sd3(path, shift: float = 3.0, t5: bool = False):
         text_encoder_2=_text_encoder(True), tokenizer_2=tiny_tokenizer(pad_token="!"),
         text_encoder_3=_t5_encoder(96) if t5 else None, tokenizer_3=tiny_t5_tokenizer() if t5 else None)
     return _save(pipe, path)
+
+
+#: name -> builder(path) of each tiny pipeline the tests use (conftest's ``tiny_pipeline`` builds them once)
+BUILDERS = {
+    "sd": build_sd,  # SD 1.x: PNDM, eps
+    "sd2": lambda path: build_sd(path, prediction_type="v_prediction"),  # SD 2.x-like: DDIM, v
+    "sdxl": build_sdxl,
+    "sd3": build_sd3,  # shift 3, no T5
+    "sd3_t5": lambda path: build_sd3(path, t5=True),
+}
 
 
 def random_unet2d(size: int, channels: int, num_class_embeds: int | None = None):

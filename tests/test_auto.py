@@ -11,7 +11,6 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools import cli
 from tools.solvers import auto
 from tools.solvers.auto import AutoTableError, auto_choice, auto_dir, load_auto_table, write_auto_table
@@ -210,6 +209,7 @@ def edm(*args):
     return CliRunner().invoke(cli.main, ["bench", *map(str, args), "--device", "cpu", "--no-progress"])
 
 
+@pytest.mark.slow
 def test_bench_writes_the_auto_table_of_the_model(tmp_path, user_dir):
     from tools.models import load_model
     from tools.solvers.file import fingerprint

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import Counting, one_thread, plan_of  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import Counting, plan_of
 from edm.gaussian_mixture import GaussianMixture
 from samplers.registry import nfe_on
 from tools import cli
@@ -138,6 +138,7 @@ def test_options_decide_whether_a_sampler_is_stochastic():
 # Resuming
 
 
+@pytest.mark.slow
 def test_rerun_computes_nothing_and_added_budgets_only_the_new_cells(tmp_path):
     model = counting()
     first = bench(model, samplers=["heun", "dpmpp_2m"], nfe=[4, 8], metrics=["time"], out=tmp_path)
@@ -152,6 +153,7 @@ def test_rerun_computes_nothing_and_added_budgets_only_the_new_cells(tmp_path):
     assert len(written["cells"]) == 6 and written["settings"]["nfe"] == [4, 8, 12]  # the old cells are kept
 
 
+@pytest.mark.slow
 def test_rerun_adds_only_the_missing_metric(tmp_path):
     timed = bench(counting(), samplers=["euler", "ddpm"], nfe=[4], metrics=["time"], out=tmp_path)
     both = bench(counting(), samplers=["euler", "ddpm"], nfe=[4], metrics=["ode"], out=tmp_path)
@@ -160,6 +162,7 @@ def test_rerun_adds_only_the_missing_metric(tmp_path):
     assert both[0]["ode_rmse"] > 0 and both[1]["ode_rmse"] is None  # ddpm is stochastic
 
 
+@pytest.mark.slow
 def test_other_settings_in_the_folder_are_refused(tmp_path):
     bench(counting(), samplers=["euler"], nfe=[4], metrics=["time"], out=tmp_path)
     with pytest.raises(BenchError, match=r"holds a benchmark with other settings \(.*num: 2 there, 3 here"):
@@ -221,6 +224,7 @@ def edm(*args):
     return CliRunner().invoke(cli.main, ["bench", *map(str, args), "--device", "cpu", "--no-progress"])
 
 
+@pytest.mark.slow
 def test_cli_writes_the_results(tmp_path):
     out = tmp_path / "out"
     result = edm("--sampler", "euler,heun,dpm_adaptive", "--nfe", "3,5", "--metrics", "time", "--num", 2,
@@ -242,6 +246,7 @@ def test_cli_writes_the_results(tmp_path):
     assert len(other.output.splitlines()) == 4  # click's usage line, its hint, a blank and the one error line
 
 
+@pytest.mark.slow
 def test_fd_on_the_shipped_reference_resumes_from_another_install(tmp_path):
     """The default reference is recorded as 'digits', not as this checkout's path to the shipped file, so
     a results folder made elsewhere (bench/results/digits_bench) resumes here."""

@@ -207,6 +207,7 @@ def test_plots_false_writes_no_png_and_does_not_warn(tmp_path, monkeypatch):
     assert written_names(tmp_path / "empty") == sorted(TABLES)
 
 
+@pytest.mark.slow
 def test_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     write_outputs(tmp_path, grid(), settings=SETTINGS)
     assert written_names(tmp_path) == sorted([*TABLES, *PNGS])
@@ -223,6 +224,7 @@ def test_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     assert read_results(tmp_path / "failed") == (None, grid())
 
 
+@pytest.mark.slow
 def test_plots_of_an_earlier_call_do_not_outlive_their_metric(tmp_path):
     write_outputs(tmp_path, grid())
     cells = [{**c, "fd": None, "detector": None} for c in grid()]

@@ -14,12 +14,11 @@ import json
 import math
 
 import numpy as np
-import pipelines_tiny
 import pytest
 import torch
 from click.testing import CliRunner
 
-from _support import one_thread, plan_of  # noqa: F401  (a fixture used by pytestmark)
+from _support import plan_of
 from tools import cli
 from tools.compare import BenchError, run_bench
 from tools.compare.runner import BenchRequest, prepare_bench
@@ -28,28 +27,20 @@ from tools.images import to_uint8
 from tools.request import Prompting
 
 pytest.importorskip("diffusers")
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 
 PROMPTS = ("a red bicycle", "a blue car", "sunset over the sea")
 NEGATIVE = "blurry"
 SEEDS = [3, 7, 11, 12]  # not 0..N-1: the k-th seed of the list gets prompt k
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory):
+def sd(tiny_pipeline, tmp_path_factory):
     """A saved tiny SD 1.x pipeline (16x16 images, 4x8x8 latents) and a prompts file."""
     root = tmp_path_factory.mktemp("sd")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        pipelines_tiny.build_sd(root / "pipe")
     prompts = root / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n\n", encoding="utf-8")  # a blank line is skipped
-    return root / "pipe", prompts
+    return tiny_pipeline("sd"), prompts
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +84,7 @@ def generate_images(model, sampler: str, steps: int, prompt: str, seeds, outdir,
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+@pytest.mark.slow
 def test_fd_images_are_edm_generates_images(model, sd, sampler, tmp_path):
     """The images one cell scores are, seed by seed, those ``edm generate`` writes with the same sampler,
     schedule, steps, seed, prompt, negative prompt and (default) guidance: the latents decoded."""
@@ -163,6 +155,7 @@ def bench_args(pipe, out, *more):
             "--sampler", "euler,dpmpp_2m", "--num", "3", "--device", "cpu", "--no-progress", *more]
 
 
+@pytest.mark.slow
 def test_command_takes_the_text_flags_and_resumes_only_the_same_prompts(sd, tmp_path):
     pipe, prompts = sd
     out = tmp_path / "out"

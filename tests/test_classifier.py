@@ -76,6 +76,7 @@ def test_differentiable_in_x_with_frozen_parameters(shipped):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.slow
 def test_batch_invariance(shipped, dtype):
     """Sample i's logits depend on sample i's input only: the batch it is in does not matter."""
     net = shipped.to(dtype)
@@ -155,6 +156,7 @@ def test_holdout_split_and_sigma_distribution():
     assert (sigma > 10).float().mean() > 0.05 and (sigma < 0.01).float().mean() > 0.05
 
 
+@pytest.mark.slow
 def test_shipped_classifier(shipped):
     path = builtin_classifier_path("digits-classifier")
     files = [path.with_name(path.name + s) for s in (".safetensors", ".json")]
@@ -170,6 +172,7 @@ def test_shipped_classifier(shipped):
     assert load_classifier_spec("digits-classifier") is not None
 
 
+@pytest.mark.slow
 def test_cli_trains_a_tiny_classifier_that_loads(tmp_path):
     outdir = tmp_path / "run"
     result = CliRunner().invoke(train_classifier_command, ["--outdir", str(outdir), *TINY_ARGS])

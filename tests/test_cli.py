@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import samplers
+from _support import error_lines
 from samplers import schedules
 from tools import cli
 
@@ -162,7 +163,7 @@ def test_unknown_sampler_is_a_usage_error(args, bad):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "-----" not in result.output  # no table printed before the error
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    errors = error_lines(result)
     assert len(errors) == 1, result.output
     assert repr(bad) in errors[0]
     for name in samplers.list():

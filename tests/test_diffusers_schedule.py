@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm import DiscreteTimeDenoiser
 from tools.models import load_model
 from tools.models.diffusers import DiffusersBackbone
@@ -33,7 +32,7 @@ from tools.schedules.diffusers import (
 
 diffusers = pytest.importorskip("diffusers")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 
 SIZE, CHANNELS, SEEDS = 8, 2, (0, 1)
 SD15 = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
@@ -72,8 +71,7 @@ PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def quiet_diffusers():
     diffusers.utils.logging.set_verbosity_error()
 
 
@@ -143,6 +141,7 @@ def refused(config_name, sampler, steps):
 
 @pytest.mark.parametrize("steps", [4, 7])
 @pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.slow
 def test_counterparts_reproduce_diffusers_loops(tmp_path, unet, config_name, steps):
     config = {**CONFIGS[config_name], "_class_name": "DDPMScheduler"}
     save(tmp_path, unet, config)
@@ -313,6 +312,7 @@ def test_unknown_sampler_names_the_ones_with_counterparts():
         diffusers_plan(SD15, "euler", 0)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line():
     for (name, sampler, *steps), _ in REFUSED.items():
         with pytest.raises(ValueError) as error:

@@ -23,7 +23,6 @@ import torch
 from click.testing import CliRunner
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from samplers.guidance.threshold import Thresholded, dynamic_threshold
 from tools.models import load_model
 from tools.models.diffusers import APPLIED

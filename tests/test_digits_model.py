@@ -50,6 +50,7 @@ def test_files_small_and_documented():
     assert config["training"]["step"] == config["training"]["total_steps"]
 
 
+@pytest.mark.slow
 def test_samples_have_the_requested_class():
     classifier = digit_classifier()
     ckpt = load_checkpoint(WEIGHTS)

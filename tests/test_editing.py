@@ -10,10 +10,7 @@ import pytest
 import torch
 
 import samplers
-from _support import (
-    Counting,
-    one_thread,  # noqa: F401  (one_thread: a fixture used by pytestmark)
-)
+from _support import Counting
 from edm.gaussian_mixture import GaussianMixture
 from samplers import registry
 from samplers.editing import Inpainting, img2img_start, img2img_steps, paste

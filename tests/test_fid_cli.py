@@ -92,6 +92,7 @@ def test_calc_halves_far_below_noise_and_output_format(tmp_path, halves):
     assert 0 < float(value) < 0.1 * fd_noise
 
 
+@pytest.mark.slow
 def test_kid_and_pr_need_reference_images(tmp_path, halves):
     result = invoke(
         "calc",
@@ -194,6 +195,7 @@ def test_missing_inception_weights_one_line(tmp_path, halves):
     assert not dest.exists()
 
 
+@pytest.mark.slow
 def test_gen_scores_exactly_the_images_generate_writes(tmp_path, halves):
     from tools.generate import generate
 
@@ -234,6 +236,7 @@ def test_group_lists_train_detector():
         assert name in result.output
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path, halves):
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     # batch 1: float32 convolutions may round differently for different batch sizes (as in generate)

@@ -69,6 +69,7 @@ def test_fd_matches_pytorch_fid(n):
     assert _rel(ours, ref) < 1e-6, (ours, ref)
 
 
+@pytest.mark.slow
 def test_fd_2048d_closed_form_rank_deficient():
     """Commuting covariances S_i = Q diag(l_i) Q^T: FD = |dmu|^2 + sum (sqrt l1 - sqrt l2)^2 exactly.
 
@@ -385,6 +386,7 @@ _DIST_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_distributed_reduce_matches_single_process(tmp_path):
     rng = np.random.default_rng(8)
     x = _features(rng, 800, 24, shift=3.0)

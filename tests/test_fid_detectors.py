@@ -150,6 +150,7 @@ def fake_inception_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_inception_loads_local_file_with_weights_only(
     fake_inception_weights, tmp_path, monkeypatch, no_network
 ):

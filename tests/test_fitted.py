@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import samplers
-from _support import one_thread  # noqa: F401  (a fixture used by pytestmark)
+from _support import assert_usage_error, error_lines, invoke
 from edm.gaussian_mixture import GaussianMixture
 from samplers import schedules
 from samplers.fitted import LinearSolver, from_sampler, multistep
@@ -154,6 +153,7 @@ def test_a_fitted_solver_is_a_start_of_its_own(mixture):
     assert fit.error <= fit.init_error == again.error
 
 
+@pytest.mark.slow
 def test_the_fit_beats_its_start_on_calibration_and_held_out_seeds(mixture):
     fit = tune_solver(mixture, 5, shape=SHAPE, **RANGE, num=32, heldout_num=32, iterations=60)
     assert fit.start in start_candidates(5, 0.002, 80.0)
@@ -167,6 +167,7 @@ def test_the_fit_beats_its_start_on_calibration_and_held_out_seeds(mixture):
     assert math.isclose(rms_error(fit.solver.sample(mixture, noise), reference), fit.error, rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_fit_does_not_depend_on_how_the_batch_is_chunked(mixture):
     whole = tune_solver(mixture, 4, shape=SHAPE, **RANGE, num=12, heldout=[], iterations=6, batch_size=None)
     chunked = tune_solver(mixture, 4, shape=SHAPE, **RANGE, num=12, heldout=[], iterations=6, batch_size=5)
@@ -175,6 +176,7 @@ def test_the_fit_does_not_depend_on_how_the_batch_is_chunked(mixture):
     assert math.isclose(chunked.error, whole.error, rel_tol=1e-9)
 
 
+@pytest.mark.slow
 def test_restarts_keep_the_best_of_the_fits_from_the_best_starts(mixture):
     """restarts=3 fits from each of the three best starts, and returns the fit a single-start run from
     that start gives (the same steps), the lowest of the three."""
@@ -274,14 +276,6 @@ def test_fingerprint_follows_the_weights_not_their_dtype():
 # The commands
 
 
-def invoke(command, *args):
-    return CliRunner().invoke(command, [str(a) for a in args])
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.output.splitlines() if line.startswith("Error:")]
-
-
 @pytest.fixture(scope="module")
 def digits_solver(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("solver") / "digits-3.json"
@@ -291,6 +285,7 @@ def digits_solver(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_cli_fits_and_records_what_it_fitted(digits_solver):
     loaded = load_solver(digits_solver)
     meta = loaded.metadata
@@ -304,6 +299,7 @@ def test_cli_fits_and_records_what_it_fitted(digits_solver):
     assert meta["model_fingerprints"] == fingerprints(load_model("digits").denoiser)
 
 
+@pytest.mark.slow
 def test_a_solver_fitted_in_float32_serves_half_precision_loads_of_its_model(digits_solver, tmp_path):
     """A cast rounds the weights, so a bfloat16 load has other bytes; the file records what they are."""
     from tools.models import load_model
@@ -324,6 +320,7 @@ def test_a_solver_fitted_in_float32_serves_half_precision_loads_of_its_model(dig
     assert result.exit_code == 2 and "fitted for another model" in result.output
 
 
+@pytest.mark.slow
 def test_generate_with_a_solver_file_is_batch_invariant(digits_solver, tmp_path):
     outs = []
     for batch in (1, 3):
@@ -338,6 +335,7 @@ def test_generate_with_a_solver_file_is_batch_invariant(digits_solver, tmp_path)
     assert record["sampler"] == f"file:{digits_solver}" and record["schedule"] == "fitted"
 
 
+@pytest.mark.slow
 def test_a_solver_is_refused_for_another_model(digits_solver, tmp_path):
     record = json.loads(digits_solver.read_text())
     record["model_fingerprint"] = "sha256:" + "0" * 64
@@ -360,6 +358,7 @@ def test_a_solver_is_refused_for_another_model(digits_solver, tmp_path):
     (["--guidance", 1], "fitted with guidance 0"),
     (["--sigma-max", 10], "own noise levels"),
 ])
+@pytest.mark.slow
 def test_generate_refuses_what_a_solver_file_fixes(digits_solver, tmp_path, args, match):
     result = invoke(generate_cli.generate, "--sampler", f"file:{digits_solver}", "--seeds", "0", "--outdir",
                     tmp_path / "out", "--device", "cpu", "--no-progress", *args)
@@ -391,10 +390,7 @@ def test_tune_solver_bad_inputs(tmp_path, monkeypatch, args, match):
         merged["--num"] = given.get("--num", 5)
     result = invoke(solver_cli.tune_solver, "--no-progress", "--device", "cpu",
                     *[str(a) for key, value in merged.items() for a in (key, value)])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = error_lines(result)
-    assert len(errors) == 1 and match in errors[0], result.output
+    assert_usage_error(result, match)
     assert not (tmp_path / "s.json").exists()
 
 
@@ -409,6 +405,7 @@ def test_multistep_with_model_levels_tells_the_model_other_levels():
     assert told == [5.0, 3.0, 1.5]
 
 
+@pytest.mark.slow
 def test_bench_runs_a_solver_file_at_its_own_budget(digits_solver, tmp_path):
     from tools.compare import cli as bench_cli
 
@@ -425,6 +422,7 @@ def test_bench_runs_a_solver_file_at_its_own_budget(digits_solver, tmp_path):
     assert cells[("ipndm", "karras", 4)]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_bench_refuses_a_solver_for_another_model(digits_solver, tmp_path):
     from tools.compare import cli as bench_cli
 
@@ -478,6 +476,7 @@ def test_sampler_auto_bad_inputs(tmp_path, args, match):
     assert len(errors) == 1 and match in errors[0], result.output
 
 
+@pytest.mark.slow
 def test_fid_gen_scores_a_solver_file(digits_solver):
     from tools.fid import cli as fid_cli
 
@@ -488,6 +487,7 @@ def test_fid_gen_scores_a_solver_file(digits_solver):
     assert float(result.stdout.split()[1]) > 0
 
 
+@pytest.mark.slow
 def test_a_guided_fit_is_sampled_with_its_guidance(tmp_path):
     out = tmp_path / "guided.json"
     result = invoke(solver_cli.tune_solver, "--model", "digits", "--nfe", 3, "--num", 2, "--heldout", 0,

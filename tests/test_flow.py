@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import samplers
-from _support import one_thread  # noqa: F401  (fixture)
 from edm.flow import (
     FlowDenoiser,
     FlowScheme,
@@ -211,6 +210,7 @@ N_SAMPLES, N_STEPS = 1500, 32
 
 @pytest.mark.parametrize(("name", "options"), STOCHASTIC,
                          ids=[f"{n}{'-churn' if o else ''}" for n, o in STOCHASTIC])
+@pytest.mark.slow
 def test_stochastic_samplers_agree_and_reach_the_mixture(gm, flow, name, options):
     """Same seeds, same samples; and their moments are the mixture's.
 

@@ -11,13 +11,8 @@ from tools.ode import reference_sample, solve_probability_flow
 SIGMAS = [0.01, 0.1, 0.5, 1.0, 3.0, 20.0]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The tensors here are tiny: one intra-op thread is fastest, and robust to a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The tensors here are tiny: one intra-op thread is fastest, and robust to a loaded machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_mixture(diagonal: bool, seed: int = 0, dtype=torch.float64) -> GaussianMixture:
@@ -73,6 +68,7 @@ def test_single_component_is_gaussian_closed_form(diagonal):
         torch.testing.assert_close(gm(x, sigma), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_monte_carlo_posterior_mean():
     gm = GaussianMixture.random((3, 4, 4), k=8, seed=3, dtype=torch.float64)
     sigma = 0.8
@@ -190,6 +186,7 @@ def test_sample_statistics_single_component():
 
 @pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("sigmas", [(0.1, 10.0), (20.0, 0.01), (80.0, 0.002)])
+@pytest.mark.slow
 def test_pf_ode_single_gaussian_closed_form(diagonal, sigmas):
     sigma0, sigma1 = sigmas
     g = torch.Generator().manual_seed(6)
@@ -206,6 +203,7 @@ def test_pf_ode_single_gaussian_closed_form(diagonal, sigmas):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_pf_ode_round_trip():
     gm = GaussianMixture.random((3, 8, 8), k=16, seed=0)
     g = torch.Generator().manual_seed(9)
@@ -233,6 +231,7 @@ def test_pf_ode_float32_input_and_cond():
         solve_probability_flow(denoiser, x, 1.0, 0.0)
 
 
+@pytest.mark.slow
 def test_reference_sample_final_jump():
     g = torch.Generator().manual_seed(10)
     mu = torch.randn((1, 2, 3), generator=g, dtype=torch.float64)
@@ -248,6 +247,7 @@ def test_reference_sample_final_jump():
     torch.testing.assert_close(out2, x_last, rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_reference_sample_tracks_heun_convergence():
     """Heun's method over finer schedules converges to the reference at second order."""
     gm = GaussianMixture.random((3, 8, 8), k=16, seed=0)

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import samplers
-from _support import one_thread, plan_of  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import error_lines, invoke, plan_of
 from tools import common, images
 from tools import generate as pipeline
 from tools.generate import cli as generate_cli
@@ -72,10 +71,6 @@ def models(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tiny(models) -> str:
     return models["cond"]
-
-
-def invoke(command, *args: str):
-    return CliRunner().invoke(command, [str(a) for a in args])
 
 
 def generate(*args):
@@ -130,6 +125,7 @@ def test_parse_seeds_errors(text, match):
 
 
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_sde"])
+@pytest.mark.slow
 def test_batch_size_and_position_do_not_change_the_images(tiny, tmp_path, sampler):
     common = ["--model", tiny, "--sampler", sampler, "--steps", 8, "--dtype", "float64"]
     ok(*common, "--seeds", "0-9", "--batch", 1, "--outdir", tmp_path / "b1")
@@ -171,6 +167,7 @@ def test_class_labels_follow_nvlabs_and_the_seed():
     assert len(set(labels.tolist())) > 3
 
 
+@pytest.mark.slow
 def test_class_and_guidance_change_the_images(tiny, tmp_path):
     common = ["--model", tiny, "--sampler", "heun", "--steps", 6, "--seeds", "0-3"]
     ok(*common, "--outdir", tmp_path / "plain")
@@ -187,6 +184,7 @@ def test_half_precision_runs(tiny, tmp_path, dtype):
     assert all(complete(p) for p in tmp_path.glob("*.png")) and len(list(tmp_path.glob("*.png"))) == 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tiny, tmp_path):
     args = ["--model", tiny, "--sampler", "dpmpp_2m_sde", "--steps", 6, "--seeds", "0-10", "--batch", 3,
             "--dtype", "float64", "--device", "cpu", "--no-progress"]
@@ -234,6 +232,7 @@ def test_png_files_have_the_usual_permissions(tiny, tmp_path):
     assert (tmp_path / "000000.png").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.slow
 def test_resume_after_a_failure(tiny, tmp_path, monkeypatch):
     """A run that dies after 3 images leaves 3 complete PNGs; the rerun completes the same set."""
     args = dict(sampler="euler_ancestral", steps=5, batch=2, progress=False)
@@ -273,11 +272,12 @@ def test_a_write_that_fails_midway_leaves_no_png(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", save_half)
     result = generate("--model", tiny, "--steps", 3, "--seeds", "0-5", "--outdir", tmp_path)
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert [line for line in result.output.splitlines() if line.startswith("Error:")] == [
+    assert error_lines(result) == [
         "Error: [Errno 28] No space left on device"]
     assert sorted(os.listdir(tmp_path)) == ["000000.png", "000001.png", RECORD_NAME]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_files(tiny, tmp_path):
     """SIGKILL part-way (as an OOM kill or a pre-empted job): every *.png is complete at every moment,
     the leftover temporary files never match *.png and are cleaned up, and the rerun completes the set."""
@@ -354,6 +354,7 @@ class Counting:
 
 @pytest.mark.parametrize("sampler, budget", [("heun", 20), ("euler", 7), ("dpm_2", 10), ("dpmpp_sde", 9),
                                              ("dpmpp_3m_sde", 5), ("lms", 12)])
+@pytest.mark.slow
 def test_nfe_budget(tiny, tmp_path, sampler, budget):
     from tools.models import load_model
 
@@ -442,7 +443,7 @@ def test_bad_inputs(models, tmp_path):
         if "--outdir" not in args:
             args = [*args, "--outdir", tmp_path / "out"]
         result = invoke(generate_cli.generate, "--no-progress", *args)
-        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        errors = error_lines(result)
         if result.exit_code != 2 or len(errors) != 1 or "Traceback" in result.output:
             failures.append(f"{name}: exit {result.exit_code}: {result.output!r}")
         if snapshot(tmp_path) != before:

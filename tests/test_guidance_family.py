@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm.gaussian_mixture import GaussianMixture
 from samplers.editing import Inpainting
 from samplers.guidance import (

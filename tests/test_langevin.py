@@ -10,10 +10,7 @@ import pytest
 import torch
 
 import samplers
-from _support import (
-    Counting,
-    one_thread,  # noqa: F401  (one_thread: a fixture used by pytestmark)
-)
+from _support import Counting
 from samplers import registry
 from samplers.langevin import LangevinCorrector
 
@@ -81,6 +78,7 @@ def test_corrector_options():
         samplers.sample(toy, torch.ones(1, 2, dtype=torch.float64), [2.0, 1.0, 0.0], "euler", langevin=3)
 
 
+@pytest.mark.slow
 def test_corrector_reaches_the_noisy_marginal_of_a_gaussian():
     """At fixed sigma the corrector samples p(x; sigma) = N(0, s^2 + sigma^2): started far from it (variance
     4 v), the variance converges to v. (Per-sample norms: each sample is a row of many i.i.d. elements, so
@@ -248,6 +246,7 @@ def test_annealed_langevin_step_written_out():
     torch.testing.assert_close(out, toy(expected, 3.0), rtol=0, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_annealed_langevin_samples_the_target_variance():
     """On data N(0, s^2) the exact score makes each level's chain a Gaussian AR(1):
     Var' = (1 - a / (2 v))^2 Var + a with v = s^2 + sigma^2, and the final D scales by s^2 / v_L. That

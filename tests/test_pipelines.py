@@ -8,19 +8,16 @@ model under test is loaded back from its saved directory. Offline: HF_HUB_OFFLIN
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
 import torch
-from pipelines_tiny import build_sd, build_sd3, build_sdxl
+from pipelines_tiny import BUILDERS
 
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools.common import BadInput
 from tools.models import ModelError
 from tools.models.pipelines import claims_pipeline, load_pipeline, resized
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers / huggingface_hub read it
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
@@ -36,9 +33,7 @@ SIZE = 16  # the default image size of the tiny pipelines
 def built(tmp_path_factory):
     """name -> (in-memory pipeline, loaded model), built and loaded once per module."""
     out = {}
-    builders = {"sd": build_sd, "sd2": lambda p: build_sd(p, "v_prediction"), "sdxl": build_sdxl,
-                "sd3": build_sd3, "sd3_t5": lambda p: build_sd3(p, t5=True)}
-    for name, build in builders.items():
+    for name, build in BUILDERS.items():
         path = tmp_path_factory.mktemp(name)
         pipe = build(path)
         out[name] = (pipe, load_pipeline(path, device="cpu", dtype=torch.float32), path)
@@ -347,6 +342,7 @@ def _copy_with_index(source, target, **changes):
     return target
 
 
+@pytest.mark.slow
 def test_other_indexes(built, tmp_path):
     _, sd, sd_path = built["sd"]
     img2img = load_pipeline(_copy_with_index(sd_path, tmp_path / "img2img",
@@ -360,6 +356,7 @@ def test_other_indexes(built, tmp_path):
         "encoder_hidden_states"])
 
 
+@pytest.mark.slow
 def test_float16_networks_with_an_upcast_vae(built):
     _, _, path = built["sdxl"]
     model = load_pipeline(path, dtype=torch.float16)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import samplers
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
+from _support import assert_usage_error
 from tools.compare.cli import bench
 from tools.fid.cli import fid
 from tools.generate.cli import generate
@@ -77,6 +77,7 @@ def test_every_sampler_option_is_described_in_generate_help():
             assert meaning and shown.startswith(meaning), (key, shown)
 
 
+@pytest.mark.slow
 def test_restart_list_default_is_shown_in_the_syntax_the_flag_takes(tmp_path):
     default = samplers.get("restart").options["restart_list"]
     shown = _flag_help(help_text("generate"), "--restart-list")
@@ -86,14 +87,6 @@ def test_restart_list_default_is_shown_in_the_syntax_the_flag_takes(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def _one_line_usage_error(result, *fragments):
-    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-
-
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_negative_guidance_is_refused_saying_what_w_means(tmp_path, name):
     command, prefix = COMMANDS[name]
@@ -101,17 +94,18 @@ def test_negative_guidance_is_refused_saying_what_w_means(tmp_path, name):
              "bench": ["--out", tmp_path / "b", "--sampler", "heun", "--nfe", 5],
              "tune-schedule": ["--sampler", "heun", "--nfe", 5, "--out", tmp_path / "t.json"]}[name]
     result = invoke(command, *prefix, "--device", "cpu", "--guidance", -1, *extra)
-    _one_line_usage_error(result, "--guidance", "w is the classifier-free guidance weight", ">= 0")
+    assert_usage_error(result, "--guidance", "w is the classifier-free guidance weight", ">= 0")
     assert not any(tmp_path.iterdir())
 
 
 def test_tune_schedule_with_nothing_to_tune_says_so(tmp_path):
     result = invoke(tune_schedule, "--model", "digits", "--sampler", "heun", "--nfe", 1, "--device", "cpu",
                     "--out", tmp_path / "t.json")
-    _one_line_usage_error(result, "nothing to tune", "NFE >= 5")
+    assert_usage_error(result, "nothing to tune", "NFE >= 5")
     assert "inf" not in result.output and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_fid_gen_equals_fid_calc_on_what_generate_writes(tmp_path):
     flags_ = ["--sampler", "ipndm_afs", "--schedule", "exponential", "--nfe", 5, "--class", 3, "--guidance",
               1,
@@ -129,6 +123,7 @@ def test_fid_gen_equals_fid_calc_on_what_generate_writes(tmp_path):
     assert json.loads(seeds.output.splitlines()[-1])["fd_digits"] == b["fd_digits"]
 
 
+@pytest.mark.slow
 def test_bench_flags_apply_to_the_samplers_that_have_them(tmp_path):
     result = invoke(bench, "--sampler", "euler,euler_ancestral", "--nfe", 3, "--eta", 0.5, "--metrics",
                     "time",
@@ -137,19 +132,20 @@ def test_bench_flags_apply_to_the_samplers_that_have_them(tmp_path):
     settings = json.loads((tmp_path / "results.json").read_text())["settings"]
     assert settings["options"] == {"euler_ancestral": {"eta": 0.5}}
     result = invoke(bench, "--sampler", "euler,heun", "--nfe", 3, "--eta", 0.5, "--out", tmp_path / "x")
-    _one_line_usage_error(result, "none of the samplers euler, heun has option --eta")
+    assert_usage_error(result, "none of the samplers euler, heun has option --eta")
     result = invoke(bench, "--sampler", "euler", "--steps", 3, "--out", tmp_path / "y")
-    _one_line_usage_error(result, "--steps", "equal NFE")
+    assert_usage_error(result, "--steps", "equal NFE")
 
 
 def test_bench_errors_name_the_flags_it_has(tmp_path):
     result = invoke(bench, "--sampler", "heun,nope", "--nfe", 5, "--out", tmp_path / "o")
-    _one_line_usage_error(result, "'--sampler'", "unknown sampler 'nope'")
+    assert_usage_error(result, "'--sampler'", "unknown sampler 'nope'")
     result = invoke(bench, "--sampler", "heun", "--schedule", "karras,nope", "--nfe", 5,
                     "--out", tmp_path / "o")
-    _one_line_usage_error(result, "'--schedule'", "nope")
+    assert_usage_error(result, "'--schedule'", "nope")
 
 
+@pytest.mark.slow
 def test_tune_schedule_tunes_with_the_class_and_guidance_it_will_be_sampled_with(tmp_path, monkeypatch):
     from tools.schedules import tune
     from tools.schedules.file import load_schedule

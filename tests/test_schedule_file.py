@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
+import _support
 from _support import assert_schedule
 from samplers import schedules
 from tools import generate as pipeline
@@ -156,30 +156,23 @@ def test_load_errors_are_one_line_naming_the_file(tmp_path, case):
 
 
 def generate(*args):
-    return CliRunner().invoke(generate_cli.generate, ["--no-progress", "--device", "cpu",
-                                                      *[str(a) for a in args]])
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from tools.models import load_model
-
-    return load_model("digits")
+    return _support.invoke(generate_cli.generate, "--no-progress", "--device", "cpu", *args)
 
 
 @needs_digits
-def test_schedule_sigmas_reads_files(digits, saved):
+def test_schedule_sigmas_reads_files(digits_model, saved):
     path, sigmas = saved
-    exact, options = pipeline.schedule_sigmas(digits, f"file:{path}", 7)
+    exact, options = pipeline.schedule_sigmas(digits_model, f"file:{path}", 7)
     assert torch.equal(exact, sigmas) and options == {}
-    assert torch.equal(pipeline.schedule_sigmas(digits, f"file:{path}", 4)[0], load_schedule(path)(4))
+    assert torch.equal(pipeline.schedule_sigmas(digits_model, f"file:{path}", 4)[0], load_schedule(path)(4))
     for kwargs in (dict(rho=3.0), dict(sigma_min=0.01), dict(sigma_max=10.0)):
         with pytest.raises(pipeline.GenerateError, match="fixes its own sigmas") as info:
-            pipeline.schedule_sigmas(digits, f"file:{path}", 7, **kwargs)
+            pipeline.schedule_sigmas(digits_model, f"file:{path}", 7, **kwargs)
         assert info.value.param == "schedule"
 
 
 @needs_digits
+@pytest.mark.slow
 def test_generate_with_a_file_equals_the_registry_schedule_it_holds(tmp_path):
     path = save_schedule(tmp_path / "karras4.json", karras(4))
     common = ["--sampler", "heun", "--steps", 4, "--seeds", "0-1"]
@@ -223,7 +216,4 @@ def test_generate_rejects_an_empty_file_path(tmp_path):
 
 def assert_usage_error(result, match: str) -> None:
     """Exit 2, no traceback, exactly one "Error:" line, about --schedule and containing ``match``."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "'--schedule'" in errors[0] and match in errors[0], result.output
+    _support.assert_usage_error(result, "'--schedule'", match)

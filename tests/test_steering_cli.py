@@ -17,7 +17,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from edm.classifier import BUILTIN_CLASSIFIERS, NoiseAwareClassifier, builtin_classifier_path, save_classifier
 from tools.cli import main
 from tools.generate.record import RECORD_NAME
@@ -164,6 +163,7 @@ def sets(files) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("name", SET_NAMES)
+@pytest.mark.slow
 def test_batch_does_not_change_the_images_and_the_flags_do(files, sets, name):
     args = sets[name]
     one, seven = pngs(made(files, name, args, 1)), pngs(made(files, name, args, 7))
@@ -210,6 +210,7 @@ def test_inpainting_keeps_the_known_region_of_each_seeds_init(files):
 
 
 @pytest.mark.parametrize("init", ["one", "plain"])
+@pytest.mark.slow
 def test_strength_one_is_plain_generation(files, init):
     out = made(files, f"strength 1 {init}", ["--init-image", files[init], "--strength", 1])
     assert pngs(out) == pngs(files["plain"])
@@ -288,6 +289,7 @@ def one_error(result) -> str | None:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_bad_inputs(files):
     cases = bad_inputs(files)
     before = snapshot(files["root"])
@@ -341,6 +343,7 @@ def refused(folder: Path, *args, named: tuple[str, ...]) -> None:
     assert listing(folder) == before
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_steering_is_refused(files, sets):
     auto = made(files, "autoguidance", sets["autoguidance"])
     record = json.loads((auto / RECORD_NAME).read_text())

@@ -239,6 +239,7 @@ def test_dependencies_point_one_way(imports):
     assert bad == []
 
 
+@pytest.mark.slow
 def test_cli_starts_without_torch():
     code = "import sys, tools.cli; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pipelines_tiny
 import pytest
 from click.testing import CliRunner
 
@@ -25,16 +24,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
 LINES = ["a red bicycle", "a blue house", "two cats"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sd")
-    pipelines_tiny.build_sd(path)
-    return path
+def sd(tiny_pipeline):
+    return tiny_pipeline("sd")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +56,7 @@ def pngs(folder: Path) -> dict[str, bytes]:
 COMMON = ("--sampler", "euler", "--schedule", "diffusers", "--steps", 4, "--no-progress", "--device", "cpu")
 
 
+@pytest.mark.slow
 def test_each_seed_gets_its_line_of_the_prompts_file(sd, prompts_file, tmp_path):
     seeds = [5, 2, 9, 7]  # the k-th seed of the list gets line k, cycling: 7 gets line 0 again
     ok("--model", f"diffusers:{sd}", "--prompts", prompts_file, "--seeds", ",".join(map(str, seeds)),
@@ -74,6 +70,7 @@ def test_each_seed_gets_its_line_of_the_prompts_file(sd, prompts_file, tmp_path)
     assert all(line in text for line in LINES) and "6.5" in text  # prompts and the default guidance
 
 
+@pytest.mark.slow
 def test_width_and_height_and_the_default_guidance(sd, tmp_path):
     ok("--model", f"diffusers:{sd}", "--prompt", LINES[0], "--seeds", 0, "--width", 24, "--height", 12,
        "--outdir", tmp_path / "wide", *COMMON)
@@ -90,6 +87,7 @@ def test_width_and_height_and_the_default_guidance(sd, tmp_path):
     assert pngs(tmp_path / "default") == pngs(tmp_path / "explicit") != pngs(tmp_path / "none")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(sd, prompts_file, tmp_path):
     args = ["--model", f"diffusers:{sd}", "--prompts", str(prompts_file), "--seeds", "0-4", "--batch", "2",
             *map(str, COMMON)]

@@ -10,7 +10,6 @@ spacing and offsets carry over, which is what ``--schedule diffusers`` promises 
 from __future__ import annotations
 
 import numpy as np
-import pipelines_tiny
 import pytest
 import torch
 from click.testing import CliRunner
@@ -35,12 +34,10 @@ FLOW_COUNTERPARTS = {
     "dpmpp_2m": ("DPMSolverMultistepScheduler", FLOW_SIGMAS),
     "unipc": ("UniPCMultistepScheduler", FLOW_SIGMAS),
 }
-BUILDERS = {
-    "sd1": lambda path: pipelines_tiny.build_sd(path),
-    "sd2v": lambda path: pipelines_tiny.build_sd(path, prediction_type="v_prediction"),
-    "sdxl": lambda path: pipelines_tiny.build_sdxl(path),
-    "sd3": lambda path: pipelines_tiny.build_sd3(path, shift=3.0),
-}
+#: our case -> the conftest ``tiny_pipeline`` it loads (sd3: shift 3.0, no T5) and its pipeline class
+TINY = {"sd1": "sd", "sd2v": "sd2", "sdxl": "sdxl", "sd3": "sd3"}
+PIPELINES = {"sd1": diffusers.StableDiffusionPipeline, "sd2v": diffusers.StableDiffusionPipeline,
+             "sdxl": diffusers.StableDiffusionXLPipeline, "sd3": diffusers.StableDiffusion3Pipeline}
 #: components a saved SD3 pipeline without T5 lacks, named as absent when loading it
 LOAD_EXTRA = {"sd3": {"text_encoder_3": None, "tokenizer_3": None, "image_encoder": None,
                       "feature_extractor": None}}
@@ -48,23 +45,20 @@ CASES = [(name, sampler) for name in ("sd1", "sd2v", "sdxl") for sampler in VP_C
     ("sd3", sampler) for sampler in FLOW_COUNTERPARTS]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")
-def pipelines(tmp_path_factory):
+def pipelines(tiny_pipeline):
     built = {}
 
     def get(name):
         if name not in built:
-            path = tmp_path_factory.mktemp(name)
+            path = tiny_pipeline(TINY[name])
             # the oracle is the pipeline as a user loads the saved folder: its scheduler config is then the
             # file's (an in-memory config also remembers which values were defaults, which from_config
             # treats differently)
-            built_class = type(BUILDERS[name](path))
-            pipe = built_class.from_pretrained(path, local_files_only=True, **LOAD_EXTRA.get(name, {}))
+            pipe = PIPELINES[name].from_pretrained(path, local_files_only=True, **LOAD_EXTRA.get(name, {}))
             pipe.set_progress_bar_config(disable=True)
             built[name] = (pipe, path)
         return built[name]
@@ -98,6 +92,7 @@ def our_command(path, sampler, outdir):
 
 
 @pytest.mark.parametrize("name,sampler", CASES)
+@pytest.mark.slow
 def test_float_images_match_the_pipeline(pipelines, name, sampler):
     from tools.request import Prompting
 
@@ -112,6 +107,7 @@ def test_float_images_match_the_pipeline(pipelines, name, sampler):
 
 
 @pytest.mark.parametrize("name,sampler", [("sd1", "dpmpp_2m"), ("sdxl", "euler"), ("sd3", "euler")])
+@pytest.mark.slow
 def test_png_bytes_match_the_pipeline(pipelines, tmp_path, name, sampler):
     from PIL import Image
 
@@ -127,6 +123,7 @@ def test_png_bytes_match_the_pipeline(pipelines, tmp_path, name, sampler):
     assert np.abs(ours.astype(int) - theirs).max() <= 1
 
 
+@pytest.mark.slow
 def test_batch_does_not_change_the_bytes(pipelines, tmp_path):
     _, path = pipelines("sd1")
     runner = CliRunner()
@@ -212,6 +209,7 @@ def _in_float64(scheduler, sigmas: torch.Tensor, flow: bool):
 
 
 @pytest.mark.parametrize("name,sampler", [("sd1", "ddim"), ("sd2v", "unipc"), ("sd3", "unipc")])
+@pytest.mark.slow
 def test_float64_through_the_python_api(pipelines, name, sampler):
     """In float64, where the scheduler's step keeps float64 (DDIM, UniPC; Euler and DPM-Solver cast the
     sample to float32 in every step) and with its float32 tables made float64, the same seeds give the

@@ -35,6 +35,7 @@ def _files(path):
     return sorted(p.name for p in path.iterdir())
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoint_that_loads_and_samples(tmp_path):
     result = _train(tmp_path, 4, command="edm train --test")
     assert result.step == 4 and np.isfinite(result.loss)
@@ -55,6 +56,7 @@ def test_train_writes_checkpoint_that_loads_and_samples(tmp_path):
     assert images.shape == (4, 1, 8, 8) and torch.isfinite(images).all()
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_and_resume_is_exact(tmp_path):
     straight = _train(tmp_path / "straight", 6)
     again = _train(tmp_path / "again", 6)
@@ -82,6 +84,7 @@ def test_training_is_reproducible_and_resume_is_exact(tmp_path):
     assert not torch.equal(other["net.conv_in.weight"], two["net.conv_in.weight"])
 
 
+@pytest.mark.slow
 def test_checkpoint_files_are_atomic(tmp_path, monkeypatch):
     _train(tmp_path, 4, checkpoint_every=2)
     assert _files(tmp_path) == ["network.json", "network.safetensors", "training-state-00000004.safetensors",
@@ -192,6 +195,7 @@ def test_bad_datasets(tmp_path):
 # The command
 
 
+@pytest.mark.slow
 def test_cli_trains(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(train_command, [
@@ -268,6 +272,7 @@ def _one_error_line(result, exit_code):
     return errors[0]
 
 
+@pytest.mark.slow
 def test_attention_resolution_the_network_lacks_is_rejected(tmp_path, monkeypatch):
     _no_training(monkeypatch)
     out = tmp_path / "run"
@@ -385,6 +390,7 @@ def _contents(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_is_a_one_line_error_and_leaves_nothing_half_written(tmp_path, monkeypatch):
     from edm import checkpoint
 
