@@ -9,20 +9,16 @@ must be Stable Diffusion's under another name.
 from __future__ import annotations
 
 import json
-import os
 from types import MappingProxyType
 
 import pytest
 import torch
 
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from tools.models import ModelError
 from tools.models.families import FAMILIES, PIPELINES, for_pipeline, register
 from tools.models.families.base import PipelineFamily, SchedulerKind
 from tools.models.families.sd import StableDiffusion
 from tools.models.families.sd3 import StableDiffusion3
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers / huggingface_hub read it
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from _support import one_thread  # noqa: F401  (one_thread: a fixture used by pytestmark)
 from samplers import guidance as g
 from tools.common import BadInput
 from tools.steering import Flag, Steering, SteeringKind, check_steering, flags, kinds, register, unregister
@@ -74,6 +73,7 @@ SCRIPT = textwrap.dedent('''
     from tools.cli import main
     from tools.generate.sampling import prepare_sampling
     from tools.models import load_model
+    from tools.request import SamplingRequest
     from tools.steering import Steering
 
     out = Path(sys.argv[1])
@@ -106,8 +106,8 @@ SCRIPT = textwrap.dedent('''
     model = load_model("digits")
     counted = Counted(model.denoiser)
     model.denoiser = counted
-    setup = prepare_sampling(model, sampler="euler", steps=3, device="cpu", class_label=1,
-                             steering=Steering(mirror_weight=0.5))
+    setup = prepare_sampling(SamplingRequest(model=model, sampler="euler", steps=3, device="cpu",
+                                             class_label=1, steering=Steering(mirror_weight=0.5)))
     assert type(setup.denoiser).__name__ == "Mirrored", setup.denoiser
     assert setup.evaluations == 2 * setup.nfe == 6, setup.evaluations
     counted.calls = 0
