@@ -18,8 +18,9 @@ and a tiny random-weight Stable Diffusion 1.x pipeline (``tests/pipelines_tiny.b
 built once into ``--work`` and reused, so give both runs the same ``--work``. Both are hashed into the
 record, so a compare of runs on different inputs shows it. A run takes 4 to 5 minutes on 2 loaded cores.
 
-    python bench/refactor_check.py run --root /work/before --out before.json --work /tmp/refcheck-work
-    python bench/refactor_check.py run --root /work/after --out after.json --work /tmp/refcheck-work
+    git worktree add ../before <commit before the change>
+    python bench/refactor_check.py run --root ../before --out before.json --work /tmp/refcheck-work
+    python bench/refactor_check.py run --root . --out after.json --work /tmp/refcheck-work
     python bench/refactor_check.py compare before.json after.json --md refactor_check.md
 
 Use a Python environment with the project's dependencies (torch, diffusers, transformers, Pillow); an
