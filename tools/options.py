@@ -461,15 +461,15 @@ REQUEST_FLAGS = ("model", "trust_pickle", "sigma_min", "sigma_max", "rho", "clas
 
 
 def model_request(flags: dict[str, Any], command: str, dtype: str = "float32", *,
-                  refused: Sequence[str] = (), text_refused: bool = False):
+                  refused: Sequence[str] = (), text_refused: bool = False, why: str = ""):
     """Pop what a command samples *with* out of ``flags`` into a ``tools.request.SamplingRequest``: the
     model, range, class, guidance, steering, text, device and dtype (``dtype``: the command's default), not
     the sampler, schedule or budget. ``refused`` / ``text_refused``: steering / text flags ``command`` does
-    not take (usage errors)."""
+    not take (usage errors; ``why`` follows the command's name in the steering one)."""
     from .request import SamplingRequest
 
     text = prompting(flags, command, text_refused)
-    steer = steering(flags, command, refused)
+    steer = steering(flags, f"{command} ({why})" if why else command, refused)
     fields = {key: flags.pop(key) for key in REQUEST_FLAGS}
     return SamplingRequest(**fields, dtype=flags.pop("dtype") or dtype, steering=steer, prompting=text)
 

@@ -79,7 +79,7 @@ def tune_solver(sampler, steps, nfe, schedule, seeds, num, heldout, iterations, 
     if flags["rho"] is not None:
         raise click.BadParameter("a fitted solver chooses its own levels; --schedule names the start",
                                  param_hint="'--rho'")
-    request = model_request(flags, "edm tune-solver (it fits the deterministic ODE solve)",
+    request = model_request(flags, "edm tune-solver", why="it fits the deterministic ODE solve",
                             refused=("init_image", "strength", "mask", "resample", "corrector",
                                      "corrector_steps", "snr"), text_refused=True)
     given = [key for key, value in flags.items() if value is not None]
@@ -180,7 +180,7 @@ def tune_schedule(ctx, sampler, steps, nfe, schedule, seeds, num, init, max_eval
         if ctx.get_parameter_source("init") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--schedule and --init name the same thing: give one")
         init = schedule
-    request = model_request(flags, "edm tune-schedule (it fits the deterministic ODE solve)", "float64",
+    request = model_request(flags, "edm tune-schedule", "float64", why="it fits the deterministic ODE solve",
                             refused=("init_image", "strength", "mask", "resample", "corrector",
                                      "corrector_steps", "snr"), text_refused=True)
     nfe, options = one_sampler(sampler, steps, nfe, flags, "edm tune-schedule")

@@ -124,8 +124,8 @@ def bench(sampler, steps, nfe, schedule, seeds, num, options, metrics, ode_num, 
     if steps is not None:
         raise click.BadParameter("edm bench compares samplers at equal NFE: give budgets with --nfe",
                                  param_hint="'--steps'")
-    sampling = model_request(flags, "edm bench (it compares samplers on generation)",
-                             refused=("init_image", "strength", "mask", "resample"))
+    sampling = model_request(flags, "edm bench", refused=("init_image", "strength", "mask", "resample"),
+                             why="it compares samplers on generation")
     names = _sampler_names(sampler)
     merged = _merged_options(names, flags, options)
     request = BenchRequest(sampling=sampling, samplers=names, schedules=schedule, nfe=nfe or DEFAULT_NFE,
