@@ -1,8 +1,9 @@
 """The generation pipeline: one PNG per seed, reproducible per seed, resumable, on one or many processes.
 
-``generate(model, seeds, outdir, ...)`` validates everything (model, sampler and its options, schedule,
-steps or NFE budget, class, guidance, output paths) before it writes anything, then samples the seeds
-in batches and writes ``{seed:06d}.png`` per seed (``--subdirs``: in ``{seed - seed % 1000:06d}/``).
+``generate(request, seeds, outdir)`` (a :class:`tools.request.SamplingRequest`, or its fields as
+keywords: ``generate("digits", "0-63", "out", sampler="euler")``) validates everything (model, sampler and
+its options, schedule, steps or NFE budget, class, guidance, output paths) before it writes anything,
+then samples the seeds in batches and writes ``{seed:06d}.png`` per seed (``--subdirs``: in ``{seed - seed % 1000:06d}/``).
 
 * Reproducible per seed: the latent is ``samplers.noise.latents`` (NVlabs' per-seed stream), the
   sampler's noise comes from the seed's own streams and a random class label is drawn from the seed
@@ -18,11 +19,13 @@ in batches and writes ``{seed:06d}.png`` per seed (``--subdirs``: in ``{seed - s
 * Distributed: under ``torchrun`` (``WORLD_SIZE``/``RANK`` set) each rank takes ``seeds[rank::world]``
   and batches them (gloo on CPU, NCCL on CUDA); the images equal a single-process run's.
 
-``prepare(...)`` does the validation and returns a :class:`Plan`; ``run(plan)`` does the work.
+``prepare(request, output)`` (an :class:`Output`: seeds, folder, batch, ...) does the validation and returns
+a :class:`Plan`, which holds the request, its checked :class:`Sampling` and the output; ``run(plan)`` does
+the work.
 
-Modules: :mod:`.sampling` (what is sampled, checked once for every command that samples),
-:mod:`.plan` (the job),
-:mod:`.runner` (the work), :mod:`.record` (the folder's settings), :mod:`.cli` (``edm generate``).
+Modules: :mod:`.sampling` (what is sampled, checked once for every command that samples:
+``prepare_sampling(request)``), :mod:`.plan` (the job), :mod:`.runner` (the work), :mod:`.record` (the
+folder's settings), :mod:`.cli` (``edm generate``).
 PNG and grid I/O is :mod:`tools.images`; devices and dtypes :mod:`tools.device`; ranks :mod:`tools.ranks`.
 Names are imported on first use, so the CLI module loads without torch.
 """
@@ -35,7 +38,7 @@ _EXPORTS = {
     "class_labels": "tools.labels", "conditioning": "tools.labels",
     "GUIDANCE_MEANING": ".sampling", "Sampling": ".sampling", "prepare_sampling": ".sampling",
     "check_sampler": ".sampling",
-    "GenerateError": ".plan", "Plan": ".plan", "prepare": ".plan",
+    "GenerateError": ".plan", "Output": ".plan", "Plan": ".plan", "prepare": ".plan",
     "Summary": ".runner", "generate": ".runner", "run": ".runner", "sample_images": ".runner",
     "RECORD_NAME": ".record",
 }
