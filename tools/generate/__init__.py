@@ -3,7 +3,8 @@
 ``generate(request, seeds, outdir)`` (a :class:`tools.request.SamplingRequest`, or its fields as
 keywords: ``generate("digits", "0-63", "out", sampler="euler")``) validates everything (model, sampler and
 its options, schedule, steps or NFE budget, class, guidance, output paths) before it writes anything,
-then samples the seeds in batches and writes ``{seed:06d}.png`` per seed (``--subdirs``: in ``{seed - seed % 1000:06d}/``).
+then samples the seeds in batches and writes ``{seed:06d}.png`` per seed (``--subdirs``: in
+``{seed - seed % 1000:06d}/``).
 
 * Reproducible per seed: the latent is ``samplers.noise.latents`` (NVlabs' per-seed stream), the
   sampler's noise comes from the seed's own streams and a random class label is drawn from the seed
