@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTEXT", "BadInput", "check_writable_dir", "format_value", "jsonable", "lazy_exports",
+__all__ = ["CONTEXT", "BadInput", "check_writable_dir", "compact", "format_value", "jsonable", "lazy_exports",
            "one_line", "positive_int", "spelled_out"]
 
 #: click settings of every command: -h as --help, and help as wide as 120 columns
@@ -46,6 +46,18 @@ def one_line(error: BaseException | str) -> str:
 
 def format_value(value: Any) -> str:
     """A compact rendering of an option value: 0.0 -> 0, 1e-3 -> 0.001, inf -> inf."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def compact(value: Any) -> str:
+    """A one-line rendering of a setting for people: mappings as ``k=v`` pairs, lists in brackets, floats
+    in ``%g``."""
+    if isinstance(value, Mapping):
+        return " ".join(f"{k}={compact(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(compact(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

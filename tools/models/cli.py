@@ -10,19 +10,9 @@ from typing import Any
 
 import click
 
-from tools.common import CONTEXT, BadInput, jsonable, one_line
+from tools.common import CONTEXT, BadInput, compact, jsonable, one_line
 
 __all__ = ["info", "model_block", "model_record"]
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return " ".join(f"{k}={_compact(v)}" for k, v in value.items()) or "-"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_compact(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _parameters(loaded) -> int | None:
@@ -62,28 +52,11 @@ def _guidance(info: Mapping[str, Any]) -> str:
 
 
 def _pipeline_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``edm info`` rows of a text-to-image pipeline: kind, latent and image sizes, encoders, VAE and
-    scheduler."""
-    c, h, w = info.get("latent_shape") or (0, 0, 0)
-    height, width = info.get("size") or info.get("default_size") or (0, 0)
-    vae = info.get("vae") or {}
-    scheduler = info.get("scheduler") or {}
-    rows = [
-        ("pipeline", f"{info['pipeline']} ({info.get('family', '?')})"),
-        ("latent shape", f"{c} x {h} x {w} (the sampler's space; channels x height x width)"),
-        ("image size", f"{width} x {height} (width x height; --width / --height in multiples of "
-                       f"{info.get('size_multiple', vae.get('factor', '?'))})"),
-        ("text encoders", ", ".join(f"{k}: {v}" for k, v in (info.get("encoders") or {}).items())),
-        ("vae", f"{vae.get('class', '?')}, factor {vae.get('factor')}, scaling {vae.get('scaling_factor')}, "
-                f"shift {vae.get('shift_factor')}, force_upcast {vae.get('force_upcast')}"),
-        ("scheduler", str(scheduler.get("class", "?"))),
-    ]
-    if scheduler.get("honoured"):
-        rows.append(("model settings", _compact(scheduler["honoured"])))
-    if scheduler.get("ignored"):
-        rows.append(("loop settings", f"{_compact(scheduler['ignored'])} (used by --schedule diffusers, "
-                                      "which reproduces the scheduler's loop)"))
-    return rows
+    """``edm info`` rows of a text-to-image pipeline, as its family declares them."""
+    from tools.models.families import for_pipeline
+    from tools.models.families.base import PipelineFamily
+
+    return (for_pipeline(info.get("pipeline")) or PipelineFamily()).info_rows(info)
 
 
 def model_block(record: Mapping[str, Any]) -> str:
@@ -113,23 +86,23 @@ def model_block(record: Mapping[str, Any]) -> str:
          if record["sigma_table"] else "none (continuous sigma)"),
     ]
     if record["precond"] is not None:
-        rows.append(("preconditioning", _compact(record["precond"])))
+        rows.append(("preconditioning", compact(record["precond"])))
     if isinstance(info.get("network"), Mapping):
         network = info["network"]
-        rows.append(("network", f"{network.get('name', '?')} {_compact(network.get('kwargs', {}))}"))
+        rows.append(("network", f"{network.get('name', '?')} {compact(network.get('kwargs', {}))}"))
     if record["parameters"]:
         rows.append(("parameters", f"{record['parameters']:,}"))
     for key in ("prediction", "x0_thresholding", "num_train_timesteps", "layout", "class", "sigma_data",
                 "use_fp16", "note"):
         if key in info:
-            rows.append((key.replace("_", " "), _compact(info[key])))
+            rows.append((key.replace("_", " "), compact(info[key])))
     for i, setting in enumerate(info.get("ignored") or []):
         rows.append(("not honoured" if i == 0 else "", setting))
     config = info.get("config") if isinstance(info.get("config"), Mapping) else {}
     extras = {k: v for k, v in config.items() if k not in ("format", "network", "precond", "data", "command")}
     rows.append(("training command", record["command"] or "not recorded"))
     for key, value in extras.items():
-        rows.append((key.replace("_", " "), _compact(value)))
+        rows.append((key.replace("_", " "), compact(value)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from tools.common import compact
+
 from ..saved_pipeline import SavedPipeline, SchedulerFile
 
 __all__ = ["Denoising", "Geometry", "PipelineFamily", "SchedulerKind", "cast_floating"]
@@ -94,8 +96,9 @@ class PipelineFamily:
         optional: components it uses when the index names them (they may be null).
         scheduler: the :class:`SchedulerKind` that makes the network's backbone a denoiser.
 
-    A family defines :meth:`backbone` and :meth:`conditioner`; :meth:`geometry` (a UNet's by default) and
-    :meth:`info_fields` (none by default) where it differs.
+    A family defines :meth:`backbone` and :meth:`conditioner`; :meth:`geometry` (a UNet's by default),
+    :meth:`info_fields` (none by default) and :meth:`info_rows` (the rows every pipeline shows) where it
+    differs.
     """
 
     name: str
@@ -126,3 +129,28 @@ class PipelineFamily:
     def info_fields(self, saved: SavedPipeline, conditioner, denoising: Denoising) -> dict[str, Any]:
         """Fields of the model's info record that only this family has (none by default)."""
         return {}
+
+    def info_rows(self, info: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The ``edm info`` rows of a loaded pipeline of this family, from its ``info`` record: kind,
+        latent and image sizes, encoders, VAE and scheduler (a family adds rows of its own fields)."""
+        c, h, w = info.get("latent_shape") or (0, 0, 0)
+        height, width = info.get("size") or info.get("default_size") or (0, 0)
+        vae = info.get("vae") or {}
+        scheduler = info.get("scheduler") or {}
+        rows = [
+            ("pipeline", f"{info['pipeline']} ({info.get('family', '?')})"),
+            ("latent shape", f"{c} x {h} x {w} (the sampler's space; channels x height x width)"),
+            ("image size", f"{width} x {height} (width x height; --width / --height in multiples of "
+                           f"{info.get('size_multiple', vae.get('factor', '?'))})"),
+            ("text encoders", ", ".join(f"{k}: {v}" for k, v in (info.get("encoders") or {}).items())),
+            ("vae", f"{vae.get('class', '?')}, factor {vae.get('factor')}, scaling "
+                    f"{vae.get('scaling_factor')}, shift {vae.get('shift_factor')}, force_upcast "
+                    f"{vae.get('force_upcast')}"),
+            ("scheduler", str(scheduler.get("class", "?"))),
+        ]
+        if scheduler.get("honoured"):
+            rows.append(("model settings", compact(scheduler["honoured"])))
+        if scheduler.get("ignored"):
+            rows.append(("loop settings", f"{compact(scheduler['ignored'])} (used by --schedule diffusers, "
+                                          "which reproduces the scheduler's loop)"))
+        return rows
