@@ -65,8 +65,10 @@ SCRIPT = textwrap.dedent('''
     import sys
     from pathlib import Path
 
-    sys.path[:0] = [sys.argv[2], sys.argv[1]]  # the repository, then the plugin's folder
+    # the repository, its tests' helpers, then the plugin's folder
+    sys.path[:0] = [sys.argv[2], str(Path(sys.argv[2]) / "tests"), sys.argv[1]]
     import toy_mirror  # noqa: F401  (registers the kind: the plugin's one line)
+    from _support import Counting
 
     from click.testing import CliRunner
 
@@ -95,16 +97,8 @@ SCRIPT = textwrap.dedent('''
     pngs = lambda name: [p.read_bytes() for p in sorted((out / name).glob("*.png"))]  # noqa: E731
     assert len(pngs("mirror")) == 2 and pngs("mirror") != pngs("plain")
 
-    class Counted:
-        def __init__(self, fn):
-            self.fn, self.calls = fn, 0
-
-        def __call__(self, x, sigma, **cond):
-            self.calls += 1
-            return self.fn(x, sigma, **cond)
-
     model = load_model("digits")
-    counted = Counted(model.denoiser)
+    counted = Counting(model.denoiser)
     model.denoiser = counted
     setup = prepare_sampling(SamplingRequest(model=model, sampler="euler", steps=3, device="cpu",
                                              class_label=1, steering=Steering(mirror_weight=0.5)))

@@ -309,14 +309,15 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     its prompting gives a text model its prompts and size; guidance None is a text model's own default
     weight, else 0.
     """
-    choice = _choose_sampler(request, _corrector_steps(request.steering))
+    corrector_steps = _corrector_steps(request.steering)  # the flags' count: budgets include them
+    choice = _choose_sampler(request, corrector_steps)
     device, dtype = resolve_device(request.device), resolve_dtype(request.dtype)
     model = load(request.model, device, dtype, request.trust_pickle)
     guidance = request.guidance
     if choice.fitted is not None:
         guidance = check_fitted_use(choice.fitted, model, guidance)
     if choice.kind == AUTO:
-        choice = _auto_choice(model, request.nfe, _corrector_steps(request.steering))
+        choice = _auto_choice(model, request.nfe, corrector_steps)
     model, prompts = check_prompting(request.prompting, model, resize_model)
     guidance = check_guidance(model, guidance_or_default(guidance, model, prompts))
     steer = check_steering(request.steering, model, guidance=guidance, class_label=request.class_label,
