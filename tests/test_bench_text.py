@@ -26,7 +26,6 @@ from tools.fid.detectors import Detector
 from tools.images import to_uint8
 from tools.request import Prompting
 
-pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 
 PROMPTS = ("a red bicycle", "a blue car", "sunset over the sea")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 
+import diffusers
 import pipelines_tiny
 import pytest
 import torch
@@ -29,8 +30,6 @@ from tools.schedules.diffusers import (
     DiffusersPlan,
     diffusers_plan,
 )
-
-diffusers = pytest.importorskip("diffusers")
 
 pytestmark = pytest.mark.usefixtures("one_thread", "offline")
 

@@ -17,6 +17,7 @@ import json
 import math
 import re
 
+import diffusers
 import pipelines_tiny
 import pytest
 import torch
@@ -26,8 +27,6 @@ import samplers
 from samplers.guidance.threshold import Thresholded, dynamic_threshold
 from tools.models import load_model
 from tools.models.diffusers import APPLIED
-
-diffusers = pytest.importorskip("diffusers")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

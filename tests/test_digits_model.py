@@ -25,11 +25,9 @@ CLASSES = [seed // 50 for seed in SEEDS]  # 50 samples per class
 
 def digit_classifier():
     """An RBF SVM on raw pixel values 0..16 (about 99% accurate on held-out real digits)."""
-    sklearn = pytest.importorskip("sklearn")
     from sklearn.datasets import load_digits
     from sklearn.svm import SVC
 
-    assert sklearn
     digits = load_digits()
     return SVC(gamma=0.001, C=10.0).fit(digits.data, digits.target)
 

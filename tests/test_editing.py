@@ -78,7 +78,7 @@ def test_img2img_matches_diffusers_ddim_schedule(n):
     """Through a diffusers DDIMScheduler's timesteps: the part of the schedule diffusers' img2img pipeline
     runs (timesteps[t_start:]) and its start, scheduler.add_noise(init, noise, t_start) in VP variables,
     which is init + sigma * noise in our VE variables."""
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                         beta_start=0.00085, beta_end=0.012)
     scheduler.set_timesteps(n)

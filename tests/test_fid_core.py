@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pytorch_fid import fid_score
+from scipy import fft
 
 from tools.fid import (
     FeatureStats,
@@ -28,7 +30,6 @@ from tools.fid import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-fid_score = pytest.importorskip("pytorch_fid.fid_score")
 
 
 def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +79,6 @@ def test_fd_2048d_closed_form_rank_deficient():
     """
     rng = np.random.default_rng(1)
     d = 2048
-    fft = pytest.importorskip("scipy.fft")
     q = fft.dct(np.eye(d), norm="ortho", axis=0)[:, rng.permutation(d)]  # orthogonal, cheaper than a QR
     l1 = rng.gamma(0.5, 1.0, d) / (1.0 + np.arange(d))
     l2 = l1 * rng.uniform(0.5, 2.0, d)
@@ -93,7 +93,7 @@ def test_fd_2048d_closed_form_rank_deficient():
 
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # sqrtm on constant-pixel covariances
 def test_fd_matches_pytorch_fid_on_digit_pixels():
-    datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn import datasets
     x = datasets.load_digits().data.astype(np.float64)  # [1797, 64], pixels 0..16; some constant pixels
     a, b = x[::2], x[1::2]
     m1, s1 = _stats(a)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import edm
 import samplers
+from edm import networks
 from samplers.guidance import ClassifierFreeGuidance, drop_class_labels, guided
 
 K = 4  # classes
@@ -170,8 +172,6 @@ def test_batch_invariance(sampler):
 
 def test_with_an_edm_network():
     """On a real (tiny, random) class-conditional UNet under EDM preconditioning."""
-    edm = pytest.importorskip("edm")
-    networks = pytest.importorskip("edm.networks")
     torch.manual_seed(0)
     backbone = networks.build_network("unet", in_channels=1, resolution=8, model_channels=8, channel_mult=[1],
                                       num_blocks=1, attn_resolutions=[], num_classes=K, channels_per_head=8)

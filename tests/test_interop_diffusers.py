@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import re
 
+import diffusers
 import pipelines_tiny
 import pytest
 import torch
 
 import samplers
 from tools.models import ModelError, load_model
-
-diffusers = pytest.importorskip("diffusers")
 
 SIZE, CHANNELS, BATCH, STEPS = 8, 2, 2, 10
 

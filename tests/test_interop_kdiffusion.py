@@ -19,7 +19,6 @@ import samplers
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    K = pytest.importorskip("k_diffusion")
     import k_diffusion.external as K_external
     import k_diffusion.sampling as K_sampling
 

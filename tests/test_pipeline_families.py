@@ -97,8 +97,6 @@ def test_the_base_family_declares_a_unet_default_geometry():
 
 @pytest.mark.usefixtures("registry")
 def test_a_registered_family_loads_its_pipelines(tmp_path):
-    pytest.importorskip("diffusers")
-    pytest.importorskip("transformers")
     from pipelines_tiny import build_sd
 
     from tools.models.pipelines import load_pipeline

@@ -18,9 +18,6 @@ from tools.common import BadInput
 from tools.models import ModelError
 from tools.models.pipelines import claims_pipeline, load_pipeline, resized
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LONG = "a very long prompt " * 8  # 152 characters: one token each, beyond the 77 tokens of CLIP

@@ -9,6 +9,7 @@ spacing and offsets carry over, which is what ``--schedule diffusers`` promises 
 
 from __future__ import annotations
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,6 @@ from click.testing import CliRunner
 
 from _support import plan_of
 from tools.cli import main
-
-diffusers = pytest.importorskip("diffusers")
 
 PROMPT, NEGATIVE, W, STEPS, SEEDS = "a red bicycle", "blurry", 2.0, 6, (0, 1, 2, 3)
 
