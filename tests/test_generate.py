@@ -523,10 +523,6 @@ def test_info(tiny):
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
-DIGITS = REPO / "edm" / "weights" / "digits.json"
-
-
-@pytest.mark.skipif(not DIGITS.is_file(), reason="the embedded digits model is not trained yet")
 def test_default_model_smoke(tmp_path):
     out = ok("--seeds", "0-3", "--steps", 4, "--outdir", tmp_path, "--grid", tmp_path / "grid.png")
     assert out.startswith("4 images written")

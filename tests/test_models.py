@@ -117,10 +117,7 @@ def test_builtin_names(tmp_path, monkeypatch):
     assert (model.source, model.shape, model.num_classes) == ("digits", SHAPE, NUM_CLASSES)
 
 
-def test_shipped_digits_model_loads_when_present():
-    stem = Path(edm.__file__).parent / "weights" / "digits"
-    if not stem.with_suffix(".json").is_file():
-        pytest.skip("edm/weights/digits is not shipped yet")
+def test_shipped_digits_model_loads():
     model = load_model("digits")
     assert model.kind == "checkpoint" and len(model.shape) == 3
     x = torch.zeros(1, *model.shape)

@@ -16,9 +16,6 @@ from tools import generate as pipeline
 from tools.generate import cli as generate_cli
 from tools.schedules.file import FORMAT, ScheduleFileError, file_path, load_schedule, save_schedule
 
-DIGITS = Path(__file__).resolve().parents[1] / "edm" / "weights" / "digits.json"
-needs_digits = pytest.mark.skipif(not DIGITS.is_file(), reason="the embedded digits model is not trained yet")
-
 
 def karras(steps: int) -> torch.Tensor:
     return schedules.get("karras")(steps, 0.002, 80.0)
@@ -159,7 +156,6 @@ def generate(*args):
     return _support.invoke(generate_cli.generate, "--no-progress", "--device", "cpu", *args)
 
 
-@needs_digits
 def test_schedule_sigmas_reads_files(digits_model, saved):
     path, sigmas = saved
     exact, options = pipeline.schedule_sigmas(digits_model, f"file:{path}", 7)
@@ -171,7 +167,6 @@ def test_schedule_sigmas_reads_files(digits_model, saved):
         assert info.value.param == "schedule"
 
 
-@needs_digits
 @pytest.mark.slow
 def test_generate_with_a_file_equals_the_registry_schedule_it_holds(tmp_path):
     path = save_schedule(tmp_path / "karras4.json", karras(4))
@@ -186,7 +181,6 @@ def test_generate_with_a_file_equals_the_registry_schedule_it_holds(tmp_path):
     assert (tmp_path / "resampled" / "000000.png").is_file()
 
 
-@needs_digits
 @pytest.mark.parametrize("case", ["missing", "not json", "binary", "other format", "increasing",
                                   "no final 0"])
 def test_generate_rejects_bad_files(tmp_path, case):
@@ -196,7 +190,6 @@ def test_generate_rejects_bad_files(tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
-@needs_digits
 @pytest.mark.parametrize("extra, match", [
     (["--rho", 3], "fixes its own sigmas"),
     (["--sigma-min", 0.01], "fixes its own sigmas"),
@@ -208,7 +201,6 @@ def test_generate_rejects_range_options_with_a_file(saved, tmp_path, extra, matc
     assert not (tmp_path / "out").exists()
 
 
-@needs_digits
 def test_generate_rejects_an_empty_file_path(tmp_path):
     result = generate("--schedule", "file:", "--seeds", "0", "--outdir", tmp_path / "out")
     assert_usage_error(result, "file: needs a path")

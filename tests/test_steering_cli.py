@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from edm.classifier import BUILTIN_CLASSIFIERS, NoiseAwareClassifier, builtin_classifier_path, save_classifier
+from edm.classifier import NoiseAwareClassifier, save_classifier
 from tools.cli import main
 from tools.generate.record import RECORD_NAME
 from tools.options import SAMPLING_PARAMS, STEERING_FLAGS
@@ -31,10 +31,6 @@ NAMES = [f"{s:06d}.png" for s in SEEDS]
 # euler: the cheapest; a later --sampler replaces it (click takes an option's last value).
 BASE = ["--no-progress", "--device", "cpu", "--dtype", "float64", "--sampler", "euler", "--steps", 4,
         "--seeds", "0-7"]
-SHIPPED_CLASSIFIER = "digits-classifier" in BUILTIN_CLASSIFIERS and builtin_classifier_path(
-    "digits-classifier").with_suffix(".safetensors").is_file()
-needs_shipped_classifier = pytest.mark.skipif(not SHIPPED_CLASSIFIER,
-                                              reason="digits-classifier not shipped yet")
 
 
 def invoke(*args):
@@ -147,8 +143,7 @@ DIFFERS_FROM = {"negative class": ["cfg"], "guidance interval": ["cfg"], "guidan
                 "autoguidance": ["cfg"], "classifier": ["unconditional"],
                 "tiny classifier": ["unconditional"], "dynamic threshold": ["default percentile"],
                 "inpainting resample": ["inpainting"]}
-SET_NAMES = [pytest.param(name, marks=[needs_shipped_classifier] if name == "classifier" else [])
-             for name in flag_sets(dict.fromkeys(["plain", "one", "right", "clf10"], ""))
+SET_NAMES = [name for name in flag_sets(dict.fromkeys(["plain", "one", "right", "clf10"], ""))
              if name not in ("cfg", "unconditional", "default percentile")]
 
 

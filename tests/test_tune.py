@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,6 @@ from tools.schedules.tune import calibration_seeds, tunable_steps, tune_schedule
 SHAPE = (3, 8, 8)
 RANGE = dict(sigma_min=0.002, sigma_max=80.0)
 EVALUATION_SEEDS = range(64)
-DIGITS = Path(__file__).resolve().parents[1] / "edm" / "weights" / "digits.json"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -206,7 +204,6 @@ def test_bad_arguments(mixture, kwargs, match):
 # edm tune-schedule
 
 
-@pytest.mark.skipif(not DIGITS.is_file(), reason="the embedded digits model is not trained yet")
 @pytest.mark.slow
 def test_cli_tunes_digits_and_generate_reads_the_file(tmp_path):
     out = tmp_path / "schedules" / "heun5.json"
