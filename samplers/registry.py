@@ -167,7 +167,8 @@ def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False,
     The function must be named ``name``; its keyword-only parameters other than ``noise`` and
     ``callback`` are the sampler's options, their defaults the option defaults (the only options a
     user may override). Each option is described by ``option_help[option]`` if given, else by the
-    common text in :data:`OPTION_HELP`; ValueError if an option has neither. Entries sharing an
+    common text in :data:`OPTION_HELP`; ValueError if an option has neither (or a blank or
+    multi-line one). Entries sharing an
     algorithm with other defaults are small functions of their own calling the shared implementation.
     ``count_nfe``: see :class:`SamplerSpec` (with ``nfe_per_step=None``, for a schedule-dependent NFE).
     """
@@ -185,10 +186,11 @@ def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False,
             raise ValueError(f"sampler {name!r}: option_help for {', '.join(stray)}, which is not an option "
                              f"(options: {', '.join(options) or 'none'})")
         helps = {key: own_help.get(key, OPTION_HELP.get(key)) for key in options}
-        missing = [key for key, text in helps.items() if not text]
+        missing = [key for key, text in helps.items()
+                   if not (isinstance(text, str) and text.strip() and "\n" not in text)]
         if missing:
-            raise ValueError(f"sampler {name!r}: option(s) {', '.join(missing)} have no description; "
-                             "pass option_help= or add them to registry.OPTION_HELP")
+            raise ValueError(f"sampler {name!r}: option(s) {', '.join(missing)} have no one-line "
+                             "description; pass option_help= or add them to registry.OPTION_HELP")
         doc_line = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY.add(name, SamplerSpec(
             name=name, fn=fn, order=order, nfe_per_step=nfe_per_step,

@@ -1,10 +1,10 @@
 """The sampler registry declares each option once: options are the sampler function's keyword-only
-parameters, every option is described, functions are named after their samplers, and restart's
-default is a string the --restart-list flag accepts."""
+parameters, every option is described, functions are named after their samplers (``register`` refuses an
+entry otherwise, at import: each of its checks is tried once here on a probe, not re-checked per
+sampler), and restart's default is a string the --restart-list flag accepts."""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -14,39 +14,8 @@ from samplers import registry
 from samplers.phi import phi
 from samplers.restart import parse_restart_list, restart_nfe
 
-NAMES = samplers.list()
 # restart's default before it became a string (its parsed value must stay this).
 RESTART_DEFAULT_TUPLE = ((0.06, 0.30, 2, 3),)
-
-
-def signature_defaults(fn):
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and k not in ("noise", "callback")}
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_options_are_the_signature_defaults(name):
-    spec = samplers.get(name)
-    assert dict(spec.options) == signature_defaults(spec.fn)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_function_is_named_after_its_sampler(name):
-    assert samplers.get(name).fn.__name__ == name
-
-
-def test_function_names_are_distinct():
-    fns = [samplers.get(name).fn for name in NAMES]
-    assert len({fn.__name__ for fn in fns}) == len(NAMES)
-    assert len({id(fn) for fn in fns}) == len(NAMES)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_every_option_has_a_one_line_description(name):
-    spec = samplers.get(name)
-    assert set(spec.option_help) == set(spec.options)
-    for key, text in spec.option_help.items():
-        assert isinstance(text, str) and text.strip() and "\n" not in text, (name, key)
 
 
 def test_option_defaults_are_today_s():
@@ -84,33 +53,82 @@ def test_restart_list_default_is_a_string_that_parses_to_the_old_default():
     assert registry.nfe_on("restart", sigmas) == restart_nfe(sigmas, RESTART_DEFAULT_TUPLE) > 19
 
 
-def test_register_takes_options_from_the_signature_and_checks_them():
-    reg = registry.register
+@pytest.fixture
+def empty_registry(monkeypatch):
+    """A fresh sampler registry for the test: probes registered there leave the real one alone."""
+    monkeypatch.setattr(registry, "_REGISTRY", registry.Registry("sampler"))
 
-    def probe(model, x, sigmas, *, noise=None, callback=None, eta=0.5, wiggle=2):
-        """Probe sampler."""
-        return x
 
-    with pytest.raises(ValueError, match="wiggle"):  # no description anywhere
-        reg("probe", order=1, nfe_per_step=1)(probe)
-    with pytest.raises(ValueError, match="named 'other'"):
-        reg("other", order=1, nfe_per_step=1, option_help={"wiggle": "How much."})(probe)
-    with pytest.raises(ValueError, match="not an option"):
-        reg("probe", order=1, nfe_per_step=1, option_help={"wiggle": "How much.", "nope": "x"})(probe)
+def probe(model, x, sigmas, *, noise=None, callback=None, eta=0.5, wiggle=2):
+    """Probe sampler.
 
-    def kwargs_probe(model, x, sigmas, *, noise=None, callback=None, **options):
-        return x
+    More text."""
+    return x
 
-    with pytest.raises(TypeError, match="kwargs"):
-        reg("kwargs_probe", order=1, nfe_per_step=1)(kwargs_probe)
 
-    def no_default(model, x, sigmas, *, noise=None, callback=None, eta):
-        return x
+WIGGLE = {"wiggle": "How much."}
 
-    with pytest.raises(TypeError, match="no default"):
-        reg("no_default", order=1, nfe_per_step=1)(no_default)
-    assert "probe" not in samplers.list()
-    assert registry.signature_options(probe) == {"eta": 0.5, "wiggle": 2}
+
+@pytest.mark.usefixtures("empty_registry")
+def test_register_takes_options_from_the_signature_and_their_descriptions():
+    assert registry.register("probe", order=1, nfe_per_step=1, option_help=WIGGLE)(probe) is probe
+    spec = samplers.get("probe")
+    assert spec.fn is probe and samplers.list() == ["probe"]
+    assert dict(spec.options) == registry.signature_options(probe) == {"eta": 0.5, "wiggle": 2}
+    assert dict(spec.option_help) == {"eta": registry.OPTION_HELP["eta"], "wiggle": "How much."}
+    assert spec.description == "Probe sampler." and spec.last_step_nfe == 1
+    with pytest.raises(ValueError, match="'probe' is already registered"):
+        registry.register("probe", order=1, nfe_per_step=1, option_help=WIGGLE)(probe)
+
+
+def _no_kwargs(model, x, sigmas, *, noise=None, callback=None, **options):
+    return x
+
+
+def _no_default(model, x, sigmas, *, noise=None, callback=None, eta):
+    return x
+
+
+def _two_positional(model, x, *, noise=None, callback=None):
+    return x
+
+
+def _no_callback(model, x, sigmas, *, noise=None):
+    return x
+
+
+def _noise_not_none(model, x, sigmas, *, noise=0, callback=None):
+    return x
+
+
+#: (function, register's keywords, the error and its message): each check register makes, once
+REFUSED = {
+    "misnamed": (probe, {"name": "other", "option_help": WIGGLE}, ValueError, "must be named 'other'"),
+    "no description": (probe, {}, ValueError, "wiggle have no one-line description"),
+    "blank description": (probe, {"option_help": {"wiggle": "  "}}, ValueError, "no one-line description"),
+    "two-line description": (probe, {"option_help": {"wiggle": "How\nmuch."}}, ValueError,
+                             "no one-line description"),
+    "help for a non-option": (probe, {"option_help": {**WIGGLE, "nope": "x"}}, ValueError,
+                              "option_help for nope, which is not an option"),
+    "unknown noise kind": (probe, {"option_help": WIGGLE, "noise": "pink"}, ValueError,
+                           "noise must be one of"),
+    "**kwargs": (_no_kwargs, {}, TypeError, "takes \\*\\*kwargs"),
+    "option without default": (_no_default, {}, TypeError, "option 'eta' .* has no default"),
+    "not (model, x, sigmas)": (_two_positional, {}, TypeError, "must take \\(model, x, sigmas\\)"),
+    "no callback": (_no_callback, {}, TypeError, "must take callback=None"),
+    "noise not None": (_noise_not_none, {}, TypeError, "must take noise=None"),
+}
+
+
+@pytest.mark.usefixtures("empty_registry")
+@pytest.mark.parametrize("case", REFUSED)
+def test_register_refuses_a_bad_entry(case):
+    fn, keywords, error, message = REFUSED[case]
+    keywords = {"name": fn.__name__, **keywords}
+    name = keywords.pop("name")
+    with pytest.raises(error, match=message):
+        registry.register(name, order=1, nfe_per_step=1, **keywords)(fn)
+    assert samplers.list() == []
 
 
 def test_traceback_names_the_sampler():
