@@ -75,11 +75,19 @@ def register(name: str, *, reference: str, needs_table: bool = False, range_opti
     count and range (floats, or None where ``range_optional``) and returns the ``n`` (or, for table
     schedules, at most ``n``) nonzero sigmas as a float64 CPU tensor. The registered callable appends
     the final 0, casts to ``dtype``, checks the result with ``validate_sigmas`` and moves it to
-    ``device``. The description defaults to the first line of the docstring.
+    ``device``. The description defaults to the first line of the docstring; ValueError without a
+    one-line description or a reference.
     """
     range_optional = range_optional or needs_table
+    if not (isinstance(reference, str) and reference.strip()):
+        raise ValueError(f"schedule {name!r}: give its reference (where it comes from)")
 
     def decorate(inner: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        doc_line = (inner.__doc__ or "").strip().splitlines()
+        summary = description or (doc_line[0] if doc_line else "")
+        if not summary.strip() or "\n" in summary:
+            raise ValueError(f"schedule {name!r}: needs a one-line description (description= or the "
+                             "docstring's first line)")
         params = inspect.signature(inner).parameters
         keywords = [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
         options = {k: params[k].default for k in keywords if k != "sigmas"}
@@ -108,11 +116,9 @@ def register(name: str, *, reference: str, needs_table: bool = False, range_opti
             inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="cpu"),
             inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=torch.float64),
         ])
-        doc_line = (inner.__doc__ or "").strip().splitlines()
         _REGISTRY.add(name, ScheduleSpec(
-            name=name, fn=schedule, options=MappingProxyType(options),
-            description=description or (doc_line[0] if doc_line else ""), reference=reference,
-            needs_table=needs_table, range_optional=range_optional,
+            name=name, fn=schedule, options=MappingProxyType(options), description=summary,
+            reference=reference, needs_table=needs_table, range_optional=range_optional,
         ))
         return schedule
 
