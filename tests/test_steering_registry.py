@@ -127,22 +127,53 @@ def test_the_builtin_flags_in_order():
                              "corrector", "corrector_steps", "snr"]
 
 
-def test_a_taken_flag_or_name_is_refused():
-    class Clash(SteeringKind):
-        name = "clash"
-        flags = (Flag("mask", "Editing", help="again"),)
+class _Clash(SteeringKind):
+    name = "clash"
+    flags = (Flag("mask", "Editing", help="again"),)
 
-    class Named(SteeringKind):
-        name = "threshold"
 
-    class Reserved(SteeringKind):
-        name = "reserved"
-        flags = (Flag("replace", "Guidance", help="a method of Steering"),)
+class _Named(SteeringKind):
+    name = "threshold"
 
-    for kind in (Clash(), Named(), Reserved()):
-        with pytest.raises(ValueError):
-            register(kind)
-    assert [k.name for k in kinds()].count("threshold") == 1 and "clash" not in [k.name for k in kinds()]
+
+class _Reserved(SteeringKind):
+    name = "reserved"
+    flags = (Flag("replace", "Guidance", help="a method of Steering"),)
+
+
+class _NotAName(SteeringKind):
+    name = "not-a-name"
+    flags = (Flag("two words", "Guidance", help="not an identifier"),)
+
+
+class _Private(SteeringKind):
+    name = "private"
+    flags = (Flag("_hidden", "Guidance", help="starts with an underscore"),)
+
+
+class _Nameless(SteeringKind):
+    name = ""
+
+
+#: each check register makes, once: what it is given and its message
+REFUSED = {
+    "taken flag": (_Clash(), "flag --mask is taken or not a name"),
+    "taken name": (_Named(), "'threshold' is registered already"),
+    "reserved flag": (_Reserved(), "flag --replace is taken or not a name"),
+    "flag not an identifier": (_NotAName(), "is taken or not a name"),
+    "flag starting with _": (_Private(), "is taken or not a name"),
+    "nameless kind": (_Nameless(), "a named SteeringKind instance"),
+    "a class, not an instance": (_Clash, "a named SteeringKind instance"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_register_refuses_a_bad_kind(case):
+    kind, message = REFUSED[case]
+    before = kinds()
+    with pytest.raises(ValueError, match=message):
+        register(kind)
+    assert kinds() == before
 
 
 def test_steering_is_an_immutable_comparable_value():

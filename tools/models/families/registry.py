@@ -4,12 +4,12 @@ name a family answers to.
 A family module registers its family with ``@register`` on the class; the package imports each family
 module, so a new family is one module plus its line in the package's imports. Registration checks what
 would otherwise fail only when a model loads: a name or pipeline class registered twice, a network the
-family does not require.
+family does not require, a component both required and optional, a scheduler that is no SchedulerKind.
 """
 
 from __future__ import annotations
 
-from .base import PipelineFamily
+from .base import PipelineFamily, SchedulerKind
 
 __all__ = ["FAMILIES", "PIPELINES", "for_pipeline", "register"]
 
@@ -23,7 +23,8 @@ PIPELINES: dict[str, tuple[str, float]] = {}
 
 def register(cls: type[PipelineFamily]) -> type[PipelineFamily]:
     """Class decorator: add an instance of the family ``cls`` to the registry; ValueError if its name or
-    one of its pipeline classes is taken, or if it does not require its own network, VAE and scheduler."""
+    one of its pipeline classes is taken, if it does not require its own network, VAE and scheduler, if a
+    component is both required and optional, or if its scheduler is no :class:`~.base.SchedulerKind`."""
     family = cls()
     if family.name in FAMILIES:
         raise ValueError(f"pipeline family {family.name!r} is already registered")
@@ -34,6 +35,11 @@ def register(cls: type[PipelineFamily]) -> type[PipelineFamily]:
     unlisted = [name for name in (family.network, "vae", "scheduler") if name not in family.required]
     if unlisted:
         raise ValueError(f"pipeline family {family.name!r} must require {', '.join(unlisted)}")
+    both = [name for name in family.optional if name in family.required]
+    if both:
+        raise ValueError(f"pipeline family {family.name!r}: {', '.join(both)} both required and optional")
+    if not isinstance(getattr(family, "scheduler", None), SchedulerKind):
+        raise ValueError(f"pipeline family {family.name!r}: its scheduler must be a SchedulerKind instance")
     FAMILIES[family.name] = family
     for name, guidance_scale in family.pipelines.items():
         PIPELINES[name] = (family.name, guidance_scale)
