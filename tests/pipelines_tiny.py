@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["BUILDERS", "build_sd", "build_sd3", "build_sdxl", "byte_vocabulary", "tiny_t5_tokenizer",
-           "tiny_tokenizer"]
+__all__ = ["BUILDERS", "build_sd", "build_sd3", "build_sdxl", "byte_vocabulary", "random_unet2d",
+           "save_unet_pipeline", "tiny_t5_tokenizer", "tiny_tokenizer"]
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 HIDDEN = 32  # width of the tiny CLIP encoders
@@ -208,3 +208,19 @@ def random_unet2d(size: int, channels: int, num_class_embeds: int | None = None)
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         num_class_embeds=num_class_embeds,
     ).eval()
+
+
+def save_unet_pipeline(path, scheduler=None, *, unet=None, size: int = 8, channels: int = 2,
+                       num_class_embeds: int | None = None, layout: str = "pipeline"):
+    """A ``diffusers:DIR`` model: ``unet`` (default ``random_unet2d(size, channels, num_class_embeds)``) and
+    ``scheduler`` (a diffusers scheduler object; None saves the UNet alone) written with
+    ``save_pretrained`` into ``path/unet`` and ``path/scheduler`` (``layout="pipeline"``) or both into
+    ``path`` (``layout="flat"``). Returns the UNet."""
+    if layout not in ("pipeline", "flat"):
+        raise ValueError(f"layout is 'pipeline' or 'flat', got {layout!r}")
+    path = Path(path)
+    unet = random_unet2d(size, channels, num_class_embeds) if unet is None else unet
+    unet.save_pretrained(path / "unet" if layout == "pipeline" else path)
+    if scheduler is not None:
+        scheduler.save_pretrained(path / "scheduler" if layout == "pipeline" else path)
+    return unet

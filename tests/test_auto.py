@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import samplers
+from _support import invoke
 from tools import cli
 from tools.solvers import auto
 from tools.solvers.auto import AutoTableError, auto_choice, auto_dir, load_auto_table, write_auto_table
@@ -206,7 +206,7 @@ def test_a_user_table_serves_the_other_fingerprints_it_lists(user_dir):
 
 
 def edm(*args):
-    return CliRunner().invoke(cli.main, ["bench", *map(str, args), "--device", "cpu", "--no-progress"])
+    return invoke(cli.main, "bench", *map(str, args), "--device", "cpu", "--no-progress")
 
 
 @pytest.mark.slow

@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import samplers
-from _support import Counting, plan_of
+from _support import Counting, invoke, plan_of
 from edm.gaussian_mixture import GaussianMixture
 from samplers.registry import nfe_on
 from tools import cli
@@ -221,7 +220,7 @@ def test_samples_are_the_images_edm_generate_writes(tmp_path):
 
 
 def edm(*args):
-    return CliRunner().invoke(cli.main, ["bench", *map(str, args), "--device", "cpu", "--no-progress"])
+    return invoke(cli.main, "bench", *map(str, args), "--device", "cpu", "--no-progress")
 
 
 @pytest.mark.slow

@@ -16,9 +16,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from _support import plan_of
+from _support import error_lines, invoke, plan_of
 from tools import cli
 from tools.compare import BenchError, run_bench
 from tools.compare.runner import BenchRequest, prepare_bench
@@ -160,7 +159,7 @@ def test_command_takes_the_text_flags_and_resumes_only_the_same_prompts(sd, tmp_
     out = tmp_path / "out"
     args = bench_args(pipe, out, "--prompts", str(prompts), "--negative-prompt", NEGATIVE,
                       "--width", "16", "--height", "16")
-    result = CliRunner().invoke(cli.main, args)
+    result = invoke(cli.main, *args)
     assert result.exit_code == 0, result.output
     assert "2 cells (2 computed" in result.output
     settings = json.loads((out / "results.json").read_text())["settings"]
@@ -169,29 +168,29 @@ def test_command_takes_the_text_flags_and_resumes_only_the_same_prompts(sd, tmp_
     assert settings["shape"] == [4, 8, 8] and settings["image_shape"] == [3, 16, 16]
     assert settings["guidance"] == 6.5  # the pipeline's default guidance_scale 7.5, as w
 
-    again = CliRunner().invoke(cli.main, args)  # the same settings: nothing to compute
+    again = invoke(cli.main, *args)  # the same settings: nothing to compute
     assert again.exit_code == 0, again.output
     assert "0 computed, 2 already done" in again.output
 
-    other = CliRunner().invoke(cli.main, bench_args(pipe, out, "--prompt", "a cat"))
+    other = invoke(cli.main, *bench_args(pipe, out, "--prompt", "a cat"))
     assert other.exit_code == 2
     assert "other settings" in other.output and "text" in other.output
 
 
 def test_command_without_a_prompt_fails_in_one_line(sd, tmp_path):
     pipe, _ = sd
-    result = CliRunner().invoke(cli.main, bench_args(pipe, tmp_path / "out"))
+    result = invoke(cli.main, *bench_args(pipe, tmp_path / "out"))
     assert result.exit_code == 2
-    error = [line for line in result.output.splitlines() if line.startswith("Error")]
+    error = error_lines(result)
     assert len(error) == 1 and "--prompt" in error[0], result.output
     assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_prompt_flags_are_refused_for_a_class_model_and_by_tune_schedule(tmp_path):
-    result = CliRunner().invoke(cli.main, ["bench", "--out", str(tmp_path / "out"), "--prompt", "a cat",
-                                           "--metrics", "time", "--nfe", "2", "--sampler", "euler", "--num",
-                                           "1", "--device", "cpu", "--no-progress"])
+    result = invoke(cli.main, "bench", "--out", str(tmp_path / "out"), "--prompt", "a cat",
+                    "--metrics", "time", "--nfe", "2", "--sampler", "euler", "--num",
+                    "1", "--device", "cpu", "--no-progress")
     assert result.exit_code == 2 and "--prompt" in result.output and "takes no text" in result.output
-    result = CliRunner().invoke(cli.main, ["tune-schedule", "--sampler", "euler", "--nfe", "3", "--prompt",
-                                           "x", "--out", str(tmp_path / "t.json")])
+    result = invoke(cli.main, "tune-schedule", "--sampler", "euler", "--nfe", "3", "--prompt",
+                    "x", "--out", str(tmp_path / "t.json"))
     assert result.exit_code == 2 and "does not take --prompt" in result.output

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
+from _support import error_lines, invoke
 from edm.classifier import (
     ClassifierError,
     NoiseAwareClassifier,
@@ -175,7 +175,7 @@ def test_shipped_classifier(shipped):
 @pytest.mark.slow
 def test_cli_trains_a_tiny_classifier_that_loads(tmp_path):
     outdir = tmp_path / "run"
-    result = CliRunner().invoke(train_classifier_command, ["--outdir", str(outdir), *TINY_ARGS])
+    result = invoke(train_classifier_command, "--outdir", str(outdir), *TINY_ARGS)
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
     assert sorted(p.name for p in outdir.iterdir()) == ["classifier.json", "classifier.safetensors"]
@@ -187,7 +187,7 @@ def test_cli_trains_a_tiny_classifier_that_loads(tmp_path):
     assert set(config["held_out_accuracy"]) == {"0.002", "0.1", "0.25", "0.5", "1", "2", "5", "10", "80"}
     assert loaded(torch.zeros(2, 1, 8, 8), 1.0).shape == (2, 10)
     again = tmp_path / "again"
-    CliRunner().invoke(train_classifier_command, ["--outdir", str(again), *TINY_ARGS])
+    invoke(train_classifier_command, "--outdir", str(again), *TINY_ARGS)
     first = (outdir / "classifier.safetensors").read_bytes()
     assert (again / "classifier.safetensors").read_bytes() == first  # seeded: reproducible on CPU
 
@@ -202,20 +202,20 @@ def test_cli_trains_a_tiny_classifier_that_loads(tmp_path):
     (["--steps", "0"], "--steps"),
 ])
 def test_cli_bad_options_exit_2_with_one_line(tmp_path, args, message):
-    result = CliRunner().invoke(train_classifier_command, ["--outdir", str(tmp_path / "run"), *args])
+    result = invoke(train_classifier_command, "--outdir", str(tmp_path / "run"), *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
-    assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
+    assert len(error_lines(result)) == 1
     assert not (tmp_path / "run").exists()
 
 
 def test_cli_unusable_outdir_and_unlabelled_data_exit_2_before_training(tmp_path):
     (tmp_path / "file").write_text("")
     args = ["--outdir", str(tmp_path / "file" / "run"), *TINY_ARGS]
-    result = CliRunner().invoke(train_classifier_command, args)
+    result = invoke(train_classifier_command, *args)
     assert result.exit_code == 2 and "not a directory" in result.output and "Traceback" not in result.output
     np.savez(tmp_path / "unlabelled.npz", images=np.zeros((4, 8, 8), np.uint8))
     args = ["--data", str(tmp_path / "unlabelled.npz"), "--outdir", str(tmp_path / "run"), *TINY_ARGS]
-    result = CliRunner().invoke(train_classifier_command, args)
+    result = invoke(train_classifier_command, *args)
     assert result.exit_code == 2 and "no class labels" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()

@@ -11,8 +11,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+import _support
 import samplers
 from _support import error_lines
 from samplers import schedules
@@ -23,7 +23,7 @@ NARROW = {"COLUMNS": "80"}  # a narrow terminal: tables keep to cli.TABLE_WIDTH
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(cli.main, list(args), env=NARROW)
+    return _support.invoke(cli.main, *args, env=NARROW)
 
 
 def ok(*args: str) -> str:

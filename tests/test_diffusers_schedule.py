@@ -83,6 +83,10 @@ def unet():
     return random_unet()
 
 
+def save(tmp_path, unet, scheduler):
+    pipelines_tiny.save_unet_pipeline(tmp_path, scheduler, unet=unet)
+
+
 def latents(dtype) -> torch.Tensor:
     """The pipelines' unit draws, one generator per seed."""
     return torch.stack([torch.randn(CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
@@ -126,11 +130,6 @@ def ours(denoiser, plan: DiffusersPlan, sampler: str, latent: torch.Tensor) -> t
     return out * plan.end_scale
 
 
-def save(tmp_path, unet, config):
-    unet.save_pretrained(tmp_path / "unet")
-    diffusers.DDPMScheduler.from_config(config).save_pretrained(tmp_path / "scheduler")
-
-
 def refused(config_name, sampler, steps):
     return REFUSED.get((config_name, sampler, steps)) or REFUSED.get((config_name, sampler))
 
@@ -143,7 +142,7 @@ def refused(config_name, sampler, steps):
 @pytest.mark.slow
 def test_counterparts_reproduce_diffusers_loops(tmp_path, unet, config_name, steps):
     config = {**CONFIGS[config_name], "_class_name": "DDPMScheduler"}
-    save(tmp_path, unet, config)
+    save(tmp_path, unet, diffusers.DDPMScheduler.from_config(config))
     model = load_model(f"diffusers:{tmp_path}")
     assert model.info["interpolation"] == "linear"
     latent = latents(torch.float32)
@@ -214,7 +213,7 @@ def _float64_scheduler(scheduler, plan):
 ])
 def test_float64(tmp_path, unet, sampler, tolerance):
     config = {**SD15, "timestep_spacing": "trailing", "_class_name": "DDPMScheduler"}
-    save(tmp_path, unet, config)
+    save(tmp_path, unet, diffusers.DDPMScheduler.from_config(config))
     model = load_model(f"diffusers:{tmp_path}", dtype=torch.float64)
     net = random_unet().double()
     plan = diffusers_plan(config, sampler, 5)
@@ -327,8 +326,7 @@ def test_refusals_are_one_line():
 def test_loader_reports_honoured_and_ignored_settings(tmp_path, unet):
     config = {**SD15, "timestep_spacing": "trailing", "rescale_betas_zero_snr": True,
               "prediction_type": "v_prediction", "timestep_type": "continuous"}
-    unet.save_pretrained(tmp_path / "unet")
-    diffusers.EulerDiscreteScheduler.from_config(config).save_pretrained(tmp_path / "scheduler")
+    save(tmp_path, unet, diffusers.EulerDiscreteScheduler.from_config(config))
     model = load_model(f"diffusers:{tmp_path}")
     honoured = model.info["honoured"]
     keys = ("prediction_type", "beta_schedule", "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")

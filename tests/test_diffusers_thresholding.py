@@ -12,6 +12,7 @@ noise converts with ``x = x_vp * sqrt(1 + sigma^2)``, and both end at sigma = 0 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -21,9 +22,9 @@ import diffusers
 import pipelines_tiny
 import pytest
 import torch
-from click.testing import CliRunner
 
 import samplers
+from _support import invoke
 from samplers.guidance.threshold import Thresholded, dynamic_threshold
 from tools.models import load_model
 from tools.models.diffusers import APPLIED
@@ -37,15 +38,8 @@ SETTINGS = ("clip_sample", "thresholding")
 BETA_END = 0.005
 
 
-def random_unet() -> diffusers.UNet2DModel:
-    return pipelines_tiny.random_unet2d(SIZE, CHANNELS)
-
-
-def save(path, scheduler) -> diffusers.UNet2DModel:
-    unet = random_unet()
-    unet.save_pretrained(path / "unet")
-    scheduler.save_pretrained(path / "scheduler")
-    return unet
+#: save(path, scheduler=None) -> the random UNet saved with ``scheduler`` as a diffusers:DIR model
+save = functools.partial(pipelines_tiny.save_unet_pipeline, size=SIZE, channels=CHANNELS)
 
 
 def initial_noise(dtype) -> torch.Tensor:
@@ -147,7 +141,7 @@ def test_threshold_follows_what_the_scheduler_class_applies(tmp_path, make, expe
 
 def test_a_minimal_config_gets_the_class_defaults(tmp_path):
     """A DDPMScheduler config without clip_sample clips all the same: diffusers' default is True."""
-    random_unet().save_pretrained(tmp_path / "unet")
+    save(tmp_path)
     (tmp_path / "scheduler").mkdir()
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(
         json.dumps({"_class_name": "DDPMScheduler", "num_train_timesteps": 1000}))
@@ -288,13 +282,12 @@ def test_edm_info_shows_the_honoured_thresholding(tmp_path):
     from tools.cli import main
 
     save(tmp_path, diffusers.DDIMScheduler(beta_end=BETA_END))
-    runner = CliRunner()
-    shown = runner.invoke(main, ["info", f"diffusers:{tmp_path}"])
+    shown = invoke(main, "info", f"diffusers:{tmp_path}")
     assert shown.exit_code == 0, shown.output
     assert re.search(r"^x0 thresholding +static clip to \[-1, 1\] \(DDIMScheduler clip_sample=True\)$",
                      shown.output, re.M), shown.output
     assert "not honoured" not in shown.output and "clip_sample=True (" not in shown.output
-    record = json.loads(runner.invoke(main, ["info", f"diffusers:{tmp_path}", "--json"]).output)
+    record = json.loads(invoke(main, "info", f"diffusers:{tmp_path}", "--json").output)
     assert record["info"]["threshold"] == {"kind": "static", "limit": 1.0}
     assert "ignored" not in record["info"]
 
@@ -320,10 +313,10 @@ def test_edm_generate_applies_the_model_clip_sample(tmp_path):
     unclipped = images.to_uint8(samplers.sample(model.denoiser, latents * float(sigmas[0]), sigmas, "ddim"))
     assert (abs(unclipped.astype(int) - reference.astype(int)) > 1).any()
 
-    made = CliRunner().invoke(main, [
-        "generate", "--model", f"diffusers:{tmp_path / 'model'}", "--sampler", "ddim",
+    made = invoke(
+        main, "generate", "--model", f"diffusers:{tmp_path / 'model'}", "--sampler", "ddim",
         "--schedule", f"file:{tmp_path / 'diffusers.json'}", "--steps", str(STEPS), "--seeds", "0,1",
-        "--dtype", "float64", "--device", "cpu", "--no-progress", "--outdir", str(tmp_path / "out")])
+        "--dtype", "float64", "--device", "cpu", "--no-progress", "--outdir", str(tmp_path / "out"))
     assert made.exit_code == 0, made.output
     assert not [line for line in made.stderr.splitlines() if line.startswith("warning:")], made.stderr
     for row, seed in enumerate(seeds):

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
+import _support
+from _support import error_lines
 from tools.fid.cli import fid
 from tools.fid.detectors import DIGITS_WEIGHTS
 from tools.fid.stats import load_ref, load_ref_metadata
@@ -25,7 +26,7 @@ QUIET = ["--no-progress", "--device", "cpu"]
 
 
 def invoke(*args, env=None):
-    return CliRunner().invoke(fid, [str(a) for a in args], env=env, catch_exceptions=False)
+    return _support.invoke(fid, *args, env=env, catch_exceptions=False)
 
 
 def _digits_uint8() -> np.ndarray:
@@ -41,7 +42,7 @@ def _last_line(result) -> str:
 def _one_line_error(result, text):
     assert result.exit_code != 0
     assert "Traceback" not in result.output
-    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    lines = error_lines(result)
     assert len(lines) == 1 and text in result.output, result.output
 
 

@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 import torch
-from click.testing import CliRunner
 
+from _support import invoke
 from tools.fid import detectors
 from tools.fid.detectors import (
     INCEPTION_WEIGHTS_FILE,
@@ -205,7 +205,7 @@ def test_inception_bad_file_is_a_clear_error(tmp_path, no_network):
 def test_train_detector_cli_writes_loadable_weights(tmp_path, digits):
     images, _, _ = digits
     out = tmp_path / "det"
-    result = CliRunner().invoke(train_detector, ["--out", str(out), "--epochs", "1", "--limit", "64"])
+    result = invoke(train_detector, "--out", str(out), "--epochs", "1", "--limit", "64")
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
     assert (tmp_path / "det.safetensors").is_file() and (tmp_path / "det.json").is_file()
@@ -237,12 +237,12 @@ def test_train_detector_is_reproducible(tmp_path):
 )
 def test_train_detector_bad_options_exit_2(tmp_path, args):
     args = [str(tmp_path / "x") if a == "x" else a for a in args]
-    result = CliRunner().invoke(train_detector, args)
+    result = invoke(train_detector, *args)
     assert result.exit_code == 2, result.output
     assert not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_train_detector_cuda_unavailable_exits_2(tmp_path):
-    result = CliRunner().invoke(train_detector, ["--out", str(tmp_path / "x"), "--device", "cuda"])
+    result = invoke(train_detector, "--out", str(tmp_path / "x"), "--device", "cuda")
     assert result.exit_code == 2 and "CUDA is not available" in result.output

@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import tools.fid
-from _support import assert_usage_error
+from _support import assert_usage_error, invoke
 from tools.fid import FidError, make_reference, score
 from tools.fid.cli import fid
 from tools.fid.frechet import frechet_distance
@@ -66,8 +65,8 @@ def test_score_all_metrics_and_the_cli_prints_the_same(halves):
     folder, a, b = halves
     result = score(a, b, ("fid", "kid", "pr"), device="cpu")
     assert set(result) == {"fd_digits", "kid", "precision", "recall", "detector", "ref", "num"}
-    cli = CliRunner().invoke(fid, ["calc", "--images", str(folder / "a.npy"), "--ref", str(folder / "b.npy"),
-                                   "--metrics", "fid,kid,pr", "--device", "cpu", "--no-progress", "--json"])
+    cli = invoke(fid, "calc", "--images", str(folder / "a.npy"), "--ref", str(folder / "b.npy"),
+                 "--metrics", "fid,kid,pr", "--device", "cpu", "--no-progress", "--json")
     assert cli.exit_code == 0, cli.output
     printed = json.loads(cli.output.splitlines()[-1])
     for key in ("fd_digits", "kid", "precision", "recall"):
@@ -103,14 +102,14 @@ def test_fid_ref_checks_its_destination_before_any_work(halves, tmp_path, monkey
     monkeypatch.setattr(scoring, "statistics", no_work)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = CliRunner().invoke(fid, ["ref", "--data", str(folder / "b.npy"), "--dest",
-                                      str(blocker / "r.npz"),
-                                      "--device", "cpu", "--no-progress"])
+    result = invoke(fid, "ref", "--data", str(folder / "b.npy"), "--dest",
+                    str(blocker / "r.npz"),
+                    "--device", "cpu", "--no-progress")
     assert_usage_error(result, "--dest", "is not a directory")
     assert ".tmp" not in result.output
     monkeypatch.undo()
     # a missing folder is created, as --grid and tune-schedule --out do
-    result = CliRunner().invoke(fid, ["ref", "--data", str(folder / "b.npy"), "--dest",
-                                      str(tmp_path / "missing" / "ref.npz"), "--device", "cpu",
-                                      "--no-progress"])
+    result = invoke(fid, "ref", "--data", str(folder / "b.npy"), "--dest",
+                    str(tmp_path / "missing" / "ref.npz"), "--device", "cpu",
+                    "--no-progress")
     assert result.exit_code == 0 and (tmp_path / "missing" / "ref.npz").is_file(), result.output

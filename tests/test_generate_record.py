@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from _support import assert_usage_error, invoke, plan_of
 from tools.common import BadInput
@@ -63,9 +62,9 @@ def test_a_rerun_with_other_settings_is_refused_naming_what_differs(made, change
 def test_the_same_settings_resume_and_a_new_step_count_is_named(made):
     result = run("--outdir", made)
     assert result.exit_code == 0 and "0 images written, 4 skipped" in result.output
-    result = CliRunner().invoke(generate, ["--no-progress", "--device", "cpu", "--steps", "4", "--seeds",
-                                           "0-3",
-                                           "--outdir", str(made)])
+    result = invoke(generate, "--no-progress", "--device", "cpu", "--steps", "4", "--seeds",
+                    "0-3",
+                    "--outdir", str(made))
     assert result.exit_code == 2 and "steps 3 -> 4" in result.output
 
 

@@ -15,27 +15,20 @@ import pytest
 import torch
 
 import samplers
+from _support import invoke
 from tools.models import ModelError, load_model
 
 SIZE, CHANNELS, BATCH, STEPS = 8, 2, 2, 10
 
 
-def random_unet(num_class_embeds=None) -> diffusers.UNet2DModel:
-    return pipelines_tiny.random_unet2d(SIZE, CHANNELS, num_class_embeds)
-
-
 def save(tmp_path, prediction_type="epsilon", layout="pipeline", num_class_embeds=None):
-    unet = random_unet(num_class_embeds)
+    """The random UNet and a DDPM scheduler saved as a diffusers:DIR model: (unet, scheduler)."""
     # beta_end 0.005 puts sigma_max near 3.4 (instead of ~157 for 0.02): a random-weight eps network
     # then ends at the data scale, where a float32 comparison to 1e-4 is meaningful.
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_end=0.005,
                                         prediction_type=prediction_type, clip_sample=False)
-    if layout == "pipeline":
-        unet.save_pretrained(tmp_path / "unet")
-        scheduler.save_pretrained(tmp_path / "scheduler")
-    else:
-        unet.save_pretrained(tmp_path)
-        scheduler.save_pretrained(tmp_path)
+    unet = pipelines_tiny.save_unet_pipeline(tmp_path, scheduler, size=SIZE, channels=CHANNELS,
+                                             num_class_embeds=num_class_embeds, layout=layout)
     return unet, scheduler
 
 
@@ -113,7 +106,7 @@ def test_bad_diffusers_dirs(tmp_path):
         load_model(f"diffusers:{tmp_path / 'missing'}")
     with pytest.raises(ModelError, match="no diffusers UNet"):
         load_model(f"diffusers:{tmp_path}")
-    random_unet().save_pretrained(tmp_path / "unet")
+    pipelines_tiny.save_unet_pipeline(tmp_path, size=SIZE, channels=CHANNELS)
     with pytest.raises(ModelError, match="no scheduler config"):
         load_model(f"diffusers:{tmp_path}")
     with pytest.raises(ModelError, match="looks like a diffusers model"):
@@ -124,21 +117,19 @@ def test_scheduler_settings_not_honoured_are_shown(tmp_path):
     """A scheduler setting our samplers cannot apply (thresholding with sample_max_value below 1, which
     diffusers' clamp turns into a shrinking scale; clip_sample and valid thresholding are honoured, see
     test_diffusers_thresholding.py): `edm info` lists it and `edm generate` prints one warning naming it."""
-    from click.testing import CliRunner
 
     from tools.cli import main
 
-    random_unet().save_pretrained(tmp_path / "unet")
-    diffusers.DDIMScheduler(num_train_timesteps=1000, beta_end=0.005, thresholding=True,
-                            sample_max_value=0.5).save_pretrained(tmp_path / "scheduler")
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_end=0.005, thresholding=True,
+                                        sample_max_value=0.5)
+    pipelines_tiny.save_unet_pipeline(tmp_path, scheduler, size=SIZE, channels=CHANNELS)
     model = load_model(f"diffusers:{tmp_path}")
     assert model.threshold is None and model.ignored and model.ignored[0].startswith("thresholding=True")
-    runner = CliRunner()
-    info = runner.invoke(main, ["info", f"diffusers:{tmp_path}"])
+    info = invoke(main, "info", f"diffusers:{tmp_path}")
     assert info.exit_code == 0 and re.search(r"not honoured +thresholding=True", info.output), info.output
-    made = runner.invoke(main, ["generate", "--model", f"diffusers:{tmp_path}", "--device", "cpu",
-                                "--steps", "2",
-                                "--seeds", "0", "--no-progress", "--outdir", str(tmp_path / "out")])
+    made = invoke(main, "generate", "--model", f"diffusers:{tmp_path}", "--device", "cpu",
+                  "--steps", "2",
+                  "--seeds", "0", "--no-progress", "--outdir", str(tmp_path / "out"))
     assert made.exit_code == 0, made.output
     warnings = [line for line in made.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "thresholding=True" in warnings[0], made.stderr

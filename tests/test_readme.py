@@ -64,16 +64,15 @@ def test_the_readme_request_example_writes_what_edm_generate_writes(tmp_path, mo
     """The README's Python example of a sampling request gives the images of the command it names."""
     import hashlib
 
-    from click.testing import CliRunner
-
+    from _support import invoke
     from tools.cli import main
 
     readme = (ROOT / "README.md").read_text()
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "SamplingRequest(" in b]
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
-    result = CliRunner().invoke(main, ["generate", "--sampler", "dpmpp_2m", "--nfe", "10", "--class", "3",
-                                       "--seeds", "0-3", "--outdir", "cli", "--no-progress"])
+    result = invoke(main, "generate", "--sampler", "dpmpp_2m", "--nfe", "10", "--class", "3",
+                    "--seeds", "0-3", "--outdir", "cli", "--no-progress")
     assert result.exit_code == 0, result.output
     digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
     for seed in range(4):

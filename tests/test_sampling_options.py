@@ -7,8 +7,8 @@ import json
 import re
 
 import pytest
-from click.testing import CliRunner
 
+import _support
 import samplers
 from _support import assert_usage_error
 from tools.compare.cli import bench
@@ -24,7 +24,7 @@ COMMANDS = {"generate": (generate, []), "fid gen": (fid, ["gen"]), "bench": (ben
 
 
 def invoke(command, *args):
-    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+    return _support.invoke(command, *args, catch_exceptions=False)
 
 
 def help_text(name: str) -> str:

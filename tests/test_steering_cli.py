@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
+import _support
 from edm.classifier import NoiseAwareClassifier, save_classifier
 from tools.cli import main
 from tools.generate.record import RECORD_NAME
@@ -34,7 +34,7 @@ BASE = ["--no-progress", "--device", "cpu", "--dtype", "float64", "--sampler", "
 
 
 def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return _support.invoke(main, *args)
 
 
 def generate(*args):

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from _support import error_lines, invoke
 from tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def prompts_file(tmp_path_factory):
 
 
 def run(*args):
-    return CliRunner().invoke(main, ["generate", *map(str, args)])
+    return invoke(main, "generate", *map(str, args))
 
 
 def ok(*args):
@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(sd, tmp_path, case):
     result = run(*args, *defaults, *schedule, "--steps", 3, "--seeds", 0, "--outdir", tmp_path / "out",
                  "--no-progress")
     assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    lines = error_lines(result)
     assert len(lines) == 1 and expected in lines[0], result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()

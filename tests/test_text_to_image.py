@@ -13,9 +13,8 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from _support import plan_of
+from _support import invoke, plan_of
 from tools.cli import main
 
 PROMPT, NEGATIVE, W, STEPS, SEEDS = "a red bicycle", "blurry", 2.0, 6, (0, 1, 2, 3)
@@ -111,7 +110,7 @@ def test_png_bytes_match_the_pipeline(pipelines, tmp_path, name, sampler):
     from PIL import Image
 
     pipe, path = pipelines(name)
-    result = CliRunner().invoke(main, our_command(path, sampler, tmp_path / "out"))
+    result = invoke(main, *our_command(path, sampler, tmp_path / "out"))
     assert result.exit_code == 0, result.output
     theirs = np.stack(diffusers_images(pipe, name, sampler, "pil"))
     ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"{seed:06d}.png").convert("RGB"))
@@ -125,10 +124,9 @@ def test_png_bytes_match_the_pipeline(pipelines, tmp_path, name, sampler):
 @pytest.mark.slow
 def test_batch_does_not_change_the_bytes(pipelines, tmp_path):
     _, path = pipelines("sd1")
-    runner = CliRunner()
     for batch in (1, 3):
         command = our_command(path, "dpmpp_2m", tmp_path / f"b{batch}") + ["--batch", str(batch)]
-        result = runner.invoke(main, command)
+        result = invoke(main, *command)
         assert result.exit_code == 0, result.output
     for seed in SEEDS:
         name = f"{seed:06d}.png"

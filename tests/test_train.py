@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import samplers
+from _support import error_lines, invoke
 from edm import data as edm_data
 from edm import train as edm_train
 from edm.checkpoint import load_checkpoint
@@ -198,15 +198,15 @@ def test_bad_datasets(tmp_path):
 @pytest.mark.slow
 def test_cli_trains(tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(train_command, [
-        "--outdir", str(out), "--steps", "2", "--batch", "8", "--channels", "8", "--channel-mult", "1,2",
-        "--blocks", "1", "--seed", "5", "--sigma-data", "auto", "--no-progress"])
+    result = invoke(train_command, "--outdir", out, "--steps", 2, "--batch", 8, "--channels", 8,
+                    "--channel-mult", "1,2", "--blocks", 1, "--seed", 5, "--sigma-data", "auto",
+                    "--no-progress")
     assert result.exit_code == 0, result.output
     config = json.loads((out / "network.json").read_text())
     assert config["command"].startswith("edm train ")
     assert "--seed 5" in config["command"] and "--steps 2" in config["command"]
     assert config["seed"] == 5 and config["training"]["step"] == 2
-    result = CliRunner().invoke(train_command, ["--resume", str(out), "--steps", "3", "--no-progress"])
+    result = invoke(train_command, "--resume", str(out), "--steps", "3", "--no-progress")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "network.json").read_text())["training"]["step"] == 3
 
@@ -226,7 +226,7 @@ def test_cli_trains(tmp_path):
     ],
 )
 def test_cli_usage_errors(tmp_path, args, message):
-    result = CliRunner().invoke(train_command, ["--outdir", str(tmp_path / "run"), *args])
+    result = invoke(train_command, "--outdir", str(tmp_path / "run"), *args)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
@@ -236,12 +236,11 @@ def test_cli_usage_errors(tmp_path, args, message):
 def test_cli_usage_errors_from_training(tmp_path):
     (tmp_path / "empty").mkdir()
     args = ["--data", str(tmp_path / "empty"), "--outdir", str(tmp_path / "r")]
-    result = CliRunner().invoke(train_command, args)
+    result = invoke(train_command, *args)
     assert result.exit_code == 2 and "no images" in result.output and "Traceback" not in result.output
-    result = CliRunner().invoke(train_command, ["--steps", "2"])
+    result = invoke(train_command, "--steps", "2")
     assert result.exit_code == 2 and "--outdir is required" in result.output
-    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(error_lines) == 1
+    assert len(error_lines(result)) == 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -265,7 +264,7 @@ def _one_error_line(result, exit_code):
     assert isinstance(result.exception, SystemExit)  # a click error, not a crash
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error")]
+    errors = error_lines(result)
     assert len(errors) == 1, result.output
     if exit_code == 1:  # a problem met while working: just the error line (usage errors add usage lines)
         assert lines == errors, result.output
@@ -277,8 +276,8 @@ def test_attention_resolution_the_network_lacks_is_rejected(tmp_path, monkeypatc
     _no_training(monkeypatch)
     out = tmp_path / "run"
     # digits are 8x8: with --channel-mult 1,2 the UNet works at 8 and 4, so 5 would be silently ignored.
-    result = CliRunner().invoke(train_command, ["--outdir", str(out), *FAST, "--channel-mult", "1,2",
-                                                "--attn", "4,5"])
+    result = invoke(train_command, "--outdir", str(out), *FAST, "--channel-mult", "1,2",
+                    "--attn", "4,5")
     line = _one_error_line(result, 2)
     assert "attention resolution 5 is not among" in line and "8, 4" in line
     assert not out.exists()
@@ -287,8 +286,8 @@ def test_attention_resolution_the_network_lacks_is_rejected(tmp_path, monkeypatc
               network_kwargs={**TINY, "attn_resolutions": [16, 2]})
     assert not out.exists()
     monkeypatch.undo()
-    result = CliRunner().invoke(train_command, ["--outdir", str(out), *FAST, "--channel-mult", "1,2",
-                                                "--attn", "8,4"])
+    result = invoke(train_command, "--outdir", str(out), *FAST, "--channel-mult", "1,2",
+                    "--attn", "8,4")
     assert result.exit_code == 0, result.output
     config = json.loads((out / "network.json").read_text())
     assert config["network"]["kwargs"]["attn_resolutions"] == [8, 4]
@@ -298,7 +297,7 @@ def test_outdir_under_a_file_is_a_one_line_error(tmp_path, monkeypatch):
     _no_training(monkeypatch)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = CliRunner().invoke(train_command, ["--outdir", str(blocker / "run"), *FAST])
+    result = invoke(train_command, "--outdir", str(blocker / "run"), *FAST)
     line = _one_error_line(result, 1)
     assert line.startswith(f"Error: cannot create output folder {blocker / 'run'}: ")
     assert blocker.read_text() == "not a folder" and _files(tmp_path) == ["file"]
@@ -326,7 +325,7 @@ def test_read_only_outdir_is_a_one_line_error(tmp_path, monkeypatch, sub):
         if _writable(locked):  # root (or CAP_DAC_OVERRIDE) ignores permission bits: nothing to refuse
             pytest.skip("this user can write to a mode 0o500 folder (root ignores permission bits); "
                         "test_simulated_read_only_file_system_is_a_one_line_error covers the error path")
-        result = CliRunner().invoke(train_command, ["--outdir", str(locked / sub), *FAST])
+        result = invoke(train_command, "--outdir", str(locked / sub), *FAST)
         line = _one_error_line(result, 1)
         assert "Permission denied" in line and str(locked) in line
         assert _files(locked) == []
@@ -364,7 +363,7 @@ def test_simulated_read_only_file_system_is_a_one_line_error(tmp_path, monkeypat
     _no_training(monkeypatch)
     (tmp_path / "mnt").mkdir()
     _read_only_file_system(monkeypatch, tmp_path / "mnt")
-    result = CliRunner().invoke(train_command, ["--outdir", str(tmp_path / sub), *FAST])
+    result = invoke(train_command, "--outdir", str(tmp_path / sub), *FAST)
     line = _one_error_line(result, 1)
     assert line == f"Error: {message} {tmp_path / sub}: Read-only file system"
     monkeypatch.undo()
@@ -398,7 +397,7 @@ def test_full_disk_while_saving_is_a_one_line_error_and_leaves_nothing_half_writ
     out = tmp_path / "run"
     written = []
     monkeypatch.setattr(checkpoint, "save_file", _full_disk_writer(written, as_safetensors=True))
-    result = CliRunner().invoke(train_command, ["--outdir", str(out), *FAST])
+    result = invoke(train_command, "--outdir", str(out), *FAST)
     line = _one_error_line(result, 1)
     assert line == f"Error: cannot save checkpoint in {out}: No space left on device"
     assert len(written) == 1 and written[0].endswith(".tmp")  # it did write part of a file...
@@ -407,13 +406,13 @@ def test_full_disk_while_saving_is_a_one_line_error_and_leaves_nothing_half_writ
 
     # A complete run, then a resumed one whose training-state tensors meet a full disk: the previous
     # checkpoint and state stay exactly as they were (all four files are replaced together or not at all).
-    assert CliRunner().invoke(train_command, ["--outdir", str(out), *FAST]).exit_code == 0
+    assert invoke(train_command, "--outdir", str(out), *FAST).exit_code == 0
     before = _contents(out)
     assert sorted(before) == ["network.json", "network.safetensors", "training-state-00000002.safetensors",
                               "training-state.json"]
     written.clear()
     monkeypatch.setattr(edm_train, "save_file", _full_disk_writer(written))
-    result = CliRunner().invoke(train_command, ["--resume", str(out), "--steps", "3", "--no-progress"])
+    result = invoke(train_command, "--resume", str(out), "--steps", "3", "--no-progress")
     assert _one_error_line(result, 1) == f"Error: cannot save checkpoint in {out}: No space left on device"
     assert len(written) == 1 and _contents(out) == before
     with pytest.raises(edm_train.OutdirError) as info:
