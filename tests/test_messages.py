@@ -4,10 +4,12 @@ pages that list only flags the command takes."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
-from _support import invoke
+from _support import assert_usage_error, invoke
+from tools.cli import main
 from tools.generate.cli import generate
 
 # ---------------------------------------------------------------------------------------------------
@@ -54,3 +56,90 @@ def test_diffusers_unet_loads_without_cast_warning(unet_dir, tmp_path, offline, 
     assert result.exit_code == 0, result.output
     assert not [m for m in diffusers_log if "should be kept in float32" in m], diffusers_log
     assert (tmp_path / "out" / "000000.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Error lines: values as typed, flags as typed
+
+
+def usage_line(tmp_path, command: str, *args) -> str:
+    """The one Error line of a refused run of ``edm COMMAND`` on the built-in digits model (exit 2,
+    nothing written)."""
+    out = ["--outdir", tmp_path / "out"] if command == "generate" else ["--out", tmp_path / "out"]
+    budget = ["--steps", 2] if command == "generate" else ["--nfe", 3, "--metrics", "ode", "--num", 1]
+    result = invoke(main, command, "--seeds" if command == "generate" else "--ode-num", "0" if
+                    command == "generate" else 1, *budget, *out, *args)
+    line = assert_usage_error(result)
+    assert not (tmp_path / "out").exists()
+    return line
+
+
+PYTHON_CONTAINERS = re.compile(r"[\[({]'|'[\])}]|\(\s*'")
+
+
+@pytest.mark.parametrize("command, args, typed", [
+    ("generate", ["--sampler", "restart", "--restart-list", "3"], "got 3"),
+    ("generate", ["--sampler", "restart", "--restart-list", "1,2,3"], "got 1,2,3"),
+    ("generate", ["--sampler", "unipc", "--variant", "xx"], "one of: bh1, bh2, got xx"),
+    ("generate", ["--sampler", "dpmpp_sde", "--r", "0"], "r=0"),
+    ("bench", ["--sampler", "restart", "--option", "restart.s_noise=abc"], "got abc"),
+    ("bench", ["--sampler", "unipc", "--option", "unipc.variant=[1]"], "one of: bh1, bh2"),
+], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v))
+def test_error_lines_show_values_as_typed(tmp_path, command, args, typed):
+    line = usage_line(tmp_path, command, *args)
+    assert typed in line, line
+    assert not PYTHON_CONTAINERS.search(line), line
+
+
+def _schedule_cases():
+    from samplers import schedules
+
+    for name in schedules.list():
+        if schedules.spec(name).needs_table:  # the digits model has no sigma table: --schedule is at fault
+            continue
+        for flag, value in (("--sigma-min", "0"), ("--sigma-min", "-1"), ("--sigma-max", "0"),
+                            ("--sigma-max", "nan"), ("--sigma-min", "100")):
+            yield name, flag, value
+        if "rho" in schedules.spec(name).options:
+            yield name, "--rho", "0"
+            yield name, "--rho", "-1"
+
+
+@pytest.mark.parametrize("schedule, flag, value", list(_schedule_cases()))
+def test_schedule_errors_name_the_flag(tmp_path, schedule, flag, value):
+    line = usage_line(tmp_path, "generate", "--schedule", schedule, flag, value)
+    assert flag in line and not bare(flag, line), line
+
+
+def bare(flag: str, line: str) -> bool:
+    """Whether ``line`` names ``flag``'s library parameter without the flag (sigma_min for --sigma-min)."""
+    return re.search(rf"(?<![\w-]){flag[2:].replace('-', '_')}\b", line) is not None
+
+
+@pytest.mark.parametrize("flag, value", [("--sigma-min", "0"), ("--sigma-max", "-1"), ("--rho", "0")])
+def test_bench_schedule_errors_name_the_flag(tmp_path, flag, value):
+    line = usage_line(tmp_path, "bench", "--sampler", "heun", flag, value)
+    assert flag in line and "'--schedule'" not in line and not bare(flag, line), line
+
+
+@pytest.mark.parametrize("command, args, flag", [
+    ("generate", ["--sampler", "edm", "--s-churn", "-1"], "--s-churn"),
+    ("generate", ["--sampler", "edm", "--s-noise", "-1"], "--s-noise"),
+    ("generate", ["--sampler", "euler_ancestral", "--eta", "-1"], "--eta"),
+    ("generate", ["--sampler", "unipc", "--order", "5"], "--order"),
+    ("generate", ["--sampler", "unipc", "--variant", "xx"], "--variant"),
+    ("generate", ["--sampler", "lms", "--order", "0"], "--order"),
+    ("generate", ["--sampler", "ipndm", "--max-order", "7"], "--max-order"),
+    ("generate", ["--sampler", "dpmpp_2m_sde", "--solver-type", "rk4"], "--solver-type"),
+    ("generate", ["--sampler", "annealed_langevin", "--step-size", "-1"], "--step-size"),
+    ("generate", ["--sampler", "annealed_langevin", "--steps-per-level", "0"], "--steps-per-level"),
+    ("generate", ["--sampler", "heun", "--eta", "1"], "--eta"),
+    ("bench", ["--sampler", "edm", "--s-churn", "-1"], "--s-churn"),
+    ("bench", ["--sampler", "restart", "--option", "restart.s_noise=-1"], "--option restart.s_noise"),
+    ("bench", ["--sampler", "unipc", "--option", "unipc.order=9"], "--option unipc.order"),
+], ids=lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v))
+def test_sampler_option_errors_name_the_flag(tmp_path, command, args, flag):
+    line = usage_line(tmp_path, command, *args)
+    assert flag in line, line
+    assert not re.search(r"(?<![\w.-])(s_churn|s_noise|max_order|solver_type|step_size|steps_per_level)\b",
+                         line), line

@@ -132,7 +132,9 @@ def bench(sampler, steps, nfe, schedule, seeds, num, options, metrics, ode_num, 
                            metrics=metrics, num=num, seeds=seeds, ode_num=ode_num, options=merged,
                            batch=batch, detector=detector, detector_weights=detector_weights, ref=ref,
                            out=out, overwrite=overwrite, progress=progress)
-    with cli_errors(batch=batch):
+    # an option given as SAMPLER.KEY=VALUE is named so in errors, not as the flag --KEY
+    typed = {key: f"--option {name}.{key}" for name, values in options.items() for key in values}
+    with cli_errors(batch=batch, typed=typed):
         bench = prepare_bench(request)
         if write_auto:
             _check_write_auto(bench, sampling)
