@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 
+import click
 import pytest
 
 from _support import assert_usage_error, invoke
@@ -143,3 +144,53 @@ def test_sampler_option_errors_name_the_flag(tmp_path, command, args, flag):
     assert flag in line, line
     assert not re.search(r"(?<![\w.-])(s_churn|s_noise|max_order|solver_type|step_size|steps_per_level)\b",
                          line), line
+
+
+# ---------------------------------------------------------------------------------------------------
+# Help pages list only flags the command takes
+
+
+def _help_flags(command, prefix) -> list[str]:
+    result = invoke(command, *prefix, "--help")
+    assert result.exit_code == 0, result.output
+    return re.findall(r"(?m)^\s+(--[a-z][a-z0-9-]*)", result.output)
+
+
+def _smoke_args(option) -> list[str]:
+    """``option`` given once with a value of its type (callbacks and required checks are skipped)."""
+    if option.is_flag:
+        return [option.opts[0]]
+    value = option.type.choices[0] if isinstance(option.type, click.Choice) else "1"
+    return [option.opts[0], value]
+
+
+def _sampling_commands():
+    from tools.compare.cli import bench
+    from tools.fid.cli import fid
+
+    return {"generate": (generate, []), "fid gen": (fid, ["gen"]), "bench": (bench, [])}
+
+
+@pytest.mark.parametrize("name", ["generate", "fid gen", "bench"])
+def test_help_lists_only_flags_the_command_parses(name):
+    command, prefix = _sampling_commands()[name]
+    if prefix:
+        command = command.get_command(None, prefix[0])
+    by_flag = {opt: p for p in command.get_params(click.Context(command)) if isinstance(p, click.Option)
+               for opt in p.opts}
+    for flag in _help_flags(command, []):
+        if flag in ("--help",):
+            continue
+        option = by_flag[flag]
+        command.make_context(name, _smoke_args(option), resilient_parsing=True)
+
+
+def test_bench_help_lists_no_flag_it_refuses(tmp_path):
+    from tools.compare.cli import bench
+
+    shown = set(_help_flags(bench, []))
+    for flag in ("--steps", "--init-image", "--strength", "--mask", "--resample"):
+        assert flag not in shown, flag
+        result = invoke(bench, "--out", tmp_path / "out", flag, "1")
+        assert_usage_error(result, flag)
+        assert not (tmp_path / "out").exists()

@@ -174,11 +174,24 @@ def sampler_option_params(reserved: set[str]) -> list[click.Option]:
 
 
 class SectionedCommand(click.Command):
-    """A command whose options are listed in sections; ``sampler_options=True`` adds the registry's."""
+    """A command whose options are listed in sections; ``sampler_options=True`` adds the registry's.
+    ``not_taken``: flag -> why, for flags other commands have and this one does not (neither shown nor
+    parsed): typing one gets the why instead of click's guess at a similar flag."""
 
-    def __init__(self, *args, sampler_options: bool = False, **kwargs):
+    def __init__(self, *args, sampler_options: bool = False, not_taken: Mapping[str, str] | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self._pending_sampler_options = sampler_options
+        self.not_taken = dict(not_taken or {})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            why = self.not_taken.get(e.option_name)
+            if why:
+                raise click.UsageError(f"{e.option_name} is not an option here: {why}", ctx) from None
+            raise
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if self._pending_sampler_options:  # on first use: importing the registry imports torch
@@ -429,13 +442,16 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 _DEFAULTS = {"model": "digits", "trust_pickle": False, "sampler": "heun", "schedule": "karras"}
 
 
-def sampling_options(**defaults: Any) -> Callable:
-    """Decorate a command with every sampling option (SAMPLING_PARAMS), in one order, with ``defaults``
-    overriding the usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None`` makes one required)."""
+def sampling_options(*, exclude: Sequence[str] = (), **defaults: Any) -> Callable:
+    """Decorate a command with every sampling option (SAMPLING_PARAMS) but those it does not take
+    (``exclude``: neither listed in its help nor accepted), in one order, with ``defaults`` overriding the
+    usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None`` makes one required)."""
     values = {**_DEFAULTS, **defaults}
 
     def decorate(fn):
         for name, (section, decls, attrs) in reversed(SAMPLING_PARAMS.items()):
+            if name in exclude:
+                continue
             default = values.get(name)
             extra = {"show_default": True} if default not in (None, False) else {}
             fn = option(section, *decls, default=default, **extra, **attrs)(fn)
