@@ -62,7 +62,8 @@ def check_options(sampler, options) -> None:
         value = options.get(key)
         valid = isinstance(value, int | float) and value >= 0 and not math.isnan(value)
         if value is not None and not valid:
-            raise ValueError(f"option {key} must be a non-negative number, got {value!r}")
+            shown = f"{value:g}" if isinstance(value, int | float) else value  # as typed: -1, abc
+            raise ValueError(f"{key} must be a non-negative number, got {shown}")
 
 
 def check_resample(resample) -> tuple[int, int] | None:

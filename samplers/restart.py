@@ -43,7 +43,9 @@ def parse_restart_list(restart_list) -> tuple[tuple[float, float, int, int], ...
             t_min, t_max = float(t_min), float(t_max)
             k, n = int(str(k).strip()), int(str(n).strip())
         except (TypeError, ValueError):
-            raise ValueError(f"a restart interval is (t_min, t_max, K, n), got {item!r}") from None
+            typed = ",".join(map(str, item)) if isinstance(item, (list, tuple)) else item
+            raise ValueError(f"a restart interval is t_min,t_max,K,n (e.g. 0.06,0.30,2,3), got {typed}") \
+                from None
         if not (0 < t_min < t_max and math.isfinite(t_max)) or k < 0 or n < 1:
             raise ValueError(f"restart interval needs 0 < t_min < t_max, K >= 0, n >= 1, got {item!r}")
         out.append((t_min, t_max, k, n))

@@ -204,7 +204,7 @@ def _as_float(name: str, what: str, value) -> float:
 def _positive(name: str, what: str, value) -> float:
     value = _as_float(name, what, value)
     if value <= 0:
-        raise ValueError(f"{name}: {what} must be > 0, got {value}")
+        raise ValueError(f"{name}: {what} must be > 0, got {value:g}")
     return value
 
 
@@ -216,8 +216,8 @@ def _check_range(name: str, sigma_min, sigma_max, *, optional: bool):
     sigma_min = None if sigma_min is None else _positive(name, "sigma_min", sigma_min)
     sigma_max = None if sigma_max is None else _positive(name, "sigma_max", sigma_max)
     if sigma_min is not None and sigma_max is not None and sigma_min >= sigma_max:
-        raise ValueError(f"{name}: needs sigma_min < sigma_max, got sigma_min={sigma_min}, "
-                         f"sigma_max={sigma_max}")
+        raise ValueError(f"{name}: needs sigma_min < sigma_max, got sigma_min={sigma_min:g}, "
+                         f"sigma_max={sigma_max:g}")
     return sigma_min, sigma_max
 
 

@@ -94,7 +94,7 @@ def unipc(model, x, sigmas, *, noise=None, callback=None, order=3, variant="bh2"
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise ValueError(f"unipc order must be 1, 2 or 3, got {order!r}")
     if variant not in VARIANTS:
-        raise ValueError(f"unipc variant must be one of {VARIANTS}, got {variant!r}")
+        raise ValueError(f"unipc variant must be one of: {', '.join(VARIANTS)}, got {variant}")
     steps = len(sigmas) - 1
     history = []  # (sigma, D) newest first
     x_last = last_order = None

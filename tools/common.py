@@ -9,14 +9,15 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTEXT", "BadInput", "check_writable_dir", "compact", "format_value", "jsonable", "lazy_exports",
-           "one_line", "positive_int", "spelled_out"]
+__all__ = ["CONTEXT", "BadInput", "check_writable_dir", "compact", "flagged", "format_value", "jsonable",
+           "lazy_exports", "one_line", "positive_int", "spelled_out"]
 
 #: click settings of every command: -h as --help, and help as wide as 120 columns
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
@@ -27,11 +28,14 @@ class BadInput(ValueError):
 
     ``param`` names the argument at fault (``"model"``, ``"seeds"``, ``"class_label"``, ...), or is None
     when the fault lies in a combination of arguments. The CLI turns it into a usage error naming the flag.
+    ``terms``: the library parameter names the message may spell as the library does (``sigma_min``,
+    ``s_churn``): the CLI replaces each with the flag the user typed (see :func:`flagged`).
     """
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, *, terms: Sequence[str] = ()):
         super().__init__(message)
         self.param = param
+        self.terms = tuple(terms)
 
 
 def one_line(error: BaseException | str) -> str:
@@ -45,10 +49,25 @@ def one_line(error: BaseException | str) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A compact rendering of an option value: 0.0 -> 0, 1e-3 -> 0.001, inf -> inf."""
+    """An option value as a user would type it: 0.0 -> 0, 1e-3 -> 0.001, inf -> inf, ("a", "b") -> a, b
+    (sets sorted), strings without quotes."""
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, (set, frozenset)):
+        value = sorted(value, key=str)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value)
     return str(value)
+
+
+def flagged(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with each library parameter name of ``flags`` (a whole word: not part of a longer name,
+    a flag or a ``SAMPLER.KEY``) replaced by its flag, in one pass so ``order`` never rewrites
+    ``--max-order``."""
+    if not flags:
+        return message
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    return re.sub(rf"(?<![\w.-])({names})(?![\w-])", lambda m: flags[m.group(1)], message)
 
 
 def compact(value: Any) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, BadInput, one_line
+from .common import CONTEXT, BadInput, flagged, one_line
 from .steering import Steering
 from .steering import flags as steering_flags
 
@@ -50,22 +50,47 @@ def flag_of(param: str | None) -> str | None:
     return _FLAGS[param] if param in _FLAGS else "--" + param.replace("_", "-")
 
 
-def usage_error(error: BaseException, flag: str | None = None) -> click.UsageError:
-    """A library error as a click usage error (exit 2, one line) naming ``flag`` or the error's own param."""
-    flag = flag or flag_of(getattr(error, "param", None))
+def typed_flag(name: str) -> str | None:
+    """The flag of the running command that gives library parameter ``name`` (``sigma_min`` ->
+    ``--sigma-min``; a sampler option's, ``corrector`` -> ``--sampler-corrector``), or None outside a
+    command or where it has no such flag."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    for param in ctx.command.get_params(ctx):
+        if isinstance(param, click.Option) and param.name in (name, SAMPLER_OPTION_PREFIX + name):
+            return next((opt for opt in param.opts if opt.startswith("--")), None)
+    return None
+
+
+def usage_error(error: BaseException, flag: str | None = None,
+                typed: Mapping[str, str] | None = None) -> click.UsageError:
+    """A library error as a click usage error (exit 2, one line) naming ``flag`` or the error's own param.
+
+    The library parameter names the error declares (``BadInput.terms``) become the flags that give them
+    (``typed`` first: how the user gave a name some other way, e.g. ``--option restart.s_noise``); a
+    message that then names its flags needs no ``Invalid value for`` hint."""
+    terms = getattr(error, "terms", ())
+    flags = {term: (typed or {}).get(term) or typed_flag(term) for term in terms}
     message = one_line(error)
+    named = flagged(message, {term: given for term, given in flags.items() if given})
+    if named != message:
+        return click.UsageError(named)
+    flag = flag or flag_of(getattr(error, "param", None))
     if flag:
         return click.BadParameter(message, param_hint=f"'{flag}'")
     return click.UsageError(message)
 
 
 @contextlib.contextmanager
-def cli_errors(device=None, batch: int | None = None) -> Iterator[None]:
-    """Bad input -> usage error (exit 2); out of memory and file-system errors -> one line (exit 1)."""
+def cli_errors(device=None, batch: int | None = None,
+               typed: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Bad input -> usage error (exit 2; ``typed``: see :func:`usage_error`); out of memory and
+    file-system errors -> one line (exit 1)."""
     try:
         yield
     except BadInput as e:
-        raise usage_error(e) from None
+        raise usage_error(e, typed=typed) from None
     except OSError as e:
         message = f"{e.strerror or e}: {e.filename}" if e.filename else one_line(e)
         raise click.ClickException(message) from None
@@ -149,11 +174,24 @@ def sampler_option_params(reserved: set[str]) -> list[click.Option]:
 
 
 class SectionedCommand(click.Command):
-    """A command whose options are listed in sections; ``sampler_options=True`` adds the registry's."""
+    """A command whose options are listed in sections; ``sampler_options=True`` adds the registry's.
+    ``not_taken``: flag -> why, for flags other commands have and this one does not (neither shown nor
+    parsed): typing one gets the why instead of click's guess at a similar flag."""
 
-    def __init__(self, *args, sampler_options: bool = False, **kwargs):
+    def __init__(self, *args, sampler_options: bool = False, not_taken: Mapping[str, str] | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self._pending_sampler_options = sampler_options
+        self.not_taken = dict(not_taken or {})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            why = self.not_taken.get(e.option_name)
+            if why:
+                raise click.UsageError(f"{e.option_name} is not an option here: {why}", ctx) from None
+            raise
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if self._pending_sampler_options:  # on first use: importing the registry imports torch
@@ -254,7 +292,9 @@ def sampler_options(names: Sequence[str], flags: Mapping[str, Any]) -> dict[str,
         try:
             samplers.check_options(specs[0], given)
         except ValueError as e:
-            raise click.UsageError(f"{one_line(e)} (see `edm samplers {specs[0].name}`)") from None
+            error = BadInput(f"{one_line(e)} (see `edm samplers {specs[0].name}`)",
+                             terms=(*given, *specs[0].options))
+            raise usage_error(error) from None
     unknown = [key for key in given if not any(key in spec.options for spec in specs)]
     if unknown:
         raise click.UsageError(f"none of the samplers {', '.join(names)} has option "
@@ -402,13 +442,16 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 _DEFAULTS = {"model": "digits", "trust_pickle": False, "sampler": "heun", "schedule": "karras"}
 
 
-def sampling_options(**defaults: Any) -> Callable:
-    """Decorate a command with every sampling option (SAMPLING_PARAMS), in one order, with ``defaults``
-    overriding the usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None`` makes one required)."""
+def sampling_options(*, exclude: Sequence[str] = (), **defaults: Any) -> Callable:
+    """Decorate a command with every sampling option (SAMPLING_PARAMS) but those it does not take
+    (``exclude``: neither listed in its help nor accepted), in one order, with ``defaults`` overriding the
+    usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None`` makes one required)."""
     values = {**_DEFAULTS, **defaults}
 
     def decorate(fn):
         for name, (section, decls, attrs) in reversed(SAMPLING_PARAMS.items()):
+            if name in exclude:
+                continue
             default = values.get(name)
             extra = {"show_default": True} if default not in (None, False) else {}
             fn = option(section, *decls, default=default, **extra, **attrs)(fn)

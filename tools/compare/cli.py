@@ -23,7 +23,14 @@ from tools.options import (
     usage_error,
 )
 
-__all__ = ["bench"]
+__all__ = ["NOT_TAKEN", "bench"]
+
+#: sampling options edm bench does not have (not in its help; typing one says why)
+NOT_TAKEN = {"steps": "edm bench compares samplers at equal NFE: give budgets with --nfe",
+             "init_image": "edm bench compares samplers on generation, not image editing",
+             "strength": "edm bench compares samplers on generation, not image editing",
+             "mask": "edm bench compares samplers on generation, not image editing",
+             "resample": "edm bench compares samplers on generation, not image editing"}
 
 def _parse_options(ctx, param, items) -> dict[str, dict]:
     options: dict[str, dict] = {}
@@ -59,8 +66,8 @@ def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict])
     return merged
 
 
-@command("bench")
-@sampling_options(sampler="all")
+@command("bench", not_taken={"--" + name.replace("_", "-"): why for name, why in NOT_TAKEN.items()})
+@sampling_options(sampler="all", exclude=NOT_TAKEN)
 @seeds_option(None, "Instead of --num: the seeds, e.g. 0-99,200.")
 @option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
         help="Samples per cell: seeds 0..N-1.  [default: 64]")
@@ -91,7 +98,7 @@ def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict])
              "by fd (else ode), into $EDM_AUTO_DIR (default ~/.cache/edm-samplers/auto); merged into an "
              "earlier table measured alike (same metric and settings), budget by budget.")
 @progress_option
-def bench(sampler, steps, nfe, schedule, seeds, num, options, metrics, ode_num, detector, detector_weights,
+def bench(sampler, nfe, schedule, seeds, num, options, metrics, ode_num, detector, detector_weights,
           ref, out, overwrite, batch, write_auto, progress, **flags):
     """Benchmark samplers: every sampler x schedule x NFE budget, on the same seeds.
 
@@ -121,18 +128,16 @@ def bench(sampler, steps, nfe, schedule, seeds, num, options, metrics, ode_num, 
     """
     from .runner import DEFAULT_NFE, BenchRequest, prepare_bench
 
-    if steps is not None:
-        raise click.BadParameter("edm bench compares samplers at equal NFE: give budgets with --nfe",
-                                 param_hint="'--steps'")
-    sampling = model_request(flags, "edm bench", refused=("init_image", "strength", "mask", "resample"),
-                             why="it compares samplers on generation")
+    sampling = model_request(flags, "edm bench")
     names = _sampler_names(sampler)
     merged = _merged_options(names, flags, options)
     request = BenchRequest(sampling=sampling, samplers=names, schedules=schedule, nfe=nfe or DEFAULT_NFE,
                            metrics=metrics, num=num, seeds=seeds, ode_num=ode_num, options=merged,
                            batch=batch, detector=detector, detector_weights=detector_weights, ref=ref,
                            out=out, overwrite=overwrite, progress=progress)
-    with cli_errors(batch=batch):
+    # an option given as SAMPLER.KEY=VALUE is named so in errors, not as the flag --KEY
+    typed = {key: f"--option {name}.{key}" for name, values in options.items() for key in values}
+    with cli_errors(batch=batch, typed=typed):
         bench = prepare_bench(request)
         if write_auto:
             _check_write_auto(bench, sampling)

@@ -65,7 +65,7 @@ def _bench_errors(param: str | None = None):
     except BenchError:
         raise
     except BadInput as e:
-        raise BenchError(str(e), param or e.param) from None
+        raise BenchError(str(e), param or e.param, terms=e.terms) from None
     except ValueError as e:
         raise BenchError(one_line(e), param) from None
 

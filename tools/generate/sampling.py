@@ -18,7 +18,7 @@ import torch
 
 import samplers
 from samplers.registry import nfe_on
-from tools.common import BadInput, one_line
+from tools.common import BadInput, compact, one_line
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from tools.labels import conditioning
 from tools.request import SamplingRequest
@@ -56,13 +56,14 @@ def check_sampler(name: str, options: Mapping[str, Any], sigmas: torch.Tensor) -
     for key, value in options.items():
         if isinstance(value, float) and math.isnan(value):
             raise BadInput(f"option {key} must be a number, got nan", "options")
+    terms = tuple(options)  # the options' names, which the messages below may name
     try:
         samplers.sample(lambda x, sigma, **cond: torch.zeros_like(x), x, sigmas, name, seeds=[0], **options)
     except ValueError as e:
-        raise BadInput(one_line(e), "options") from None
+        raise BadInput(one_line(e), "options", terms=terms) from None
     except Exception as e:  # e.g. ZeroDivisionError from a degenerate option value
-        raise BadInput(f"sampler {name!r} fails with options {options}: {type(e).__name__}: {one_line(e)}",
-                       "options") from None
+        raise BadInput(f"sampler {name!r} fails with options {compact(options)}: {type(e).__name__}: "
+                       f"{one_line(e)}", "options", terms=terms) from None
 
 
 def check_guidance(model, guidance) -> float:
@@ -222,7 +223,7 @@ def check_option_names(spec, options: Mapping[str, Any]) -> dict[str, Any]:
     try:
         samplers.check_options(spec.name, options)
     except ValueError as e:
-        raise BadInput(one_line(e), "options") from None
+        raise BadInput(one_line(e), "options", terms=(*options, *spec.options)) from None
     return dict(options)
 
 

@@ -281,7 +281,9 @@ def load_diffusers(directory, *, device="cpu", dtype=torch.float32, source=None)
         unet = diffusers.UNet2DModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
         raise ModelError(f"cannot load the diffusers UNet in {unet_dir}: {one_line(e)}") from None
-    unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # from_pretrained already cast it to dtype; moving only the device keeps diffusers from warning that
+    # a `to(dtype)` cast may break modules kept in float32 (UNet2DModel has none)
+    unet.to(device=device).eval().requires_grad_(False)
     config = unet.config
     if config.get("class_embed_type") is not None:
         raise ModelError(f"{unet_dir}: class_embed_type {config.class_embed_type!r} is not supported "

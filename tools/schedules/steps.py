@@ -16,6 +16,8 @@ from tools.schedules.file import ScheduleFileError, file_path, load_schedule
 __all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "diffusers_schedule", "pinned_to_timesteps", "resize_model",
            "resolve_steps", "schedule_sigmas"]
 
+#: the schedule arguments a request gives (its messages name them; the CLI shows their flags)
+RANGE_TERMS = ("sigma_min", "sigma_max", "rho")
 DEFAULT_STEPS = 18  # EDM's deterministic sampler on CIFAR-10 / FFHQ (35 NFE with heun)
 #: --schedule diffusers: the timesteps (and start/end conventions) of the sampler's diffusers counterpart
 DIFFUSERS_SCHEDULE = "diffusers"
@@ -77,7 +79,7 @@ def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None
     try:
         sigmas = spec.fn(steps, sigma_min, sigma_max, **kwargs)
     except ValueError as e:  # a bad range or option value: a combination of arguments
-        raise BadInput(one_line(e)) from None
+        raise BadInput(one_line(e), terms=RANGE_TERMS) from None
     return sigmas.to("cpu", torch.float64), options
 
 
