@@ -155,6 +155,14 @@ def dpm_adaptive(model, x, sigmas, *, noise=None, callback=None, order=3, rtol=0
     """Adaptive DPM-Solver: embedded pair of orders (1, 2) or (2, 3), step size from the error."""
     if order not in (2, 3):
         raise ValueError(f"dpm_adaptive order must be 2 or 3, got {order!r}")
+    # a tolerance of 0 on both sides makes every step's error infinite: the solver would never accept one
+    if not (rtol >= 0 and atol >= 0 and rtol + atol > 0):
+        raise ValueError(f"dpm_adaptive needs rtol >= 0 and atol >= 0, not both 0, got rtol={rtol:g}, "
+                         f"atol={atol:g}")
+    if not h_init > 0:
+        raise ValueError(f"dpm_adaptive h_init must be > 0, got {h_init:g}")
+    if not 0 < accept_safety <= 1:
+        raise ValueError(f"dpm_adaptive accept_safety must be in (0, 1], got {accept_safety:g}")
     t, t_end = _ends(sigmas)
     pid = PIDController(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
     x_prev = x
@@ -188,6 +196,8 @@ def dpm_adaptive(model, x, sigmas, *, noise=None, callback=None, order=3, rtol=0
 def dpmpp_sde(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0, r=0.5):
     """Stochastic DPM-Solver++(2S): each half of the step adds Brownian noise on its own interval, so
     the two increments overlap and must come from one Brownian path."""
+    if not 0 < r <= 1:  # the intermediate point lambda + r h must lie inside the step
+        raise ValueError(f"dpmpp_sde r must be in (0, 1], got {r:g}")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)

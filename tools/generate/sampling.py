@@ -56,7 +56,8 @@ def check_sampler(name: str, options: Mapping[str, Any], sigmas: torch.Tensor) -
     for key, value in options.items():
         if isinstance(value, float) and math.isnan(value):
             raise BadInput(f"option {key} must be a number, got nan", "options")
-    terms = tuple(options)  # the options' names, which the messages below may name
+    # every option's name, which the messages below may name (a check may mention an option not given)
+    terms = tuple(samplers.get(name).options) if name in samplers.list() else tuple(options)
     try:
         samplers.sample(lambda x, sigma, **cond: torch.zeros_like(x), x, sigmas, name, seeds=[0], **options)
     except ValueError as e:
