@@ -13,18 +13,19 @@ from tools.common import BadInput
 __all__ = ["check_class", "class_labels", "conditioning"]
 
 
-def check_class(num_classes: int, class_label, hint: str = "") -> int | None:
-    """``class_label`` checked against ``num_classes`` classes (None: drawn per seed); ``hint`` follows the
-    message when there are no classes (e.g. how to get some)."""
+def check_class(num_classes: int | None, class_label, hint: str = "", *, param: str = "class_label",
+                what: str = "class") -> int | None:
+    """``class_label`` checked against ``num_classes`` classes (None: drawn per seed); BadInput naming
+    ``param`` (``what`` is the value in the message: the class, the negative class). ``hint`` follows the
+    message when there are no classes (0 or None; e.g. how to get some)."""
     if class_label is None:
         return None
     if isinstance(class_label, bool) or not isinstance(class_label, numbers.Integral):
-        raise BadInput(f"class must be an integer, got {class_label!r}", "class_label")
+        raise BadInput(f"{what} must be an integer, got {class_label!r}", param)
     if not num_classes:
-        raise BadInput(f"this model is unconditional: it takes no class{hint}", "class_label")
+        raise BadInput(f"this model takes no class{hint}", param)
     if not 0 <= class_label < num_classes:
-        raise BadInput(f"class {class_label} is out of range: the classes are 0..{num_classes - 1}",
-                       "class_label")
+        raise BadInput(f"{what} {class_label} is out of range: the classes are 0..{num_classes - 1}", param)
     return int(class_label)
 
 

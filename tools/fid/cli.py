@@ -45,22 +45,23 @@ from tools.options import (
     usage_error,
 )
 
-from . import KID_NOTE
+from . import KID_NOTE, MIN_IMAGES, TOO_FEW
 
 
 class _Failure(click.ClickException):
     """A one-line error, exit status 1 (bad data found while working; usage errors exit 2)."""
 
 
-def _run(body):
+def _run(body, flags: dict[str, str] | None = None):
     """Run ``body()``: bad arguments are usage errors (exit 2), problems met while working one line (exit 1).
+    ``flags``: the flag of a library argument where the command names it otherwise (``source``: --images).
     """
     try:
         return body()
     except click.ClickException:
         raise
     except BadInput as e:
-        raise usage_error(e) from None
+        raise usage_error(e, (flags or {}).get(e.param)) from None
     except (ValueError, OSError) as e:  # unreadable images, missing detector weights, a full disk
         raise _Failure(one_line(e)) from None
 
@@ -136,11 +137,18 @@ batch_option = option("Other", "--batch", type=click.IntRange(min=1), default=64
                       metavar="N", help="Images per batch.")
 
 
+def _image_count(ctx, param, value):
+    """A number of images (--num): at least MIN_IMAGES, checked before any is read or made."""
+    if value is not None and value < MIN_IMAGES:
+        raise click.BadParameter(f"{value}: {TOO_FEW}", ctx=ctx, param=param)
+    return value
+
+
 def selection_options(command):
     """--num and --seed: a seeded subset of the images, chosen as NVlabs' fid.py does."""
     command = option("Other", "--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Seed of the --num choice.")(command)
-    return option("Other", "--num", type=click.IntRange(min=1), default=None, metavar="N",
+    return option("Other", "--num", type=int, callback=_image_count, default=None, metavar="N",
                   help="Use N of the images, chosen by a seeded shuffle as NVlabs does.  "
                        "[default: all]")(command)
 
@@ -199,13 +207,13 @@ def calc_command(images, ref, metrics, detector, detector_weights, num, seed, ba
             if ranks.rank == 0:
                 _report(result, {"images": str(images)}, as_json)
 
-    _run(body)
+    _run(body, {"source": "--images"})
 
 
 @command("gen")
 @sampling_options()
 @seeds_option(None, "Instead of --num: the seeds of the images, e.g. 0-49999 or 0-63,100 (NVlabs' syntax).")
-@option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="K",
+@option("Seeds and classes", "--num", type=int, callback=_image_count, default=None, metavar="K",
         help="Images to generate: seeds OFFSET .. OFFSET+K-1.")
 @option("Seeds and classes", "--seed-offset", type=click.IntRange(min=0), default=0, show_default=True,
         help="With --num: the first seed.")
@@ -224,16 +232,19 @@ def gen_command(seeds, num, seed_offset, ref, metrics, detector, detector_weight
     from tools.generate.sampling import prepare_sampling
     from tools.seeds import format_seeds
 
-    from .scoring import score
+    from .scoring import open_reference, score
 
     if (seeds is None) == (num is None):
         raise click.UsageError("give --num (seeds OFFSET..OFFSET+K-1) or --seeds, one of them")
     if seeds is not None and seed_offset:
         raise click.UsageError("--seed-offset goes with --num, not with --seeds")
+    if seeds is not None and len(seeds) < MIN_IMAGES:
+        raise click.BadParameter(f"{len(seeds)} seed: {TOO_FEW}", param_hint="'--seeds'")
     request = sampling_request(flags, "edm fid gen")
     seeds = seeds if seeds is not None else list(range(seed_offset, seed_offset + num))
 
     def body():
+        reference = open_reference(ref, metrics, detector=detector, batch=batch)  # before the model loads
         setup = prepare_sampling(request)
         setup.check_seeds(seeds)
         if setup.prompts is not None:
@@ -245,7 +256,7 @@ def gen_command(seeds, num, seed_offset, ref, metrics, detector, detector_weight
             mine = ranks.share(seeds)
             batches = (sample_images(setup, mine[start:start + batch]) for start in range(0, len(mine),
                                                                                           batch))
-            result = score(batches, ref, metrics, detector=detector, detector_weights=detector_weights,
+            result = score(batches, reference, metrics, detector=detector, detector_weights=detector_weights,
                            device=setup.device, batch=batch, ranks=ranks, progress=progress)
             if ranks.rank == 0:
                 info = {"model": str(request.model), "sampler": setup.sampler, "options": setup.options,

@@ -33,13 +33,14 @@ from tools.common import BadInput, check_writable_file, one_line
 from tools.device import resolve_device
 from tools.ranks import Ranks, one_process
 
+from . import MIN_IMAGES, TOO_FEW
 from .detectors import DetectorWeightsMissing, get_detector
 from .frechet import frechet_distance, kid, precision_recall
 from .sources import ImageSource, open_images
 from .stats import FeatureStats, compute_statistics, load_ref, load_ref_metadata, save_ref
 
-__all__ = ["DETECTORS", "METRICS", "FidError", "Reference", "fd_reference", "make_reference", "parse_metrics",
-           "score", "shipped_ref"]
+__all__ = ["DETECTORS", "METRICS", "FidError", "Reference", "fd_reference", "make_reference",
+           "open_reference", "parse_metrics", "score", "shipped_ref"]
 
 REFS = Path(__file__).resolve().parent / "refs"
 METRICS = ("fd", "kid", "pr")
@@ -80,9 +81,12 @@ def as_source(source, *, param: str, num: int | None = None, seed: int = 0, batc
         return source
     if isinstance(source, (str, os.PathLike, np.ndarray)):
         try:
-            return open_images(source, num=num, seed=seed, batch=batch)
+            opened = open_images(source, num=num, seed=seed, batch=batch)
         except ValueError as e:
             raise FidError(one_line(e), param) from None
+        if opened.count < MIN_IMAGES:  # found now, not after the detector has read it
+            raise FidError(f"{opened.name} holds only {opened.count} image: {TOO_FEW}", param)
+        return opened
     if isinstance(source, Iterable):
         if num is not None:
             raise FidError("num selects from a stored set of images; a stream of batches is used whole",
@@ -179,6 +183,15 @@ def resolve_ref(ref, need_features: bool, detector: str | None, *, batch: int = 
     return Reference(name=type(ref).__name__, source=as_source(ref, param="ref", batch=batch))
 
 
+def open_reference(ref, metrics: str | Sequence[str] = ("fd",), *, detector=None,
+                   batch: int = 64) -> Reference:
+    """``ref`` checked as far as it can be without the images it scores (a missing or unreadable file, too
+    few images, statistics where ``metrics`` need images): for a caller that checks it before making them,
+    and passes the result to :func:`score`."""
+    need_features = any(m in FEATURE_METRICS for m in parse_metrics(metrics))
+    return resolve_ref(ref, need_features, getattr(detector, "name", detector), batch=batch)
+
+
 def default_detector(meta: Mapping | None, shape) -> str:
     """The reference's detector when it names one, else ``digits`` for 1x8x8 images, else ``inception``."""
     if meta and meta.get("detector") in DETECTORS:
@@ -244,9 +257,26 @@ def _reference_and_detector(ref, shape, need_features: bool, detector, detector_
     if found.source is not None and tuple(found.source.shape) != tuple(shape):
         raise FidError(f"{found.name} holds {list(found.source.shape)} images, the images are {list(shape)}",
                        "ref")
-    det = load_detector(detector or default_detector(found.meta, shape), detector_weights, device, shape)
+    name = detector or default_detector(found.meta, shape)
+    try:
+        det = load_detector(name, detector_weights, device, shape)
+    except FidError as e:
+        if detector is not None or e.param != "detector":
+            raise
+        raise _unfit_detector(found, name, shape, e) from None
     _check_against(found, det, shape)
     return found, det
+
+
+def _unfit_detector(found: Reference, name: str, shape, error: FidError) -> FidError:
+    """The error of a detector that was not asked for and does not take the images: the reference's (it
+    names ``ref``, and what would fit) or the images' own default (it names none)."""
+    if found.meta.get("detector") != name:
+        return FidError(one_line(error))
+    fits = default_detector(None, shape)
+    instead = f", or their statistics under the {fits!r} detector" if fits != name else ""
+    return FidError(f"{found.name} holds statistics of the {name!r} detector, which does not take these "
+                    f"{list(shape)} images: give a reference of such images{instead}", "ref")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from tools.labels import conditioning
 from tools.request import SamplingRequest
 from tools.schedules.steps import (
     DIFFUSERS_SCHEDULE,
+    check_schedule,
     diffusers_schedule,
     pinned_to_timesteps,
     resize_model,
@@ -248,6 +249,7 @@ def _choose_sampler(request: SamplingRequest, corrector_steps: int) -> _Choice:
         fitted = read_fitted(request.sampler, steps=request.steps, nfe=request.nfe, options=options)
         return _Choice(kind, fitted.solver.spec, fitted.solver.levels, {}, request.schedule, fitted=fitted)
     if kind is None:
+        check_schedule(request.schedule)  # before the model is loaded: the name alone tells
         spec = sampler_spec(request.sampler)
         steps, _ = resolve_steps(spec, request.steps, request.nfe, options, corrector_steps)
         return _Choice(kind, spec, steps, check_option_names(spec, options), request.schedule)

@@ -9,6 +9,7 @@ _EXPORTS = {
     "LoadedModel": ".base", "LabelledDenoiser": ".base", "ModelError": ".base",
     "BUILTIN": ".checkpoint", "list_builtin": ".checkpoint",
     "KINDS": ".loader", "describe_specs": ".loader", "load_model": ".loader",
+    "model_identity": ".loader",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,7 +10,7 @@ from tools.common import one_line
 
 from .base import LabelledDenoiser, LoadedModel, ModelError, parameter_count
 
-__all__ = ["BUILTIN", "builtin_path", "claims", "list_builtin", "load", "load_builtin",
+__all__ = ["BUILTIN", "builtin_path", "claims", "identity", "list_builtin", "load", "load_builtin",
            "load_checkpoint_model"]
 
 #: built-in name -> checkpoint stem relative to the edm package
@@ -111,6 +111,16 @@ def claims(spec: str) -> bool:
     path = Path(spec).expanduser()
     pair = [path.with_name(path.name + suffix) for suffix in (".json", ".safetensors")]
     return path.is_dir() or path.suffix in (".json", ".safetensors") or any(p.exists() for p in pair)
+
+
+def identity(spec: str) -> str:
+    """The checkpoint a spec names (a built-in name its shipped one), as its resolved stem; the spec itself
+    when it names none (loading it says why)."""
+    try:
+        stem = builtin_path(spec) if spec in BUILTIN else _checkpoint_stem(Path(spec).expanduser())
+    except ModelError:
+        return spec
+    return str(stem.resolve())
 
 
 def load(spec: str, *, device="cpu", dtype=torch.float32, trust_pickle=False) -> LoadedModel:

@@ -1,8 +1,8 @@
 """Load a model by name for the front end: one :class:`LoadedModel` whatever its origin.
 
 One module per model kind (:mod:`.checkpoint`, :mod:`.diffusers`, :mod:`.nvlabs`), each with
-``claims(spec)`` and ``load(spec, ...)``; :func:`load_model` asks them in the order of ``KINDS``. A new
-kind is a new module added there.
+``claims(spec)`` and ``load(spec, ...)`` (and optionally ``identity(spec)``, see :func:`model_identity`);
+:func:`load_model` asks them in the order of ``KINDS``. A new kind is a new module added there.
 
 A *spec* is one of
 
@@ -31,7 +31,7 @@ import torch
 from . import checkpoint, diffusers, nvlabs, pipelines
 from .base import LoadedModel, ModelError
 
-__all__ = ["KINDS", "describe_specs", "load_model"]
+__all__ = ["KINDS", "describe_specs", "load_model", "model_identity"]
 
 #: the model kinds, asked in this order whether they claim a spec
 KINDS = (pipelines, diffusers, nvlabs, checkpoint)
@@ -53,3 +53,22 @@ def load_model(spec: str, *, device="cpu", dtype=torch.float32, trust_pickle=Fal
     if path.exists():
         raise ModelError(f"{path} is not a model file: expected {describe_specs()}")
     raise ModelError(f"unknown model {spec!r}: no such file; expected {describe_specs()}")
+
+
+def model_identity(spec) -> str:
+    """What ``spec`` names, spelled one way however it was given, without loading it: two specs with one
+    identity load the same model (``digits`` and the path of its checkpoint). The kind that claims the spec
+    says (its ``identity(spec)``), else the path after its ``PREFIX``, resolved; a spec no kind claims is
+    its own identity."""
+    spec = str(spec)
+    for kind in KINDS:
+        if kind.claims(spec):
+            identity = getattr(kind, "identity", None)
+            return identity(spec) if identity is not None else _resolved_path(kind, spec)
+    return spec
+
+
+def _resolved_path(kind, spec: str) -> str:
+    prefix = getattr(kind, "PREFIX", "")
+    path = spec[len(prefix):] if prefix and spec.startswith(prefix) else spec
+    return f"{kind.__name__.rsplit('.', 1)[-1]}:{Path(path).expanduser().resolve()}"

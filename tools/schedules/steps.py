@@ -11,10 +11,10 @@ import torch
 import samplers
 from samplers import schedules
 from tools.common import BadInput, one_line, positive_int
-from tools.schedules.file import ScheduleFileError, file_path, load_schedule
+from tools.schedules.file import ScheduleFile, ScheduleFileError, file_path, load_schedule
 
-__all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "diffusers_schedule", "pinned_to_timesteps", "resize_model",
-           "resolve_steps", "schedule_sigmas"]
+__all__ = ["DEFAULT_STEPS", "DIFFUSERS_SCHEDULE", "check_schedule", "diffusers_schedule", "named_schedule",
+           "pinned_to_timesteps", "resize_model", "resolve_steps", "schedule_sigmas"]
 
 #: the schedule arguments a request gives (its messages name them; the CLI shows their flags)
 RANGE_TERMS = ("sigma_min", "sigma_max", "rho")
@@ -42,6 +42,23 @@ def resolve_steps(spec, steps, nfe, options=None, corrector_steps: int = 0) -> t
     return steps, None if spec.adaptive else spec.nfe(steps, options, corrector_steps)
 
 
+def named_schedule(name: str):
+    """What schedule ``name`` names, model or no model: its registry entry, or the
+    :class:`tools.schedules.file.ScheduleFile` of ``file:PATH`` (read); BadInput naming ``schedule``."""
+    try:
+        path = file_path(name)
+        return schedules.spec(name) if path is None else load_schedule(path)
+    except (ScheduleFileError, ValueError) as e:
+        raise BadInput(one_line(e), "schedule") from None
+
+
+def check_schedule(name: str) -> None:
+    """The checks of ``--schedule`` that need no model (run before one is loaded): a registered schedule, a
+    readable schedule file or ``diffusers``; BadInput naming ``schedule``."""
+    if name != DIFFUSERS_SCHEDULE:
+        named_schedule(name)
+
+
 def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None,
                     rho=None) -> tuple[torch.Tensor, dict[str, Any]]:
     """The float64 CPU sigmas of schedule ``name`` for ``steps`` steps on ``model``, and the options given.
@@ -50,18 +67,15 @@ def schedule_sigmas(model, name: str, steps: int, sigma_min=None, sigma_max=None
     The range defaults to the model's; table schedules get the model's ``sigmas``. Raises
     :class:`BadInput` with a one-line message.
     """
-    try:
-        path = file_path(name)
-        if path is not None:
-            if sigma_min is not None or sigma_max is not None or rho is not None:
-                raise BadInput("a schedule file fixes its own sigmas: drop sigma_min, sigma_max and rho",
-                               "schedule")
-            return load_schedule(path)(steps), {}
-        spec = schedules.spec(name)
-    except BadInput:
-        raise
-    except (ScheduleFileError, ValueError) as e:
-        raise BadInput(one_line(e), "schedule") from None
+    spec = named_schedule(name)
+    if isinstance(spec, ScheduleFile):
+        if sigma_min is not None or sigma_max is not None or rho is not None:
+            raise BadInput("a schedule file fixes its own sigmas: drop sigma_min, sigma_max and rho",
+                           "schedule")
+        try:
+            return spec(steps), {}
+        except (ScheduleFileError, ValueError) as e:  # e.g. more steps than the file has levels
+            raise BadInput(one_line(e), "schedule") from None
     options: dict[str, Any] = {}
     if rho is not None:
         if "rho" not in spec.options:

@@ -3,6 +3,7 @@ the model; ``--guidance W`` sets w."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from tools.common import BadInput, one_line
@@ -10,7 +11,20 @@ from tools.common import BadInput, one_line
 from .kind import GUIDANCE, Building, Checking, Flag, SteeringKind
 from .load import load
 
-__all__ = ["AutoguidanceKind", "load_guide"]
+__all__ = ["AutoguidanceKind", "is_the_model", "load_guide"]
+
+
+def is_the_model(guide, model) -> bool:
+    """``guide`` (a spec or a loaded model) is ``model`` itself: the same object, or a spec naming the
+    files it was loaded from (specs compared resolved, so ``digits`` is its checkpoint's path)."""
+    if guide is model:
+        return True
+    source = getattr(model, "source", None)
+    if not isinstance(guide, str | os.PathLike) or source is None:
+        return False
+    from tools.models import model_identity
+
+    return model_identity(guide) == model_identity(source)
 
 
 def load_guide(spec, model, device, dtype, trust_pickle: bool = False):
@@ -40,6 +54,11 @@ class AutoguidanceKind(SteeringKind):
 
     def requires(self, c: Checking) -> None:
         c.requires("guide_model", bool(c.guidance), "guides with --guidance W: give a weight W > 0")
+        guide = c.steering.guide_model
+        if c.given("guide_model") and is_the_model(guide, c.model):  # D + w (D - D) = D, at twice the cost
+            raise BadInput(f"{guide} is the model itself: autoguidance needs a weaker version of it (e.g. "
+                           "digits-weak for digits); the same model cancels out at twice the cost",
+                           "guide_model")
 
     def check(self, c: Checking) -> None:
         if c.given("guide_model"):

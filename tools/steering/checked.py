@@ -20,6 +20,10 @@ from .registry import kinds as registered_kinds
 
 __all__ = ["CheckedSteering", "check_steering", "compose"]
 
+#: what the class error adds for a model without classes that classifier guidance could give some (a text
+#: model has none to give)
+CLASSIFIER_HINT = " (give --classifier to guide towards one)"
+
 
 def compose(kinds: Sequence[SteeringKind], settings: Mapping[str, Any], guidance: float, model,
             dtype: torch.dtype) -> tuple[Callable, int]:
@@ -111,12 +115,13 @@ def check_steering(steering: Steering | None, model, *, guidance: float, class_l
     steering = steering or Steering()
     kinds = registered_kinds()
     c = Checking(steering=steering, model=model, guidance=float(guidance), device=device, dtype=dtype,
-                 trust_pickle=trust_pickle, prompts=prompts, num_classes=model.num_classes)
+                 trust_pickle=trust_pickle, prompts=prompts, class_label=class_label,
+                 num_classes=model.num_classes)
     for kind in kinds:
         kind.requires(c)
     for kind in kinds:
         kind.check(c)
-    class_label = check_class(c.num_classes, class_label, " (give --classifier to guide towards one)")
+    class_label = check_class(c.num_classes, class_label, "" if c.text else CLASSIFIER_HINT)
     settings = MappingProxyType(dict(c.settings))
     _, evaluations = compose(kinds, settings, c.guidance, model, dtype)
     return CheckedSteering(steering=steering, guidance=c.guidance, num_classes=c.num_classes,

@@ -99,14 +99,15 @@ class SteeringKind:
 class Checking:
     """One check of a ``tools.steering.Steering`` against a loaded model, shared by every kind in turn.
 
-    ``guidance`` is the guidance weight (``--guidance``); ``prompts`` a text model's prompts (its
-    negative condition is classifier-free guidance's); ``num_classes`` the classes of the conditioning,
-    the model's unless a kind supplies them (a classifier guiding an unconditional model); ``settings``
-    what the kinds' checks found, read by their wrappers and by the run. The built-in kinds' keys:
-    ``classifier_free``, ``negative``, ``interval``, ``rescale`` (classifier-free guidance), ``guide``
-    (autoguidance), ``drop_labels`` (the unconditional switch), ``classifier``, ``classifier_scale``,
-    ``threshold``, ``edit`` (img2img and inpainting's images), ``resample`` and ``corrector`` (read by the
-    run's sampler).
+    ``guidance`` is the guidance weight (``--guidance``); ``class_label`` the class asked for (``--class``;
+    None: drawn per seed), checked against ``num_classes`` after every kind; ``prompts`` a text model's
+    prompts (its negative condition is classifier-free guidance's); ``num_classes`` the classes of the
+    conditioning, the model's unless a kind supplies them (a classifier guiding an unconditional model);
+    ``settings`` what the kinds' checks found, read by their wrappers and by the run. The built-in kinds'
+    keys: ``classifier_free``, ``negative``, ``interval``, ``rescale`` (classifier-free guidance),
+    ``guide`` (autoguidance), ``drop_labels`` (the unconditional switch), ``classifier``,
+    ``classifier_scale``, ``threshold``, ``edit`` (img2img and inpainting's images), ``resample`` and
+    ``corrector`` (read by the run's sampler).
     """
 
     steering: Any  # a tools.steering.Steering
@@ -116,6 +117,7 @@ class Checking:
     dtype: Any
     trust_pickle: bool = False
     prompts: Any = None
+    class_label: Any = None
     num_classes: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 

@@ -3,8 +3,6 @@ model (the negative condition of :mod:`tools.steering.cfg`)."""
 
 from __future__ import annotations
 
-import numbers
-
 from tools.common import BadInput
 
 from .cfg import classifier_free
@@ -24,18 +22,22 @@ class NegativeClassKind(SteeringKind):
     def requires(self, c: Checking) -> None:
         c.requires("negative_class", classifier_free(c), "is the negative condition of classifier-free "
                    "guidance: give --guidance W > 0 (and no --guide-model)")
+        k = c.steering.negative_class
+        if k is not None and k == c.class_label:  # D + w (D - D) = D, at twice the evaluations
+            raise BadInput(f"{k} equals --class {k}: the guidance would cancel (D + w (D - D) = D) at twice "
+                           "the cost; give another class, or none to guide away from the unconditional "
+                           "model", "negative_class")
 
     def check(self, c: Checking) -> None:
         k = c.steering.negative_class
         if k is None:
             return
-        classes = c.model.num_classes
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < classes:
-            raise BadInput(f"negative class {k!r} is out of range: this model has classes 0..{classes - 1}",
-                           "negative_class")
         import torch
 
         from tools.device import state_dtype
+        from tools.labels import check_class
 
+        classes = c.model.num_classes
+        k = check_class(classes, k, param="negative_class", what="negative class")
         one_hot = torch.nn.functional.one_hot(torch.tensor([int(k)]), classes)
         c.settings["negative"] = {"class_labels": one_hot.to(device=c.device, dtype=state_dtype(c.dtype))}

@@ -23,8 +23,13 @@ class UnconditionalKind(SteeringKind):
                   help="The model gets no class; --class then names only the classifier's target."),)
 
     def requires(self, c: Checking) -> None:
-        if c.steering.unconditional and not c.model.num_classes and not c.given("classifier"):
+        if not c.steering.unconditional or c.given("classifier"):
+            return
+        if not c.model.num_classes:
             raise BadInput("--unconditional: this model is unconditional already", "unconditional")
+        if c.class_label is not None:  # the class would be dropped, yet recorded as the run's
+            raise BadInput(f"{c.class_label}: an unconditional run takes no class unless --classifier steers "
+                           "it towards one: drop --class, or add --classifier", "class_label")
 
     def check(self, c: Checking) -> None:
         if c.steering.unconditional:
