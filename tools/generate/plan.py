@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.common import BadInput, check_writable_dir, positive_int
+from tools.common import BadInput, check_writable_dir, given_path, positive_int
 from tools.images import PNG_MODES, image_path
 from tools.request import SamplingRequest
 from tools.seeds import format_seeds, parse_seeds
@@ -73,7 +73,8 @@ def prepare(request: SamplingRequest, output: Output) -> Plan:
     if len(shape) != 3 or shape[0] not in PNG_MODES:
         raise GenerateError(f"cannot write images of shape {list(shape)} as PNG (need [C, H, W], C in 1..4)",
                             "model")
-    outdir = Path(output.outdir).expanduser()
+    outdir = given_path(output.outdir, "the output folder", "outdir",
+                        ": give a folder (. for the current one)")
     check_writable_dir(outdir, "outdir")
     grid = output.grid
     if grid is not None:
