@@ -51,3 +51,23 @@ def digit_png(tmp_path_factory):
 def test_empty_outdir_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where an empty outdir used to put the images
     refused(tmp_path, "--steps", 2, "--seeds", 0, "--outdir", "", fragments=("'--outdir'", "empty"))
+
+
+# 2. --grid naming a folder
+
+
+@pytest.mark.parametrize("where", ["outdir", "outdir's parent", "existing folder", "an image", "the record",
+                                   "a subdir"])
+def test_grid_on_a_folder_or_an_output_file_is_refused(tmp_path, where):
+    out = tmp_path / "new" / "out"
+    (tmp_path / "existing").mkdir()
+    grid = {"outdir": out, "outdir's parent": tmp_path / "new", "existing folder": tmp_path / "existing",
+            "an image": out / "000000" / "000001.png", "the record": out / "edm-generate.json",
+            "a subdir": out / "000000"}[where]
+    refused(tmp_path, "--steps", 2, "--seeds", "0-1", "--subdirs", "--outdir", out, "--grid", grid,
+            fragments=("'--grid'",))
+
+
+def test_grid_beside_the_images_is_written(tmp_path):
+    result = ok("--steps", 2, "--seeds", "0-1", "--outdir", tmp_path, "--grid", tmp_path / "grid.png")
+    assert "grid 16x8" in result.output and (tmp_path / "grid.png").is_file()

@@ -11,7 +11,7 @@ from tools.images import PNG_MODES, image_path
 from tools.request import SamplingRequest
 from tools.seeds import format_seeds, parse_seeds
 
-from .record import check_record
+from .record import RECORD_NAME, check_record
 from .sampling import Sampling, prepare_sampling
 
 __all__ = ["GenerateError", "Output", "Plan", "prepare"]
@@ -56,6 +56,35 @@ class Plan:
         return f"{len(self.seeds)} seeds ({format_seeds(self.seeds)}), {self.sampling.describe()}"
 
 
+def _taken_by_run(path: Path, outdir: Path, seeds: list[int], subdirs: bool) -> str | None:
+    """What the run makes at ``path`` (the output folder, a folder above or within it, an image or the
+    record), or None."""
+    path, outdir = path.resolve(), outdir.resolve()
+    if path == outdir or path in outdir.parents:
+        return "the output folder" if path == outdir else "a folder above the output folder"
+    if path == outdir / RECORD_NAME:
+        return "the folder's record of settings"
+    images = {image_path(outdir, seed, subdirs): seed for seed in seeds}
+    if path in images:
+        return f"seed {images[path]}'s image"
+    if path in {image.parent for image in images}:
+        return "a folder the images go into"
+    return None
+
+
+def _check_grid(grid, outdir: Path, seeds: list[int], subdirs: bool) -> Path | None:
+    """The grid's path, or None: a file that nothing else of the run is, checked now because the grid is
+    written last (after every image)."""
+    if grid is None:
+        return None
+    grid = given_path(grid, "the grid path", "grid")
+    taken = "a directory" if grid.is_dir() else _taken_by_run(grid, outdir, seeds, subdirs)
+    if taken is not None:
+        raise GenerateError(f"grid path {grid} is {taken}; give a file name such as grid.png", "grid")
+    check_writable_dir(grid.parent, "grid")
+    return grid
+
+
 def prepare(request: SamplingRequest, output: Output) -> Plan:
     """Check ``request`` and ``output`` and return the job; raises :class:`GenerateError`. Nothing is written
     (see :func:`tools.generate.sampling.prepare_sampling`); a folder that holds images made with other
@@ -76,12 +105,7 @@ def prepare(request: SamplingRequest, output: Output) -> Plan:
     outdir = given_path(output.outdir, "the output folder", "outdir",
                         ": give a folder (. for the current one)")
     check_writable_dir(outdir, "outdir")
-    grid = output.grid
-    if grid is not None:
-        grid = Path(grid).expanduser()
-        if grid.is_dir():
-            raise GenerateError(f"grid path {grid} is a directory; give a file name such as grid.png", "grid")
-        check_writable_dir(grid.parent, "grid")
+    grid = _check_grid(output.grid, outdir, seeds, bool(output.subdirs))
     check_record(outdir, setup.settings(), output.overwrite)
     return Plan(request=request, sampling=setup, seeds=seeds, outdir=outdir, batch=batch,
                 subdirs=bool(output.subdirs), grid=grid, overwrite=bool(output.overwrite),
