@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from _support import assert_usage_error, invoke
+from _support import assert_usage_error, invoke, plan_of
 from tools.cli import main
-from tools.images import write_png
+from tools.images import read_png, to_uint8, write_png
+from tools.steering import Steering
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,3 +73,49 @@ def test_grid_on_a_folder_or_an_output_file_is_refused(tmp_path, where):
 def test_grid_beside_the_images_is_written(tmp_path):
     result = ok("--steps", 2, "--seeds", "0-1", "--outdir", tmp_path, "--grid", tmp_path / "grid.png")
     assert "grid 16x8" in result.output and (tmp_path / "grid.png").is_file()
+
+
+# 3. 16-bit images
+
+# 16-bit gray values and their 8-bit values by hand: round(v * 255 / 65535) = round(v / 257), e.g.
+# 128/257 = 0.498, 129/257 = 0.502, 1000/257 = 3.89, 30000/257 = 116.7, 32768/257 = 127.5
+SIXTEEN = [0, 128, 129, 257, 1000, 30000, 32768, 65535]
+EIGHT = [0, 0, 1, 1, 4, 117, 128, 255]
+
+
+def sixteen_bit_png(path, values=SIXTEEN):
+    """An 8x8 16-bit gray PNG (PIL opens it as mode I;16), ``values`` repeated row by row."""
+    array = np.resize(np.array(values, np.uint16), (8, 8))
+    Image.fromarray(array).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I")
+    return path
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    path = sixteen_bit_png(tmp_path / "init16.png")
+    expected = np.resize(np.array(EIGHT, np.uint8), (8, 8))[:, :, None]
+    np.testing.assert_array_equal(read_png(path), expected)
+    plan = plan_of("digits", [0], tmp_path / "out", steps=2,
+                   steering=Steering(init_image=str(path), strength=0.5))
+    np.testing.assert_array_equal(to_uint8(plan.sampling.steer.edit.init)[0], expected)
+
+
+def test_16_bit_mask_reads_as_its_8_bit_values(tmp_path, digit_png):
+    mask = sixteen_bit_png(tmp_path / "mask16.png")  # 30000 keeps (117), 32768 generates (128)
+    plan = plan_of("digits", [0], tmp_path / "out", steps=2,
+                   steering=Steering(init_image=str(digit_png), mask=str(mask)))
+    generates = np.resize(np.array(EIGHT) >= 128, (8, 8))
+    np.testing.assert_array_equal(plan.sampling.steer.edit.mask[0, 0].numpy(), generates)
+
+
+@pytest.mark.parametrize("dtype, mode", [(np.int32, "I"), (np.float32, "F")])
+def test_images_without_a_fixed_range_are_refused(tmp_path, digit_png, dtype, mode):
+    path = tmp_path / "wide.tiff"
+    Image.fromarray(np.full((8, 8), 1000, dtype)).save(path)
+    with Image.open(path) as image:
+        assert image.mode == mode
+    for flag, args in (("--init-image", ["--init-image", path]),
+                       ("--mask", ["--init-image", digit_png, "--mask", path])):
+        refused(tmp_path, "--steps", 2, "--seeds", 0, "--outdir", tmp_path / "out", *args,
+                fragments=(f"'{flag}'", f"mode {mode}"))

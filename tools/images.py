@@ -50,18 +50,31 @@ def write_png(path, image: np.ndarray) -> None:
 
 def read_png(path) -> np.ndarray:
     """A PNG as uint8 ``[H, W, C]`` (its own channels: L -> 1, LA -> 2, RGB -> 3, RGBA -> 4; palette
-    images are expanded to RGB(A)); ValueError (one line) for a file that is not a readable image."""
+    images are expanded to RGB(A); 16-bit gray is scaled to 8 bits); ValueError (one line) for a file that
+    is not a readable image, or a 32-bit integer or floating-point one (no fixed range to scale from)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as picture:
-            if picture.mode not in PNG_MODES.values():
-                picture = picture.convert("RGBA" if "transparency" in picture.info or "A" in picture.mode
-                                          else ("L" if picture.mode in ("1", "I", "I;16", "F") else "RGB"))
-            array = np.asarray(picture)
+            array = _pixels(picture, path)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read {path} as an image: {e}") from None
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def _pixels(picture, path) -> np.ndarray:
+    """An open PIL image's pixels as uint8, scaled from 16 bits: PIL's convert would clip (32768 -> 255)."""
+    mode = picture.mode
+    if mode.startswith("I;16") or (mode == "I" and picture.format == "PNG"):  # a PNG's 16 bits (older PIL: I)
+        return np.rint(np.asarray(picture, dtype=np.float64) / 257).astype(np.uint8)  # v * 255 / 65535
+    if mode in ("I", "F"):
+        kind = "a 32-bit integer" if mode == "I" else "a floating-point"
+        raise ValueError(f"{path} is {kind} image (mode {mode}), whose range is not fixed: save it as an "
+                         "8- or 16-bit PNG")
+    if mode not in PNG_MODES.values():
+        picture = picture.convert("RGBA" if "transparency" in picture.info or "A" in mode
+                                  else ("L" if mode == "1" else "RGB"))
+    return np.asarray(picture)
 
 
 def from_uint8(images: np.ndarray):
