@@ -119,3 +119,18 @@ def test_images_without_a_fixed_range_are_refused(tmp_path, digit_png, dtype, mo
                        ("--mask", ["--init-image", digit_png, "--mask", path])):
         refused(tmp_path, "--steps", 2, "--seeds", 0, "--outdir", tmp_path / "out", *args,
                 fragments=(f"'{flag}'", f"mode {mode}"))
+
+
+# 4. img2img's strength rounding to no step
+
+
+def test_too_low_strength_names_strength_and_steps(tmp_path, digit_png):
+    line = refused(tmp_path, "--seeds", 0, "--outdir", tmp_path / "out", "--init-image", digit_png,
+                   "--strength", 0.1, "--steps", 4, fragments=("'--strength'", "--steps", "0.25", "10"))
+    assert "--resample" not in line
+
+
+def test_too_low_strength_under_an_nfe_budget_names_nfe(tmp_path, digit_png):
+    line = refused(tmp_path, "--seeds", 0, "--outdir", tmp_path / "out", "--init-image", digit_png,
+                   "--strength", 0.1, "--nfe", 7, fragments=("'--strength'", "--nfe"))
+    assert "--resample" not in line and "--steps" not in line
