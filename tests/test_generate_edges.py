@@ -4,12 +4,15 @@ files are read as meant. Tiny runs of the shipped ``digits`` model (1x8x8)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from _support import assert_usage_error, invoke, plan_of
 from tools.cli import main
+from tools.generate.prompts import read_prompts
 from tools.images import read_png, to_uint8, write_png
 from tools.steering import Steering
 
@@ -134,3 +137,22 @@ def test_too_low_strength_under_an_nfe_budget_names_nfe(tmp_path, digit_png):
     line = refused(tmp_path, "--seeds", 0, "--outdir", tmp_path / "out", "--init-image", digit_png,
                    "--strength", 0.1, "--nfe", 7, fragments=("'--strength'", "--nfe"))
     assert "--resample" not in line and "--steps" not in line
+
+
+# 5. a prompts file with a byte-order mark
+
+
+def test_prompts_file_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red bicycle\nä blue car\n".encode("utf-8-sig"))
+    assert read_prompts(path) == ["a red bicycle", "ä blue car"]
+
+
+@pytest.mark.slow
+def test_prompts_file_with_a_byte_order_mark_records_clean_prompts(tmp_path, tiny_pipeline, offline):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red bicycle\n".encode("utf-8-sig"))
+    ok("--model", f"diffusers:{tiny_pipeline('sd')}", "--prompts", path, "--steps", 2, "--seeds", 0,
+       "--outdir", tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "edm-generate.json").read_text())
+    assert record["text"]["prompts"] == ["a red bicycle"]

@@ -31,7 +31,7 @@ def read_prompts(path) -> list[str]:
     """The prompts of a file, one per line (blank lines skipped); BadInput names ``--prompts``."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no part of a prompt
     except FileNotFoundError:
         raise BadInput(f"prompt file {path} does not exist", "prompts") from None
     except (OSError, UnicodeDecodeError) as e:
