@@ -156,3 +156,25 @@ def test_prompts_file_with_a_byte_order_mark_records_clean_prompts(tmp_path, tin
        "--outdir", tmp_path / "out")
     record = json.loads((tmp_path / "out" / "edm-generate.json").read_text())
     assert record["text"]["prompts"] == ["a red bicycle"]
+
+
+# 6. a rerun in the other layout
+
+
+def test_subdirs_rerun_into_a_flat_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    ok("--steps", 2, "--seeds", "0-3", "--outdir", out)
+    refused(tmp_path, "--steps", 2, "--seeds", "0-3", "--outdir", out, "--subdirs",
+            fragments=("'--subdirs'", "flat"))
+    refused(tmp_path, "--steps", 2, "--seeds", "4-5", "--outdir", out, "--subdirs", "--overwrite",
+            fragments=("'--subdirs'",))
+    assert "0 images written, 4 skipped" in ok("--steps", 2, "--seeds", "0-3", "--outdir", out).output
+
+
+def test_flat_rerun_into_a_subdirs_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    ok("--steps", 2, "--seeds", "0-1", "--outdir", out, "--subdirs")
+    refused(tmp_path, "--steps", 2, "--seeds", "0-1", "--outdir", out,
+            fragments=("'--outdir'", "--subdirs", "1000"))
+    assert "0 images written, 2 skipped" in ok("--steps", 2, "--seeds", "0-1", "--outdir", out,
+                                               "--subdirs").output

@@ -15,11 +15,12 @@ import numpy as np
 
 from edm.checkpoint import atomic_write
 
-__all__ = ["PNG_MODES", "from_uint8", "grid_shape", "image_path", "read_png", "remove_stale_temporaries",
-           "to_uint8", "write_grid", "write_png"]
+__all__ = ["PNG_MODES", "from_uint8", "grid_shape", "image_layouts", "image_path", "read_png",
+           "remove_stale_temporaries", "to_uint8", "write_grid", "write_png"]
 
 PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 _TEMP_NAME = re.compile(r"\.(\d+)\.png\..*\.tmp")  # what write_png's temporary files look like
+_IMAGE_NAME = re.compile(r"\d{6,}\.png")  # image_path's names (and its subfolders' without .png)
 
 
 def to_uint8(images) -> np.ndarray:
@@ -35,6 +36,29 @@ def image_path(outdir, seed: int, subdirs: bool = False) -> Path:
     if subdirs:
         outdir = outdir / f"{seed - seed % 1000:06d}"
     return outdir / f"{seed:06d}.png"
+
+
+def image_layouts(outdir) -> set[bool]:
+    """The layouts of the images already in ``outdir``, as :func:`image_path`'s ``subdirs``: False for
+    ``outdir/000042.png``, True for ``outdir/000000/000042.png`` (empty when it holds none)."""
+    found = set()
+    try:
+        entries = list(os.scandir(outdir))
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        if entry.is_file() and _IMAGE_NAME.fullmatch(entry.name):
+            found.add(False)
+        elif entry.is_dir() and _IMAGE_NAME.fullmatch(entry.name + ".png") and _holds_image(entry.path):
+            found.add(True)
+        if len(found) == 2:
+            break
+    return found
+
+
+def _holds_image(folder) -> bool:
+    with os.scandir(folder) as entries:
+        return any(entry.is_file() and _IMAGE_NAME.fullmatch(entry.name) for entry in entries)
 
 
 def write_png(path, image: np.ndarray) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.common import BadInput, check_writable_dir, given_path, positive_int
-from tools.images import PNG_MODES, image_path
+from tools.images import PNG_MODES, image_layouts, image_path
 from tools.request import SamplingRequest
 from tools.seeds import format_seeds, parse_seeds
 
@@ -85,10 +85,25 @@ def _check_grid(grid, outdir: Path, seeds: list[int], subdirs: bool) -> Path | N
     return grid
 
 
+def _check_layout(outdir: Path, subdirs: bool) -> None:
+    """Refuse a run whose layout is not the one of the images already in ``outdir``: it would not see them
+    (so not skip them) and leave each seed twice, in two layouts."""
+    found = image_layouts(outdir)
+    if subdirs and False in found:
+        raise GenerateError(f"{outdir} holds images in the flat layout ({image_path(outdir, 42)}), not one "
+                            "subfolder per 1000 seeds: drop --subdirs to add to them, or give another "
+                            "--outdir", "subdirs")
+    if not subdirs and True in found:
+        raise GenerateError(f"{outdir} holds images in one subfolder per 1000 seeds "
+                            f"({image_path(outdir, 42, True)}): give --subdirs to add to them, or another "
+                            "--outdir", "outdir")
+
+
 def prepare(request: SamplingRequest, output: Output) -> Plan:
     """Check ``request`` and ``output`` and return the job; raises :class:`GenerateError`. Nothing is written
     (see :func:`tools.generate.sampling.prepare_sampling`); a folder that holds images made with other
-    settings is refused unless ``output.overwrite``."""
+    settings is refused unless ``output.overwrite``, and one that holds images in the other layout (flat or
+    ``subdirs``) always."""
     try:
         seeds = parse_seeds(output.seeds)
     except ValueError as e:
@@ -107,6 +122,7 @@ def prepare(request: SamplingRequest, output: Output) -> Plan:
     check_writable_dir(outdir, "outdir")
     grid = _check_grid(output.grid, outdir, seeds, bool(output.subdirs))
     check_record(outdir, setup.settings(), output.overwrite)
+    _check_layout(outdir, bool(output.subdirs))
     return Plan(request=request, sampling=setup, seeds=seeds, outdir=outdir, batch=batch,
                 subdirs=bool(output.subdirs), grid=grid, overwrite=bool(output.overwrite),
                 progress=bool(output.progress))
