@@ -12,6 +12,7 @@ from PIL import Image
 
 from _support import assert_usage_error, invoke, plan_of
 from tools.cli import main
+from tools.common import BadInput
 from tools.generate.prompts import read_prompts
 from tools.images import read_png, to_uint8, write_png
 from tools.steering import Steering
@@ -178,3 +179,37 @@ def test_flat_rerun_into_a_subdirs_folder_is_refused(tmp_path):
             fragments=("'--outdir'", "--subdirs", "1000"))
     assert "0 images written, 2 skipped" in ok("--steps", 2, "--seeds", "0-1", "--outdir", out,
                                                "--subdirs").output
+
+
+# 7. a folder where a file is expected
+
+
+def test_mask_that_is_a_folder_says_so(tmp_path, digit_png):
+    (tmp_path / "masks").mkdir()
+    refused(tmp_path, "--steps", 2, "--seeds", 0, "--outdir", tmp_path / "out", "--init-image", digit_png,
+            "--mask", tmp_path / "masks", fragments=("'--mask'", "is a directory"))
+    refused(tmp_path, "--steps", 2, "--seeds", 0, "--outdir", tmp_path / "out", "--init-image", digit_png,
+            "--mask", tmp_path / "nope.png", fragments=("'--mask'", "does not exist"))
+
+
+def test_init_image_folder_whose_seed_image_is_a_folder_says_so(tmp_path):
+    (tmp_path / "inits" / "000000.png").mkdir(parents=True)
+    refused(tmp_path, "--steps", 2, "--seeds", 0, "--outdir", tmp_path / "out",
+            "--init-image", tmp_path / "inits", fragments=("'--init-image'", "is a directory"))
+    refused(tmp_path, "--steps", 2, "--seeds", 0, "--outdir", tmp_path / "out",
+            "--init-image", tmp_path / "nope", fragments=("'--init-image'", "does not exist"))
+
+
+@pytest.mark.parametrize("flag", ["--init-image", "--mask", "--grid"])
+def test_empty_path_is_refused(tmp_path, digit_png, monkeypatch, flag):
+    monkeypatch.chdir(tmp_path)
+    args = ["--init-image", digit_png] if flag == "--mask" else []
+    refused(tmp_path, "--steps", 2, "--seeds", 0, "--outdir", tmp_path / "out", *args, flag, "",
+            fragments=(f"'{flag}'", "empty"))
+
+
+def test_prompts_file_that_is_a_folder_says_so(tmp_path):
+    for path, words in ((tmp_path, "is a directory"), (tmp_path / "nope.txt", "does not exist")):
+        with pytest.raises(BadInput, match=words) as caught:
+            read_prompts(path)
+        assert caught.value.param == "prompts"

@@ -77,7 +77,7 @@ def _check_grid(grid, outdir: Path, seeds: list[int], subdirs: bool) -> Path | N
     written last (after every image)."""
     if grid is None:
         return None
-    grid = given_path(grid, "the grid path", "grid")
+    grid = given_path(grid, "the grid file", "grid")
     taken = "a directory" if grid.is_dir() else _taken_by_run(grid, outdir, seeds, subdirs)
     if taken is not None:
         raise GenerateError(f"grid path {grid} is {taken}; give a file name such as grid.png", "grid")
