@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTEXT", "BadInput", "check_writable_dir", "compact", "flagged", "format_value", "jsonable",
-           "lazy_exports", "one_line", "positive_int", "spelled_out"]
+__all__ = ["CONTEXT", "BadInput", "check_writable_dir", "compact", "existing_file", "flagged", "format_value",
+           "given_path", "jsonable", "lazy_exports", "one_line", "positive_int", "spelled_out"]
 
 #: click settings of every command: -h as --help, and help as wide as 120 columns
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
@@ -120,6 +120,27 @@ def positive_int(value: Any, what: str, param: str | None = None) -> int:
 def _is_numpy_int(value: Any) -> bool:
     numpy = sys.modules.get("numpy")
     return numpy is not None and isinstance(value, numpy.integer)
+
+
+def given_path(value, what: str, param: str | None = None, hint: str = "") -> Path:
+    """``value`` as a Path; BadInput for an empty one, which ``Path("")`` would silently read as the current
+    folder (``what`` names it in the message, "the output folder"; ``hint`` follows it)."""
+    if value is None or (isinstance(value, str) and not value):
+        raise BadInput(f"{what} is an empty path{hint}", param)
+    return Path(value).expanduser()
+
+
+def existing_file(value, what: str, param: str | None = None) -> Path:
+    """``value`` as the Path of an existing file; BadInput saying which it is not: an empty path, a path that
+    does not exist, or a directory (``what`` names it in the message: "mask")."""
+    path = given_path(value, what, param)
+    if path.is_dir():
+        raise BadInput(f"{what} {path} is a directory, not a file", param)
+    if not path.exists():
+        raise BadInput(f"{what} {path} does not exist", param)
+    if not path.is_file():
+        raise BadInput(f"{what} {path} is not a regular file", param)
+    return path
 
 
 def check_writable_dir(path, param: str | None = None) -> Path:

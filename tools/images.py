@@ -15,11 +15,12 @@ import numpy as np
 
 from edm.checkpoint import atomic_write
 
-__all__ = ["PNG_MODES", "from_uint8", "grid_shape", "image_path", "read_png", "remove_stale_temporaries",
-           "to_uint8", "write_grid", "write_png"]
+__all__ = ["PNG_MODES", "from_uint8", "grid_shape", "image_layouts", "image_path", "read_png",
+           "remove_stale_temporaries", "to_uint8", "write_grid", "write_png"]
 
 PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 _TEMP_NAME = re.compile(r"\.(\d+)\.png\..*\.tmp")  # what write_png's temporary files look like
+_IMAGE_NAME = re.compile(r"\d{6,}\.png")  # image_path's names (and its subfolders' without .png)
 
 
 def to_uint8(images) -> np.ndarray:
@@ -37,6 +38,29 @@ def image_path(outdir, seed: int, subdirs: bool = False) -> Path:
     return outdir / f"{seed:06d}.png"
 
 
+def image_layouts(outdir) -> set[bool]:
+    """The layouts of the images already in ``outdir``, as :func:`image_path`'s ``subdirs``: False for
+    ``outdir/000042.png``, True for ``outdir/000000/000042.png`` (empty when it holds none)."""
+    found = set()
+    try:
+        entries = list(os.scandir(outdir))
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        if entry.is_file() and _IMAGE_NAME.fullmatch(entry.name):
+            found.add(False)
+        elif entry.is_dir() and _IMAGE_NAME.fullmatch(entry.name + ".png") and _holds_image(entry.path):
+            found.add(True)
+        if len(found) == 2:
+            break
+    return found
+
+
+def _holds_image(folder) -> bool:
+    with os.scandir(folder) as entries:
+        return any(entry.is_file() and _IMAGE_NAME.fullmatch(entry.name) for entry in entries)
+
+
 def write_png(path, image: np.ndarray) -> None:
     """Write one uint8 ``[H, W, C]`` image to ``path`` atomically (temporary file + rename)."""
     from PIL import Image
@@ -50,18 +74,31 @@ def write_png(path, image: np.ndarray) -> None:
 
 def read_png(path) -> np.ndarray:
     """A PNG as uint8 ``[H, W, C]`` (its own channels: L -> 1, LA -> 2, RGB -> 3, RGBA -> 4; palette
-    images are expanded to RGB(A)); ValueError (one line) for a file that is not a readable image."""
+    images are expanded to RGB(A); 16-bit gray is scaled to 8 bits); ValueError (one line) for a file that
+    is not a readable image, or a 32-bit integer or floating-point one (no fixed range to scale from)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as picture:
-            if picture.mode not in PNG_MODES.values():
-                picture = picture.convert("RGBA" if "transparency" in picture.info or "A" in picture.mode
-                                          else ("L" if picture.mode in ("1", "I", "I;16", "F") else "RGB"))
-            array = np.asarray(picture)
+            array = _pixels(picture, path)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read {path} as an image: {e}") from None
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def _pixels(picture, path) -> np.ndarray:
+    """An open PIL image's pixels as uint8, scaled from 16 bits: PIL's convert would clip (32768 -> 255)."""
+    mode = picture.mode
+    if mode.startswith("I;16") or (mode == "I" and picture.format == "PNG"):  # a PNG's 16 bits (older PIL: I)
+        return np.rint(np.asarray(picture, dtype=np.float64) / 257).astype(np.uint8)  # v * 255 / 65535
+    if mode in ("I", "F"):
+        kind = "a 32-bit integer" if mode == "I" else "a floating-point"
+        raise ValueError(f"{path} is {kind} image (mode {mode}), whose range is not fixed: save it as an "
+                         "8- or 16-bit PNG")
+    if mode not in PNG_MODES.values():
+        picture = picture.convert("RGBA" if "transparency" in picture.info or "A" in mode
+                                  else ("L" if mode == "1" else "RGB"))
+    return np.asarray(picture)
 
 
 def from_uint8(images: np.ndarray):

@@ -30,7 +30,9 @@ __all__ = ["generate"]
 @option("Output", "--outdir", required=True, type=click.Path(file_okay=False), metavar="DIR",
         help="Where the images go: DIR/000042.png for seed 42 (created if missing). DIR/edm-generate.json "
              "records the settings; a rerun with other settings is refused.")
-@option("Output", "--subdirs", is_flag=True, help="One subfolder per 1000 seeds: DIR/001000/001042.png.")
+@option("Output", "--subdirs", is_flag=True,
+        help="One subfolder per 1000 seeds: DIR/001000/001042.png. A folder keeps the layout its images "
+             "were written in.")
 @option("Output", "--grid", type=click.Path(dir_okay=False), default=None, metavar="PATH",
         help="Also tile all the images, in --seeds order, into one near-square PNG at PATH.")
 @option("Output", "--overwrite", is_flag=True,

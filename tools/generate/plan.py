@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.common import BadInput, check_writable_dir, positive_int
-from tools.images import PNG_MODES, image_path
+from tools.common import BadInput, check_writable_dir, given_path, positive_int
+from tools.images import PNG_MODES, image_layouts, image_path
 from tools.request import SamplingRequest
 from tools.seeds import format_seeds, parse_seeds
 
-from .record import check_record
+from .record import RECORD_NAME, check_record
 from .sampling import Sampling, prepare_sampling
 
 __all__ = ["GenerateError", "Output", "Plan", "prepare"]
@@ -56,10 +56,54 @@ class Plan:
         return f"{len(self.seeds)} seeds ({format_seeds(self.seeds)}), {self.sampling.describe()}"
 
 
+def _taken_by_run(path: Path, outdir: Path, seeds: list[int], subdirs: bool) -> str | None:
+    """What the run makes at ``path`` (the output folder, a folder above or within it, an image or the
+    record), or None."""
+    path, outdir = path.resolve(), outdir.resolve()
+    if path == outdir or path in outdir.parents:
+        return "the output folder" if path == outdir else "a folder above the output folder"
+    if path == outdir / RECORD_NAME:
+        return "the folder's record of settings"
+    images = {image_path(outdir, seed, subdirs): seed for seed in seeds}
+    if path in images:
+        return f"seed {images[path]}'s image"
+    if path in {image.parent for image in images}:
+        return "a folder the images go into"
+    return None
+
+
+def _check_grid(grid, outdir: Path, seeds: list[int], subdirs: bool) -> Path | None:
+    """The grid's path, or None: a file that nothing else of the run is, checked now because the grid is
+    written last (after every image)."""
+    if grid is None:
+        return None
+    grid = given_path(grid, "the grid file", "grid")
+    taken = "a directory" if grid.is_dir() else _taken_by_run(grid, outdir, seeds, subdirs)
+    if taken is not None:
+        raise GenerateError(f"grid path {grid} is {taken}; give a file name such as grid.png", "grid")
+    check_writable_dir(grid.parent, "grid")
+    return grid
+
+
+def _check_layout(outdir: Path, subdirs: bool) -> None:
+    """Refuse a run whose layout is not the one of the images already in ``outdir``: it would not see them
+    (so not skip them) and leave each seed twice, in two layouts."""
+    found = image_layouts(outdir)
+    if subdirs and False in found:
+        raise GenerateError(f"{outdir} holds images in the flat layout ({image_path(outdir, 42)}), not one "
+                            "subfolder per 1000 seeds: drop --subdirs to add to them, or give another "
+                            "--outdir", "subdirs")
+    if not subdirs and True in found:
+        raise GenerateError(f"{outdir} holds images in one subfolder per 1000 seeds "
+                            f"({image_path(outdir, 42, True)}): give --subdirs to add to them, or another "
+                            "--outdir", "outdir")
+
+
 def prepare(request: SamplingRequest, output: Output) -> Plan:
     """Check ``request`` and ``output`` and return the job; raises :class:`GenerateError`. Nothing is written
     (see :func:`tools.generate.sampling.prepare_sampling`); a folder that holds images made with other
-    settings is refused unless ``output.overwrite``."""
+    settings is refused unless ``output.overwrite``, and one that holds images in the other layout (flat or
+    ``subdirs``) always."""
     try:
         seeds = parse_seeds(output.seeds)
     except ValueError as e:
@@ -73,15 +117,12 @@ def prepare(request: SamplingRequest, output: Output) -> Plan:
     if len(shape) != 3 or shape[0] not in PNG_MODES:
         raise GenerateError(f"cannot write images of shape {list(shape)} as PNG (need [C, H, W], C in 1..4)",
                             "model")
-    outdir = Path(output.outdir).expanduser()
+    outdir = given_path(output.outdir, "the output folder", "outdir",
+                        ": give a folder (. for the current one)")
     check_writable_dir(outdir, "outdir")
-    grid = output.grid
-    if grid is not None:
-        grid = Path(grid).expanduser()
-        if grid.is_dir():
-            raise GenerateError(f"grid path {grid} is a directory; give a file name such as grid.png", "grid")
-        check_writable_dir(grid.parent, "grid")
+    grid = _check_grid(output.grid, outdir, seeds, bool(output.subdirs))
     check_record(outdir, setup.settings(), output.overwrite)
+    _check_layout(outdir, bool(output.subdirs))
     return Plan(request=request, sampling=setup, seeds=seeds, outdir=outdir, batch=batch,
                 subdirs=bool(output.subdirs), grid=grid, overwrite=bool(output.overwrite),
                 progress=bool(output.progress))

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tools.common import BadInput, one_line
+from tools.common import BadInput, existing_file, one_line
 from tools.request import Prompting
 
 __all__ = ["Prompting", "Prompts", "check_prompting", "guidance_or_default", "read_prompts"]
@@ -29,11 +28,9 @@ __all__ = ["Prompting", "Prompts", "check_prompting", "guidance_or_default", "re
 
 def read_prompts(path) -> list[str]:
     """The prompts of a file, one per line (blank lines skipped); BadInput names ``--prompts``."""
-    path = Path(path).expanduser()
+    path = existing_file(path, "prompt file", "prompts")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"prompt file {path} does not exist", "prompts") from None
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no part of a prompt
     except (OSError, UnicodeDecodeError) as e:
         raise BadInput(f"cannot read the prompt file {path}: {one_line(e)}", "prompts") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]

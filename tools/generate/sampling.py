@@ -40,6 +40,7 @@ from tools.solvers.use import (
     special_sampler,
 )
 from tools.steering import CheckedSteering, check_steering, load
+from tools.steering.img2img import check_run_steps
 
 from .prompts import Prompts, check_prompting, guidance_or_default
 
@@ -327,6 +328,7 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     steer = check_steering(request.steering, model, guidance=guidance, class_label=request.class_label,
                            device=device, dtype=dtype, trust_pickle=request.trust_pickle, prompts=prompts)
     levels = _levels(choice, model, request)
+    check_run_steps(steer.edit, len(levels.sigmas) - 1, "nfe" if request.nfe is not None else "steps")
     runs = choice.spec.name if choice.fitted is None else choice.fitted.solver  # what samplers.sample runs
     check_sampler(runs, levels.options, levels.sigmas)
     corrector_steps = steer.corrector.steps if steer.corrector is not None else 0

@@ -12,7 +12,7 @@ import torch
 
 from samplers.editing import Inpainting, img2img_start, paste
 from samplers.noise import LATENT_STREAM, stream_seed
-from tools.common import BadInput, one_line
+from tools.common import BadInput, existing_file, given_path, one_line
 from tools.images import from_uint8, image_path, read_png
 
 __all__ = ["EditImages", "edit_start", "load_image", "load_init", "load_mask", "plain_start", "seed_draws"]
@@ -38,8 +38,8 @@ class EditImages:
     def _seed_image(self, seed: int) -> torch.Tensor:
         for subdirs in (False, True):
             path = image_path(self.folder, seed, subdirs)
-            if path.is_file():
-                return load_image(path, self.shape, "init_image")
+            if path.exists():  # a folder of that name is refused as one
+                return load_image(existing_file(path, "init image", "init_image"), self.shape, "init_image")
         expected = image_path(self.folder, seed)
         raise BadInput(f"no init image for seed {seed} in {self.folder} (expected {expected}"
                        " as `edm generate` writes them)", "init_image")
@@ -80,7 +80,7 @@ def load_mask(path: Path, shape: Sequence[int]) -> torch.Tensor:
 
 def load_init(path, shape: Sequence[int], strength: float) -> EditImages:
     """``--init-image``: one PNG, or a folder of per-seed PNGs (read per batch); BadInput if neither."""
-    path = Path(path).expanduser()
+    path = given_path(path, "init image", "init_image")
     if path.is_dir():
         init, folder = None, path
     elif path.is_file():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from tools.common import BadInput
+from tools.common import BadInput, existing_file
 
 from .kind import Checking, Flag, SteeringKind
 
@@ -51,9 +51,7 @@ class InpaintingKind(SteeringKind):
         if c.given("mask") and edit is not None:
             from .edit import load_mask
 
-            path = Path(c.steering.mask).expanduser()
-            if not path.is_file():
-                raise BadInput(f"mask {path} does not exist", "mask")
+            path = existing_file(c.steering.mask, "mask", "mask")
             c.settings["edit"] = dataclasses.replace(edit, mask=load_mask(path, edit.shape))
         if c.given("resample"):
             c.settings["resample"] = parse_resample(c.steering.resample)
