@@ -1,0 +1,92 @@
+"""Rough edges of fitted solver files, schedule files and ``--sampler auto``'s tables, as a new user meets
+them: each mistake is one ``Error:`` line naming the flag typed, exit 2, nothing written. Solver files are
+written by hand here (the format of ``tools.solvers.file``), not fitted, to keep the tests fast."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _support import assert_usage_error, invoke
+from tools.compare import cli as bench_cli
+from tools.generate import cli as generate_cli
+from tools.solvers.file import FORMAT, fingerprints
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# five levels of the digits model's range, then 0; identity weights make the solver DDIM on them
+SIGMAS = [80.0, 5.0, 1.0, 0.3, 0.004, 0.0]
+
+
+def identity(count: int = len(SIGMAS) - 1) -> list[list[float]]:
+    return [[float(i == j) for j in range(count)] for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def prints(digits_model) -> list[str]:
+    return fingerprints(digits_model.denoiser)
+
+
+@pytest.fixture
+def solver_file(tmp_path, prints):
+    """``solver_file(name, **record)``: a 5-NFE solver file for digits, ``record`` changing its keys."""
+
+    def write(name="s.json", **changes):
+        record = {"format": FORMAT, "nfe": len(SIGMAS) - 1, "sigmas": SIGMAS, "weights": identity(),
+                  "afs": False, "model": "digits", "model_fingerprint": prints[0],
+                  "model_fingerprints": prints, "guidance": 0.0, **changes}
+        path = tmp_path / name
+        path.write_text(json.dumps(record))  # NaN / Infinity as Python's json writes them
+        return path
+
+    return write
+
+
+def generate(tmp_path, *args):
+    return invoke(generate_cli.generate, "--seeds", 0, "--outdir", tmp_path / "out", "--device", "cpu",
+                  "--no-progress", *args)
+
+
+def bench(tmp_path, *args):
+    return invoke(bench_cli.bench, "--metrics", "ode", "--num", 1, "--out", tmp_path / "bench", "--device",
+                  "cpu", "--no-progress", *args)
+
+
+def assert_nothing_written(tmp_path):
+    assert not (tmp_path / "out").exists() and not (tmp_path / "bench").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Numbers that are not finite
+
+
+@pytest.mark.parametrize("key, where, bad, said", [
+    ("weights", (2, 1), float("nan"), "weights[2][1] is nan"),
+    ("weights", (4, 0), float("inf"), "weights[4][0] is inf"),
+    ("sigmas", (1,), float("nan"), "sigmas[1] is nan"),
+])
+def test_a_non_finite_number_is_named_where_it_is(tmp_path, solver_file, key, where, bad, said):
+    record = {"sigmas": list(SIGMAS), "weights": identity()}
+    target = record[key]
+    for index in where[:-1]:
+        target = target[index]
+    target[where[-1]] = bad
+    path = solver_file(**record)
+    line = assert_usage_error(generate(tmp_path, "--sampler", f"file:{path}"), "'--sampler'", said)
+    assert "shape" not in line
+    assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. A directory given as a file
+
+
+@pytest.mark.parametrize("flag", ["--sampler", "--schedule"])
+def test_a_directory_is_not_a_file(tmp_path, flag):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = generate(tmp_path, flag, f"file:{folder}")
+    line = assert_usage_error(result, f"'{flag}'", f"{folder} is a directory, not a file")
+    assert "not found" not in line
+    assert_nothing_written(tmp_path)
