@@ -58,6 +58,24 @@ def assert_nothing_written(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
+# 3. The schedule flags a solver's own levels leave no room for
+
+
+@pytest.mark.parametrize("flag, value", [("--sigma-min", 0.01), ("--sigma-max", 10), ("--rho", 5)])
+def test_a_range_flag_with_a_solver_names_that_flag(tmp_path, solver_file, flag, value):
+    result = generate(tmp_path, "--sampler", f"file:{solver_file()}", flag, value)
+    line = assert_usage_error(result, f"'{flag}'", f"drop {flag}", "its own noise levels")
+    assert "--schedule" not in line
+    assert_nothing_written(tmp_path)
+
+
+def test_bench_of_solver_files_alone_refuses_a_range_flag(tmp_path, solver_file):
+    result = bench(tmp_path, "--sampler", f"file:{solver_file()}", "--nfe", 5, "--sigma-min", 0.01)
+    assert_usage_error(result, "'--sigma-min'", "drop --sigma-min")
+    assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
 # 4. Numbers that are not finite
 
 

@@ -276,6 +276,15 @@ def _fitted(names: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> d
     return fitted
 
 
+def _check_no_range(sampling: SamplingRequest) -> None:
+    """BenchError naming --sigma-min, --sigma-max or --rho when only fitted solvers are benchmarked: they
+    run at their own levels, so the flag would change nothing."""
+    for name in ("sigma_min", "sigma_max", "rho"):
+        if getattr(sampling, name) is not None:
+            raise BenchError(f"fitted solvers bring their own noise levels: drop --{name.replace('_', '-')} "
+                             "(it applies to registered samplers)", name)
+
+
 def _sampler_options(options: Mapping[str, Mapping[str, Any]] | None, names: Sequence[str]) -> dict:
     """Per-sampler option overrides, each checked by a run on a 1x1 zero problem."""
     checked = {}
@@ -432,6 +441,8 @@ def prepare_bench(request: BenchRequest) -> Bench:
         budgets = parse_budgets(r.nfe)
     sampler_names = _sampler_names(r.samplers)
     fitted = _fitted(sampler_names, r.options or {})
+    if len(fitted) == len(sampler_names):
+        _check_no_range(sampling)
     options = _sampler_options(r.options, [n for n in sampler_names if n not in fitted])
     seeds = _seeds(r.seeds, r.num)
     ode_num = _ode_num(r.ode_num, metrics, seeds)

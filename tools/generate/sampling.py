@@ -275,12 +275,23 @@ class _Levels:
     end_scale: float = 1.0
 
 
+def _check_no_schedule(choice: _Choice, request: SamplingRequest) -> None:
+    """BadInput naming the schedule flag given with a fitted solver: its levels are fitted, so neither a
+    schedule nor a range or rho applies."""
+    given = [name for name in ("sigma_min", "sigma_max", "rho") if getattr(request, name) is not None]
+    if choice.schedule == DIFFUSERS_SCHEDULE:
+        given.insert(0, "schedule")
+    if given:
+        levels = choice.fitted.solver.sigmas
+        flag = "--" + given[0].replace("_", "-")
+        raise BadInput(f"a fitted solver brings its own noise levels (sigma {float(levels[0]):g}..."
+                       f"{float(levels[-2]):g}): drop {flag}", given[0])
+
+
 def _levels(choice: _Choice, model, request: SamplingRequest) -> _Levels:
     ranges = (request.sigma_min, request.sigma_max, request.rho)
     if choice.fitted is not None:
-        if choice.schedule == DIFFUSERS_SCHEDULE or any(v is not None for v in ranges):
-            raise BadInput("a fitted solver brings its own noise levels: drop --schedule, --sigma-min, "
-                           "--sigma-max and --rho", "schedule")
+        _check_no_schedule(choice, request)
         return _Levels(model, choice.fitted.solver.sigmas.clone(), FITTED_SCHEDULE, {}, choice.options)
     if choice.schedule == DIFFUSERS_SCHEDULE:
         plan = diffusers_schedule(model, choice.spec.name, choice.steps, *ranges)
