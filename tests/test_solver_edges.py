@@ -58,6 +58,25 @@ def assert_nothing_written(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
+# 2. edm bench at budgets a solver cannot run at
+
+
+def test_bench_refuses_a_solver_that_fits_none_of_the_budgets(tmp_path, solver_file):
+    path = solver_file()
+    result = bench(tmp_path, "--sampler", f"file:{path},euler", "--nfe", "3,4")
+    assert_usage_error(result, "'--nfe'", "runs at 5 NFE", "not at 3 or 4", "--nfe 5")
+    assert_nothing_written(tmp_path)
+
+
+def test_bench_runs_a_solver_among_other_budgets(tmp_path, solver_file):
+    path = solver_file()
+    result = bench(tmp_path, "--sampler", f"file:{path}", "--nfe", "3,5")
+    assert result.exit_code == 0, result.output
+    cells = json.loads((tmp_path / "bench" / "results.json").read_text())["cells"]
+    assert {c["nfe_budget"]: c["status"] for c in cells} == {3: "skipped: fitted for 5 NFE", 5: "ok"}
+
+
+# ---------------------------------------------------------------------------------------------------
 # 3. The schedule flags a solver's own levels leave no room for
 
 

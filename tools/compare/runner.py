@@ -276,6 +276,18 @@ def _fitted(names: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> d
     return fitted
 
 
+def _check_fitted_budgets(fitted: Mapping[str, Any], budgets: Sequence[int]) -> None:
+    """BenchError naming --nfe for a solver file that runs at none of the budgets: all its cells would be
+    skipped, leaving a result without a number. Among other budgets it runs at its own (the others are
+    skipped cells saying why), so one grid compares it with registered samplers at several budgets."""
+    for name, one in fitted.items():
+        nfe = one.solver.nfe
+        if nfe not in budgets:
+            listed = " or ".join(filter(None, [", ".join(map(str, budgets[:-1])), str(budgets[-1])]))
+            raise BenchError(f"solver file {name.removeprefix('file:')} runs at {nfe} NFE, not at {listed}: "
+                             f"add its budget (--nfe {nfe}) or fit one with edm tune-solver", "nfe")
+
+
 def _check_no_range(sampling: SamplingRequest) -> None:
     """BenchError naming --sigma-min, --sigma-max or --rho when only fitted solvers are benchmarked: they
     run at their own levels, so the flag would change nothing."""
@@ -443,6 +455,7 @@ def prepare_bench(request: BenchRequest) -> Bench:
     fitted = _fitted(sampler_names, r.options or {})
     if len(fitted) == len(sampler_names):
         _check_no_range(sampling)
+    _check_fitted_budgets(fitted, budgets)
     options = _sampler_options(r.options, [n for n in sampler_names if n not in fitted])
     seeds = _seeds(r.seeds, r.num)
     ode_num = _ode_num(r.ode_num, metrics, seeds)
