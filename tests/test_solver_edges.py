@@ -58,6 +58,48 @@ def assert_nothing_written(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
+# 1. The thresholding a solver was fitted with
+
+
+def test_a_solver_fitted_with_dynamic_thresholding_refuses_static(tmp_path, solver_file):
+    path = solver_file(steering={"threshold": "dynamic"})
+    result = generate(tmp_path, "--sampler", f"file:{path}", "--threshold", "static")
+    assert_usage_error(result, "'--threshold'", "fitted with --threshold dynamic", "not --threshold static")
+    assert_nothing_written(tmp_path)
+
+
+def test_a_solver_fitted_without_thresholding_refuses_one(tmp_path, solver_file):
+    result = generate(tmp_path, "--sampler", f"file:{solver_file()}", "--threshold", "dynamic")
+    assert_usage_error(result, "'--threshold'", "fitted without --threshold")
+    assert_nothing_written(tmp_path)
+
+
+def test_a_solver_fitted_with_a_percentile_refuses_another(tmp_path, solver_file):
+    path = solver_file(steering={"threshold": "dynamic", "threshold_percentile": 0.9})
+    result = generate(tmp_path, "--sampler", f"file:{path}", "--threshold", "dynamic")
+    assert_usage_error(result, "'--threshold'", "--threshold-percentile 0.9", "0.995")
+    assert_nothing_written(tmp_path)
+
+
+def test_generate_samples_with_the_fitted_thresholding_when_none_is_given(tmp_path, solver_file):
+    path = solver_file(steering={"threshold": "dynamic", "threshold_percentile": 0.9})
+    result = generate(tmp_path, "--sampler", f"file:{path}")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "edm-generate.json").read_text())
+    steering = record["steering"]
+    assert (steering["threshold"], steering["threshold_percentile"]) == ("dynamic", 0.9)
+    assert steering["x0_threshold"] == {"kind": "dynamic", "percentile": 0.9}  # what the run applied
+
+
+def test_bench_refuses_a_thresholding_mismatch(tmp_path, solver_file):
+    # edm bench runs every cell with one steering, and refuses a guidance mismatch alike
+    path = solver_file(steering={"threshold": "dynamic"})
+    result = bench(tmp_path, "--sampler", f"file:{path}", "--nfe", 5)
+    assert_usage_error(result, "'--threshold'", "fitted with --threshold dynamic")
+    assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
 # 2. edm bench at budgets a solver cannot run at
 
 

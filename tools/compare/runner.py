@@ -483,9 +483,9 @@ def prepare_bench(request: BenchRequest) -> Bench:
                                     device=device, dtype=p, trust_pickle=sampling.trust_pickle,
                                     prompts=prompts[p])
                   for p in precisions}
-    for one in fitted.values():  # each solver file is for this model and this guidance weight
-        with _bench_errors():
-            check_fitted_use(one, raw[precisions[0]], guidance or 0.0)
+    for one in fitted.values():  # each solver file is for this model, guidance weight and thresholding
+        with _bench_errors():  # all cells share the steering: a solver's is checked, not filled in
+            check_fitted_use(one, raw[precisions[0]], guidance or 0.0, steering, fill_in=False)
     precise = {p: in_precision(raw[p], p) for p in precisions}
     models = {p: replace(precise[p], denoiser=steers[p].denoiser(precise[p], p)) for p in precisions}
     steer = steers[precisions[0]]

@@ -324,14 +324,14 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     choice = _choose_sampler(request, corrector_steps)
     device, dtype = resolve_device(request.device), resolve_dtype(request.dtype)
     model = load(request.model, device, dtype, request.trust_pickle)
-    guidance = request.guidance
+    guidance, steering = request.guidance, request.steering
     if choice.fitted is not None:
-        guidance = check_fitted_use(choice.fitted, model, guidance)
+        guidance, steering = check_fitted_use(choice.fitted, model, guidance, steering)
     if choice.kind == AUTO:
         choice = _auto_choice(model, request.nfe, corrector_steps)
     model, prompts = check_prompting(request.prompting, model, resize_model)
     guidance = check_guidance(model, guidance_or_default(guidance, model, prompts))
-    steer = check_steering(request.steering, model, guidance=guidance, class_label=request.class_label,
+    steer = check_steering(steering, model, guidance=guidance, class_label=request.class_label,
                            device=device, dtype=dtype, trust_pickle=request.trust_pickle, prompts=prompts)
     levels = _levels(choice, model, request)
     runs = choice.spec.name if choice.fitted is None else choice.fitted.solver  # what samplers.sample runs

@@ -10,9 +10,10 @@ from tools.common import BadInput
 from .kind import X0, Building, Checking, Flag, SteeringKind
 from .parse import number
 
-__all__ = ["THRESHOLD_KINDS", "ThresholdKind"]
+__all__ = ["DEFAULT_PERCENTILE", "THRESHOLD_KINDS", "ThresholdKind"]
 
 THRESHOLD_KINDS = ("static", "dynamic")  # as samplers.guidance.THRESHOLDS (which imports torch)
+DEFAULT_PERCENTILE = 0.995  # dynamic thresholding's, as samplers.guidance.Thresholded's
 
 
 class ThresholdKind(SteeringKind):
@@ -44,7 +45,7 @@ class ThresholdKind(SteeringKind):
             c.settings["threshold"] = {"kind": "static"}
         else:
             percentile = c.steering.threshold_percentile
-            percentile = 0.995 if percentile is None else number(
+            percentile = DEFAULT_PERCENTILE if percentile is None else number(
                 percentile, "threshold percentile", "threshold_percentile", 0, 1, low_open=True)
             c.settings["threshold"] = {"kind": "dynamic", "percentile": percentile}
 
