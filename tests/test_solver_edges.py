@@ -169,3 +169,21 @@ def test_a_directory_is_not_a_file(tmp_path, flag):
     line = assert_usage_error(result, f"'{flag}'", f"{folder} is a directory, not a file")
     assert "not found" not in line
     assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Messages that showed a Python list or an option without its --
+
+
+def test_bench_refuses_sampler_options_for_solver_files_alone(tmp_path, solver_file):
+    result = bench(tmp_path, "--sampler", f"file:{solver_file()}", "--nfe", 5, "--eta", 1)
+    line = assert_usage_error(result, "takes no sampler options", "--eta")
+    assert "samplers  has" not in line
+    assert_nothing_written(tmp_path)
+
+
+def test_bench_option_for_a_solver_file_names_the_option(tmp_path, solver_file):
+    path = solver_file()
+    result = bench(tmp_path, "--sampler", f"file:{path}", "--nfe", 5, "--option", f"file:{path}.eta=1")
+    assert_usage_error(result, "'--sampler'", "takes no sampler options (got --eta)")
+    assert_nothing_written(tmp_path)

@@ -52,7 +52,8 @@ def read_fitted(name: str, *, steps=None, nfe=None, options=None) -> Fitted:
         raise BadInput(one_line(e), "sampler") from None
     solver = loaded.solver
     if options:
-        raise BadInput(f"a fitted solver has no options (got {', '.join(options)})", "sampler")
+        given = ", ".join("--" + key.replace("_", "-") for key in options)  # every option has its flag
+        raise BadInput(f"a fitted solver takes no sampler options (got {given})", "sampler")
     if nfe is not None and nfe != solver.nfe:
         raise BadInput(f"solver file {loaded.path} runs at {solver.nfe} NFE, not {nfe}: fit one for {nfe} "
                        "with edm tune-solver", "nfe")
