@@ -11,6 +11,8 @@ import pytest
 from _support import assert_usage_error, invoke
 from tools.compare import cli as bench_cli
 from tools.generate import cli as generate_cli
+from tools.solvers import auto
+from tools.solvers.auto import auto_choice, write_auto_table
 from tools.solvers.file import FORMAT, fingerprints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -187,3 +189,72 @@ def test_bench_option_for_a_solver_file_names_the_option(tmp_path, solver_file):
     result = bench(tmp_path, "--sampler", f"file:{path}", "--nfe", 5, "--option", f"file:{path}.eta=1")
     assert_usage_error(result, "'--sampler'", "takes no sampler options (got --eta)")
     assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. Auto tables measured on few images
+
+
+FP = "sha256:" + "ab" * 32
+
+
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDM_AUTO_DIR", str(tmp_path / "auto"))
+    monkeypatch.setattr(auto, "SHIPPED", tmp_path / "shipped")
+    return tmp_path
+
+
+def cell(sampler, budget, fd, num):
+    return {"sampler": sampler, "schedule": "karras", "nfe_budget": budget, "steps": budget, "nfe": budget,
+            "stochastic": False, "status": "ok", "num": num, "fd": fd}
+
+
+def test_the_written_table_records_its_sample_size(tables):
+    fd = auto.load_auto_table(write_auto_table([cell("euler", 5, 9.0, 16)], model="gm", fingerprint=FP,
+                                               conditions={"num": 16}))
+    assert fd["rows"][0]["sample_size"] == 16
+    ode = auto.load_auto_table(write_auto_table([{**cell("euler", 5, None, 16), "ode_rmse": 0.1}], model="gm",
+                                                fingerprint=FP, conditions={"num": 16, "ode_num": 4}))
+    assert ode["rows"][0]["sample_size"] == 4  # the ode metric is measured on the first ode_num seeds
+
+
+def test_a_table_of_few_images_does_not_override_a_better_measured_one(tables):
+    shipped = write_auto_table([cell("ipndm", 5, 6.0, 512)], model="gm", fingerprint=FP,
+                               path=tables / "shipped" / "gm.json", conditions={"num": 512})
+    user = write_auto_table([cell("euler", 5, 120.0, 16)], model="gm", fingerprint=FP, conditions={"num": 16})
+    choice = auto_choice(FP, 5)
+    assert (choice.sampler, choice.source, choice.sample_size) == ("ipndm", f"table {shipped}", 512)
+    assert f"{user}" in choice.note and "16 images" in choice.note and "512" in choice.note
+
+
+def test_a_better_measured_user_table_wins_without_a_note(tables):
+    write_auto_table([cell("ipndm", 5, 6.0, 512)], model="gm", fingerprint=FP,
+                     path=tables / "shipped" / "gm.json", conditions={"num": 512})
+    user = write_auto_table([cell("euler", 5, 5.0, 1024)], model="gm", fingerprint=FP,
+                            conditions={"num": 1024})
+    choice = auto_choice(FP, 5)
+    assert (choice.sampler, choice.source, choice.note) == ("euler", f"table {user}", None)
+
+
+def test_an_old_table_without_a_size_still_reads(tables):
+    path = tables / "auto" / auto.table_name(FP)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"format": auto.FORMAT, "fingerprint": FP, "metric": "ode_rmse", "rows": [
+        {"nfe": 5, "sampler": "euler", "schedule": "karras", "value": 0.1}]}))
+    choice = auto_choice(FP, 5)
+    assert (choice.sampler, choice.source, choice.sample_size, choice.note) == ("euler", f"table {path}",
+                                                                                None, None)
+
+
+def test_generate_warns_when_a_small_table_is_passed_over(tmp_path, tables, prints):
+    write_auto_table([cell("ipndm", 5, 6.0, 512)], model="digits", fingerprint=prints[0],
+                     path=tables / "shipped" / "digits.json", conditions={"num": 512})
+    write_auto_table([cell("euler", 5, 120.0, 16)], model="digits", fingerprint=prints[0],
+                     conditions={"num": 16})
+    result = generate(tmp_path, "--sampler", "auto", "--nfe", 5)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "16 images" in warnings[0], result.output
+    record = json.loads((tmp_path / "out" / "edm-generate.json").read_text())
+    assert record["sampler"] == "ipndm"

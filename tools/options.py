@@ -492,9 +492,12 @@ def sampling_request(flags: dict[str, Any], command: str, dtype: str = "float32"
     return request.replace(sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options)
 
 
-def report_ignored(model, prompts=None) -> None:
-    """One warning line naming each setting of the model's files that the loader does not honour, and one
-    for prompts the text encoders truncate (``prompts``: a ``tools.generate.prompts.Prompts``)."""
+def report_ignored(model, prompts=None, auto=None) -> None:
+    """One warning line naming each setting of the model's files that the loader does not honour, one for
+    prompts the text encoders truncate (``prompts``: a ``tools.generate.prompts.Prompts``) and one for an
+    auto table ``--sampler auto`` passed over (``auto``: the record of its pick, with its ``note``)."""
+    if auto and auto.get("note"):
+        click.echo(f"warning: {auto['note']}", err=True)
     ignored = getattr(model, "ignored", None) or []
     if ignored:
         click.echo(f"warning: not honoured: {'; '.join(ignored)}", err=True)
