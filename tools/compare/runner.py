@@ -27,7 +27,7 @@ import samplers
 from tools.common import BadInput, check_writable_dir, one_line, positive_int
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from tools.generate.prompts import check_prompting, guidance_or_default
-from tools.generate.sampling import check_guidance, check_sampler
+from tools.generate.sampling import check_guidance, check_sampler, fitted_steering
 from tools.images import to_uint8
 from tools.ode import ReferenceCache, rms_error
 from tools.request import Prompting, SamplingRequest
@@ -485,7 +485,8 @@ def prepare_bench(request: BenchRequest) -> Bench:
                   for p in precisions}
     for one in fitted.values():  # each solver file is for this model, guidance weight and thresholding
         with _bench_errors():  # all cells share the steering: a solver's is checked, not filled in
-            check_fitted_use(one, raw[precisions[0]], guidance or 0.0, steering, fill_in=False)
+            check_fitted_use(one, raw[precisions[0]], guidance or 0.0)
+            fitted_steering(one, steering, fill_in=False)
     precise = {p: in_precision(raw[p], p) for p in precisions}
     models = {p: replace(precise[p], denoiser=steers[p].denoiser(precise[p], p)) for p in precisions}
     steer = steers[precisions[0]]

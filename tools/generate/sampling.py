@@ -38,7 +38,8 @@ from tools.solvers.use import (
     read_fitted,
     special_sampler,
 )
-from tools.steering import CheckedSteering, check_steering, load
+from tools.steering import CheckedSteering, Steering, check_steering, load
+from tools.steering.threshold import threshold_flags, threshold_setting
 
 from .prompts import Prompts, check_prompting, guidance_or_default
 
@@ -303,6 +304,28 @@ def _levels(choice: _Choice, model, request: SamplingRequest) -> _Levels:
     return _Levels(model, sigmas, choice.schedule, schedule_options, choice.options)
 
 
+def fitted_steering(fitted, steering: Steering | None, *, fill_in: bool = True) -> Steering | None:
+    """The steering to sample a solver file (``tools.solvers.use.Fitted``) with: the given one, with the
+    thresholding it was fitted with when none is given and ``fill_in`` (as its guidance is filled in);
+    BadInput naming --threshold when another one is given, or none without ``fill_in`` (its levels and
+    weights are fitted to the thresholded trajectories)."""
+    recorded = fitted.metadata.get("steering")
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    want = threshold_setting(recorded)
+    given = None if steering is None else threshold_setting(dict(steering.items()))
+    if given == want:
+        return steering
+    if given is None and fill_in:
+        keys = ("threshold", "threshold_percentile")
+        return (steering or Steering()).replace(**{key: recorded.get(key) for key in keys})
+    path = fitted.name.removeprefix("file:")
+    was = "without --threshold" if want is None else f"with {threshold_flags(want)}"
+    if given is None:
+        raise BadInput(f"solver file {path} was fitted {was}: give {threshold_flags(want)}", "threshold")
+    raise BadInput(f"solver file {path} was fitted {was}, not {threshold_flags(given)}: sample with its "
+                   "thresholding or fit one with yours", "threshold")
+
+
 def _corrector_steps(steering) -> int:
     if steering is None or steering.corrector is None:
         return 0
@@ -326,7 +349,8 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     model = load(request.model, device, dtype, request.trust_pickle)
     guidance, steering = request.guidance, request.steering
     if choice.fitted is not None:
-        guidance, steering = check_fitted_use(choice.fitted, model, guidance, steering)
+        guidance = check_fitted_use(choice.fitted, model, guidance)
+        steering = fitted_steering(choice.fitted, steering)
     if choice.kind == AUTO:
         choice = _auto_choice(model, request.nfe, corrector_steps)
     model, prompts = check_prompting(request.prompting, model, resize_model)

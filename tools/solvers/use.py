@@ -4,21 +4,20 @@
 ``tools.solvers.auto``).
 
 A fitted solver brings its own noise levels and runs only at its own NFE, for the model it was fitted
-to, with the guidance weight and the thresholding (``--threshold``) it was fitted with; each mismatch is
-one line of BadInput.
+to, with the guidance weight it was fitted with; each mismatch is one line of BadInput. (Its thresholding,
+``--threshold``, is a steering setting: ``tools.generate.sampling.fitted_steering`` checks it.)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tools.common import FILE_PREFIX, BadInput, one_line
 
 __all__ = ["AUTO", "FITTED_SCHEDULE", "Fitted", "auto_pick", "check_fitted_model", "check_fitted_use",
-           "fitted_guidance", "fitted_steering", "read_fitted", "special_sampler"]
+           "fitted_guidance", "read_fitted", "special_sampler"]
 
 AUTO = "auto"
 #: the schedule a fitted solver's run records: its own levels
@@ -88,54 +87,12 @@ def fitted_guidance(fitted: Fitted, guidance):
     return guidance
 
 
-def _threshold(settings: Mapping[str, Any]) -> tuple[str, float | None] | None:
-    """The thresholding of steering settings (flag name -> value) as ``(kind, percentile)``, None for none
-    asked (the model's own rule): what a fit and a run must agree on."""
-    from tools.steering.threshold import DEFAULT_PERCENTILE
-
-    kind = settings.get("threshold")
-    if kind is None:
-        return None
-    if kind != "dynamic":
-        return str(kind), None
-    percentile = settings.get("threshold_percentile")
-    return "dynamic", DEFAULT_PERCENTILE if percentile is None else float(percentile)
-
-
-def _threshold_flags(threshold: tuple[str, float | None]) -> str:
-    kind, percentile = threshold
-    return f"--threshold {kind}" + ("" if percentile is None else f" --threshold-percentile {percentile:g}")
-
-
-def fitted_steering(fitted: Fitted, steering, *, fill_in: bool = True):
-    """The steering to sample with: the given one, with the fitted thresholding when none is given and
-    ``fill_in`` (as :func:`fitted_guidance` fills in the guidance); BadInput naming --threshold when
-    another one is given, or none without ``fill_in`` (the levels and weights are fitted to the
-    thresholded trajectories)."""
-    recorded = fitted.metadata.get("steering")
-    want = _threshold(recorded if isinstance(recorded, Mapping) else {})
-    given = None if steering is None else _threshold(dict(steering.items()))
-    if given == want:
-        return steering
-    path = fitted.name.removeprefix("file:")
-    if given is None and fill_in:
-        from tools.steering import Steering
-
-        keys = ("threshold", "threshold_percentile")
-        return (steering or Steering()).replace(**{key: recorded.get(key) for key in keys})
-    was = "without --threshold" if want is None else f"with {_threshold_flags(want)}"
-    if given is None:
-        raise BadInput(f"solver file {path} was fitted {was}: give {_threshold_flags(want)}", "threshold")
-    raise BadInput(f"solver file {path} was fitted {was}, not {_threshold_flags(given)}: sample with its "
-                   "thresholding or fit one with yours", "threshold")
-
-
-def check_fitted_use(fitted: Fitted, model, guidance, steering=None, *, fill_in: bool = True):
-    """BadInput unless the solver was fitted to this model; the guidance weight and the steering to sample
-    with (see :func:`fitted_guidance` and :func:`fitted_steering`; ``fill_in=False``: refuse what is not
-    given rather than fill it in). The one check every command that runs a solver file makes."""
+def check_fitted_use(fitted: Fitted, model, guidance):
+    """BadInput unless the solver was fitted to this model; the guidance weight to sample with (see
+    :func:`fitted_guidance`). The one check every command that runs a solver file makes (with
+    ``tools.generate.sampling.fitted_steering``'s of its thresholding, which needs the steering floor)."""
     check_fitted_model(fitted, model)
-    return fitted_guidance(fitted, guidance), fitted_steering(fitted, steering, fill_in=fill_in)
+    return fitted_guidance(fitted, guidance)
 
 
 def auto_pick(model, nfe):
