@@ -166,6 +166,8 @@ def save_checkpoint(path, backbone: torch.nn.Module, config: dict) -> tuple[Path
 def read_record(path: Path, fmt: str, what: str, error: type[Exception] = CheckpointError) -> dict:
     """The JSON object at ``path`` whose ``format`` is ``fmt``; else ``error`` with a one-line message
     naming the file (``what`` says what it should have been)."""
+    if path.is_dir():  # "not found" would send the user looking for a file that is there
+        raise error(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         raise error(f"{what} not found: {path}")
     try:

@@ -71,6 +71,16 @@ def multistep(model: Callable, x: torch.Tensor, levels: Sequence, weights, *, af
     return x
 
 
+def _check_finite(values: torch.Tensor, key: str) -> None:
+    """ValueError naming the first NaN or inf of ``values`` where a solver file holds it (``weights[2][1]``),
+    so a hand-edited or diverged file can be mended."""
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        where = "".join(f"[{int(i)}]" for i in bad[0])
+        more = f" (and {len(bad) - 1} more in {key})" if len(bad) > 1 else ""
+        raise ValueError(f"{key}{where} is {float(values[tuple(bad[0])])}, not a finite number{more}")
+
+
 @dataclass(frozen=True)
 class LinearSolver:
     """A solver of ``nfe`` evaluations: float64 ``sigmas`` (the K evaluation levels, then 0) and the
@@ -91,13 +101,14 @@ class LinearSolver:
         count = len(sigmas) - 1
         if sigmas.ndim != 1 or count < 1:
             raise ValueError("a solver needs at least one evaluation level and the final 0")
+        _check_finite(sigmas, "sigmas")
         levels = sigmas[:-1]
-        if not (torch.isfinite(levels).all() and (levels > 0).all() and sigmas[-1] == 0
-                and (levels[1:] < levels[:-1]).all()):
+        if not ((levels > 0).all() and sigmas[-1] == 0 and (levels[1:] < levels[:-1]).all()):
             raise ValueError("a solver's sigmas must be finite, positive and strictly decreasing, then 0")
-        if weights.shape != (count, count) or not torch.isfinite(weights).all():
-            raise ValueError(f"a solver with {count} levels needs a finite {count}x{count} weight matrix, "
+        if weights.shape != (count, count):
+            raise ValueError(f"a solver with {count} levels needs a {count}x{count} weight matrix, "
                              f"got shape {tuple(weights.shape)}")
+        _check_finite(weights, "weights")
         if torch.triu(weights, diagonal=1).any():
             raise ValueError("a solver's weights must be lower-triangular (a step uses only evaluations "
                              "made so far)")
@@ -105,7 +116,9 @@ class LinearSolver:
             raise ValueError("an analytical first step needs at least one more level")
         if self.model_sigmas is not None:
             told = torch.as_tensor(self.model_sigmas, dtype=torch.float64).detach().cpu().clone()
-            if told.shape != (count,) or not (torch.isfinite(told).all() and (told > 0).all()):
+            if told.shape == (count,):
+                _check_finite(told, "model_sigmas")
+            if told.shape != (count,) or not (told > 0).all():
                 raise ValueError(f"a solver's model_sigmas must be {count} finite positive levels")
             object.__setattr__(self, "model_sigmas", told)
         object.__setattr__(self, "sigmas", sigmas)

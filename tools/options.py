@@ -23,8 +23,8 @@ from .steering import flags as steering_flags
 
 __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
            "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
-           "option", "option_value", "parse_list", "progress_option", "prompting", "report_ignored",
-           "sampler_options",
+           "option", "option_value", "parse_list", "progress_option", "prompting", "refuse_sampler_flags",
+           "report_ignored", "sampler_options",
            "sampling_options", "seeds_option", "steering", "usage_error", "channel_mult_value",
            "sigma_data_value", "training_data_value"]
 
@@ -303,6 +303,14 @@ def sampler_options(names: Sequence[str], flags: Mapping[str, Any]) -> dict[str,
                         if key in spec.options} for spec in specs}
 
 
+def refuse_sampler_flags(flags: Mapping[str, Any], what: str) -> None:
+    """A usage error naming the sampler-option flags given (``--eta``), which ``what`` does not take."""
+    given = [_flag(key[len(SAMPLER_OPTION_PREFIX):]) for key, value in flags.items()
+             if key.startswith(SAMPLER_OPTION_PREFIX) and value is not None]
+    if given:
+        raise click.UsageError(f"{what} takes no sampler options (got {', '.join(given)})")
+
+
 def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str) -> tuple[int | None, dict]:
     """For a command that samples one way: ``(nfe, options)`` from ``--steps``/``--nfe`` (at most one, one
     budget) and the sampler-option flags (each one the sampler has); usage errors otherwise."""
@@ -317,11 +325,8 @@ def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str
     kind = special_sampler(sampler)
     if kind is None:
         return nfe, sampler_options([sampler], flags)[sampler]
-    given = [_flag(key[len(SAMPLER_OPTION_PREFIX):]) for key, value in flags.items()
-             if key.startswith(SAMPLER_OPTION_PREFIX) and value is not None]
     what = "a fitted solver (--sampler file:PATH)" if kind == "file" else "--sampler auto"
-    if given:
-        raise click.UsageError(f"{what} takes no sampler options (got {', '.join(given)})")
+    refuse_sampler_flags(flags, what)
     ctx = click.get_current_context(silent=True)
     if ctx is not None and "schedule" in ctx.params and (
             ctx.get_parameter_source("schedule") is not click.core.ParameterSource.DEFAULT):
@@ -530,9 +535,12 @@ def sampling_request(flags: dict[str, Any], command: str, dtype: str = "float32"
     return request.replace(sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options)
 
 
-def report_ignored(model, prompts=None) -> None:
-    """One warning line naming each setting of the model's files that the loader does not honour, and one
-    for prompts the text encoders truncate (``prompts``: a ``tools.generate.prompts.Prompts``)."""
+def report_ignored(model, prompts=None, auto=None) -> None:
+    """One warning line naming each setting of the model's files that the loader does not honour, one for
+    prompts the text encoders truncate (``prompts``: a ``tools.generate.prompts.Prompts``) and one for an
+    auto table ``--sampler auto`` passed over (``auto``: the record of its pick, with its ``note``)."""
+    if auto and auto.get("note"):
+        click.echo(f"warning: {auto['note']}", err=True)
     ignored = getattr(model, "ignored", None) or []
     if ignored:
         click.echo(f"warning: not honoured: {'; '.join(ignored)}", err=True)

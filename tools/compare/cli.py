@@ -17,6 +17,7 @@ from tools.options import (
     option_value,
     parse_list,
     progress_option,
+    refuse_sampler_flags,
     sampler_options,
     sampling_options,
     seeds_option,
@@ -36,7 +37,7 @@ def _parse_options(ctx, param, items) -> dict[str, dict]:
     options: dict[str, dict] = {}
     for item in items:
         target, equals, text = item.partition("=")
-        sampler, dot, key = target.strip().partition(".")
+        sampler, dot, key = target.strip().rpartition(".")  # keys have no dot; file:PATH samplers may
         if not (equals and dot and sampler and key):
             raise click.BadParameter(f"expected SAMPLER.KEY=VALUE (e.g. restart.s_noise=1.05), got {item!r}",
                                      ctx=ctx, param=param)
@@ -60,6 +61,8 @@ def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict])
     from tools.solvers.use import special_sampler
 
     registered = [name for name in names if special_sampler(name) != "file"]
+    if not registered:  # else each flag goes to the registered samplers that have it
+        refuse_sampler_flags(flags, "a fitted solver (--sampler file:PATH)")
     merged = {name: dict(values) for name, values in sampler_options(registered, flags).items() if values}
     for name, values in per_sampler.items():
         merged.setdefault(name, {}).update(values)

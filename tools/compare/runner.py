@@ -27,7 +27,7 @@ import samplers
 from tools.common import BadInput, check_writable_dir, one_line, positive_int
 from tools.device import dtype_name, resolve_device, resolve_dtype, state_dtype
 from tools.generate.prompts import check_prompting, guidance_or_default
-from tools.generate.sampling import check_guidance, check_sampler
+from tools.generate.sampling import check_guidance, check_sampler, fitted_steering
 from tools.images import to_uint8
 from tools.ode import ReferenceCache, rms_error
 from tools.request import Prompting, SamplingRequest
@@ -276,6 +276,27 @@ def _fitted(names: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> d
     return fitted
 
 
+def _check_fitted_budgets(fitted: Mapping[str, Any], budgets: Sequence[int]) -> None:
+    """BenchError naming --nfe for a solver file that runs at none of the budgets: all its cells would be
+    skipped, leaving a result without a number. Among other budgets it runs at its own (the others are
+    skipped cells saying why), so one grid compares it with registered samplers at several budgets."""
+    for name, one in fitted.items():
+        nfe = one.solver.nfe
+        if nfe not in budgets:
+            listed = " or ".join(filter(None, [", ".join(map(str, budgets[:-1])), str(budgets[-1])]))
+            raise BenchError(f"solver file {name.removeprefix('file:')} runs at {nfe} NFE, not at {listed}: "
+                             f"add its budget (--nfe {nfe}) or fit one with edm tune-solver", "nfe")
+
+
+def _check_no_range(sampling: SamplingRequest) -> None:
+    """BenchError naming --sigma-min, --sigma-max or --rho when only fitted solvers are benchmarked: they
+    run at their own levels, so the flag would change nothing."""
+    for name in ("sigma_min", "sigma_max", "rho"):
+        if getattr(sampling, name) is not None:
+            raise BenchError(f"fitted solvers bring their own noise levels: drop --{name.replace('_', '-')} "
+                             "(it applies to registered samplers)", name)
+
+
 def _sampler_options(options: Mapping[str, Mapping[str, Any]] | None, names: Sequence[str]) -> dict:
     """Per-sampler option overrides, each checked by a run on a 1x1 zero problem."""
     checked = {}
@@ -432,6 +453,9 @@ def prepare_bench(request: BenchRequest) -> Bench:
         budgets = parse_budgets(r.nfe)
     sampler_names = _sampler_names(r.samplers)
     fitted = _fitted(sampler_names, r.options or {})
+    if len(fitted) == len(sampler_names):
+        _check_no_range(sampling)
+    _check_fitted_budgets(fitted, budgets)
     options = _sampler_options(r.options, [n for n in sampler_names if n not in fitted])
     seeds = _seeds(r.seeds, r.num)
     ode_num = _ode_num(r.ode_num, metrics, seeds)
@@ -459,9 +483,10 @@ def prepare_bench(request: BenchRequest) -> Bench:
                                     device=device, dtype=p, trust_pickle=sampling.trust_pickle,
                                     prompts=prompts[p])
                   for p in precisions}
-    for one in fitted.values():  # each solver file is for this model and this guidance weight
-        with _bench_errors():
+    for one in fitted.values():  # each solver file is for this model, guidance weight and thresholding
+        with _bench_errors():  # all cells share the steering: a solver's is checked, not filled in
             check_fitted_use(one, raw[precisions[0]], guidance or 0.0)
+            fitted_steering(one, steering, fill_in=False)
     precise = {p: in_precision(raw[p], p) for p in precisions}
     models = {p: replace(precise[p], denoiser=steers[p].denoiser(precise[p], p)) for p in precisions}
     steer = steers[precisions[0]]

@@ -251,7 +251,7 @@ def gen_command(seeds, num, seed_offset, ref, metrics, detector, detector_weight
             setup.prompts.assign(seeds)
         ranks = _started_ranks(setup.device)
         if ranks.rank == 0:
-            report_ignored(setup.model, setup.prompts)
+            report_ignored(setup.model, setup.prompts, setup.auto)
         with ranks, cli_errors(setup.device, batch):
             mine = ranks.share(seeds)
             batches = (sample_images(setup, mine[start:start + batch]) for start in range(0, len(mine),

@@ -78,7 +78,7 @@ def generate(seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
         plan = planning.prepare(request, output)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
-        report_ignored(plan.sampling.model, plan.sampling.prompts)
+        report_ignored(plan.sampling.model, plan.sampling.prompts, plan.sampling.auto)
     if progress and rank0:
         click.echo(f"Generating {plan.describe()}", err=True)
     with cli_errors(plan.sampling.device, plan.batch):

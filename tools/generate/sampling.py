@@ -39,8 +39,9 @@ from tools.solvers.use import (
     read_fitted,
     special_sampler,
 )
-from tools.steering import CheckedSteering, check_steering, load
+from tools.steering import CheckedSteering, Steering, check_steering, load
 from tools.steering.img2img import check_run_steps
+from tools.steering.threshold import threshold_flags, threshold_setting
 
 from .prompts import Prompts, check_prompting, guidance_or_default
 
@@ -280,12 +281,23 @@ class _Levels:
     end_scale: float = 1.0
 
 
+def _check_no_schedule(choice: _Choice, request: SamplingRequest) -> None:
+    """BadInput naming the schedule flag given with a fitted solver: its levels are fitted, so neither a
+    schedule nor a range or rho applies."""
+    given = [name for name in ("sigma_min", "sigma_max", "rho") if getattr(request, name) is not None]
+    if choice.schedule == DIFFUSERS_SCHEDULE:
+        given.insert(0, "schedule")
+    if given:
+        levels = choice.fitted.solver.sigmas
+        flag = "--" + given[0].replace("_", "-")
+        raise BadInput(f"a fitted solver brings its own noise levels (sigma {float(levels[0]):g}..."
+                       f"{float(levels[-2]):g}): drop {flag}", given[0])
+
+
 def _levels(choice: _Choice, model, request: SamplingRequest) -> _Levels:
     ranges = (request.sigma_min, request.sigma_max, request.rho)
     if choice.fitted is not None:
-        if choice.schedule == DIFFUSERS_SCHEDULE or any(v is not None for v in ranges):
-            raise BadInput("a fitted solver brings its own noise levels: drop --schedule, --sigma-min, "
-                           "--sigma-max and --rho", "schedule")
+        _check_no_schedule(choice, request)
         return _Levels(model, choice.fitted.solver.sigmas.clone(), FITTED_SCHEDULE, {}, choice.options)
     if choice.schedule == DIFFUSERS_SCHEDULE:
         plan = diffusers_schedule(model, choice.spec.name, choice.steps, *ranges)
@@ -295,6 +307,28 @@ def _levels(choice: _Choice, model, request: SamplingRequest) -> _Levels:
                        plan.start_scale, plan.end_scale)
     sigmas, schedule_options = schedule_sigmas(model, choice.schedule, choice.steps, *ranges)
     return _Levels(model, sigmas, choice.schedule, schedule_options, choice.options)
+
+
+def fitted_steering(fitted, steering: Steering | None, *, fill_in: bool = True) -> Steering | None:
+    """The steering to sample a solver file (``tools.solvers.use.Fitted``) with: the given one, with the
+    thresholding it was fitted with when none is given and ``fill_in`` (as its guidance is filled in);
+    BadInput naming --threshold when another one is given, or none without ``fill_in`` (its levels and
+    weights are fitted to the thresholded trajectories)."""
+    recorded = fitted.metadata.get("steering")
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    want = threshold_setting(recorded)
+    given = None if steering is None else threshold_setting(dict(steering.items()))
+    if given == want:
+        return steering
+    if given is None and fill_in:
+        keys = ("threshold", "threshold_percentile")
+        return (steering or Steering()).replace(**{key: recorded.get(key) for key in keys})
+    path = fitted.name.removeprefix("file:")
+    was = "without --threshold" if want is None else f"with {threshold_flags(want)}"
+    if given is None:
+        raise BadInput(f"solver file {path} was fitted {was}: give {threshold_flags(want)}", "threshold")
+    raise BadInput(f"solver file {path} was fitted {was}, not {threshold_flags(given)}: sample with its "
+                   "thresholding or fit one with yours", "threshold")
 
 
 def _corrector_steps(steering) -> int:
@@ -318,14 +352,15 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     choice = _choose_sampler(request, corrector_steps)
     device, dtype = resolve_device(request.device), resolve_dtype(request.dtype)
     model = load(request.model, device, dtype, request.trust_pickle)
-    guidance = request.guidance
+    guidance, steering = request.guidance, request.steering
     if choice.fitted is not None:
         guidance = check_fitted_use(choice.fitted, model, guidance)
+        steering = fitted_steering(choice.fitted, steering)
     if choice.kind == AUTO:
         choice = _auto_choice(model, request.nfe, corrector_steps)
     model, prompts = check_prompting(request.prompting, model, resize_model)
     guidance = check_guidance(model, guidance_or_default(guidance, model, prompts))
-    steer = check_steering(request.steering, model, guidance=guidance, class_label=request.class_label,
+    steer = check_steering(steering, model, guidance=guidance, class_label=request.class_label,
                            device=device, dtype=dtype, trust_pickle=request.trust_pickle, prompts=prompts)
     levels = _levels(choice, model, request)
     check_run_steps(steer.edit, len(levels.sigmas) - 1, "nfe" if request.nfe is not None else "steps")

@@ -19,8 +19,13 @@ fingerprint, the ones they have when loaded in float16 and bfloat16 (``tools.sol
 so a table measured in float32 serves half-precision loads of the model too.
 In each, the row measured at exactly the asked NFE, else the row of the largest
 NFE below it (its sampler then runs at the asked NFE: more steps of a method that was best with fewer is a
-safe bet, whereas a row above the budget cannot run in it). Without a table, or a row at or below the
-budget, the fallback rule.
+safe bet, whereas a row above the budget cannot run in it). Of the tables' rows, the one measured on the
+most images (a row's ``sample_size``: the images its fd, or its ode error, was measured on), the first in
+the order above on a tie: an FD measured on 16 images is too noisy to override one measured on 512 (the
+shipped digits table's), and ``AutoChoice.note`` names the table passed over, which the commands print
+as a warning. A row without ``sample_size`` (a table written before it was recorded) counts its ``num``
+when ranked by fd; else its size is unknown, below any known size. Without a table, or a row at or below
+the budget, the fallback rule.
 
 Fallback rule (:data:`FALLBACK`): ``ipndm`` / ``exponential`` below 30 NFE, ``unipc`` / ``exponential`` from
 30 on. Without a model's own table the rule should be safe rather than best somewhere: these are the pairs
@@ -44,7 +49,8 @@ from typing import Any
 from edm.checkpoint import atomic_write, read_record
 
 __all__ = ["AUTO", "FALLBACK", "FORMAT", "AutoChoice", "AutoTableError", "auto_choice", "auto_dir",
-           "best_per_budget", "load_auto_table", "ranking_value", "shipped_tables", "write_auto_table"]
+           "best_per_budget", "load_auto_table", "ranking_value", "sample_size", "shipped_tables",
+           "write_auto_table"]
 
 AUTO = "auto"
 FORMAT = "edm-samplers/auto-v1"
@@ -66,8 +72,9 @@ class AutoTableError(ValueError):
 @dataclass(frozen=True)
 class AutoChoice:
     """What ``--sampler auto`` runs at ``nfe``: the sampler, its schedule and options, and where the pick
-    came from: ``source`` is ``"table PATH"`` (with the measured ``metric`` and ``value`` at the row's
-    NFE) or ``"fallback"`` (``metric`` and ``value`` None)."""
+    came from: ``source`` is ``"table PATH"`` (with the measured ``metric``, ``value`` and ``sample_size``
+    at the row's NFE) or ``"fallback"`` (those None); ``note`` says which less-measured table was passed
+    over, if one was."""
 
     sampler: str
     schedule: str
@@ -76,6 +83,8 @@ class AutoChoice:
     source: str
     metric: str | None
     value: float | None
+    sample_size: int | None = None  # the images ``value`` was measured on (None: unknown, or fallback)
+    note: str | None = None  # a less-measured table's row passed over for this one (worth a warning)
 
 
 def auto_dir() -> Path:
@@ -179,13 +188,16 @@ def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerpr
         if isinstance(budget, int) and _runs_at(sampler, budget, options):
             usable.append({**cell, "options": options})
     metric = _quality_metric(usable)
+    settings = dict(conditions or {})
     rows = []
     for budget, cell in best_per_budget(usable, metric).items():
+        # the ode metric is measured on the first ode_num seeds only
+        size = settings.get("ode_num") if metric == "ode_rmse" else None
         rows.append({"nfe": budget, "sampler": cell["sampler"], "schedule": cell["schedule"],
                      "options": cell["options"], "metric": metric, "value": _finite(cell[metric]),
                      "steps": cell.get("steps"), "nfe_used": cell.get("nfe"), "num": cell.get("num"),
+                     "sample_size": size or cell.get("num"),
                      "stochastic": bool(cell.get("stochastic")), "date": today})
-    settings = dict(conditions or {})
     from tools.common import jsonable
 
     record = jsonable({
@@ -319,9 +331,42 @@ def auto_choice(fingerprint: str, nfe: int) -> AutoChoice:
     if not isinstance(nfe, numbers.Integral) or isinstance(nfe, bool) or nfe < 1:
         raise ValueError(f"--sampler auto needs an NFE budget, a positive integer (--nfe N), got {nfe!r}")
     nfe = int(nfe)
-    for path, table in _tables(str(fingerprint)):
-        row = _row_for(table, nfe)
-        if row is not None:
-            return AutoChoice(row["sampler"], row["schedule"], dict(row.get("options") or {}), nfe,
-                              f"table {path}", row.get("metric", table.get("metric")), row.get("value"))
-    return fallback(nfe)
+    found = [(path, table, row) for path, table in _tables(str(fingerprint))
+             if (row := _row_for(table, nfe)) is not None]
+    if not found:
+        return fallback(nfe)
+    # the best-measured row; on a tie (or sizes unknown) the first, in the order of _tables
+    best = max(range(len(found)), key=lambda i: (_size_key(found[i]), -i))
+    path, table, row = found[best]
+    size = sample_size(row, table)
+    return AutoChoice(row["sampler"], row["schedule"], dict(row.get("options") or {}), nfe, f"table {path}",
+                      row.get("metric", table.get("metric")), row.get("value"), size,
+                      _passed_over(found[:best], path, size, nfe))
+
+
+def sample_size(row: Mapping[str, Any], table: Mapping[str, Any]) -> int | None:
+    """The number of images a row's value was measured on: its ``sample_size``; for a table written before
+    that was recorded, the ``num`` of an fd row (fd scores all the samples); else None (unknown)."""
+    size = row.get("sample_size")
+    if size is None and row.get("metric", table.get("metric")) == "fd":
+        size = row.get("num")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return None
+    return size
+
+
+def _size_key(found: tuple[Path, dict, dict]) -> int:
+    size = sample_size(found[2], found[1])
+    return -1 if size is None else size  # unknown ranks below any measured size
+
+
+def _passed_over(before: list[tuple[Path, dict, dict]], path: Path, size: int | None, nfe: int) -> str | None:
+    """A line naming the first table that would have been taken (it comes first) but was measured on fewer
+    images than the one taken, or None."""
+    if not before:
+        return None
+    other, table, row = before[0]
+    few = sample_size(row, table)
+    few_text = "an unknown number of images" if few is None else f"{few} images"
+    return (f"--sampler auto at NFE {nfe}: the auto table {other} (measured on {few_text}) is passed over "
+            f"for {path} (measured on {size} images): bench with --num {size} or more to replace it")

@@ -4,7 +4,8 @@
 ``tools.solvers.auto``).
 
 A fitted solver brings its own noise levels and runs only at its own NFE, for the model it was fitted
-to, with the guidance weight it was fitted with; each mismatch is one line of BadInput.
+to, with the guidance weight it was fitted with; each mismatch is one line of BadInput. (Its thresholding,
+``--threshold``, is a steering setting: ``tools.generate.sampling.fitted_steering`` checks it.)
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def read_fitted(name: str, *, steps=None, nfe=None, options=None) -> Fitted:
         raise BadInput(one_line(e), "sampler") from None
     solver = loaded.solver
     if options:
-        raise BadInput(f"a fitted solver has no options (got {', '.join(options)})", "sampler")
+        given = ", ".join("--" + key.replace("_", "-") for key in options)  # every option has its flag
+        raise BadInput(f"a fitted solver takes no sampler options (got {given})", "sampler")
     if nfe is not None and nfe != solver.nfe:
         raise BadInput(f"solver file {loaded.path} runs at {solver.nfe} NFE, not {nfe}: fit one for {nfe} "
                        "with edm tune-solver", "nfe")
@@ -87,7 +89,8 @@ def fitted_guidance(fitted: Fitted, guidance):
 
 def check_fitted_use(fitted: Fitted, model, guidance):
     """BadInput unless the solver was fitted to this model; the guidance weight to sample with (see
-    :func:`fitted_guidance`). The one check every command that runs a solver file makes."""
+    :func:`fitted_guidance`). The one check every command that runs a solver file makes (with
+    ``tools.generate.sampling.fitted_steering``'s of its thresholding, which needs the steering floor)."""
     check_fitted_model(fitted, model)
     return fitted_guidance(fitted, guidance)
 

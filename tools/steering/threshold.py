@@ -3,16 +3,37 @@ model's own rule, diffusers' ``clip_sample`` / ``thresholding``, when the flag i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from tools.common import BadInput
 
 from .kind import X0, Building, Checking, Flag, SteeringKind
 from .parse import number
 
-__all__ = ["THRESHOLD_KINDS", "ThresholdKind"]
+__all__ = ["DEFAULT_PERCENTILE", "THRESHOLD_KINDS", "ThresholdKind", "threshold_flags", "threshold_setting"]
 
 THRESHOLD_KINDS = ("static", "dynamic")  # as samplers.guidance.THRESHOLDS (which imports torch)
+DEFAULT_PERCENTILE = 0.995  # dynamic thresholding's, as samplers.guidance.Thresholded's
+
+
+def threshold_setting(values: Mapping[str, Any]) -> tuple[str, float | None] | None:
+    """The thresholding that flag values (name -> value, as ``Steering.given()`` records them) ask for, as
+    ``(kind, percentile)`` with the default percentile filled in; None when none is asked (the model's
+    own rule). What two runs must agree on to threshold alike."""
+    kind = values.get("threshold")
+    if kind is None:
+        return None
+    if kind != "dynamic":
+        return str(kind), None
+    percentile = values.get("threshold_percentile")
+    return "dynamic", DEFAULT_PERCENTILE if percentile is None else float(percentile)
+
+
+def threshold_flags(setting: tuple[str, float | None]) -> str:
+    """A :func:`threshold_setting` as the flags that ask for it."""
+    kind, percentile = setting
+    return f"--threshold {kind}" + ("" if percentile is None else f" --threshold-percentile {percentile:g}")
 
 
 class ThresholdKind(SteeringKind):
@@ -44,7 +65,7 @@ class ThresholdKind(SteeringKind):
             c.settings["threshold"] = {"kind": "static"}
         else:
             percentile = c.steering.threshold_percentile
-            percentile = 0.995 if percentile is None else number(
+            percentile = DEFAULT_PERCENTILE if percentile is None else number(
                 percentile, "threshold percentile", "threshold_percentile", 0, 1, low_open=True)
             c.settings["threshold"] = {"kind": "dynamic", "percentile": percentile}
 
