@@ -369,10 +369,10 @@ def test_generate_refuses_what_a_solver_file_fixes(digits_solver, tmp_path, args
 
 @pytest.mark.parametrize("args, match", [
     (["--nfe", 0], "--nfe"),
-    (["--steps", 3], "--nfe N"),
+    (["--steps", 3], "--steps"),
     (["--sampler", "heun"], "twice at one noise level"),
-    (["--sampler", "nope"], "unknown sampler"),
-    (["--eta", 1], "no sampler options"),
+    (["--sampler", "nope"], "registered sampler, not 'nope'"),
+    (["--eta", 1], "--eta"),
     (["--model", "no/such/model.json"], "--model"),
     (["--out", "."], "is a directory"),
     (["--seeds", "5-9", "--num", 5], "mutually exclusive"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from .steering import flags as steering_flags
 
 __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
            "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
-           "option", "option_value", "parse_list", "progress_option", "prompting", "report_ignored",
-           "sampler_options",
+           "option", "option_error", "option_value", "parse_list", "progress_option", "prompting",
+           "report_ignored", "sampler_options",
            "sampling_options", "seeds_option", "steering", "usage_error", "channel_mult_value",
            "sigma_data_value", "training_data_value"]
 
@@ -174,9 +175,10 @@ class SectionedCommand(click.Command):
                     formatter.write_dl(records)
 
 
-def command(name: str, **attrs) -> Callable:
-    """A click command with sectioned help and the registry's sampler-option flags."""
-    return click.command(name, cls=SectionedCommand, sampler_options=True, context_settings=CONTEXT, **attrs)
+def command(name: str, sampler_options: bool = True, **attrs) -> Callable:
+    """A click command with sectioned help and (``sampler_options``) the registry's sampler-option flags."""
+    return click.command(name, cls=SectionedCommand, sampler_options=sampler_options,
+                         context_settings=CONTEXT, **attrs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -254,13 +256,33 @@ def sampler_options(names: Sequence[str], flags: Mapping[str, Any]) -> dict[str,
         try:
             samplers.check_options(specs[0], given)
         except ValueError as e:
-            raise click.UsageError(f"{one_line(e)} (see `edm samplers {specs[0].name}`)") from None
+            raise option_error(e, list(given), list(specs[0].options),
+                               f" (see `edm samplers {specs[0].name}`)") from None
     unknown = [key for key in given if not any(key in spec.options for spec in specs)]
     if unknown:
         raise click.UsageError(f"none of the samplers {', '.join(names)} has option "
                                f"{', '.join(_flag(k) for k in unknown)}")
     return {spec.name: {key: _coerce(value, spec.options[key]) for key, value in given.items()
                         if key in spec.options} for spec in specs}
+
+
+def option_error(error: BaseException, given: Sequence[str], known: Sequence[str] = (),
+                 suffix: str = "") -> click.UsageError:
+    """A library error about sampler options as the command line says it: each option name in it (of
+    ``given`` or ``known``) as its flag (``max_order`` -> ``--max-order``), a tuple of choices as a plain
+    list, and the first ``given`` option it names as the flag at fault."""
+    message = re.sub(r"\(((?:'[^']*'(?:, )?)+)\)", lambda m: m.group(1).replace("'", ""), one_line(error))
+
+    def word(name: str) -> str:
+        return rf"(?<![-\w]){re.escape(name)}\b"
+
+    named = {name for name in [*given, *known] if re.search(word(name), message)}
+    for name in sorted(named, key=len, reverse=True):  # s_tmax before a shorter name inside it
+        message = re.sub(word(name), _flag(name), message)
+    at_fault = next((name for name in given if name in named), None)
+    if at_fault is not None:
+        return click.BadParameter(message + suffix, param_hint=f"'{_flag(at_fault)}'")
+    return click.UsageError(message + suffix)
 
 
 def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str) -> tuple[int | None, dict]:
@@ -402,15 +424,21 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 _DEFAULTS = {"model": "digits", "trust_pickle": False, "sampler": "heun", "schedule": "karras"}
 
 
-def sampling_options(**defaults: Any) -> Callable:
+def sampling_options(*, only: Sequence[str] | None = None, helps: Mapping[str, str] | None = None,
+                     **defaults: Any) -> Callable:
     """Decorate a command with every sampling option (SAMPLING_PARAMS), in one order, with ``defaults``
-    overriding the usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None`` makes one required)."""
+    overriding the usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None`` makes one required).
+    ``only``: the options a command takes, where it takes fewer (its help lists no other); ``helps``: help
+    texts of its own, where it takes less than the shared text offers."""
     values = {**_DEFAULTS, **defaults}
 
     def decorate(fn):
         for name, (section, decls, attrs) in reversed(SAMPLING_PARAMS.items()):
+            if only is not None and name not in only:
+                continue
             default = values.get(name)
             extra = {"show_default": True} if default not in (None, False) else {}
+            attrs = {**attrs, **({"help": helps[name]} if helps and name in helps else {})}
             fn = option(section, *decls, default=default, **extra, **attrs)(fn)
         return fn
 
@@ -470,8 +498,8 @@ def model_request(flags: dict[str, Any], command: str, dtype: str = "float32", *
 
     text = prompting(flags, command, text_refused)
     steer = steering(flags, f"{command} ({why})" if why else command, refused)
-    fields = {key: flags.pop(key) for key in REQUEST_FLAGS}
-    return SamplingRequest(**fields, dtype=flags.pop("dtype") or dtype, steering=steer, prompting=text)
+    fields = {key: flags.pop(key, None) for key in REQUEST_FLAGS}  # a flag a command lacks: not given
+    return SamplingRequest(**fields, dtype=flags.pop("dtype", None) or dtype, steering=steer, prompting=text)
 
 
 def sampling_request(flags: dict[str, Any], command: str, dtype: str = "float32", *,
