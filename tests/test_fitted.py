@@ -217,7 +217,7 @@ def test_conditioning_reaches_the_denoiser(mixture):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(nfe=0), "nfe"),
     (dict(init="heun"), "twice at one noise level"),
-    (dict(init="nope"), "unknown sampler"),
+    (dict(init="nope"), "registered sampler, not 'nope'"),
     (dict(seeds=[1, 1]), "distinct"),
     (dict(seeds=[5, 6], heldout=[6]), "apart"),
     (dict(restarts=0), "restarts"),
