@@ -151,6 +151,29 @@ def checkpoint_files(path, backbone: torch.nn.Module,
             (config_path, lambda tmp: Path(tmp).write_text(text + "\n"))]
 
 
+def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str = "adam.") -> tuple[dict, dict]:
+    """``(tensors, record)``: an optimizer's per-parameter state as tensors named ``{prefix}{index}.{key}``
+    (for safetensors) and the rest as JSON data (``adam_param_groups``, ``adam_state_keys``), so that a
+    saved state never needs pickle. :func:`restore_optimizer` reads it back."""
+    optim = optimizer.state_dict()
+    tensors = {f"{prefix}{index}.{key}": torch.as_tensor(value).detach().contiguous().cpu()
+               for index, state in optim["state"].items() for key, value in state.items()}
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
+              for group in optim["param_groups"]]
+    keys = {str(index): sorted(state) for index, state in optim["state"].items()}
+    return tensors, {"adam_param_groups": groups, "adam_state_keys": keys}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, record: dict, tensors: dict,
+                      prefix: str = "adam.") -> None:
+    """Load what :func:`optimizer_state` saved into ``optimizer`` (built on the same parameters)."""
+    state = {int(index): {key: tensors[f"{prefix}{index}.{key}"] for key in keys}
+             for index, keys in record["adam_state_keys"].items()}
+    groups = [{**group, **({"betas": tuple(group["betas"])} if "betas" in group else {})}
+              for group in record["adam_param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
 def save_checkpoint(path, backbone: torch.nn.Module, config: dict) -> tuple[Path, Path]:
     """Write the backbone's weights and ``config`` (``format`` is filled in) atomically.
 

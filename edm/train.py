@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_write_all, checkpoint_files, read_record
+from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, read_record, restore_optimizer
 from .data import Dataset, load_dataset
 from .loss import EDMLoss
 from .networks import build_network
@@ -144,19 +144,14 @@ def _state_files(outdir: Path, step: int, options: dict, net, ema, optimizer, ge
     """``[(tensors, writer), (training-state.json, writer)]`` for :func:`atomic_write_all`."""
     tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    optim = optimizer.state_dict()
-    for index, state in optim["state"].items():
-        for key, value in state.items():
-            tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
+    adam, adam_record = optimizer_state(optimizer)
+    tensors.update(adam)
     tensors.update(_rng_states(device, generators))
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
     weights_name = f"{STATE_NAME}-{step:08d}.safetensors"
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
-              for group in optim["param_groups"]]
-    state_keys = {str(i): sorted(s) for i, s in optim["state"].items()}
     record = {"format": STATE_FORMAT, "step": step, "tensors": weights_name, "options": options,
-              "adam_param_groups": groups, "adam_state_keys": state_keys}
+              **adam_record}
     text = json.dumps(record, indent=2, sort_keys=True)
     return [(outdir / weights_name, lambda tmp: save_file(tensors, tmp)),
             (outdir / f"{STATE_NAME}.json", lambda tmp: Path(tmp).write_text(text + "\n"))]
@@ -202,16 +197,7 @@ def _restore(record, tensors, net, ema, optimizer, generators, device) -> None:
 
     net.load_state_dict(section("net."))
     ema.load_state_dict(section("ema."))
-    state = {}
-    for index, keys in record["adam_state_keys"].items():
-        state[int(index)] = {key: tensors[f"adam.{index}.{key}"] for key in keys}
-    groups = []
-    for group in record["adam_param_groups"]:
-        group = dict(group)
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-        groups.append(group)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    restore_optimizer(optimizer, record, tensors)
     for name, gen in generators.items():
         gen.set_state(tensors[f"rng.{name}"])
     torch.set_rng_state(tensors["rng.torch_cpu"])

@@ -258,6 +258,71 @@ def test_cli_help_points_to_generate():
     assert "--schedule file:" in result.output and "--max-evals" in result.output
 
 
+# ---------------------------------------------------------------------------------------------------
+# edm tune-solver's flags
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--nfe", 1], ["'--nfe'", "at least 2 NFE", "got 1"]),
+    (["--sampler", "heun"], ["'--sampler'", "twice at one noise level", "starts from ddim, deis"]),
+    (["--sampler", "euler_ancestral"], ["'--sampler'", "stochastic", "dpmpp_2m"]),
+    (["--sampler", "file:s.json"], ["'--sampler'", "registered sampler, not 'file:s.json'", "dpmpp_2m"]),
+    (["--sampler", "auto"], ["'--sampler'", "not 'auto'", "leave --sampler out"]),
+    (["--schedule", "nope"], ["'--schedule'", "unknown schedule 'nope'"]),
+    (["--schedule", "file:s.json"], ["'--schedule'", "not a schedule file"]),
+    (["--eta", 0], ["'--eta'"]),
+    (["--rho", 3], ["'--rho'"]),
+    (["--prompt", "a cat"], ["'--prompt'"]),
+    (["--corrector", "langevin"], ["'--corrector'"]),
+])
+def test_tune_solver_names_the_flag_it_refuses_and_what_it_takes(tmp_path, monkeypatch, args, fragments):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(tune_cli.tune_solver, "--model", "digits", "--nfe", 5, *args, "--num", 2, "--heldout", 0,
+                    "--iterations", 1, "--out", "s.json", "--device", "cpu", "--no-progress")
+    line = assert_usage_error(result, *fragments)
+    assert "[" not in line
+    assert not list(tmp_path.iterdir())
+
+
+def help_section(text: str, name: str) -> str:
+    """One section of a sectioned help page (``Sampling:`` up to the next section)."""
+    lines = text.split(f"\n{name}:\n", 1)[1].split("\n")
+    section = []
+    for line in lines:
+        if line and not line.startswith(" "):
+            break
+        section.append(line)
+    return "\n".join(section)
+
+
+def test_tune_solver_help_lists_only_what_it_takes():
+    text = invoke(tune_cli.tune_solver, "--help").output
+    sampling = " ".join(help_section(text, "Sampling").split())
+    assert "file:" not in sampling and "'auto'" not in sampling and "edm bench" not in sampling
+    assert "not heun" in sampling and "N >= 2" in sampling
+    for flag in ("--steps", "--rho", "--eta", "--order", "--prompt", "--strength", "--init-image",
+                 "--corrector", "--snr", "Sampler options:", "Text:", "Editing:"):
+        assert flag not in text, flag
+    for flag in ("--guidance", "--class", "--sigma-min", "--checkpoint-every", "--start-over"):
+        assert flag in text, flag
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--sampler", "heun", "--order", 3], ["--order", "--s-churn"]),
+    (["--sampler", "heun", "--s-churn", -1], ["--s-churn", "non-negative"]),
+    (["--sampler", "unipc", "--variant", "x"], ["--variant", "bh1, bh2"]),
+    (["--sampler", "ipndm", "--max-order", 7], ["--max-order", "1..4"]),
+    (["--sampler", "heun", "--guidance", 1, "--guidance-interval", "1,2,3"],
+     ["'--guidance-interval'", "got 1,2,3"]),
+])
+def test_tune_schedule_errors_show_flags_and_values_as_typed(tmp_path, monkeypatch, args, fragments):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(tune_cli.tune_schedule, "--model", "digits", "--nfe", 6, *args, "--num", 2,
+                    "--max-evals", 1, "--out", "t.json", "--no-progress")
+    line = assert_usage_error(result, *fragments)
+    assert "[" not in line and "('" not in line, line  # no Python list or tuple
+
+
 def test_saved_file_is_plain_json(mixture, tmp_path):
     path = tiny(mixture, max_evals=3).save(tmp_path / "t.json")
     record = json.loads(path.read_text())

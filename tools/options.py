@@ -212,9 +212,10 @@ class SectionedCommand(click.Command):
                     formatter.write_dl(records)
 
 
-def command(name: str, **attrs) -> Callable:
-    """A click command with sectioned help and the registry's sampler-option flags."""
-    return click.command(name, cls=SectionedCommand, sampler_options=True, context_settings=CONTEXT, **attrs)
+def command(name: str, sampler_options: bool = True, **attrs) -> Callable:
+    """A click command with sectioned help and (``sampler_options``) the registry's sampler-option flags."""
+    return click.command(name, cls=SectionedCommand, sampler_options=sampler_options,
+                         context_settings=CONTEXT, **attrs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -447,18 +448,22 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 _DEFAULTS = {"model": "digits", "trust_pickle": False, "sampler": "heun", "schedule": "karras"}
 
 
-def sampling_options(*, exclude: Sequence[str] = (), **defaults: Any) -> Callable:
-    """Decorate a command with every sampling option (SAMPLING_PARAMS) but those it does not take
-    (``exclude``: neither listed in its help nor accepted), in one order, with ``defaults`` overriding the
-    usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None`` makes one required)."""
+def sampling_options(*, exclude: Sequence[str] = (), only: Sequence[str] | None = None,
+                     helps: Mapping[str, str] | None = None, **defaults: Any) -> Callable:
+    """Decorate a command with every sampling option (SAMPLING_PARAMS) but those it does not take, in one
+    order, with ``defaults`` overriding the usual ones (e.g. ``sampler="all"`` for ``edm bench``; ``None``
+    makes one required). A command that takes fewer names them: ``exclude`` (all but these) or ``only``
+    (just these); neither listed in its help nor accepted. ``helps``: help texts of its own, where it takes
+    less than the shared text offers."""
     values = {**_DEFAULTS, **defaults}
 
     def decorate(fn):
         for name, (section, decls, attrs) in reversed(SAMPLING_PARAMS.items()):
-            if name in exclude:
+            if name in exclude or (only is not None and name not in only):
                 continue
             default = values.get(name)
             extra = {"show_default": True} if default not in (None, False) else {}
+            attrs = {**attrs, **({"help": helps[name]} if helps and name in helps else {})}
             fn = option(section, *decls, default=default, **extra, **attrs)(fn)
         return fn
 
@@ -518,8 +523,8 @@ def model_request(flags: dict[str, Any], command: str, dtype: str = "float32", *
 
     text = prompting(flags, command, text_refused)
     steer = steering(flags, f"{command} ({why})" if why else command, refused)
-    fields = {key: flags.pop(key) for key in REQUEST_FLAGS}
-    return SamplingRequest(**fields, dtype=flags.pop("dtype") or dtype, steering=steer, prompting=text)
+    fields = {key: flags.pop(key, None) for key in REQUEST_FLAGS}  # a flag a command lacks: not given
+    return SamplingRequest(**fields, dtype=flags.pop("dtype", None) or dtype, steering=steer, prompting=text)
 
 
 def sampling_request(flags: dict[str, Any], command: str, dtype: str = "float32", *,

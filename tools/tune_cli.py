@@ -10,6 +10,7 @@ import click
 
 from tools.common import BadInput, check_writable_file, one_line
 from tools.options import (
+    STEERING_FLAGS,
     cli_errors,
     command,
     model_request,
@@ -24,8 +25,27 @@ from tools.options import (
 __all__ = ["tune_schedule", "tune_solver"]
 
 
-@command("tune-solver")
-@sampling_options(sampler=None, schedule=None)
+# What tune-solver fits with (the steering flags but those that leave the deterministic ODE solve): its help
+# lists only these, and it takes no others.
+_SOLVER_REFUSED = ("init_image", "strength", "mask", "resample", "corrector", "corrector_steps", "snr")
+SOLVER_FLAGS = ("model", "trust_pickle", "sampler", "nfe", "schedule", "sigma_min", "sigma_max",
+                "class_label", "guidance", *(name for name in STEERING_FLAGS if name not in _SOLVER_REFUSED),
+                "device", "dtype")
+SOLVER_HELP = {
+    "sampler": "A registered sampler to start the fit from, on --schedule: one that draws no noise and calls "
+               "the model once per noise level (e.g. euler, dpmpp_2m, ipndm; not heun, a stochastic or "
+               "adaptive sampler, a solver file or auto).  [default: the best such sampler x schedule at "
+               "the budget]",
+    "nfe": "The budget the solver is fitted for: exactly N model calls per image, N >= 2.  [required]",
+    "schedule": "A registered schedule (`edm schedules`) for the --sampler start.  [default: the best of "
+                "karras, exponential, polyexponential and kl_optimal]",
+}
+# The flag a setting of tune_solver (and of its checkpoint) comes from, where it is not --setting-name.
+_SOLVER_PARAMS = {"init": "--sampler", "model_fingerprint": "--model", "class": "--class"}
+
+
+@command("tune-solver", sampler_options=False)
+@sampling_options(only=SOLVER_FLAGS, helps=SOLVER_HELP, sampler=None, schedule=None)
 @seeds_option(None, "Calibration seeds instead of --num's, e.g. 5000-5063.")
 @option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
         help="Calibration images: seeds 1000000 to 1000000+N-1, apart from the usual evaluation seeds.  "
@@ -44,9 +64,16 @@ __all__ = ["tune_schedule", "tune_solver"]
              "convex, and another start can end lower).")
 @option("Output", "--out", required=True, type=click.Path(dir_okay=False), metavar="FILE.json",
         help="Where the solver file goes (written atomically; its folder is created).")
+@option("Output", "--checkpoint-every", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Save the fit's state to FILE.json.partial every N iterations (also after the teacher "
+             "solution, after each start's fit and on Ctrl-C or SIGTERM).  [default: 10]")
+@option("Output", "--start-over", is_flag=True,
+        help="Discard the state of an earlier, interrupted fit for FILE.json (FILE.json.partial) instead "
+             "of continuing it.")
 @progress_option
-def tune_solver(sampler, steps, nfe, schedule, seeds, num, heldout, iterations, restarts, batch_size, out,
-                progress, **flags):
+@click.pass_context
+def tune_solver(ctx, sampler, nfe, schedule, seeds, num, heldout, iterations, restarts, batch_size, out,
+                checkpoint_every, start_over, progress, **flags):
     """Fit a few-step solver to a model at an NFE budget: its noise levels and multistep weights.
 
     The fit minimises the distance of the solver's samples to the model's own probability-flow ODE
@@ -57,6 +84,16 @@ def tune_solver(sampler, steps, nfe, schedule, seeds, num, heldout, iterations, 
     sampled with the guidance it was fitted with. The file is read back by `--sampler file:FILE.json`
     (in edm generate, edm fid gen and edm bench), for this model only.
 
+    Cost: the defaults (1024 calibration seeds x 200 iterations) take about 40 minutes for digits at
+    5 NFE on 2 CPU threads: an estimate, from 128 seeds timed on a busy 2-core machine and scaled by 8
+    (about 13 minutes for the teacher solution, 3 for scoring the starts, 23 for the iterations). The
+    time grows about linearly with --num, --iterations and --restarts.
+
+    The fit's state is saved in FILE.json.partial (see --checkpoint-every): after Ctrl-C, SIGTERM or a
+    crash, run the same command again to continue the fit, which ends with the solver file an
+    uninterrupted run writes; --start-over discards it. The file is removed once the solver file is
+    written.
+
     \b
     Examples:
       edm tune-solver --model digits --nfe 5 --out digits-5.json
@@ -64,11 +101,19 @@ def tune_solver(sampler, steps, nfe, schedule, seeds, num, heldout, iterations, 
     """
     from tools.generate.sampling import prepare_sampling
     from tools.schedules.tune import calibration_seeds
+    from tools.solvers.checkpoint import FitInterrupted, checkpoint_path
     from tools.solvers.file import fingerprints, save_solver
-    from tools.solvers.tune import DEFAULT_BATCH_SIZE, DEFAULT_ITERATIONS, DEFAULT_NUM, heldout_seeds
+    from tools.solvers.tune import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_CHECKPOINT_EVERY,
+        DEFAULT_ITERATIONS,
+        DEFAULT_NUM,
+        check_start,
+        heldout_seeds,
+    )
     from tools.solvers.tune import tune_solver as fit
 
-    if nfe is None or steps is not None:
+    if nfe is None:
         raise click.UsageError("give the budget to fit for as --nfe N (a fitted solver takes exactly N "
                                "calls)")
     if len(nfe) != 1:
@@ -76,15 +121,8 @@ def tune_solver(sampler, steps, nfe, schedule, seeds, num, heldout, iterations, 
     nfe = nfe[0]
     if seeds is not None and num is not None:
         raise click.UsageError("--seeds and --num are mutually exclusive: give one")
-    if flags["rho"] is not None:
-        raise click.BadParameter("a fitted solver chooses its own levels; --schedule names the start",
-                                 param_hint="'--rho'")
     request = model_request(flags, "edm tune-solver", why="it fits the deterministic ODE solve",
-                            refused=("init_image", "strength", "mask", "resample", "corrector",
-                                     "corrector_steps", "snr"), text_refused=True)
-    given = [key for key, value in flags.items() if value is not None]
-    if given:
-        raise click.UsageError("edm tune-solver fits a solver of its own: it takes no sampler options")
+                            text_refused=True)
     seeds = seeds if seeds is not None else calibration_seeds(num or DEFAULT_NUM)
     try:
         out_path = check_writable_file(out, "out", example="solver.json")
@@ -95,36 +133,62 @@ def tune_solver(sampler, steps, nfe, schedule, seeds, num, heldout, iterations, 
     loaded = setup.model
     bottom = float(setup.sigmas[-2])
     top = float(setup.sigmas[0])
+    flags_of = {**_SOLVER_PARAMS, "seeds": "--seeds" if num is None and ctx.get_parameter_source("seeds")
+                is not click.core.ParameterSource.DEFAULT else "--num"}
+    try:
+        check_start(sampler, schedule, nfe, bottom, top)
+    except BadInput as e:
+        raise usage_error(e, flags_of.get(e.param)) from None
     held = heldout_seeds(heldout) if heldout else []
     log = (lambda text: click.echo(text, err=True)) if progress else None
-    if progress:
-        click.echo(f"Fitting a {nfe}-NFE solver for {request.model} ({len(seeds)} calibration seeds, "
-                   f"{len(held)} held out), sigma {top:g}...{bottom:g}", err=True)
-    try:
-        result = fit(setup.denoiser, nfe, shape=loaded.shape, sigma_min=bottom, sigma_max=top, seeds=seeds,
-                     heldout=held, cond=setup.cond, init=sampler, schedule=schedule,
-                     iterations=DEFAULT_ITERATIONS if iterations is None else iterations, restarts=restarts,
-                     batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-                     device=setup.device, dtype=setup.state_dtype, progress=progress, log=log)
-    except ValueError as e:  # a start that is not a linear solver of this budget, a bad schedule
-        raise click.UsageError(one_line(e)) from None
     prints = fingerprints(loaded.denoiser)  # as loaded, and as a float16 / bfloat16 load would be
     class_label, steer = request.class_label, request.steering
     record = {"model": str(request.model), "model_fingerprint": prints[0], "model_fingerprints": prints,
               "guidance": setup.guidance,
               "class": class_label if class_label is not None else (
                   "random per seed" if loaded.num_classes else None),
-              **({"steering": steer.given()} if steer is not None else {}),
-              "fit": result.metadata()}
+              **({"steering": steer.given()} if steer is not None else {})}
+    checkpoint = checkpoint_path(out_path)
+    if progress:
+        resuming = checkpoint.exists() and not start_over
+        resumed = f" (continuing the fit saved in {checkpoint})" if resuming else ""
+        click.echo(f"Fitting a {nfe}-NFE solver for {request.model} ({len(seeds)} calibration seeds, "
+                   f"{len(held)} held out), sigma {top:g}...{bottom:g}{resumed}", err=True)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        save_solver(out_path, result.solver, **record)
+        result = fit(setup.denoiser, nfe, shape=loaded.shape, sigma_min=bottom, sigma_max=top, seeds=seeds,
+                     heldout=held, cond=setup.cond, init=sampler, schedule=schedule,
+                     iterations=DEFAULT_ITERATIONS if iterations is None else iterations, restarts=restarts,
+                     batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
+                     device=setup.device, dtype=setup.state_dtype, progress=progress, log=log,
+                     checkpoint=checkpoint, checkpoint_every=checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
+                     resume=not start_over, context=_fit_context(record, steer))
+    except FitInterrupted as e:
+        click.echo(f"Interrupted after iteration {e.iteration} of {e.total}: the fit so far is saved in "
+                   f"{e.checkpoint}; run the same command again to continue it", err=True)
+        ctx.exit(128 + e.signal)
+    except BadInput as e:  # a checkpoint of other settings, or not readable
+        raise usage_error(e, flags_of.get(e.param)) from None
+    except ValueError as e:  # a start that is not a linear solver of this budget, a bad schedule
+        raise click.UsageError(one_line(e)) from None
+    except OSError as e:  # the checkpoint cannot be written
+        raise click.ClickException(f"cannot write {checkpoint}: {e.strerror or e}") from None
+    try:
+        save_solver(out_path, result.solver, **record, fit=result.metadata())
     except OSError as e:
         raise click.ClickException(f"cannot write {out_path}: {e.strerror or e}") from None
+    checkpoint.unlink(missing_ok=True)  # the solver file holds the fit now
     heldout_text = "" if result.heldout_error is None else (
         f"; held-out {result.heldout_init_error:.4g} -> {result.heldout_error:.4g}")
     click.echo(f"{nfe}-NFE solver: calibration ODE error {result.init_error:.4g} ({result.start}) -> "
                f"{result.error:.4g} ({result.improvement:.2f}x lower){heldout_text}; saved {out_path}")
+
+
+def _fit_context(record: dict, steer) -> dict:
+    """What a checkpoint must match besides the fit's own settings: the model, its weights, class,
+    guidance and each steering flag, by the setting's name (each a flag of its own)."""
+    context = {key: record[key] for key in ("model", "model_fingerprint", "class", "guidance")}
+    return {**context, **(steer.given() if steer is not None else {})}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,8 +255,8 @@ def tune_schedule(ctx, sampler, steps, nfe, schedule, seeds, num, init, max_eval
             nfe = samplers.get(sampler).nfe(steps)
         steps = tunable_steps(sampler, nfe, options)
         check_something_to_tune(sampler, nfe)
-    except ValueError as e:
-        raise usage_error(e) from None  # the message says what is wrong: the sampler, or its budget
+    except ValueError as e:  # the message says what is wrong: the sampler, an option of it, or its budget
+        raise usage_error(BadInput(one_line(e), terms=(*options, *samplers.get(sampler).options))) from None
     seeds = seeds if seeds is not None else calibration_seeds(num or 16)
     try:
         out_path = check_writable_file(out, "out", example="tuned.json")

@@ -365,8 +365,9 @@ def threads_for(device: torch.device, elements: int):
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, sampler: str, nfe: int):
-    """A tqdm bar on stderr counting sampler runs (None when disabled)."""
+def progress_bar(enabled: bool, total: int, sampler: str, nfe: int, initial: int = 0):
+    """A tqdm bar on stderr counting sampler runs (None when disabled), with the time left; ``initial``:
+    runs done before (a resumed fit's), which its estimate of the time left leaves out."""
     if not enabled:
         yield None
         return
@@ -374,7 +375,7 @@ def progress_bar(enabled: bool, total: int, sampler: str, nfe: int):
 
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=f"tune {sampler} NFE {nfe}", unit="run", file=sys.stderr,
+    with tqdm(total=total, initial=initial, desc=f"tune {sampler} NFE {nfe}", unit="run", file=sys.stderr,
               dynamic_ncols=True) as bar:
         yield bar
 

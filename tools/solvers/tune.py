@@ -32,27 +32,36 @@ frozen during the fit.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import samplers
+from edm.checkpoint import optimizer_state, restore_optimizer
 from samplers import schedules
 from samplers.fitted import LinearSolver, from_sampler, multistep
+from tools.common import BadInput, one_line
 from tools.device import resolve_device
 from tools.ode import ReferenceCache, rms_error
 from tools.schedules.tune import calibration_batch, positive_count, progress_bar, threads_for
+from tools.seeds import format_seeds
+from tools.solvers.checkpoint import FitInterrupted, Interrupts, check_settings, load_state, save_state
 
-__all__ = ["HELDOUT_SEED", "SolverFit", "distinct_starts", "heldout_seeds", "start_candidates", "tune_solver"]
+__all__ = ["HELDOUT_SEED", "MIN_NFE", "FitInterrupted", "SolverFit", "check_start", "distinct_starts",
+           "fittable_samplers", "heldout_seeds", "start_candidates", "tune_solver"]
 
 # Held-out seeds start here: apart from the calibration seeds (1 000 000 on) and the evaluation seeds.
 HELDOUT_SEED = 2_000_000
 # The schedule families a start is looked for on (each on the model's sigma range).
 START_SCHEDULES = ("karras", "exponential", "polyexponential", "kl_optimal")
 DEFAULT_ITERATIONS = 200
+# The smallest budget a solver is fitted for: one call at sigma_max and one at sigma_min.
+MIN_NFE = 2
 # Calibration seeds, and how many run through the model at once (memory; the gradient is the whole
 # batch's). Fewer seeds overfit: at 5 NFE the held-out error was 2x the calibration error on digits with
 # 128 seeds, 1.75x with 256 and 1.31x with 1024; on the Gaussian mixture 1.82x with 256, 1.28x with 1024.
@@ -60,6 +69,9 @@ DEFAULT_NUM = 1024
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 0.05
 DEFAULT_PENALTY = 1e-3
+# Iterations between two checkpoints of a fit (one is also saved after the teacher, at the end of each
+# start's fit and when the fit is asked to stop); a checkpoint costs far less than an iteration.
+DEFAULT_CHECKPOINT_EVERY = 10
 # A level share never starts below this fraction of the log-sigma range (the softmax of log 0 is stuck).
 MIN_SHARE = 1e-3
 # The teacher's tolerance: near-exact in float64; in float32 the model's own rounding sets the floor.
@@ -274,59 +286,98 @@ def _chunks(count: int, size: int | None, device) -> list[torch.Tensor | None]:
     return [torch.arange(start, min(start + size, count), device=device) for start in range(0, count, size)]
 
 
-def _fit(batch: Batch, param: Parametrisation, iterations: int, learning_rate: float, penalty: float,
-         shift: bool, chunk: int | None, bar) -> tuple[LinearSolver, float]:
-    """Adam on log(calibration MSE) + penalty; the best solver seen (by calibration RMS) and its RMS.
+class _Fit:
+    """Adam on log(calibration MSE) + penalty from one start, an iteration at a time; the best solver seen
+    (by calibration RMS) and its RMS. Its state goes to and comes from a checkpoint (:meth:`state`,
+    :meth:`load`), so that an interrupted fit continues exactly as it would have run.
 
     Every step's gradient is the whole calibration batch's, run ``chunk`` samples at a time (the chunks'
     gradients of the summed squared error add up; d log(MSE) = d MSE / MSE), so memory is bounded and the
     fit does not depend on the chunk size. (Minibatches of a larger pool were tried: their noisy steps
     stalled the fit at 10 NFE.)"""
-    device, dtype = batch.x.device, batch.dtype
-    teacher = batch.teacher().to(dtype)
-    chunks = _chunks(batch.x.shape[0], chunk, device)
-    logits = param.logits0.clone().to(device, torch.float64).requires_grad_(True)
-    delta = torch.zeros_like(param.start.weights, device=device).requires_grad_(True)
-    shift0 = param.shift0.to(device)
-    shifts = shift0.clone().requires_grad_(shift)
-    variables = [logits, delta, *([shifts] if shift else [])]
-    optimiser = torch.optim.Adam(variables, lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(iterations, 1),
-                                                           eta_min=learning_rate / 20)
-    start_weights = param.start.weights.to(device)
-    total = teacher.numel()
-    best, best_error = None, math.inf
-    for _ in range(iterations):
-        optimiser.zero_grad()
-        mse = 0.0
-        for index in chunks:
-            levels = param.levels(logits)
-            told = param.model_levels(levels, shifts).to(dtype) if shift else None
-            weights = (start_weights + param.change(delta)).to(dtype)
+
+    def __init__(self, batch: Batch, param: Parametrisation, iterations: int, learning_rate: float,
+                 penalty: float, shift: bool, chunk: int | None):
+        device = batch.x.device
+        self.batch, self.param, self.iterations = batch, param, iterations
+        self.penalty, self.shift = penalty, shift
+        self.teacher = batch.teacher().to(batch.dtype)
+        self.chunks = _chunks(batch.x.shape[0], chunk, device)
+        self.logits = param.logits0.clone().to(device, torch.float64).requires_grad_(True)
+        self.delta = torch.zeros_like(param.start.weights, device=device).requires_grad_(True)
+        self.shift0 = param.shift0.to(device)
+        self.shifts = self.shift0.clone().requires_grad_(shift)
+        self.variables = [self.logits, self.delta, *([self.shifts] if shift else [])]
+        self.optimiser = torch.optim.Adam(self.variables, lr=learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimiser, max(iterations, 1),
+                                                                    eta_min=learning_rate / 20)
+        self.start_weights = param.start.weights.to(device)
+        self.iteration, self.stopped = 0, False  # stopped: at a non-finite or zero error
+        self.best, self.best_error = None, math.inf
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.iteration >= self.iterations
+
+    def step(self) -> None:
+        """One Adam step on the whole calibration batch."""
+        batch, param, dtype = self.batch, self.param, self.batch.dtype
+        self.optimiser.zero_grad()
+        mse, total = 0.0, self.teacher.numel()
+        for index in self.chunks:
+            levels = param.levels(self.logits)
+            told = param.model_levels(levels, self.shifts).to(dtype) if self.shift else None
+            weights = (self.start_weights + param.change(self.delta)).to(dtype)
             out = batch.run(levels.to(dtype), weights, param.afs, told, index)
-            target = teacher if index is None else teacher[index]
+            target = self.teacher if index is None else self.teacher[index]
             part = (out - target).to(torch.float64).square().sum() / total
             part.backward()
             mse += float(part.detach())
+        self.iteration += 1
         error = math.sqrt(mse) if math.isfinite(mse) else math.inf
-        if error < best_error:
-            best = (logits.detach().clone(), delta.detach().clone(), shifts.detach().clone())
-            best_error = error
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"error {best_error:.4g}", refresh=False)
+        if error < self.best_error:
+            self.best = tuple(getattr(self, name).detach().clone() for name in self._TENSORS)
+            self.best_error = error
         if not (math.isfinite(error) and error > 0):
-            break
+            self.stopped = True
+            return
         with torch.no_grad():
-            for variable in variables:
+            for variable in self.variables:
                 variable.grad /= mse
-        regulariser = penalty * (param.change(delta).square().sum() + (shifts - shift0).square().sum())
+        regulariser = self.penalty * (param.change(self.delta).square().sum()
+                                      + (self.shifts - self.shift0).square().sum())
         regulariser.backward()
-        optimiser.step()
-        scheduler.step()
-    if best is None:
-        return param.start, math.inf
-    return param.solver(*best), best_error
+        self.optimiser.step()
+        self.scheduler.step()
+
+    def result(self) -> tuple[LinearSolver, float]:
+        if self.best is None:
+            return self.param.start, math.inf
+        return self.param.solver(*self.best), self.best_error
+
+    _TENSORS = ("logits", "delta", "shifts")
+
+    def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+        """``(tensors, record)`` of the fit, its tensors' names starting with ``prefix``."""
+        tensors, record = optimizer_state(self.optimiser, prefix + "adam.")
+        tensors.update({prefix + name: getattr(self, name).detach() for name in self._TENSORS})
+        if self.best is not None:
+            tensors.update({f"{prefix}best.{name}": value for name, value in zip(self._TENSORS, self.best)})
+        record.update(iteration=self.iteration, stopped=self.stopped, best_error=self.best_error,
+                      scheduler=self.scheduler.state_dict())
+        return tensors, record
+
+    def load(self, prefix: str, tensors: Mapping[str, torch.Tensor], record: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            for name in self._TENSORS:
+                getattr(self, name).copy_(tensors[prefix + name])
+        restore_optimizer(self.optimiser, record, tensors, prefix + "adam.")
+        self.scheduler.load_state_dict(record["scheduler"])
+        self.iteration, self.stopped = record["iteration"], record["stopped"]
+        self.best_error = record["best_error"]
+        device = self.logits.device
+        if f"{prefix}best.logits" in tensors:
+            self.best = tuple(tensors[f"{prefix}best.{name}"].to(device) for name in self._TENSORS)
 
 
 def tune_solver(denoiser, nfe: int, *,  # noqa: PLR0913 (public, keywords)
@@ -337,7 +388,9 @@ def tune_solver(denoiser, nfe: int, *,  # noqa: PLR0913 (public, keywords)
                 iterations: int = DEFAULT_ITERATIONS, learning_rate: float = DEFAULT_LEARNING_RATE,
                 penalty: float = DEFAULT_PENALTY, shift: bool = True, restarts: int = 1,
                 batch_size: int | None = DEFAULT_BATCH_SIZE, device="cpu", dtype=torch.float64,
-                progress: bool = False, log: Callable[[str], None] | None = None) -> SolverFit:
+                progress: bool = False, log: Callable[[str], None] | None = None,
+                checkpoint=None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, resume: bool = True,
+                context: Mapping[str, Any] | None = None) -> SolverFit:
     """Fit a solver of exactly ``nfe`` calls of ``denoiser`` (see the module docstring).
 
     ``shape``: one sample's shape; the start noise of a seed is drawn as ``edm generate`` draws it.
@@ -351,6 +404,14 @@ def tune_solver(denoiser, nfe: int, *,  # noqa: PLR0913 (public, keywords)
     ``penalty`` is the weight of the pull toward the start's weights and levels told; ``shift`` lets the
     levels the model is told move off the state's; ``restarts`` is how many of the best starts are
     fitted (the best fit wins; the progress bar counts every fit's steps).
+
+    ``checkpoint``: a file (see :mod:`tools.solvers.checkpoint`) the fit's state is saved to after the
+    teacher, every ``checkpoint_every`` iterations and at the end of each start's fit; while the fit
+    runs, Ctrl-C or SIGTERM stops it at the end of its iteration, saves it there and raises
+    :class:`FitInterrupted`. A call with the same arguments (and ``context``: what else the caller
+    fitted with, e.g. the model, by flag name) continues from that file, and returns what a run never
+    interrupted returns, bit for bit; other arguments raise BadInput naming the first that differs
+    (``resume`` False: start over). The caller removes the file once it has saved the result.
     Raises ValueError (one line) for a bad argument or an ``init`` that is not a linear solver of
     ``nfe`` calls.
     """
@@ -364,26 +425,38 @@ def tune_solver(denoiser, nfe: int, *,  # noqa: PLR0913 (public, keywords)
     iterations = positive_count(iterations, "iterations") if iterations != 0 else 0
     restarts = positive_count(restarts, "restarts")
     batch_size = None if batch_size is None else positive_count(batch_size, "batch_size")
+    checkpoint_every = positive_count(checkpoint_every, "checkpoint_every")
     device = resolve_device(device)
     log = log or (lambda text: None)
+    check_start(init, schedule, nfe, sigma_min, sigma_max)
     starts = _starts(init, schedule, nfe, sigma_min, sigma_max)
+    settings = {"nfe": nfe, "seeds": format_seeds(seeds), "heldout": format_seeds(heldout),
+                "init": _init_name(init), "schedule": schedule, "sigma_min": sigma_min,
+                "sigma_max": sigma_max,
+                "iterations": iterations, "learning_rate": learning_rate, "penalty": penalty, "shift": shift,
+                "restarts": restarts, "batch_size": batch_size, "device": str(device),
+                "dtype": str(dtype).removeprefix("torch."), **dict(context or {})}
+    saved = _saved(checkpoint, settings) if resume else None
     calibration = Batch(denoiser, seeds, shape, _cond_for(cond, seeds, device, dtype), sigma_min, sigma_max,
                         device, dtype)
     with threads_for(device, calibration.x.numel()), _frozen(denoiser):
-        log(f"teacher: probability-flow ODE from {sigma_max:g} to {sigma_min:g} on {len(seeds)} seeds")
-        calibration.teacher()
-        candidates = {label: calibration.error(solver) for label, solver in starts.items()}
-        ranked = distinct_starts(sorted(candidates, key=candidates.get), starts)[:restarts]
-        log(f"start: {ranked[0]}, calibration error {candidates[ranked[0]]:.4g} (best of {len(starts)})")
-        fits = {}
-        with progress_bar(progress, iterations * len(ranked), "solver", nfe) as bar:
-            for label in ranked:
-                fitted, error = _fit(calibration, Parametrisation(starts[label], sigma_min), iterations,
-                                     learning_rate, penalty, shift, batch_size, bar)
-                kept = error < candidates[label]
-                fits[label] = (fitted, error) if kept else (starts[label], candidates[label])
-                if len(ranked) > 1:
-                    log(f"fit from {label}: {candidates[label]:.4g} -> {fits[label][1]:.4g}")
+        with Interrupts.deferred(checkpoint is not None) as interrupts:
+            run = _Run(calibration, starts, settings, checkpoint, checkpoint_every, interrupts, saved)
+            if saved is None:
+                log(f"teacher: probability-flow ODE from {sigma_max:g} to {sigma_min:g} on {len(seeds)} "
+                    "seeds")
+            candidates = run.prepare()
+            ranked = distinct_starts(sorted(candidates, key=candidates.get), starts)[:restarts]
+            log(f"start: {ranked[0]}, calibration error {candidates[ranked[0]]:.4g} (best of {len(starts)})")
+            with progress_bar(progress, iterations * len(ranked), "solver", nfe, run.done(ranked)) as bar:
+                fits = {}
+                for label in ranked:
+                    fitted, error = run.fit(label, Parametrisation(starts[label], sigma_min), iterations,
+                                            learning_rate, penalty, shift, batch_size, bar)
+                    kept = error < candidates[label]
+                    fits[label] = (fitted, error) if kept else (starts[label], candidates[label])
+                    if len(ranked) > 1:
+                        log(f"fit from {label}: {candidates[label]:.4g} -> {fits[label][1]:.4g}")
         label = min(fits, key=lambda key: fits[key][1])
         start = starts[label]
         solver, error = fits[label]
@@ -392,14 +465,104 @@ def tune_solver(denoiser, nfe: int, *,  # noqa: PLR0913 (public, keywords)
             batch = Batch(denoiser, heldout, shape, _cond_for(cond, heldout, device, dtype), sigma_min,
                           sigma_max, device, dtype)
             heldout_init, heldout_error = batch.error(start), batch.error(solver)
-    settings = {"sigma_min": sigma_min, "sigma_max": sigma_max, "dtype": str(dtype).removeprefix("torch."),
+    recorded = {"sigma_min": sigma_min, "sigma_max": sigma_max, "dtype": settings["dtype"],
                 "learning_rate": learning_rate, "penalty": penalty, "restarts": restarts}
     solver = LinearSolver(solver.sigmas, solver.weights, afs=solver.afs, name=f"fitted-{nfe}",
                           model_sigmas=solver.model_sigmas)
     return SolverFit(solver=solver, start=label, start_solver=start, candidates=candidates,
                      init_error=candidates[label], error=error, heldout_init_error=heldout_init,
                      heldout_error=heldout_error, iterations=iterations, seeds=seeds, heldout=heldout,
-                     settings=settings, fits={key: error for key, (_, error) in fits.items()})
+                     settings=recorded, fits={key: error for key, (_, error) in fits.items()})
+
+
+def _init_name(init) -> str | None:
+    """The start asked for, as a checkpoint records it: a sampler name, or a solver by its numbers."""
+    if not isinstance(init, LinearSolver):
+        return init
+    numbers = [init.sigmas, init.weights] + ([] if init.model_sigmas is None else [init.model_sigmas])
+    digest = hashlib.sha256(b"".join(t.to(torch.float64).numpy().tobytes() for t in numbers)).hexdigest()
+    return f"solver {init.name} {digest[:16]}"
+
+
+def _saved(checkpoint, settings) -> tuple[dict, dict] | None:
+    """The checkpoint's ``(record, tensors)`` if there is one, once its settings are checked."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    record, tensors = load_state(Path(checkpoint))
+    check_settings(Path(checkpoint), record.get("settings", {}), settings)
+    return record, tensors
+
+
+class _Run:
+    """The fits of one tune_solver call, checkpointed: the teacher and start errors (computed, or read
+    from the checkpoint), then one :class:`_Fit` per start, saved every few iterations and when asked
+    to stop (SIGINT / SIGTERM, through ``interrupts``)."""
+
+    def __init__(self, batch: Batch, starts, settings, checkpoint, every: int, interrupts, saved):
+        self.batch, self.starts, self.settings, self.every = batch, starts, settings, every
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.interrupts = interrupts
+        self.record, self.tensors = saved if saved is not None else ({}, {})
+        self.fits: list[_Fit] = []
+        self.candidates: dict[str, float] = {}
+
+    def prepare(self) -> dict[str, float]:
+        """Every start's calibration error (after the teacher solution they are measured against)."""
+        if "teacher" in self.tensors:
+            self.batch._teacher = self.tensors["teacher"].to(self.batch.x.device)
+            self.candidates = dict(self.record["candidates"])
+        else:
+            self.batch.teacher()
+            self.candidates = {label: self.batch.error(solver) for label, solver in self.starts.items()}
+        self.checkpointed(save="teacher" not in self.tensors)
+        return self.candidates
+
+    def done(self, ranked) -> int:
+        """Iterations the checkpoint holds, over every start (where a resumed progress bar begins)."""
+        return sum(fit["iteration"] for fit in self.record.get("fits", [])[:len(ranked)])
+
+    def fit(self, label, param, iterations, learning_rate, penalty, shift, chunk, bar):
+        fit = _Fit(self.batch, param, iterations, learning_rate, penalty, shift, chunk)
+        index = len(self.fits)
+        saved = self.record.get("fits", [])
+        if index < len(saved):
+            fit.load(f"fit{index}.", self.tensors, saved[index])
+        self.fits.append(fit)
+        while not fit.done:
+            fit.step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"error {fit.best_error:.4g}", refresh=False)
+            self.checkpointed(save=fit.iteration % self.every == 0 and not fit.done)
+        self.checkpointed(save=True)
+        return fit.result()
+
+    def checkpointed(self, save: bool = False) -> None:
+        """Save the state (``save``, or when a stop is asked), and stop if asked."""
+        if self.checkpoint is None:
+            return
+        stop = self.interrupts.requested
+        if save or stop is not None:
+            self.save()
+        if stop is not None:
+            total = self.settings["iterations"] * self.settings["restarts"]
+            done = sum(fit.iteration for fit in self.fits)
+            raise FitInterrupted(self.checkpoint, done, total, stop)
+
+    def save(self) -> None:
+        """The teacher, the start errors and every fit's state: the running fits' own, and as read
+        from the checkpoint for those that have not run again yet since it was read."""
+        tensors, fits = {"teacher": self.batch.teacher()}, []
+        for index, fit in enumerate(self.fits):
+            fit_tensors, fit_record = fit.state(f"fit{index}.")
+            tensors.update(fit_tensors)
+            fits.append(fit_record)
+        for index, fit_record in list(enumerate(self.record.get("fits", [])))[len(self.fits):]:
+            prefix = f"fit{index}."
+            tensors.update({key: value for key, value in self.tensors.items() if key.startswith(prefix)})
+            fits.append(fit_record)
+        save_state(self.checkpoint, {"settings": self.settings, "candidates": self.candidates, "fits": fits},
+                   tensors)
 
 
 def distinct_starts(labels: Sequence[str], starts: Mapping[str, LinearSolver]) -> list[str]:
@@ -412,6 +575,37 @@ def distinct_starts(labels: Sequence[str], starts: Mapping[str, LinearSolver]) -
                    and torch.allclose(solver.weights, starts[k].weights) for k in kept):
             kept.append(label)
     return kept
+
+
+def fittable_samplers(nfe: int) -> list[str]:
+    """The registered samplers a fit of ``nfe`` calls can start from: those that are points of the space
+    at that budget (deterministic, one model call per noise level)."""
+    return sorted({label.split(" / ")[0] for label in start_candidates(nfe, 0.002, 80.0, ("karras",))})
+
+
+def check_start(init, schedule: str | None, nfe: int, sigma_min: float, sigma_max: float) -> None:
+    """BadInput naming ``nfe``, ``init`` or ``schedule`` (the one at fault) unless a fit of ``nfe`` calls
+    can start from ``init`` on ``schedule`` (see :func:`tune_solver`), saying what is accepted."""
+    if isinstance(nfe, int) and not isinstance(nfe, bool) and nfe < MIN_NFE:
+        raise BadInput(f"a fitted solver takes at least {MIN_NFE} NFE (sigma_max and sigma_min are each a "
+                       f"level of its own), got {nfe}", "nfe")
+    if isinstance(init, str) and init not in samplers.list():
+        raise BadInput(f"a fit starts from a registered sampler, not {init!r}; {_accepted(nfe)}", "init")
+    if schedule is not None:
+        try:
+            _levels_on(schedule, 3, sigma_min, sigma_max)
+        except ValueError as e:
+            file = "; a fit starts on a registered schedule (`edm schedules`), not a schedule file"
+            raise BadInput(one_line(e) + (file if schedule.startswith("file:") else ""), "schedule") from None
+    try:
+        _starts(init, schedule, nfe, sigma_min, sigma_max)
+    except ValueError as e:
+        raise BadInput(f"{one_line(e)}; {_accepted(nfe)}", "init" if init is not None else "nfe") from None
+
+
+def _accepted(nfe: int) -> str:
+    return (f"at {nfe} NFE a fit starts from {', '.join(fittable_samplers(nfe))} (or leave --sampler out: "
+            "the best of them)")
 
 
 def _starts(init, schedule, nfe, sigma_min, sigma_max) -> dict[str, LinearSolver]:

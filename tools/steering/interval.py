@@ -14,11 +14,13 @@ def parse_interval(interval) -> tuple[float, float]:
     """``"LO,HI"`` (HI may be inf) or a pair -> ``(lo, hi)`` with ``0 <= lo < hi``."""
     from samplers.guidance.wrapper import check_interval
 
-    if isinstance(interval, str):
-        interval = interval.split(",")
+    text = interval if isinstance(interval, str) else None
     try:
-        return check_interval(interval)
+        return check_interval(text.split(",") if text is not None else interval)
     except ValueError as e:
+        if text is not None and len(text.split(",")) != 2:  # shown as typed, not as the list it split into
+            message = f"expected two sigmas LO,HI (e.g. 0.28,5.42), got {text}"
+            raise BadInput(message, "guidance_interval") from None
         raise BadInput(f"{one_line(e)} (give LO,HI in sigma, e.g. 0.28,5.42)", "guidance_interval") from None
 
 
