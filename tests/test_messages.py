@@ -198,3 +198,33 @@ def test_bench_help_lists_no_flag_it_refuses(tmp_path):
         result = invoke(bench, "--out", tmp_path / "out", flag, "1")
         assert_usage_error(result, flag)
         assert not (tmp_path / "out").exists()
+
+
+def test_tune_schedule_help_lists_no_flag_it_refuses():
+    from tools.tune_cli import tune_schedule
+
+    shown = set(_help_flags(tune_schedule, []))
+    for flag in ("--init-image", "--strength", "--mask", "--resample", "--corrector", "--corrector-steps",
+                 "--snr", "--prompt", "--negative-prompt", "--prompts", "--width", "--height"):
+        assert flag not in shown, flag
+
+
+def _sampler_option_flags(command) -> dict[str, str]:
+    """Sampler option (its registry name) -> the flag a command gives it."""
+    from tools.options import SAMPLER_OPTION_PREFIX
+
+    return {p.name.removeprefix(SAMPLER_OPTION_PREFIX): p.opts[0]
+            for p in command.get_params(click.Context(command)) if p.name.startswith(SAMPLER_OPTION_PREFIX)}
+
+
+def test_a_sampler_option_has_one_flag_in_every_command():
+    """UniPC's corrector is --sampler-corrector wherever sampler options are flags, even in a command
+    without the --corrector steering flag (tune-schedule once called it --corrector)."""
+    from tools.compare.cli import bench
+    from tools.fid.cli import fid
+    from tools.tune_cli import tune_schedule
+
+    flags = [_sampler_option_flags(c) for c in (generate, fid.get_command(None, "gen"), bench, tune_schedule)]
+    assert flags[0]["corrector"] == "--sampler-corrector"
+    for other in flags[1:]:
+        assert other == flags[0]

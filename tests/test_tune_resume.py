@@ -228,3 +228,12 @@ def test_cli_help_states_the_default_cost_and_the_checkpoint():
     text = " ".join(result.output.split())
     assert "minutes" in text and "1024 calibration seeds x 200 iterations" in text
     assert ".partial" in text and "--start-over" in text and "--checkpoint-every" in text
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_tune_solver_refuses_half_precision(tmp_path, dtype):
+    """A half-precision teacher never reached its ODE tolerance (the run did not end): refused up front."""
+    result = invoke(tune_cli.tune_solver, "--model", "digits", "--nfe", 5, "--dtype", dtype,
+                    "--out", tmp_path / "s.json", "--no-progress")
+    assert_usage_error(result, "--dtype", f"not {dtype}", "float32")
+    assert not list(tmp_path.iterdir())

@@ -196,7 +196,9 @@ class SectionedCommand(click.Command):
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if self._pending_sampler_options:  # on first use: importing the registry imports torch
             self._pending_sampler_options = False
+            # every sampling flag, taken here or not: a sampler option keeps one flag in every command
             reserved = {flag for p in self.params for flag in (*p.opts, *p.secondary_opts)}
+            reserved |= {flag for _, decls, _ in SAMPLING_PARAMS.values() for flag in decls}
             self.params.extend(sampler_option_params(reserved))
         return super().get_params(ctx)
 
@@ -398,7 +400,7 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "nfe": ("Sampling", ("--nfe",), dict(
         callback=_budgets, metavar="N",
         help="Instead of --steps: a budget of denoiser evaluations per image; takes the most steps that fit "
-             "(e.g. heun: 35 NFE = 18 steps). `edm bench` takes a list, e.g. 5,10,20.")),
+             "(e.g. heun: 35 NFE = 18 steps).")),
     "schedule": ("Sampling", ("--schedule",), dict(
         metavar="NAME", help="The sigma schedule (`edm schedules` lists them), file:PATH for a schedule file "
                              "written by `edm tune-schedule`, or 'diffusers' for a diffusers model: the "

@@ -10,6 +10,7 @@ import click
 
 from tools.common import BadInput, check_writable_file, one_line
 from tools.options import (
+    PROMPT_FLAGS,
     STEERING_FLAGS,
     cli_errors,
     command,
@@ -37,9 +38,17 @@ SOLVER_HELP = {
                "adaptive sampler, a solver file or auto).  [default: the best such sampler x schedule at "
                "the budget]",
     "nfe": "The budget the solver is fitted for: exactly N model calls per image, N >= 2.  [required]",
+    "dtype": "Precision of the model during the fit: float32 or float64 (a float32 fit also serves float16 "
+             "and bfloat16 loads of the model).  [default: float32]",
     "schedule": "A registered schedule (`edm schedules`) for the --sampler start.  [default: the best of "
                 "karras, exponential, polyexponential and kl_optimal]",
 }
+# What tune-schedule does not take (it tunes the deterministic ODE solve of an image model): neither in its
+# help nor parsed
+SCHEDULE_NOT_TAKEN = (*_SOLVER_REFUSED, *PROMPT_FLAGS)
+# precisions whose rounding the teacher's adaptive ODE solve cannot get under its tolerance (it shrinks its
+# steps to nothing and never finishes)
+HALF_PRECISION = ("float16", "bfloat16")
 # The flag a setting of tune_solver (and of its checkpoint) comes from, where it is not --setting-name.
 _SOLVER_PARAMS = {"init": "--sampler", "model_fingerprint": "--model", "class": "--class"}
 
@@ -119,6 +128,11 @@ def tune_solver(ctx, sampler, nfe, schedule, seeds, num, heldout, iterations, re
     if len(nfe) != 1:
         raise click.BadParameter("give one budget", param_hint="'--nfe'")
     nfe = nfe[0]
+    if flags["dtype"] in HALF_PRECISION:
+        raise click.BadParameter(
+            f"a fit evaluates the model in float32 or float64, not {flags['dtype']}: the teacher's ODE solve "
+            "cannot reach its tolerance through half-precision rounding; a float32 fit also serves float16 "
+            "and bfloat16 loads of the model", param_hint="'--dtype'")
     if seeds is not None and num is not None:
         raise click.UsageError("--seeds and --num are mutually exclusive: give one")
     request = model_request(flags, "edm tune-solver", why="it fits the deterministic ODE solve",
@@ -196,7 +210,7 @@ def _fit_context(record: dict, steer) -> dict:
 
 
 @command("tune-schedule")
-@sampling_options(sampler=None)
+@sampling_options(sampler=None, exclude=SCHEDULE_NOT_TAKEN)
 @seeds_option(None, "Calibration seeds instead of --num's, e.g. 5000-5031.")
 @option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
         help="Calibration images: seeds 1000000 to 1000000+N-1, apart from the usual evaluation seeds.  "

@@ -70,7 +70,9 @@ def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict])
 
 
 @command("bench", not_taken={"--" + name.replace("_", "-"): why for name, why in NOT_TAKEN.items()})
-@sampling_options(sampler="all", exclude=NOT_TAKEN)
+@sampling_options(sampler="all", exclude=NOT_TAKEN, helps={
+    "nfe": "The budgets compared at: denoiser evaluations per image, a list (e.g. 5,10,20); each sampler "
+           "takes the most steps that fit (e.g. heun: 35 NFE = 18 steps)."})
 @seeds_option(None, "Instead of --num: the seeds, e.g. 0-99,200.")
 @option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
         help="Samples per cell: seeds 0..N-1.  [default: 64]")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -102,6 +103,9 @@ class Interrupts:
         if self.requested is not None:
             raise KeyboardInterrupt
         self.requested = signum
+        # the next checkpoint may be minutes away (the teacher's ODE solve): say why nothing stops yet
+        sys.stderr.write("\nStopping at the next checkpoint (after the teacher's ODE solve or the current "
+                         "iteration); interrupt again to quit at once, losing what is not saved\n")
 
     @classmethod
     @contextmanager
