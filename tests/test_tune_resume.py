@@ -237,3 +237,26 @@ def test_tune_solver_refuses_half_precision(tmp_path, dtype):
                     "--out", tmp_path / "s.json", "--no-progress")
     assert_usage_error(result, "--dtype", f"not {dtype}", "float32")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_in_the_held_out_check_says_how_to_continue(cli_runs, tmp_path, monkeypatch):
+    """After the fit (its state saved), Ctrl-C in the held-out check: exit 130 and the same hint."""
+    folder, _, _ = cli_runs
+    error = tune.Batch.error
+
+    def interrupted(self, solver):
+        if self.seeds == tune.heldout_seeds(2):  # the held-out batch (--heldout 2)
+            raise KeyboardInterrupt
+        return error(self, solver)
+
+    monkeypatch.setattr(tune.Batch, "error", interrupted)
+    out = tmp_path / "s.json"
+    stopped = invoke(tune_cli.tune_solver, *CLI, "--out", out)
+    assert stopped.exit_code == 130, stopped.output
+    assert "Aborted" not in stopped.output and "run the same command again" in stopped.output
+    assert (tmp_path / "s.json.partial").is_file() and not out.exists()
+    monkeypatch.undo()
+    resumed = invoke(tune_cli.tune_solver, *CLI, "--out", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert out.read_bytes() == (folder / "whole.json").read_bytes()

@@ -181,6 +181,11 @@ def tune_solver(ctx, sampler, nfe, schedule, seeds, num, heldout, iterations, re
         click.echo(f"Interrupted after iteration {e.iteration} of {e.total}: the fit so far is saved in "
                    f"{e.checkpoint}; run the same command again to continue it", err=True)
         ctx.exit(128 + e.signal)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the fit's loop (the held-out check)
+        saved = (f"Interrupted: the fit so far is saved in {checkpoint}; run the same command again to "
+                 "continue it")
+        click.echo(saved if checkpoint.exists() else "Interrupted before anything was saved", err=True)
+        ctx.exit(130)
     except BadInput as e:  # a checkpoint of other settings, or not readable
         raise usage_error(e, flags_of.get(e.param)) from None
     except ValueError as e:  # a start that is not a linear solver of this budget, a bad schedule
