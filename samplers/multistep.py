@@ -90,7 +90,7 @@ def dpmpp_multistep(model, x, sigmas, *, noise, callback, order, eta=0.0, s_nois
     h^2 D''/2, the Taylor expansion asks for 2, and only then is 3M third order.
     """
     if solver_type not in ("heun", "midpoint"):
-        raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
+        raise ValueError(f"solver_type must be heun or midpoint, got {solver_type}")
     history = []  # (denoised, h) of earlier steps, newest first
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

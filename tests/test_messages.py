@@ -82,6 +82,7 @@ PYTHON_CONTAINERS = re.compile(r"[\[({]'|'[\])}]|\(\s*'")
     ("generate", ["--sampler", "restart", "--restart-list", "3"], "got 3"),
     ("generate", ["--sampler", "restart", "--restart-list", "1,2,3"], "got 1,2,3"),
     ("generate", ["--sampler", "unipc", "--variant", "xx"], "one of: bh1, bh2, got xx"),
+    ("generate", ["--sampler", "dpmpp_2m_sde", "--solver-type", "rk4"], "heun or midpoint, got rk4"),
     ("generate", ["--sampler", "dpmpp_sde", "--r", "0"], "--r must be in (0, 1], got 0"),
     ("bench", ["--sampler", "restart", "--option", "restart.s_noise=abc"], "got abc"),
     ("bench", ["--sampler", "unipc", "--option", "unipc.variant=[1]"], "one of: bh1, bh2"),
