@@ -271,9 +271,10 @@ def test_cli_help_points_to_generate():
     (["--schedule", "nope"], ["'--schedule'", "unknown schedule 'nope'"]),
     (["--schedule", "file:s.json"], ["'--schedule'", "not a schedule file"]),
     (["--eta", 0], ["'--eta'"]),
-    (["--rho", 3], ["'--rho'"]),
-    (["--prompt", "a cat"], ["'--prompt'"]),
-    (["--corrector", "langevin"], ["'--corrector'"]),
+    (["--rho", 3], ["--rho is not an option here", "--schedule"]),
+    (["--steps", 3], ["--steps is not an option here", "--nfe N"]),
+    (["--prompt", "a cat"], ["--prompt is not an option here", "deterministic ODE solve"]),
+    (["--corrector", "langevin"], ["--corrector is not an option here", "deterministic ODE solve"]),
 ])
 def test_tune_solver_names_the_flag_it_refuses_and_what_it_takes(tmp_path, monkeypatch, args, fragments):
     monkeypatch.chdir(tmp_path)

@@ -11,6 +11,7 @@ import click
 from tools.common import BadInput, check_writable_file, one_line
 from tools.options import (
     PROMPT_FLAGS,
+    SAMPLING_PARAMS,
     STEERING_FLAGS,
     cli_errors,
     command,
@@ -46,6 +47,23 @@ SOLVER_HELP = {
 # What tune-schedule does not take (it tunes the deterministic ODE solve of an image model): neither in its
 # help nor parsed
 SCHEDULE_NOT_TAKEN = (*_SOLVER_REFUSED, *PROMPT_FLAGS)
+
+
+def _not_taken(names, command: str, why: str) -> dict[str, str]:
+    """Flag -> why ``command`` does not take it, for sampling flags it leaves out: typing one says so (instead
+    of click's guess at a similar flag)."""
+    flags = [SAMPLING_PARAMS[name][1][0] for name in names]
+    return {flag: f"{command} does not take {flag}: {why}" for flag in flags}
+
+
+SCHEDULE_NOT_TAKEN_WHY = _not_taken(SCHEDULE_NOT_TAKEN, "edm tune-schedule", "it tunes an image model's "
+                                    "deterministic ODE solve (no text, editing or corrector)")
+SOLVER_NOT_TAKEN_WHY = {
+    **_not_taken([name for name in SAMPLING_PARAMS if name not in SOLVER_FLAGS], "edm tune-solver",
+                 "it fits an image model's deterministic ODE solve (no text, editing or corrector)"),
+    "--steps": "a fitted solver makes exactly N model calls: give the budget as --nfe N",
+    "--rho": "a fit starts from a registered --schedule and moves its levels itself",
+}
 # precisions whose rounding the teacher's adaptive ODE solve cannot get under its tolerance (it shrinks its
 # steps to nothing and never finishes)
 HALF_PRECISION = ("float16", "bfloat16")
@@ -53,7 +71,7 @@ HALF_PRECISION = ("float16", "bfloat16")
 _SOLVER_PARAMS = {"init": "--sampler", "model_fingerprint": "--model", "class": "--class"}
 
 
-@command("tune-solver", sampler_options=False)
+@command("tune-solver", sampler_options=False, not_taken=SOLVER_NOT_TAKEN_WHY)
 @sampling_options(only=SOLVER_FLAGS, helps=SOLVER_HELP, sampler=None, schedule=None)
 @seeds_option(None, "Calibration seeds instead of --num's, e.g. 5000-5063.")
 @option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
@@ -214,7 +232,7 @@ def _fit_context(record: dict, steer) -> dict:
 # edm tune-schedule
 
 
-@command("tune-schedule")
+@command("tune-schedule", not_taken=SCHEDULE_NOT_TAKEN_WHY)
 @sampling_options(sampler=None, exclude=SCHEDULE_NOT_TAKEN)
 @seeds_option(None, "Calibration seeds instead of --num's, e.g. 5000-5031.")
 @option("Seeds and classes", "--num", type=click.IntRange(min=1), default=None, metavar="N",
