@@ -113,6 +113,24 @@ def test_grayscale_stays_one_channel_and_rgba_becomes_rgb(tmp_path):
     np.testing.assert_array_equal(_all(source), rgba[..., :3].transpose(0, 3, 1, 2))
 
 
+def test_sixteen_bit_gray_is_scaled_as_generate_reads_it(tmp_path):
+    """A 16-bit gray PNG reads as round(v * 255 / 65535), values by hand (PIL's convert clips 32768 to 255);
+    mixed with 8-bit RGB in one folder it becomes three equal channels."""
+    values = np.array([[0, 128, 129, 257], [1000, 30000, 32768, 65535]], dtype=np.uint16)
+    expected = np.array([[0, 0, 1, 1], [4, 117, 128, 255]], dtype=np.uint8)
+    folder = tmp_path / "g16"
+    folder.mkdir()
+    Image.fromarray(values).save(folder / "0.png")
+    source = open_images(folder)
+    assert source.shape == (1, 2, 4)
+    np.testing.assert_array_equal(_all(source)[0, 0], expected)
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8), "RGB").save(folder / "1.png")
+    mixed = _all(open_images(folder))
+    assert mixed.shape == (2, 3, 2, 4)
+    for channel in range(3):
+        np.testing.assert_array_equal(mixed[0, channel], expected)
+
+
 def _nvlabs_selection(count, num, seed):
     """NVlabs' Dataset(max_size=num, random_seed=seed) index rule, written out."""
     idx = np.arange(count, dtype=np.int64)

@@ -86,11 +86,21 @@ def read_png(path) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array
 
 
-def _pixels(picture, path) -> np.ndarray:
-    """An open PIL image's pixels as uint8, scaled from 16 bits: PIL's convert would clip (32768 -> 255)."""
+def gray16_to_uint8(picture) -> np.ndarray | None:
+    """An open PIL image's 16-bit gray pixels scaled to uint8 ``[H, W]`` (v * 255 / 65535, rounded: PIL's
+    convert would clip, 32768 -> 255), or None for an image of another mode."""
     mode = picture.mode
     if mode.startswith("I;16") or (mode == "I" and picture.format == "PNG"):  # a PNG's 16 bits (older PIL: I)
-        return np.rint(np.asarray(picture, dtype=np.float64) / 257).astype(np.uint8)  # v * 255 / 65535
+        return np.rint(np.asarray(picture, dtype=np.float64) / 257).astype(np.uint8)
+    return None
+
+
+def _pixels(picture, path) -> np.ndarray:
+    """An open PIL image's pixels as uint8 (16-bit gray scaled, see :func:`gray16_to_uint8`)."""
+    mode = picture.mode
+    scaled = gray16_to_uint8(picture)
+    if scaled is not None:
+        return scaled
     if mode in ("I", "F"):
         kind = "a 32-bit integer" if mode == "I" else "a floating-point"
         raise ValueError(f"{path} is {kind} image (mode {mode}), whose range is not fixed: save it as an "

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from tools.common import one_line
+from tools.images import gray16_to_uint8
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSource", "open_images", "select_indices"]
 
@@ -203,15 +204,22 @@ class _ImageFiles:
             name = self.names[int(index)]
             try:
                 with self.opener(name) as f, Image.open(f) as image:
-                    if image.mode in ("I", "I;16", "F"):  # 16-bit / float grayscale: no 8-bit conversion
-                        raise ValueError(f"unsupported image mode {image.mode} (need 8-bit images)")
-                    if image.mode in ("RGBA", "LA", "PA", "P") and self.mode == "RGB":
-                        image = image.convert("RGBA")
-                    pixels = np.asarray(image.convert(self.mode))
+                    pixels = self._pixels(image)
             except (OSError, ValueError, SyntaxError, zipfile.BadZipFile) as e:
                 raise ValueError(f"cannot read image {self.describe(name)}: {one_line(e)}") from None
             out[i] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         return out
+
+    def _pixels(self, image) -> np.ndarray:
+        """One image's uint8 pixels in this source's mode: 16-bit gray scaled as ``edm generate`` reads it."""
+        scaled = gray16_to_uint8(image)
+        if scaled is not None:
+            return scaled if self.mode == "L" else np.repeat(scaled[:, :, None], 3, axis=2)
+        if image.mode in ("I", "F"):  # 32-bit integer or float: no fixed range to scale from
+            raise ValueError(f"unsupported image mode {image.mode} (need 8- or 16-bit images)")
+        if image.mode in ("RGBA", "LA", "PA", "P") and self.mode == "RGB":
+            image = image.convert("RGBA")
+        return np.asarray(image.convert(self.mode))
 
 
 def _folder(path: Path) -> tuple[list[str], Callable, Callable]:
