@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pipelines_tiny
 import pytest
 import torch
 from pipelines_tiny import BUILDERS
@@ -326,6 +327,31 @@ def test_bad_directories(built, tmp_path):
 
     assert not claims_pipeline(tmp_path)
     _one_line_error(tmp_path, "model_index.json")
+
+
+def _with_unet_of(pipeline, unet_source, target):
+    """A copy of a saved pipeline (its folders linked) whose ``unet`` is another pipeline's."""
+    target.mkdir()
+    for entry in pipeline.iterdir():
+        source = unet_source / "unet" if entry.name == "unet" else entry
+        if entry.is_dir():
+            (target / entry.name).symlink_to(source, target_is_directory=True)
+        else:
+            shutil.copy(entry, target / entry.name)
+    return target
+
+
+def test_a_unet_of_another_family_is_refused_at_load(built, tmp_path):
+    """An SDXL UNet under an SD index (and SD's under an SDXL index) used to load and fail at its first call
+    ("argument of type 'NoneType' is not iterable"): the load says which component does not fit."""
+    sd, sdxl = built["sd"][2], built["sdxl"][2]
+    line = _one_line_error(_with_unet_of(sd, sdxl, tmp_path / "sd_xl_unet"), "added 'text_time' embedding")
+    assert "sd_xl_unet/unet" in line and "Stable Diffusion 1.x/2.x" in line
+    _one_line_error(_with_unet_of(sdxl, sd, tmp_path / "sdxl_sd_unet"), "not an SDXL base UNet")
+    wide = tmp_path / "wide"  # an SD UNet attending to text twice the encoder's width
+    pipelines_tiny._unet(cross_attention_dim=2 * pipelines_tiny.HIDDEN).save_pretrained(wide / "unet")
+    line = _one_line_error(_with_unet_of(sd, wide, tmp_path / "sd_wide_unet"), "attends to text of width")
+    assert f"width {2 * pipelines_tiny.HIDDEN}" in line and f"gives {pipelines_tiny.HIDDEN}" in line
 
 
 def _copy_with_index(source, target, **changes):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from .. import text
+from ..base import ModelError
 from .registry import register
 from .unet import UNetFamily
 
@@ -21,4 +22,16 @@ class StableDiffusion(UNetFamily):
     required = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
     def conditioner(self, saved, network):
-        return text.SDConditioner(*saved.text_pair(""))
+        tokenizer, encoder = saved.text_pair("")
+        # a UNet of another family (SDXL's added embedding, another text width) fails only at its first call
+        unet = saved.root / self.network
+        added = network.config.get("addition_embed_type")
+        if added is not None:
+            raise ModelError(f"{unet}: its UNet takes an added '{added}' embedding (an SDXL UNet?), which a "
+                             f"{self.display_name} pipeline does not give it: save it with the matching "
+                             "pipeline's model_index.json")
+        width, cross = getattr(encoder.config, "hidden_size", None), network.config.get("cross_attention_dim")
+        if width is not None and cross is not None and width != cross:
+            raise ModelError(f"{unet}: its UNet attends to text of width {cross}, but text_encoder gives "
+                             f"{width}: the components come from different models")
+        return text.SDConditioner(tokenizer, encoder)
