@@ -357,3 +357,8 @@ class UNet(nn.Module):
             else:
                 h = layer(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# Architectures defined in their own modules register themselves on import; importing them here makes
+# ``build_network`` (and so every checkpoint) know them. At the end: they use this module's helpers.
+from . import dit as _dit  # noqa: E402,F401
