@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import samplers
+from _support import error_lines, invoke
 from edm import Precond
 from edm.dit import DiT, patchify, sincos_2d, unpatchify
 from edm.networks import build_network
@@ -127,3 +130,69 @@ def test_bad_patch_size_is_a_one_line_value_error(patch):
     with pytest.raises(ValueError, match="patch_size") as info:
         DiT(in_channels=1, resolution=8, patch_size=patch, **TINY)
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# edm train --arch dit, and the checkpoint it writes
+
+
+DIT_FLAGS = ["--arch", "dit", "--steps", "3", "--batch", "8", "--width", "32", "--depth", "1", "--heads", "2",
+             "--patch", "2", "--no-progress"]
+
+
+def test_cli_trains_a_dit_that_generate_samples_and_resume_continues(tmp_path):
+    from PIL import Image
+
+    from tools.generate import cli as generate_cli
+    from tools.train_cli import train as train_command
+
+    run = tmp_path / "run"
+    result = invoke(train_command, "--data", "digits", "--outdir", run, *DIT_FLAGS)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "network.json").read_text())
+    assert config["network"]["name"] == "dit"
+    assert config["network"]["kwargs"] == {"in_channels": 1, "out_channels": 1, "resolution": 8,
+                                           "num_classes": 10, "patch_size": 2, "depth": 1, "width": 32,
+                                           "heads": 2, "label_dropout": 0.1}
+    assert "--arch dit" in config["command"] and "--channels" not in config["command"]
+
+    out = tmp_path / "images"
+    result = invoke(generate_cli.generate, "--no-progress", "--device", "cpu",
+                    "--model", run / "network.json", "--outdir", out, "--seeds", "0-2", "--steps", "3",
+                    "--sampler", "heun")
+    assert result.exit_code == 0, result.output
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 3 and all(Image.open(p).size == (8, 8) for p in pngs)
+
+    result = invoke(train_command, "--resume", run, "--steps", "4", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "network.json").read_text())["training"]["step"] == 4
+
+
+@pytest.mark.parametrize("args, flag", [(["--arch", "dit", "--channels", "8"], "--channels"),
+                                        (["--arch", "dit", "--channel-mult", "1"], "--channel-mult"),
+                                        (["--patch", "2"], "--patch"),
+                                        (["--arch", "unet", "--width", "32"], "--width")])
+def test_cli_refuses_the_other_architectures_flags(tmp_path, args, flag):
+    from tools.train_cli import train as train_command
+
+    result = invoke(train_command, "--outdir", tmp_path / "run", "--steps", "1", *args)
+    assert result.exit_code == 2, result.output
+    assert [line.startswith(f"Error: {flag} ") for line in error_lines(result)] == [True]
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bad_patch_is_a_usage_error(tmp_path):
+    from tools.train_cli import train as train_command
+
+    result = invoke(train_command, "--outdir", tmp_path / "run", "--steps", "1", "--arch", "dit",
+                    "--patch", "3", "--width", "32", "--heads", "2", "--no-progress")
+    assert result.exit_code == 2 and "patch_size 3" in result.output
+    assert len(error_lines(result)) == 1 and not (tmp_path / "run").exists()
+
+
+def test_checkpoints_without_a_dit_load_as_before():
+    from edm.checkpoint import load_checkpoint
+    from tools.models.checkpoint import builtin_path
+
+    assert load_checkpoint(builtin_path("digits")).config["network"]["name"] == "unet"
