@@ -213,6 +213,7 @@ def read_config(path) -> dict:
 
 def load_checkpoint(path, *, device="cpu", dtype=torch.float32) -> Checkpoint:
     """Build the network named in the config, load its weights and wrap it in ``Precond``."""
+    from . import dit  # noqa: F401  (registers "dit" in the network registry)
     from .networks import build_network  # the network registry imports torch.nn modules
 
     weights, config_path = paths(path)

@@ -1,7 +1,8 @@
 """Small reference backbones ``F(x_in, c_noise, **cond)`` and the registry checkpoints name them by.
 
 ``build_network("unet", **kwargs)`` builds the network a checkpoint's ``{"network": {"name", "kwargs"}}``
-describes; new architectures join with ``@register_network("name")``.
+describes; new architectures join with ``@register_network("name")`` in their own module (``edm.dit``:
+the Diffusion Transformer), which the users of the registry (training, checkpoint loading) import.
 
 :class:`UNet` follows the layout of the ADM / EDM ("DhariwalUNet") networks, scaled down:
 
@@ -357,3 +358,4 @@ class UNet(nn.Module):
             else:
                 h = layer(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+

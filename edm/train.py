@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import dit  # noqa: F401  (registers "dit" in the network registry)
 from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, read_record, restore_optimizer
 from .data import Dataset, load_dataset
 from .loss import EDMLoss
@@ -93,23 +94,31 @@ class TrainResult:
     seconds: float  # wall time of this call
 
 
-def default_network_kwargs(dataset: Dataset, **overrides) -> dict:
-    """UNet arguments fitted to ``dataset`` (channels, resolution, classes), updated by ``overrides``.
+def default_network_kwargs(dataset: Dataset, network: str = "unet", **overrides) -> dict:
+    """Arguments of ``network`` fitted to ``dataset`` (channels, resolution, classes), updated by
+    ``overrides``.
 
-    Defaults: ``model_channels=64``, ``channel_mult=(1, 2)``, ``num_blocks=2``, attention at the
-    lowest resolution when it is 16 or less.
+    UNet defaults: ``model_channels=64``, ``channel_mult=(1, 2)``, ``num_blocks=2``, attention at the
+    lowest resolution when it is 16 or less. DiT defaults: ``patch_size=2``, ``depth=4``, ``width=128``,
+    ``heads=4``.
     """
     C, H, W = dataset.shape
     if H != W:
-        raise ValueError(f"dataset {dataset.name} has {H}x{W} images; the UNet needs square images")
+        raise ValueError(f"dataset {dataset.name} has {H}x{W} images; the {network} needs square images")
     kwargs = {"in_channels": C, "out_channels": C, "resolution": H, "num_classes": dataset.num_classes,
-              "model_channels": 64, "channel_mult": [1, 2], "num_blocks": 2}
+              **_ARCH_DEFAULTS.get(network, {})}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    kwargs["channel_mult"] = [int(m) for m in kwargs["channel_mult"]]
-    if "attn_resolutions" not in kwargs:
-        lowest = H >> (len(kwargs["channel_mult"]) - 1)
-        kwargs["attn_resolutions"] = [lowest] if lowest <= 16 else []
+    if network == "unet":
+        kwargs["channel_mult"] = [int(m) for m in kwargs["channel_mult"]]
+        if "attn_resolutions" not in kwargs:
+            lowest = H >> (len(kwargs["channel_mult"]) - 1)
+            kwargs["attn_resolutions"] = [lowest] if lowest <= 16 else []
     return kwargs
+
+
+# Sizes of each architecture that the data does not decide (other registered networks get none).
+_ARCH_DEFAULTS = {"unet": {"model_channels": 64, "channel_mult": [1, 2], "num_blocks": 2},
+                  "dit": {"patch_size": 2, "depth": 4, "width": 128, "heads": 4}}
 
 
 def _ema_beta(options: Mapping, step: int) -> float:
@@ -290,7 +299,8 @@ def train(
         options["sigma_data"] = round(dataset.std(), 3)
     options["sigma_data"] = float(options["sigma_data"])
     if record is None:
-        options["network_kwargs"] = default_network_kwargs(dataset, **options["network_kwargs"])
+        options["network_kwargs"] = default_network_kwargs(dataset, options["network"],
+                                                           **options["network_kwargs"])
     outdir = Path(outdir)
 
     cuda_devices = [device.index or 0] if device.type == "cuda" else []

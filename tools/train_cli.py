@@ -1,4 +1,5 @@
-"""``edm train``: train a UNet with EDM's loss on ``digits``, an image folder or a ``.npz``/``.npy`` file.
+"""``edm train``: train a UNet (or, with ``--arch dit``, a Diffusion Transformer) with EDM's loss on
+``digits``, an image folder or a ``.npz``/``.npy`` file.
 
 The click command object :data:`train` is registered on the ``edm`` group in ``tools/cli.py``; it
 also runs alone as ``python -m tools.train_cli``. The command recorded in the checkpoint is the
@@ -12,7 +13,11 @@ import click
 from tools.common import BadInput, one_line, spelled_out
 from tools.options import channel_mult_value, sigma_data_value, training_data_value, usage_error
 
-__all__ = ["train", "canonical_command"]
+__all__ = ["train", "canonical_command", "ARCH_FLAGS"]
+
+#: the size flags of each ``--arch``; another architecture's flags are refused, not silently ignored
+ARCH_FLAGS = {"unet": ("channels", "channel_mult", "blocks", "attn", "dropout"),
+              "dit": ("patch", "depth", "width", "heads")}
 
 
 def canonical_command(params: dict) -> str:
@@ -36,6 +41,8 @@ def canonical_command(params: dict) -> str:
 @click.option("--ema", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
               help="EMA half-life in kimg (ramped up over the first images seen, as NVlabs).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
+@click.option("--arch", type=click.Choice(sorted(ARCH_FLAGS)), default="unet", show_default=True,
+              help="Backbone: the EDM/ADM-style UNet or a Diffusion Transformer (DiT).")
 @click.option("--channels", type=click.IntRange(min=1), default=64, show_default=True,
               help="UNet channels at the first resolution.")
 @click.option("--channel-mult", default="1,2", show_default=True, callback=channel_mult_value,
@@ -46,10 +53,17 @@ def canonical_command(params: dict) -> str:
               help="Resolutions with self-attention, comma-separated, among the UNet's: the data "
                    "resolution halved at each level after the first (8x8 data, --channel-mult 1,2: 8 and 4) "
                    "[default: the lowest if <= 16].")
+@click.option("--patch", type=click.IntRange(min=1), default=None,
+              help="DiT patch size; must divide the image size [default: 2].")
+@click.option("--depth", type=click.IntRange(min=1), default=None,
+              help="DiT transformer blocks [default: 4].")
+@click.option("--width", type=click.IntRange(min=4), default=None,
+              help="DiT token channels, divisible by 4 and by --heads [default: 128].")
+@click.option("--heads", type=click.IntRange(min=1), default=None, help="DiT attention heads [default: 4].")
 @click.option("--label-dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Probability of dropping the class label (for unconditional/CFG use).")
 @click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
-              help="Dropout in the residual blocks.")
+              help="Dropout in the UNet's residual blocks.")
 @click.option("--sigma-data", default="0.5", show_default=True, callback=sigma_data_value,
               help="Data standard deviation for the preconditioning, or 'auto' to measure it.")
 @click.option("--p-mean", type=float, default=-1.2, show_default=True, help="Mean of ln(sigma) in training.")
@@ -65,7 +79,7 @@ def canonical_command(params: dict) -> str:
               help="CPU threads for torch (1 is fastest on a busy machine) [default: torch's choice].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def train(**params):
-    """Train a class-conditional (when the data has labels) EDM UNet; write checkpoints to --outdir.
+    """Train a class-conditional (when the data has labels) EDM UNet or DiT; write checkpoints to --outdir.
 
     Bad options exit with status 2; an --outdir that cannot be created or written (checked before
     training starts) or a failed checkpoint write (disk full) exits with status 1, leaving the
@@ -96,18 +110,18 @@ def train(**params):
             raise click.BadParameter(f"expected comma-separated resolutions, got {params['attn']!r}",
                                      param_hint="--attn") from None
 
+    _refuse_other_arch_flags(params)
     recorded = {k: v for k, v in params.items() if k != "progress"}
-    network_kwargs = {"model_channels": params["channels"], "channel_mult": params["channel_mult"],
-                      "num_blocks": params["blocks"], "label_dropout": params["label_dropout"],
-                      "dropout": params["dropout"]}
-    if attn is not None:
-        network_kwargs["attn_resolutions"] = attn
+    for other, flags in ARCH_FLAGS.items():  # the other architecture's defaults are no part of the recipe
+        if other != params["arch"]:
+            recorded.update(dict.fromkeys(flags))
+    network_kwargs = _network_kwargs(params, attn)
     try:
         result = run_training(
             params["data"], params["outdir"], steps=params["steps"], kimg=params["kimg"],
             batch=params["batch"], lr=params["lr"], warmup=params["warmup"],
             ema_halflife_kimg=params["ema"], P_mean=params["p_mean"], P_std=params["p_std"],
-            sigma_data=params["sigma_data"], network="unet", network_kwargs=network_kwargs,
+            sigma_data=params["sigma_data"], network=params["arch"], network_kwargs=network_kwargs,
             seed=params["seed"], checkpoint_every=params["checkpoint_every"], resume=params["resume"],
             device=device, progress=params["progress"], command=canonical_command(recorded),
         )
@@ -117,6 +131,32 @@ def train(**params):
         raise click.ClickException(one_line(e)) from None
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s, loss {result.loss:.4f}; "
                f"model {result.checkpoint}.json, state {result.state}")
+
+
+def _refuse_other_arch_flags(params: dict) -> None:
+    """A usage error naming the first flag given on the command line that belongs to another --arch."""
+    ctx = click.get_current_context()
+    for other, flags in ARCH_FLAGS.items():
+        if other == params["arch"]:
+            continue
+        for name in flags:
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} sizes the --arch {other} network; it does not apply to "
+                                       f"--arch {params['arch']}")
+
+
+def _network_kwargs(params: dict, attn) -> dict:
+    """The network's arguments from the flags (channels, resolution and classes come from the data)."""
+    if params["arch"] == "dit":
+        return {"patch_size": params["patch"], "depth": params["depth"], "width": params["width"],
+                "heads": params["heads"], "label_dropout": params["label_dropout"]}
+    kwargs = {"model_channels": params["channels"], "channel_mult": params["channel_mult"],
+              "num_blocks": params["blocks"], "label_dropout": params["label_dropout"],
+              "dropout": params["dropout"]}
+    if attn is not None:
+        kwargs["attn_resolutions"] = attn
+    return kwargs
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,198 @@
+"""The Diffusion Transformer backbone: shapes, adaLN-Zero, patches, positions, sampling through Precond."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import samplers
+from _support import error_lines, invoke
+from edm import Precond
+from edm.dit import DiT, patchify, sincos_2d, unpatchify
+from edm.networks import build_network
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"depth": 2, "width": 32, "heads": 2}
+
+
+def _onehot(labels, num_classes=10):
+    return torch.nn.functional.one_hot(torch.as_tensor(labels), num_classes).float()
+
+
+def _randomize(net, seed=1):
+    """A fresh DiT outputs exactly 0 (adaLN-Zero); give every weight a seeded perturbation."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    return net
+
+
+def _zero_init_layers(net):
+    return [b.adaLN for b in net.blocks] + [net.final.adaLN, net.final.linear]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("patch", [2, 4])
+def test_output_has_the_input_shape(channels, patch):
+    torch.manual_seed(0)
+    net = DiT(in_channels=channels, resolution=8, patch_size=patch, num_classes=10, **TINY)
+    x = torch.randn(2, channels, 8, 8)
+    assert net(x, torch.tensor([-1.0, 0.5]), _onehot([3, 7])).shape == x.shape
+    out = _randomize(net)(x, torch.tensor(0.3))  # a scalar noise label, no class: unconditional
+    assert out.shape == x.shape and out.dtype == x.dtype and torch.isfinite(out).all()
+
+
+def test_out_channels_and_registry():
+    net = build_network("dit", in_channels=3, out_channels=6, resolution=8, **TINY)
+    assert isinstance(net, DiT)
+    assert _randomize(net)(torch.randn(1, 3, 8, 8), torch.zeros(1)).shape == (1, 6, 8, 8)
+
+
+def test_adaln_zero_outputs_zero_and_gradients_reach_the_zero_layers():
+    torch.manual_seed(0)
+    net = DiT(in_channels=1, resolution=8, num_classes=10, **TINY)
+    x, noise, labels = torch.randn(4, 1, 8, 8), torch.randn(4), _onehot([0, 1, 2, 3])
+    out = net(x, noise, labels)
+    assert torch.count_nonzero(out) == 0
+    (out - x).square().sum().backward()
+    # At init only the final linear sees a gradient (everything else is behind its zero weights) ...
+    assert net.final.linear.weight.grad.abs().sum() > 0
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    net.zero_grad()
+    (net(x, noise, labels) - x).square().sum().backward()
+    # ... and after one step the gradient flows into every zero-initialised modulation.
+    for layer in _zero_init_layers(net):
+        assert layer.weight.grad.abs().sum() > 0
+
+
+def test_patchify_round_trip_and_layout():
+    x = torch.randn(2, 3, 8, 12)
+    tokens = patchify(x, 4)
+    assert tokens.shape == (2, 6, 48)
+    assert torch.equal(unpatchify(tokens, 4, 3, 8, 12), x)
+    # token 1 is the patch in the first patch row, second patch column (row-major order)
+    assert torch.equal(tokens[:, 1].reshape(2, 4, 4, 3).permute(0, 3, 1, 2), x[:, :, 0:4, 4:8])
+
+
+def test_positions_are_distinguishable():
+    pos = sincos_2d(4, 4, 32)
+    assert pos.shape == (16, 32)
+    distances = torch.cdist(pos, pos) + torch.eye(16)
+    assert distances.min() > 1e-3  # every patch position has its own vector
+    # so the same patch content at two positions gives two different outputs
+    torch.manual_seed(0)
+    net = _randomize(DiT(in_channels=1, resolution=8, patch_size=2, **TINY))
+    x = torch.zeros(1, 1, 8, 8)
+    a, b = x.clone(), x.clone()
+    a[..., 0:2, 0:2] = 1.0
+    b[..., 4:6, 4:6] = 1.0
+    out_a, out_b = net(a, torch.zeros(1)), net(b, torch.zeros(1))
+    assert not torch.allclose(out_a[..., 0:2, 0:2], out_b[..., 4:6, 4:6])
+
+
+def test_class_label_changes_the_output():
+    torch.manual_seed(0)
+    net = DiT(in_channels=1, resolution=8, num_classes=10, **TINY)
+    x, noise = torch.randn(2, 1, 8, 8), torch.zeros(2)
+    assert torch.equal(net(x, noise, _onehot([1, 1])), net(x, noise, _onehot([2, 2])))  # both zero at init
+    _randomize(net)
+    assert not torch.allclose(net(x, noise, _onehot([1, 1])), net(x, noise, _onehot([2, 2])))
+    with pytest.raises(ValueError, match="one-hot"):
+        net(x, noise, _onehot([1, 2], 5))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "euler_ancestral"])
+def test_samplers_run_on_a_preconditioned_dit(sampler):
+    torch.manual_seed(0)
+    denoiser = Precond(_randomize(DiT(in_channels=1, resolution=8, num_classes=10, **TINY)).eval())
+    seeds = [0, 1, 2]
+    sigmas = samplers.schedules.get("karras")(5, 0.002, 80.0)
+    x = samplers.noise.latents(seeds, (1, 8, 8)) * sigmas[0]
+    with torch.no_grad():
+        cond = {"class_labels": _onehot([0, 1, 2])}
+        out = samplers.sample(denoiser, x, sigmas, sampler, seeds=seeds, cond=cond)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_fresh_dit_denoises_to_c_skip_x():
+    denoiser = Precond(DiT(in_channels=1, resolution=8, **TINY))
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 2.0])
+    expected = denoiser.scheme.c_skip(sigma).reshape(-1, 1, 1, 1) * x
+    assert torch.equal(denoiser(x, sigma), expected)
+
+
+@pytest.mark.parametrize("patch", [3, 0])
+def test_bad_patch_size_is_a_one_line_value_error(patch):
+    with pytest.raises(ValueError, match="patch_size") as info:
+        DiT(in_channels=1, resolution=8, patch_size=patch, **TINY)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# edm train --arch dit, and the checkpoint it writes
+
+
+DIT_FLAGS = ["--arch", "dit", "--steps", "3", "--batch", "8", "--width", "32", "--depth", "1", "--heads", "2",
+             "--patch", "2", "--no-progress"]
+
+
+def test_cli_trains_a_dit_that_generate_samples_and_resume_continues(tmp_path):
+    from PIL import Image
+
+    from tools.generate import cli as generate_cli
+    from tools.train_cli import train as train_command
+
+    run = tmp_path / "run"
+    result = invoke(train_command, "--data", "digits", "--outdir", run, *DIT_FLAGS)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "network.json").read_text())
+    assert config["network"]["name"] == "dit"
+    assert config["network"]["kwargs"] == {"in_channels": 1, "out_channels": 1, "resolution": 8,
+                                           "num_classes": 10, "patch_size": 2, "depth": 1, "width": 32,
+                                           "heads": 2, "label_dropout": 0.1}
+    assert "--arch dit" in config["command"] and "--channels" not in config["command"]
+
+    out = tmp_path / "images"
+    result = invoke(generate_cli.generate, "--no-progress", "--device", "cpu",
+                    "--model", run / "network.json", "--outdir", out, "--seeds", "0-2", "--steps", "3",
+                    "--sampler", "heun")
+    assert result.exit_code == 0, result.output
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 3 and all(Image.open(p).size == (8, 8) for p in pngs)
+
+    result = invoke(train_command, "--resume", run, "--steps", "4", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "network.json").read_text())["training"]["step"] == 4
+
+
+@pytest.mark.parametrize("args, flag", [(["--arch", "dit", "--channels", "8"], "--channels"),
+                                        (["--arch", "dit", "--channel-mult", "1"], "--channel-mult"),
+                                        (["--patch", "2"], "--patch"),
+                                        (["--arch", "unet", "--width", "32"], "--width")])
+def test_cli_refuses_the_other_architectures_flags(tmp_path, args, flag):
+    from tools.train_cli import train as train_command
+
+    result = invoke(train_command, "--outdir", tmp_path / "run", "--steps", "1", *args)
+    assert result.exit_code == 2, result.output
+    assert [line.startswith(f"Error: {flag} ") for line in error_lines(result)] == [True]
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bad_patch_is_a_usage_error(tmp_path):
+    from tools.train_cli import train as train_command
+
+    result = invoke(train_command, "--outdir", tmp_path / "run", "--steps", "1", "--arch", "dit",
+                    "--patch", "3", "--width", "32", "--heads", "2", "--no-progress")
+    assert result.exit_code == 2 and "patch_size 3" in result.output
+    assert len(error_lines(result)) == 1 and not (tmp_path / "run").exists()
+
+
+def test_checkpoints_without_a_dit_load_as_before():
+    from edm.checkpoint import load_checkpoint
+    from tools.models.checkpoint import builtin_path
+
+    assert load_checkpoint(builtin_path("digits")).config["network"]["name"] == "unet"
