@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .networks import _zero, noise_embedding, register_network
+from .networks import _zero, condition_vector, noise_embedding, register_network
 
 __all__ = ["DiT", "patchify", "unpatchify", "sincos_2d"]
 
@@ -163,34 +163,11 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(width, patch_size * patch_size * out_channels)
 
-    def condition(self, noise_labels: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
-        """``c = MLP(features(c_noise)) + W class_labels``, ``[B, width]``; the class is dropped with
-        probability ``label_dropout`` in training."""
-        weight = self.map_layer0.weight
-        noise_labels = torch.as_tensor(noise_labels, device=weight.device).reshape(-1)
-        if noise_labels.shape[0] == 1 and batch != 1:
-            noise_labels = noise_labels.expand(batch)
-        if noise_labels.shape[0] != batch:
-            raise ValueError(f"noise_labels has {noise_labels.shape[0]} entries for a batch of {batch}")
-        c = self.map_layer1(F.silu(self.map_layer0(self.map_noise(noise_labels).to(weight.dtype))))
-        if class_labels is None:
-            return c
-        if self.map_label is None:
-            raise ValueError("class_labels given to an unconditional network (num_classes=0)")
-        labels = class_labels.to(weight.dtype)
-        if labels.shape != (batch, self.num_classes):
-            raise ValueError(f"class_labels must have shape [{batch}, {self.num_classes}] (one-hot), "
-                             f"got {list(labels.shape)}")
-        if self.training and self.label_dropout:
-            keep = torch.rand(batch, 1, device=labels.device) >= self.label_dropout
-            labels = labels * keep.to(labels.dtype)
-        return c + self.map_label(labels)
-
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         R, p = self.resolution, self.patch_size
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (R, R):
             raise ValueError(f"expected input [B, {self.in_channels}, {R}, {R}], got {list(x.shape)}")
-        c = self.condition(noise_labels, class_labels, x.shape[0])
+        c = condition_vector(self, noise_labels, class_labels, x.shape[0])
         h = self.embed_patch(patchify(x, p)) + self.pos.to(x.dtype)
         for block in self.blocks:
             h = block(h, c)

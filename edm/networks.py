@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["register_network", "build_network", "list_networks", "noise_embedding", "UNet",
-           "unet_resolutions", "PositionalEmbedding", "FourierEmbedding"]
+__all__ = ["register_network", "build_network", "list_networks", "noise_embedding", "condition_vector",
+           "UNet", "unet_resolutions", "PositionalEmbedding", "FourierEmbedding"]
 
 _NETWORKS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -208,6 +208,31 @@ def noise_embedding(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown embedding {kind!r}; valid: fourier, positional")
 
 
+def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
+    """``MLP(features(c_noise)) + W class_labels``, ``[B, D]``, of a network holding ``map_noise``,
+    ``map_layer0/1``, ``map_label`` (None: unconditional), ``num_classes`` and ``label_dropout`` (the class
+    is dropped with that probability in training). One ``c_noise`` serves the whole batch."""
+    weight = net.map_layer0.weight
+    noise_labels = torch.as_tensor(noise_labels, device=weight.device).reshape(-1)
+    if noise_labels.shape[0] == 1 and batch != 1:
+        noise_labels = noise_labels.expand(batch)
+    if noise_labels.shape[0] != batch:
+        raise ValueError(f"noise_labels has {noise_labels.shape[0]} entries for a batch of {batch}")
+    c = net.map_layer1(F.silu(net.map_layer0(net.map_noise(noise_labels).to(weight.dtype))))
+    if class_labels is None:
+        return c
+    if net.map_label is None:
+        raise ValueError("class_labels given to an unconditional network (num_classes=0)")
+    labels = class_labels.to(weight.dtype)
+    if labels.shape != (batch, net.num_classes):
+        raise ValueError(f"class_labels must have shape [{batch}, {net.num_classes}] (one-hot), "
+                         f"got {list(labels.shape)}")
+    if net.training and net.label_dropout:
+        keep = torch.rand(batch, 1, device=labels.device) >= net.label_dropout
+        labels = labels * keep.to(labels.dtype)
+    return c + net.map_label(labels)
+
+
 @register_network("unet")
 class UNet(nn.Module):
     """EDM/ADM-style UNet backbone ``F(x, noise_labels, class_labels=None)``.
@@ -319,26 +344,7 @@ class UNet(nn.Module):
 
     def embed(self, noise_labels: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
         """The activated embedding ``silu(MLP(features(c_noise)) + W class_labels)``, ``[B, 4 C]``."""
-        weight = self.map_layer0.weight
-        noise_labels = torch.as_tensor(noise_labels, device=weight.device).reshape(-1)
-        if noise_labels.shape[0] == 1 and batch != 1:
-            noise_labels = noise_labels.expand(batch)
-        if noise_labels.shape[0] != batch:
-            raise ValueError(f"noise_labels has {noise_labels.shape[0]} entries for a batch of {batch}")
-        emb = self.map_noise(noise_labels).to(weight.dtype)
-        emb = self.map_layer1(F.silu(self.map_layer0(emb)))
-        if self.map_label is not None and class_labels is not None:
-            labels = class_labels.to(weight.dtype)
-            if labels.shape != (batch, self.num_classes):
-                raise ValueError(f"class_labels must have shape [{batch}, {self.num_classes}] (one-hot), "
-                                 f"got {list(labels.shape)}")
-            if self.training and self.label_dropout:
-                keep = torch.rand(batch, 1, device=labels.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
-            emb = emb + self.map_label(labels)
-        elif self.map_label is None and class_labels is not None:
-            raise ValueError("class_labels given to an unconditional network (num_classes=0)")
-        return F.silu(emb)
+        return F.silu(condition_vector(self, noise_labels, class_labels, batch))
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.resolution,) * 2:
