@@ -15,6 +15,7 @@ from tools.options import (
     STEERING_FLAGS,
     cli_errors,
     command,
+    flag_of,
     model_request,
     one_sampler,
     option,
@@ -52,8 +53,7 @@ SCHEDULE_NOT_TAKEN = (*_SOLVER_REFUSED, *PROMPT_FLAGS)
 def _not_taken(names, command: str, why: str) -> dict[str, str]:
     """Flag -> why ``command`` does not take it, for sampling flags it leaves out: typing one says so (instead
     of click's guess at a similar flag)."""
-    flags = [SAMPLING_PARAMS[name][1][0] for name in names]
-    return {flag: f"{command} does not take {flag}: {why}" for flag in flags}
+    return {flag_of(name): f"{command} does not take {flag_of(name)}: {why}" for name in names}
 
 
 SCHEDULE_NOT_TAKEN_WHY = _not_taken(SCHEDULE_NOT_TAKEN, "edm tune-schedule", "it tunes an image model's "

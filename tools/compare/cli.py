@@ -12,6 +12,7 @@ from tools.options import (
     command,
     detector_option,
     detector_weights_option,
+    flag_of,
     model_request,
     option,
     option_value,
@@ -69,7 +70,7 @@ def _merged_options(names: list[str], flags: dict, per_sampler: dict[str, dict])
     return merged
 
 
-@command("bench", not_taken={"--" + name.replace("_", "-"): why for name, why in NOT_TAKEN.items()})
+@command("bench", not_taken={flag_of(name): why for name, why in NOT_TAKEN.items()})
 @sampling_options(sampler="all", exclude=NOT_TAKEN, helps={
     "nfe": "The budgets compared at: denoiser evaluations per image, a list (e.g. 5,10,20); each sampler "
            "takes the most steps that fit (e.g. heun: 35 NFE = 18 steps)."})
