@@ -182,12 +182,18 @@ def test_cli_refuses_the_other_architectures_flags(tmp_path, args, flag):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_bad_patch_is_a_usage_error(tmp_path):
+@pytest.mark.parametrize("sizes, named", [
+    (["--patch", "3", "--width", "32", "--heads", "2"], "by --patch 3"),
+    (["--width", "30"], "(--width 30, --heads 4)"),
+    (["--width", "32", "--heads", "3"], "(--width 32, --heads 3)"),
+])
+def test_cli_bad_sizes_are_usage_errors_naming_the_flags(tmp_path, sizes, named):
     from tools.train_cli import train as train_command
 
-    result = invoke(train_command, "--outdir", tmp_path / "run", "--steps", "1", "--arch", "dit",
-                    "--patch", "3", "--width", "32", "--heads", "2", "--no-progress")
-    assert result.exit_code == 2 and "patch_size 3" in result.output
+    result = invoke(train_command, "--outdir", tmp_path / "run", "--steps", "1", "--arch", "dit", *sizes,
+                    "--no-progress")
+    assert result.exit_code == 2 and named in result.output, result.output
+    assert "patch_size" not in result.output
     assert len(error_lines(result)) == 1 and not (tmp_path / "run").exists()
 
 

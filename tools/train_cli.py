@@ -126,11 +126,17 @@ def train(**params):
             device=device, progress=params["progress"], command=canonical_command(recorded),
         )
     except ValueError as e:  # bad arguments, data or network options (e.g. --attn): exit 2
-        raise click.UsageError(one_line(e)) from None
+        # the DiT's size arguments as the flags that gave them (patch_size 3 -> --patch 3)
+        terms = DIT_TERMS if params["arch"] == "dit" else ()
+        raise usage_error(BadInput(one_line(e), terms=terms), typed={"patch_size": "--patch"}) from None
     except OSError as e:  # --outdir not creatable or writable, disk full while saving: exit 1
         raise click.ClickException(one_line(e)) from None
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s, loss {result.loss:.4f}; "
                f"model {result.checkpoint}.json, state {result.state}")
+
+
+#: the DiT arguments its errors name, each given by a flag of edm train
+DIT_TERMS = ("patch_size", "depth", "width", "heads")
 
 
 def _refuse_other_arch_flags(params: dict) -> None:
