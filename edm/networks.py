@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributed import SampleDropout, sample_rand
+
 __all__ = ["register_network", "build_network", "list_networks", "noise_embedding", "condition_vector",
            "UNet", "unet_resolutions", "PositionalEmbedding", "FourierEmbedding"]
 
@@ -128,7 +130,7 @@ class ResBlock(nn.Module):
         self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.affine = nn.Linear(emb_channels, 2 * out_channels)
         self.norm1 = _norm(out_channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SampleDropout(dropout)
         self.conv1 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -228,7 +230,7 @@ def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor 
         raise ValueError(f"class_labels must have shape [{batch}, {net.num_classes}] (one-hot), "
                          f"got {list(labels.shape)}")
     if net.training and net.label_dropout:
-        keep = torch.rand(batch, 1, device=labels.device) >= net.label_dropout
+        keep = sample_rand((batch, 1), device=labels.device) >= net.label_dropout  # rows of a global draw
         labels = labels * keep.to(labels.dtype)
     return c + net.map_label(labels)
 

@@ -25,6 +25,7 @@ resumed run continues bit for bit where the saved one stopped.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from . import dit  # noqa: F401  (registers "dit" in the network registry)
 from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, read_record, restore_optimizer
 from .data import Dataset, load_dataset
+from .distributed import BatchShare
 from .loss import EDMLoss
 from .networks import build_network
 from .precond import Precond
@@ -321,21 +323,31 @@ def train(
         if record is not None:
             _restore(record, tensors, net, ema, optimizer, generators, device)
             step = int(record["step"])
-        precond = Precond(net, "edm", sigma_data=options["sigma_data"])
+        share = BatchShare(device)  # this process's rows of each minibatch under torchrun (one process: all)
+        options["processes"] = share.world
+        precond = Precond(share.rows_of(net), "edm", sigma_data=options["sigma_data"])
         loss_fn = EDMLoss(P_mean=options["P_mean"], P_std=options["P_std"], sigma_data=options["sigma_data"])
         images = dataset.images.to(device)
         labels = dataset.labels.to(device) if dataset.labels is not None and dataset.num_classes else None
         batch = min(options["batch"], len(dataset))
+        share.check_batch(batch)
 
         def save():
-            config = _checkpoint_config(options, dataset, step, command, recent)
-            files = checkpoint_files(outdir / NETWORK_NAME, ema, config)
-            files += _state_files(outdir, step, options, net, ema, optimizer, generators, device)
-            _save(outdir, files)
-            return files[-1][0]
+            error = None
+            if share.is_main:  # one writer; the other ranks learn whether it succeeded
+                config = _checkpoint_config(options, dataset, step, command, recent)
+                files = checkpoint_files(outdir / NETWORK_NAME, ema, config)
+                files += _state_files(outdir, step, options, net, ema, optimizer, generators, device)
+                try:
+                    _save(outdir, files)
+                except OutdirError as e:
+                    error = e
+            if not share.all_ok(error is None):
+                raise error or OutdirError(errno.EIO, f"cannot save checkpoint in {outdir}: rank 0 failed")
+            return outdir / f"{STATE_NAME}.json"
 
         recent: list[float] = []
-        bar = _progress(progress, steps, step)
+        bar = _progress(progress and share.is_main, steps, step)
         state_path = outdir / f"{STATE_NAME}.json"
         try:
             while step < steps:
@@ -343,9 +355,11 @@ def train(
                 onehot = None
                 if labels is not None:
                     onehot = torch.nn.functional.one_hot(labels[index], dataset.num_classes).to(images.dtype)
-                loss = loss_fn(precond, images[index], labels=onehot, generator=generators["noise"]).mean()
+                loss = loss_fn(precond, images[index], labels=onehot, generator=generators["noise"])
+                loss = share.mean(loss)  # this rank's part of the global batch's mean
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                loss = share.reduce_gradients(net.parameters(), loss)  # summed over ranks
                 for group in optimizer.param_groups:
                     group["lr"] = _learning_rate(options, step)
                 optimizer.step()
@@ -356,7 +370,7 @@ def train(
                     for b_ema, b in zip(ema.buffers(), net.buffers()):
                         b_ema.copy_(b)
                 step += 1
-                recent.append(float(loss.detach()))
+                recent.append(loss)
                 del recent[:-100]
                 if bar is not None:
                     bar.update(1)
@@ -401,7 +415,7 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent) ->
     training.update({"step": step, "total_steps": options["total_steps"],
                      "kimg": round(step * options["batch"] / 1000, 3),
                      "loss": (sum(recent) / len(recent)) if recent else None,
-                     "torch": torch.__version__})
+                     "torch": torch.__version__, "processes": options.get("processes", 1)})
     return {"network": {"name": options["network"], "kwargs": options["network_kwargs"]},
             "precond": {"scheme": "edm", "params": {"sigma_data": options["sigma_data"]}},
             "data": data, "command": command, "seed": options["seed"], "training": training}

@@ -89,6 +89,7 @@ def train(**params):
 
     from edm.train import train as run_training
     from tools.device import resolve_device
+    from tools.ranks import Ranks
 
     if params["outdir"] is None and params["resume"] is None:
         raise click.UsageError("--outdir is required (unless --resume is given)")
@@ -116,21 +117,25 @@ def train(**params):
         if other != params["arch"]:
             recorded.update(dict.fromkeys(flags))
     network_kwargs = _network_kwargs(params, attn)
+    ranks = Ranks().start(device)  # under torchrun: data-parallel over the processes
     try:
-        result = run_training(
-            params["data"], params["outdir"], steps=params["steps"], kimg=params["kimg"],
-            batch=params["batch"], lr=params["lr"], warmup=params["warmup"],
-            ema_halflife_kimg=params["ema"], P_mean=params["p_mean"], P_std=params["p_std"],
-            sigma_data=params["sigma_data"], network=params["arch"], network_kwargs=network_kwargs,
-            seed=params["seed"], checkpoint_every=params["checkpoint_every"], resume=params["resume"],
-            device=device, progress=params["progress"], command=canonical_command(recorded),
-        )
+        with ranks:
+            result = run_training(
+                params["data"], params["outdir"], steps=params["steps"], kimg=params["kimg"],
+                batch=params["batch"], lr=params["lr"], warmup=params["warmup"],
+                ema_halflife_kimg=params["ema"], P_mean=params["p_mean"], P_std=params["p_std"],
+                sigma_data=params["sigma_data"], network=params["arch"], network_kwargs=network_kwargs,
+                seed=params["seed"], checkpoint_every=params["checkpoint_every"], resume=params["resume"],
+                device=device, progress=params["progress"], command=canonical_command(recorded),
+            )
     except ValueError as e:  # bad arguments, data or network options (e.g. --attn): exit 2
         # the DiT's size arguments as the flags that gave them (patch_size 3 -> --patch 3)
         terms = DIT_TERMS if params["arch"] == "dit" else ()
         raise usage_error(BadInput(one_line(e), terms=terms), typed={"patch_size": "--patch"}) from None
     except OSError as e:  # --outdir not creatable or writable, disk full while saving: exit 1
         raise click.ClickException(one_line(e)) from None
+    if ranks.rank != 0:
+        return
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s, loss {result.loss:.4f}; "
                f"model {result.checkpoint}.json, state {result.state}")
 
