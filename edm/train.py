@@ -20,6 +20,11 @@ Every random draw comes from generators seeded by ``seed`` (initialisation and d
 torch's global generator, forked so the caller's is untouched; minibatches and the loss's sigma and
 noise from their own generators), and all of them are saved, so a run is reproducible on CPU and a
 resumed run continues bit for bit where the saved one stopped.
+
+Under torchrun (a torch.distributed process group started by the caller, as ``edm train`` does) the
+loop is data-parallel with the same global ``batch``: every rank draws what one process draws and runs
+the network on its own rows of it (:mod:`edm.distributed`), so the weights are one process's to float
+round-off; only rank 0 writes files, and the checkpoint records the number of processes.
 """
 
 from __future__ import annotations
