@@ -117,7 +117,7 @@ def check_prompting(prompting: Prompting | None, model, resize) -> tuple[Any, Pr
                                f"{'a class' if model.num_classes else 'nothing'})", key)
         for key in ("width", "height"):
             if getattr(p, key) is not None:
-                c, h, w = model.shape
+                c, h, w = getattr(model, "image_shape", model.shape)  # a latent model's decoded size
                 raise BadInput(f"this model makes {w}x{h} images only (width x height)", key)
         return model, None
     if p.prompt is not None and p.prompts is not None:
