@@ -126,6 +126,15 @@ def test_png_bytes_with_the_pipelines_default_guidance(pipelines, tmp_path, name
     assert np.abs(ours.astype(int) - theirs).max() <= 1
 
 
+def test_dit_unconditional_takes_no_default_guidance(tiny_pipeline, tmp_path):
+    """The pipeline's default guidance needs the class: --unconditional samples the null class, w = 0."""
+    result = invoke(main, "generate", "--model", f"diffusers:{tiny_pipeline('dit')}", "--unconditional",
+                    "--steps", 3, "--seeds", 0, "--outdir", tmp_path, "--no-progress")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "edm-generate.json").read_text())
+    assert record["guidance"] == 0.0 and record["class"] is None
+
+
 @pytest.mark.parametrize("name", ["dit", "pixart"])
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
 def test_generic_samplers_run_on_them(tiny_pipeline, name, sampler):
