@@ -1,4 +1,4 @@
-"""What a text-to-image pipeline family declares, and the records its loading steps hand back.
+"""What a pipeline family declares, and the records its loading steps hand back.
 
 A family is one kind of diffusers pipeline saved with ``save_pretrained`` (Stable Diffusion 1.x/2.x, SDXL,
 SD3, DiT, PixArt, ...): the ``model_index.json`` class names it answers to, the components it needs, its

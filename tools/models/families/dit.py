@@ -9,8 +9,8 @@ What the denoiser reproduces of ``DiTPipeline.__call__`` (diffusers 0.42):
   ``num_embeds_ada_norm`` (1000 for ImageNet); an all-zero row is the null class, index ``classes``, the
   extra row of the network's label embedding that DiT trained with label dropout. The pipeline hard-codes
   the null class as 1000, the same index for every ImageNet DiT;
-- classifier-free guidance: the pipeline guides the eps half (the first ``in_channels`` channels; releases
-  before 0.10 guided the first 3 channels only) as ``uncond + guidance_scale (cond - uncond)``, and only
+- classifier-free guidance: the pipeline guides the eps half, all ``in_channels`` of it in 0.42 (older
+  releases guided the first 3 channels only), as ``uncond + guidance_scale (cond - uncond)``, and only
   when ``guidance_scale > 1``. On the eps mean that is this library's ``D + w (D - D_uncond)`` on x0 with
   ``w = guidance_scale - 1`` (x0 is affine in eps at a given x and sigma), so guidance is the generic
   classifier-free guidance with the null class as its negative, default ``w = 3`` (guidance_scale 4);
