@@ -1,5 +1,6 @@
-"""Tiny random-weight Stable Diffusion pipelines (1.x / 2.x, SDXL, SD3), built offline and saved with
-``save_pretrained``: the test doubles of the real checkpoints, with the real pipelines' scheduler configs.
+"""Tiny random-weight pipelines (Stable Diffusion 1.x / 2.x, SDXL, SD3, DiT, PixArt), built offline and
+saved with ``save_pretrained``: the test doubles of the real checkpoints, with the real pipelines' scheduler
+configs.
 
 Each builder seeds torch, builds the pipeline from tiny components, saves it to ``path`` and returns the
 in-memory pipeline (in float32, on the CPU). Sizes: latents of 4 channels and 8 x 8 at the default size,
@@ -11,11 +12,13 @@ Nothing here touches the network: the tokenizers are written from a vocabulary b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-__all__ = ["BUILDERS", "build_sd", "build_sd3", "build_sdxl", "byte_vocabulary", "random_unet2d",
+__all__ = ["BUILDERS", "DIT_CLASSES", "build_dit", "build_pixart", "build_sd", "build_sd3", "build_sdxl",
+           "byte_vocabulary", "random_unet2d",
            "save_unet_pipeline", "tiny_t5_tokenizer", "tiny_tokenizer"]
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -187,6 +190,72 @@ def build_sd3(path, shift: float = 3.0, t5: bool = False):
     return _save(pipe, path)
 
 
+#: the schedulers as DiT-XL-2-256 and PixArt-alpha / -Sigma ship them
+DIT_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001,
+                 "beta_end": 0.02, "beta_schedule": "linear", "trained_betas": None, "clip_sample": False,
+                 "set_alpha_to_one": True, "steps_offset": 0, "prediction_type": "epsilon"}
+PIXART_SCHEDULER = {"_class_name": "DPMSolverMultistepScheduler", "num_train_timesteps": 1000,
+                    "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "trained_betas": None,
+                    "prediction_type": "epsilon", "algorithm_type": "dpmsolver++", "solver_order": 2,
+                    "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False,
+                    "thresholding": False, "sample_max_value": 1.0, "dynamic_thresholding_ratio": 0.995,
+                    "timestep_spacing": "linspace", "steps_offset": 0, "use_karras_sigmas": False,
+                    "variance_type": None, "lambda_min_clipped": float("-inf")}
+#: DiT's classes: ImageNet's 1000 (its pipeline's null class is index 1000 whatever the model's count)
+DIT_CLASSES = 1000
+
+
+def build_dit(path, learned_sigma: bool = True):
+    """DiT (``DiTPipeline``): a tiny ``DiTTransformer2DModel`` (patch 2, 2 layers, 2 heads of 16, 1000
+    classes plus the null class), its output the eps mean and a learned variance (``learned_sigma``: 8
+    channels, else 4), the SD VAE's scaling, DiT-XL-2-256's DDIM scheduler and a few ``id2label`` names."""
+    import diffusers
+
+    torch.manual_seed(0)
+    transformer = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8 if learned_sigma else 4,
+        num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=DIT_CLASSES).eval()
+    with torch.no_grad():  # adaLN-Zero starts at zero: random modulations make the output depend on t and y
+        for name, param in transformer.named_parameters():
+            if "norm1.linear" in name or "proj_out" in name:
+                param.normal_(0, 0.2)
+    id2label = {"0": "tench, Tinca tinca", "1": "goldfish, Carassius auratus", "207": "golden retriever"}
+    pipe = diffusers.DiTPipeline(transformer=transformer, vae=_vae(),
+                                 scheduler=diffusers.DDIMScheduler.from_config(DIT_SCHEDULER),
+                                 id2label=id2label)
+    _save(pipe, path)
+    # save_pretrained leaves id2label out (DiTPipeline does not register it); DiT's hub index has it
+    index = Path(path) / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "id2label": id2label}, indent=2))
+    return pipe
+
+
+def build_pixart(path, sigma: bool = False, micro_conditions: bool = False):
+    """PixArt-alpha (``PixArtAlphaPipeline``), or PixArt-Sigma with ``sigma``: a tiny
+    ``PixArtTransformer2DModel`` (patch 2, 2 layers, 2 heads of 24: a width the size embeddings' thirds
+    divide; learned sigma: 8 output channels)
+    attending to a T5EncoderModel of width 48 (letter-level T5Tokenizer), the DPM-Solver scheduler PixArt
+    ships. ``micro_conditions``: the transformer's ``sample_size`` is 128, as PixArt-alpha 1024's, so the
+    alpha pipeline passes the resolution and aspect ratio (the images stay 16 x 16: the position embedding
+    follows the input size)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    transformer = diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=48, sample_size=128 if micro_conditions else 8, patch_size=2,
+        caption_channels=48, num_embeds_ada_norm=1000).eval()
+    with torch.no_grad():  # random modulations (adaLN-single starts near zero) so t and the text matter
+        for name, param in transformer.named_parameters():
+            if "adaln_single.linear" in name or "scale_shift_table" in name or "proj_out" in name:
+                param.normal_(0, 0.2)
+    cls = diffusers.PixArtSigmaPipeline if sigma else diffusers.PixArtAlphaPipeline
+    pipe = cls(tokenizer=tiny_t5_tokenizer(), text_encoder=_t5_encoder(48), vae=_vae(),
+               transformer=transformer,
+               scheduler=diffusers.DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER))
+    return _save(pipe, path)
+
+
 #: name -> builder(path) of each tiny pipeline the tests use (conftest's ``tiny_pipeline`` builds them once)
 BUILDERS = {
     "sd": build_sd,  # SD 1.x: PNDM, eps
@@ -194,6 +263,10 @@ BUILDERS = {
     "sdxl": build_sdxl,
     "sd3": build_sd3,  # shift 3, no T5
     "sd3_t5": lambda path: build_sd3(path, t5=True),
+    "dit": build_dit,  # DDIM, eps, learned sigma
+    "pixart": build_pixart,  # PixArt-alpha: DPM-Solver++, T5 of 120 tokens
+    "pixart_sigma": lambda path: build_pixart(path, sigma=True),  # T5 of 300 tokens
+    "pixart_micro": lambda path: build_pixart(path, micro_conditions=True),  # resolution, aspect ratio
 }
 
 

@@ -29,6 +29,9 @@ EXPECTED = [
     ("StableDiffusionInpaintPipeline", ("sd", 7.5)),
     ("StableDiffusionXLPipeline", ("sdxl", 5.0)),
     ("StableDiffusion3Pipeline", ("sd3", 7.0)),
+    ("DiTPipeline", ("dit", 4.0)),
+    ("PixArtAlphaPipeline", ("pixart", 4.5)),
+    ("PixArtSigmaPipeline", ("pixart", 4.5)),
 ]
 
 
@@ -44,7 +47,7 @@ def registry():
 
 
 def test_the_registered_families():
-    assert list(FAMILIES) == ["sd", "sdxl", "sd3"]
+    assert list(FAMILIES) == ["sd", "sdxl", "sd3", "dit", "pixart"]
     assert list(PIPELINES.items()) == EXPECTED
     for class_name, (name, _) in EXPECTED:
         assert for_pipeline(class_name) is FAMILIES[name]

@@ -352,7 +352,8 @@ def option_value(text: str):
 # The sampling options
 
 MODEL_HELP = ("The model: 'digits' (built in), a checkpoint NAME[.json|.safetensors], 'diffusers:DIR' (a "
-              "saved UNet2DModel and scheduler, or a Stable Diffusion 1.x/2.x, SDXL or SD3 pipeline), or an "
+              "saved UNet2DModel and scheduler, or a Stable Diffusion 1.x/2.x, SDXL, SD3, PixArt or DiT "
+              "pipeline), or an "
               "NVlabs network .pkl (needs --trust-pickle).")
 
 

@@ -117,7 +117,7 @@ def check_prompting(prompting: Prompting | None, model, resize) -> tuple[Any, Pr
                                f"{'a class' if model.num_classes else 'nothing'})", key)
         for key in ("width", "height"):
             if getattr(p, key) is not None:
-                c, h, w = model.shape
+                c, h, w = getattr(model, "image_shape", model.shape)  # a latent model's decoded size
                 raise BadInput(f"this model makes {w}x{h} images only (width x height)", key)
         return model, None
     if p.prompt is not None and p.prompts is not None:
@@ -132,10 +132,13 @@ def check_prompting(prompting: Prompting | None, model, resize) -> tuple[Any, Pr
                           conditioner=conditioner)
 
 
-def guidance_or_default(guidance, model, prompts: Prompts | None):
-    """``guidance`` as given; None is a text model's own default (its pipeline's guidance_scale - 1), and
-    0 (no guidance) for any other model."""
+def guidance_or_default(guidance, model, prompts: Prompts | None, steering=None):
+    """``guidance`` as given; None is the pipeline's own default (its guidance_scale - 1) for a text model,
+    and for a class-conditional pipeline (DiT) sampled with its class (``steering`` asks for neither
+    ``--unconditional`` nor ``--guide-model``); 0 (no guidance) for any other model."""
     if guidance is not None:
         return guidance
-    default = getattr(model, "default_guidance", None) if prompts is not None else None
-    return 0.0 if default is None else default
+    default = getattr(model, "default_guidance", None)
+    with_class = bool(getattr(model, "num_classes", 0)) and not (
+        steering is not None and (steering.unconditional or steering.guide_model is not None))
+    return default if default is not None and (prompts is not None or with_class) else 0.0

@@ -345,8 +345,8 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     run once on a 1x1 zero problem (checks its options) and the guided denoiser evaluated once on one
     sample (checks the model, its dtype on this device, the class and the guidance). The request's
     steering adds the guidance family, thresholding, editing and a corrector, checked against the model;
-    its prompting gives a text model its prompts and size; guidance None is a text model's own default
-    weight, else 0.
+    its prompting gives a text model its prompts and size; guidance None is a pipeline's own default
+    weight (a text model's, or a class-conditional pipeline's sampled with its class), else 0.
     """
     corrector_steps = _corrector_steps(request.steering)  # the flags' count: budgets include them
     choice = _choose_sampler(request, corrector_steps)
@@ -359,7 +359,7 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     if choice.kind == AUTO:
         choice = _auto_choice(model, request.nfe, corrector_steps)
     model, prompts = check_prompting(request.prompting, model, resize_model)
-    guidance = check_guidance(model, guidance_or_default(guidance, model, prompts))
+    guidance = check_guidance(model, guidance_or_default(guidance, model, prompts, steering))
     steer = check_steering(steering, model, guidance=guidance, class_label=request.class_label,
                            device=device, dtype=dtype, trust_pickle=request.trust_pickle, prompts=prompts)
     levels = _levels(choice, model, request)

@@ -73,8 +73,10 @@ def model_block(record: Mapping[str, Any]) -> str:
         rows.append(("files", ", ".join(str(f) for f in info["files"])))
     if info.get("pipeline"):
         rows += _pipeline_rows(info)
-        classes_row = ("conditioning", f"text: {', '.join(info.get('conditions') or [])} (--prompt, "
-                                       f"--negative-prompt; default --guidance {_guidance(info)})")
+        classes_row = (("classes", f"{classes} (class-conditional: --class 0..{classes - 1}; default "
+                                   f"--guidance {_guidance(info)})") if classes else
+                       ("conditioning", f"text: {', '.join(info.get('conditions') or [])} (--prompt, "
+                                        f"--negative-prompt; default --guidance {_guidance(info)})"))
     else:
         rows.append(("image shape", f"{channels} x {height} x {width} (channels x height x width)"))
         classes_row = ("classes", f"{classes} (class-conditional: --class 0..{classes - 1}, --guidance)"

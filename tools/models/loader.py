@@ -9,8 +9,9 @@ A *spec* is one of
 - ``digits`` (see :func:`list_builtin`): the checkpoint shipped in ``edm/weights``;
 - a checkpoint (``NAME``, ``NAME.json``, ``NAME.safetensors``, or a directory holding exactly one
   such pair), read by :func:`edm.checkpoint.load_checkpoint`, which never unpickles;
-- ``diffusers:DIR``: a Stable Diffusion 1.x/2.x, SDXL or SD3 pipeline saved with ``save_pretrained``
-  (``DIR/model_index.json``; :mod:`.pipelines`: a latent model with its VAE and text conditioner), or a
+- ``diffusers:DIR``: a Stable Diffusion 1.x/2.x, SDXL, SD3, PixArt or DiT pipeline saved with
+  ``save_pretrained`` (``DIR/model_index.json``; :mod:`.pipelines`: a latent model with its VAE and text
+  conditioner, or DiT's classes), or a
   diffusers ``UNet2DModel`` and its scheduler (``DIR/unet`` + ``DIR/scheduler`` as a pipeline saves them,
   or ``config.json`` + ``scheduler_config.json`` side by side in ``DIR``), wrapped in
   :class:`edm.DiscreteTimeDenoiser`;

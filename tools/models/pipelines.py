@@ -1,15 +1,18 @@
-"""Text-to-image pipelines saved with ``save_pretrained`` (a directory with ``model_index.json``): the
+"""Latent diffusion pipelines saved with ``save_pretrained`` (a directory with ``model_index.json``): the
 families registered in :mod:`.families`, Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``, and the
-img2img / inpainting indexes of a 4-channel UNet), SDXL (``StableDiffusionXLPipeline``) and SD3
-(``StableDiffusion3Pipeline``).
+img2img / inpainting indexes of a 4-channel UNet), SDXL (``StableDiffusionXLPipeline``), SD3
+(``StableDiffusion3Pipeline``), PixArt (``PixArtAlphaPipeline``, ``PixArtSigmaPipeline``) and the
+class-conditional DiT (``DiTPipeline``).
 
 :func:`load_pipeline` does what every family shares: it reads the index, picks the family by the index's
 ``_class_name``, checks the components are there, loads the denoiser network, the VAE
 (:class:`~.autoencoder.VAE`) and the scheduler config, and builds the :class:`~.base.LoadedModel` with its
 info record. The family says the rest: which components it needs, how its network becomes an EDM denoiser
-on the VAE's scaled latents (a UNet through :class:`edm.DiscreteTimeDenoiser`, the SD3 transformer through
-:class:`edm.flow.FlowDenoiser`) and its text conditioner (:mod:`.text`). The denoiser takes the
-conditioner's keyword arguments, ``D(x, sigma, **conditioner.encode(prompts, height=, width=))``.
+on the VAE's scaled latents (a UNet, DiT or PixArt transformer through :class:`edm.DiscreteTimeDenoiser`,
+the SD3 transformer through :class:`edm.flow.FlowDenoiser`) and its text conditioner (:mod:`.text`). The
+denoiser takes the conditioner's keyword arguments, ``D(x, sigma, **conditioner.encode(prompts, height=,
+width=))``; a class-conditional family's (DiT's) takes one-hot ``class_labels`` instead, as every
+class-conditional model here (:class:`~.base.LabelledDenoiser`), and has no conditioner.
 
 What is *not* taken from the pipeline: its sampling loop. The scheduler's timestep spacing, offsets, Karras
 options and the like are recorded in ``info["scheduler"]["ignored"]`` (the sampler and schedule are this
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 from samplers.protocol import forward_attribute
 from tools.common import BadInput
 
-from .base import LoadedModel, ModelError
+from .base import LabelledDenoiser, LoadedModel, ModelError
 from .diffusers import PREFIX, read_json
 from .families import PIPELINES, for_pipeline
 from .families.base import Denoising, Geometry, PipelineFamily
@@ -162,16 +165,21 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
                          "networks are supported")
     denoising = family.scheduler.denoiser(family.backbone(net), scheduler, geometry, dtype)
     guidance_scale = family.pipelines[saved.class_name]
+    num_classes = family.classes(net)
+    if num_classes:  # class-conditional (DiT): this library's one-hot labels
+        denoiser = LabelledDenoiser(denoising.inner, num_classes, family.class_arguments(net))
+    else:
+        denoiser = PipelineDenoiser(denoising.inner, conditioner.keys)
     return LoadedModel(
-        denoiser=PipelineDenoiser(denoising.inner, conditioner.keys),
+        denoiser=denoiser,
         shape=geometry.shape,
-        num_classes=0,
+        num_classes=num_classes,
         sigma_min=float(denoising.inner.sigma_min),
         sigma_max=float(denoising.inner.sigma_max),
         sigmas=denoising.sigmas,
         kind="diffusers",
         source=saved.source,
-        info=_info(family, saved, scheduler, vae, conditioner, denoising, geometry),
+        info=_info(family, saved, scheduler, vae, conditioner, denoising, geometry, num_classes),
         threshold=denoising.threshold,
         autoencoder=vae,
         conditioner=conditioner,
@@ -180,7 +188,7 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
 
 
 def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile, vae, conditioner,
-          denoising: Denoising, geometry: Geometry) -> dict:
+          denoising: Denoising, geometry: Geometry, num_classes: int) -> dict:
     """The loaded model's info record (``edm info --json``)."""
     image = vae.image_shape(geometry.shape)
     info = {
@@ -197,7 +205,7 @@ def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile
         "max_latent_size": geometry.max_latent,
         "patch_size": geometry.patch,
         "encoders": saved.encoders,
-        "conditions": list(conditioner.keys),
+        "conditions": ["class_labels"] if num_classes else list(conditioner.keys),
         "guidance_scale": family.pipelines[saved.class_name],
         "scheduler_config": scheduler.config,
         "scheduler": family.scheduler.settings(scheduler.config, denoising.ignored),

@@ -86,7 +86,7 @@ class SavedPipeline:
 
     ``source`` is what the model is called in messages and records (``root`` when None). ``encoders`` maps
     each loaded text encoder's component name to its class name; ``counts`` each loaded network's component
-    name to its parameter count.
+    name to its parameter count; ``networks`` each denoiser network loaded by :meth:`network`.
     """
 
     def __init__(self, root: Path, index: dict, *, device, dtype: torch.dtype, source: str | None = None):
@@ -98,6 +98,7 @@ class SavedPipeline:
         self.source = source or str(self.root)
         self.encoders: dict[str, str] = {}
         self.counts: dict[str, int] = {}
+        self.networks: dict[str, nn.Module] = {}
 
     @property
     def class_name(self):
@@ -189,6 +190,7 @@ class SavedPipeline:
             raise ModelError(f"{self.root / name}: a {type(net).__name__}; {self.class_name} needs a "
                              f"{expected}")
         self.counts[name] = parameter_count(net)
+        self.networks[name] = net
         return net
 
     def vae(self):

@@ -13,9 +13,14 @@ SDXLConditioner    ``encoder_hidden_states`` [B, 77, hidden_1 + hidden_2]: the p
 SD3Conditioner     ``encoder_hidden_states`` [B, 77 + 256, joint_attention_dim]: both CLIPs' penultimate
                    hidden states side by side, zero-padded to the T5 width, then T5's last hidden states
                    (zeros when the pipeline has no T5); ``pooled_projections`` [B, proj_1 + proj_2]
+PixArtConditioner  ``encoder_hidden_states`` [B, max_sequence_length, d_model]: T5's last hidden states of
+                   the prompt lowercased and stripped, padded to 120 (alpha) / 300 (Sigma) tokens, with
+                   its ``encoder_attention_mask`` [B, max_sequence_length]; with the transformer's micro-
+                   conditions also ``resolution`` [B, 2] (height, width) and ``aspect_ratio`` [B, 1]
 =================  ===================================================================================
 
-A prompt of ``None`` is the pipeline's default negative prompt: the empty prompt, or, for SDXL saved with
+A prompt of ``None`` is the pipeline's default negative prompt: the empty prompt (PixArt's default too), or,
+for SDXL saved with
 ``force_zeros_for_empty_prompt``, all-zero hidden states and pooled embedding. Prompts longer than a
 tokenizer's ``model_max_length`` are truncated, as diffusers truncates them (:meth:`truncated` tells which).
 """
@@ -27,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["SD3Conditioner", "SDConditioner", "SDXLConditioner"]
+__all__ = ["PixArtConditioner", "SD3Conditioner", "SDConditioner", "SDXLConditioner"]
 
 
 def _check_prompts(prompts) -> list[str | None]:
@@ -207,3 +212,44 @@ class SD3Conditioner(_Conditioner):
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return {"encoder_hidden_states": torch.cat([clip, t5], dim=-2),
                 "pooled_projections": torch.cat(pooled, dim=-1)}
+
+
+class PixArtConditioner(_Conditioner):
+    """PixArt-alpha / -Sigma: ``encoder_hidden_states`` [B, L, d_model] and ``encoder_attention_mask`` [B, L]
+    (int64) of one T5 encoder, ``L = max_sequence_length``; with ``micro_conditions`` (a transformer with
+    ``use_additional_conditions``, PixArt-alpha 1024's) also ``resolution`` [B, 2] = (height, width) of the
+    image and ``aspect_ratio`` [B, 1] = height / width, in the encoder's dtype.
+
+    As the pipelines' ``encode_prompt`` with ``clean_caption=False`` (what they do without ``bs4`` and
+    ``ftfy`` installed, too): each prompt lowercased and stripped, tokenized with special tokens, padded and
+    truncated to ``L``, encoded with its attention mask. ``None`` is the pipelines' default negative prompt,
+    the empty one.
+    """
+
+    def __init__(self, tokenizer, text_encoder, *, max_sequence_length: int, micro_conditions: bool = False):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.tokenizers = [tokenizer]
+        self.max_sequence_length = int(max_sequence_length)
+        self.micro_conditions = bool(micro_conditions)
+        self.keys = ("encoder_hidden_states", "encoder_attention_mask") + (
+            ("resolution", "aspect_ratio") if self.micro_conditions else ())
+
+    def truncated(self, prompt: str) -> bool:
+        return len(self.tokenizer(prompt.lower().strip(), verbose=False).input_ids) > self.max_sequence_length
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str | None], *, height: int, width: int) -> dict[str, Tensor]:
+        texts = [(p if p is not None else "").lower().strip() for p in _check_prompts(prompts)]
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.max_sequence_length,
+                                truncation=True, add_special_tokens=True, return_tensors="pt")
+        device, dtype = _device(self.text_encoder), _dtype(self.text_encoder)
+        mask = tokens.attention_mask.to(device)
+        states = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].to(dtype)
+        cond = {"encoder_hidden_states": states, "encoder_attention_mask": mask}
+        if self.micro_conditions:
+            batch = len(texts)
+            cond["resolution"] = torch.tensor([[height, width]], dtype=dtype, device=device).repeat(batch, 1)
+            cond["aspect_ratio"] = torch.tensor([[float(height / width)]], dtype=dtype,
+                                                device=device).repeat(batch, 1)
+        return cond

@@ -12,7 +12,8 @@ and turns them into what :func:`samplers.sample` needs to reproduce that schedul
 
 * sigma space (Euler, Heun, Euler ancestral, LMS, KDPM2): the state is our ``x = x0 + sigma n``; the start
   is ``init_noise_sigma * latent``, i.e. ``sigma_max`` with ``timestep_spacing`` linspace / trailing and
-  ``sqrt(sigma_max^2 + 1)`` otherwise (diffusers' rule, kept as it is); the end is x itself.
+  ``sqrt(sigma_max^2 + 1)`` otherwise (diffusers' rule, kept as it is); the end is x itself. (DiTPipeline
+  runs these schedulers on another state, see ``sigma_space`` of :func:`diffusers_plan`.)
 * VP (DDIM, DPM-Solver, UniPC): the state is ``x_t = sqrt(abar) x``, starting at ``latent``; the start is
   ``sqrt(1 + sigma_max^2) latent`` and the end ``x_t = x / sqrt(1 + sigma_end^2)`` (1 at sigma 0).
 * flow (FlowMatch*, DPM-Solver / UniPC with ``use_flow_sigmas``): the state is ``x_t = (1 - t) x`` with
@@ -162,9 +163,11 @@ def _set_timesteps(scheduler, name: str, steps: int, mu: float | None) -> None:
 
 
 def diffusers_plan(scheduler_config: Mapping, sampler: str, steps: int, *, flow: bool = False,
-                   mu: float | None = None) -> DiffusersPlan:
+                   mu: float | None = None, sigma_space: str | None = None) -> DiffusersPlan:
     """The plan that makes ``sampler`` reproduce its diffusers counterpart on a model with this scheduler
-    config (``flow``: a flow-matching model; ``mu``: Flux's dynamic shift, where the config asks for it)."""
+    config (``flow``: a flow-matching model; ``mu``: Flux's dynamic shift, where the config asks for it).
+    ``sigma_space``: None, or why the model's pipeline cannot run a sigma-space scheduler (Euler, Heun, ...)
+    as that scheduler's loop (DiTPipeline's), which makes their counterparts a ValueError."""
     steps = _check_steps(steps)
     counterparts = FLOW_COUNTERPARTS if flow else COUNTERPARTS
     if sampler not in counterparts:
@@ -189,6 +192,10 @@ def diffusers_plan(scheduler_config: Mapping, sampler: str, steps: int, *, flow:
     if flow:
         return _flow_plan(scheduler, name, sampler, steps)
     if name in _SIGMA_SPACE:
+        if sigma_space is not None:
+            vp = ", ".join(sorted(k for k, v in COUNTERPARTS.items() if v in _VP_STATE))
+            _fail(f"{name}: {sigma_space}, so its image is no sampler's: not reproducible (--schedule "
+                  f"diffusers reproduces {vp} on it)")
         return _sigma_space_plan(scheduler, name)
     return _vp_plan(scheduler, name, sampler, steps)
 

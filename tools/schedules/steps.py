@@ -118,7 +118,8 @@ def diffusers_schedule(model, sampler: str, steps: int, sigma_min=None, sigma_ma
     if flow and config.get("use_dynamic_shifting"):
         mu = dynamic_shift_mu(config, model.shape, int(info.get("patch_size", 1)))
     try:
-        return diffusers_plan(config, sampler, steps, flow=flow, mu=mu)
+        return diffusers_plan(config, sampler, steps, flow=flow, mu=mu,
+                              sigma_space=info.get("sigma_space_loop"))
     except ValueError as e:
         raise BadInput(one_line(e), "schedule") from None
 

@@ -1,5 +1,6 @@
-"""Text-to-image pipeline families: each a :class:`~.base.PipelineFamily` in a module of its own,
-registered by name in :mod:`.registry` when this package imports it.
+"""Pipeline families (text-to-image, and DiT's class-conditional one): each a
+:class:`~.base.PipelineFamily` in a module of its own, registered by name in :mod:`.registry` when this
+package imports it.
 
 Adding a family: a module here with a ``PipelineFamily`` subclass under ``@register`` (its pipeline class
 names and guidance scales, components, network, scheduler kind, backbone and conditioner), and its import
@@ -11,7 +12,7 @@ from .registry import FAMILIES, PIPELINES, for_pipeline, register
 # Importing a family module registers it. This order is the registration order, which messages list the
 # supported pipelines in: isort must keep it.
 # isort: off
-from . import sd, sdxl, sd3  # noqa: F401
+from . import sd, sdxl, sd3, dit, pixart  # noqa: F401
 # isort: on
 
 __all__ = ["FAMILIES", "PIPELINES", "for_pipeline", "register"]

@@ -1,8 +1,9 @@
-"""What a text-to-image pipeline family declares, and the records its loading steps hand back.
+"""What a pipeline family declares, and the records its loading steps hand back.
 
 A family is one kind of diffusers pipeline saved with ``save_pretrained`` (Stable Diffusion 1.x/2.x, SDXL,
-SD3, ...): the ``model_index.json`` class names it answers to, the components it needs, its denoiser
-network and how that network becomes an EDM denoiser, and its text conditioner. The work every family
+SD3, DiT, PixArt, ...): the ``model_index.json`` class names it answers to, the components it needs, its
+denoiser network and how that network becomes an EDM denoiser, and its text conditioner (or, for a
+class-conditional pipeline such as DiT, its classes). The work every family
 shares (reading the index, loading components and the VAE, building the loaded model and its info record)
 is done once by the pipeline loader, which asks the family only for what differs.
 """
@@ -96,7 +97,8 @@ class PipelineFamily:
         optional: components it uses when the index names them (they may be null).
         scheduler: the :class:`SchedulerKind` that makes the network's backbone a denoiser.
 
-    A family defines :meth:`backbone` and :meth:`conditioner`; :meth:`geometry` (a UNet's by default),
+    A family defines :meth:`backbone` and :meth:`conditioner` (None for a class-conditional family, which
+    defines :meth:`classes` and :meth:`class_arguments` instead); :meth:`geometry` (a UNet's by default),
     :meth:`info_fields` (none by default) and :meth:`info_rows` (the rows every pipeline shows) where it
     differs.
     """
@@ -118,6 +120,17 @@ class PipelineFamily:
     def conditioner(self, saved: SavedPipeline, network: nn.Module):
         """The text conditioner (``keys``, ``encode(prompts, height=, width=)``), its tokenizers and
         encoders loaded through ``saved``; ModelError when they do not fit ``network``."""
+        raise NotImplementedError
+
+    def classes(self, network: nn.Module) -> int:
+        """How many classes the network takes (a class-conditional family, whose :meth:`conditioner` is
+        None); 0, the default, for a text-conditioned one."""
+        return 0
+
+    def class_arguments(self, network: nn.Module):
+        """A class-conditional family's ``convert(labels) -> keyword arguments`` of its backbone for checked
+        ``[B, classes]`` one-hot labels (all-zero rows: the unconditional input), as
+        :class:`~tools.models.base.LabelledDenoiser` takes it."""
         raise NotImplementedError
 
     def geometry(self, config) -> Geometry:
