@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import edm
 import samplers
 from _support import error_lines, invoke
 from edm import Precond
@@ -202,3 +204,45 @@ def test_checkpoints_without_a_dit_load_as_before():
     from tools.models.checkpoint import builtin_path
 
     assert load_checkpoint(builtin_path("digits")).config["network"]["name"] == "unet"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The embedded class-conditional DiT, digits-dit
+
+
+def test_shipped_digits_dit_is_documented_and_matches_digits_budget():
+    """digits-dit was trained by `edm train --arch dit` on the same data, steps and batch as digits."""
+    weights = Path(edm.__file__).parent / "weights"
+    dit_config, unet_config = (json.loads((weights / f"{name}.json").read_text())
+                               for name in ("digits-dit", "digits"))
+    assert dit_config["command"].startswith("edm train --data digits ")
+    assert "--arch dit" in dit_config["command"]
+    assert dit_config["network"]["name"] == "dit" and dit_config["data"] == unet_config["data"]
+    for key in ("step", "batch", "ema_halflife_kimg"):
+        assert dit_config["training"][key] == unet_config["training"][key], key
+    size = sum((weights / f"digits-dit.{suffix}").stat().st_size for suffix in ("json", "safetensors"))
+    assert size < 5_000_000
+
+
+@pytest.mark.slow
+def test_shipped_digits_dit_samples_have_the_requested_class():
+    """500 samples (50 per class, heun 18 steps, no guidance) classified by an SVM fitted on the real digits;
+    bench/results/digits_dit.md measures the same on 2000 seeds."""
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    from tools.models import load_model
+
+    digits = load_digits()
+    classifier = SVC(gamma=0.001, C=10.0).fit(digits.data, digits.target)
+    model = load_model("digits-dit")
+    seeds = list(range(500))
+    classes = torch.tensor([s // 50 for s in seeds])
+    sigmas = samplers.schedules.get("karras")(18, model.sigma_min, model.sigma_max, rho=7.0)
+    x = samplers.noise.latents(seeds, model.shape) * sigmas[0]
+    with torch.no_grad():
+        images = samplers.sample(model.denoiser, x, sigmas, "heun", seeds=seeds,
+                                 cond={"class_labels": torch.nn.functional.one_hot(classes, 10).float()})
+    pixels = ((images.double() + 1.0) * 8.0).clamp(0, 16).flatten(1).numpy()
+    accuracy = float((classifier.predict(pixels) == classes.numpy()).mean())
+    assert accuracy >= 0.93, accuracy

@@ -16,7 +16,9 @@ __all__ = ["BUILTIN", "builtin_path", "claims", "identity", "list_builtin", "loa
 #: built-in name -> checkpoint stem relative to the edm package
 BUILTIN = {"digits": Path("weights") / "digits",
            # the weaker digits model autoguidance guides with (bench/results/digits_weak.md)
-           "digits-weak": Path("weights") / "digits-weak"}
+           "digits-weak": Path("weights") / "digits-weak",
+           # a class-conditional DiT, same data and budget as digits (bench/results/digits_dit.md)
+           "digits-dit": Path("weights") / "digits-dit"}
 
 
 def list_builtin() -> list[str]:
