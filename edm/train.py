@@ -34,6 +34,7 @@ import errno
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -300,6 +301,8 @@ def train(
         raise ValueError(f"steps (or kimg) must be given and >= 0, got {steps}")
     options["total_steps"] = int(steps)
     _check_options(options, checkpoint_every)
+    if record is not None:  # the run's own recipe, not the resuming command line, reproduces its weights
+        command = continued_command(Path(outdir), options["total_steps"]) or command
 
     dataset = load_dataset(options["data"])
     if options["sigma_data"] == "auto":
@@ -389,6 +392,21 @@ def train(
                 bar.close()
     loss_value = sum(recent) / len(recent) if recent else float("nan")
     return TrainResult(step, loss_value, outdir / NETWORK_NAME, state_path, time.perf_counter() - started)
+
+
+def continued_command(outdir: Path, steps: int) -> str | None:
+    """The command recorded by the run in ``outdir``, its length set to ``--steps steps``: the recipe that
+    trains a resumed run's weights from scratch (resuming is bit-exact). None if it recorded none."""
+    try:
+        command = json.loads((outdir / f"{NETWORK_NAME}.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(command, str) or not command:
+        return None
+    length = re.compile(r" --(?:steps|kimg) \S+")
+    if length.search(command):
+        return length.sub(f" --steps {steps}", command, count=1)
+    return f"{command} --steps {steps}"
 
 
 def _check_options(options: Mapping, checkpoint_every) -> None:

@@ -246,3 +246,24 @@ def test_shipped_digits_dit_samples_have_the_requested_class():
     pixels = ((images.double() + 1.0) * 8.0).clamp(0, 16).flatten(1).numpy()
     accuracy = float((classifier.predict(pixels) == classes.numpy()).mean())
     assert accuracy >= 0.93, accuracy
+
+
+def test_a_resumed_run_records_its_own_recipe_which_retrains_it_bit_for_bit(tmp_path):
+    """`--resume RUN --steps N` records the run's command with --steps N (not the resuming line, whose
+    unset flags are the defaults of another network), and that command trains the same weights."""
+    from safetensors.torch import load_file
+
+    from tools.train_cli import train as train_command
+
+    run, fresh = tmp_path / "run", tmp_path / "fresh"
+    assert invoke(train_command, "--data", "digits", "--outdir", run, *DIT_FLAGS).exit_code == 0
+    first = json.loads((run / "network.json").read_text())["command"]
+    result = invoke(train_command, "--resume", run, "--steps", "5", "--no-progress")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((run / "network.json").read_text())["command"]
+    assert recorded == first.replace("--steps 3", "--steps 5") and "--arch dit" in recorded
+    args = recorded.split()[2:]
+    args[args.index("--outdir") + 1] = str(fresh)
+    assert invoke(train_command, *args, "--no-progress").exit_code == 0
+    a, b = (load_file(folder / "network.safetensors") for folder in (run, fresh))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
