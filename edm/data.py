@@ -60,9 +60,14 @@ class Dataset:
 
 
 def load_dataset(spec) -> Dataset:
-    """The dataset ``"digits"``, or the folder / ``.npz`` / ``.npy`` at the path ``spec``."""
+    """The dataset ``"digits"``, ``"digits-text"`` (strings rendered on the fly: :mod:`edm.digits_text`), or
+    the folder / ``.npz`` / ``.npy`` at the path ``spec``."""
     if isinstance(spec, str) and spec == "digits":
         return load_digits()
+    if isinstance(spec, str) and spec == "digits-text":
+        from .digits_text import load_digits_text
+
+        return load_digits_text()
     path = Path(spec)
     if not path.exists():
         raise ValueError(f"dataset not found: {path} (give 'digits', an image folder, or a .npz/.npy file)")
