@@ -268,3 +268,91 @@ def test_train_unconditional_on_labelled_data(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((out / "network.json").read_text())
     assert config["condition"] == {"kind": "none"} and config["network"]["kwargs"]["num_classes"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shipped model through the front end
+
+
+def generate(*args):
+    return invoke(main, "generate", "--model", "digits-text", "--no-progress", "--steps", 6, *args)
+
+
+def pngs(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def test_generate_writes_8x40_pngs_per_seed_reproducibly(tmp_path):
+    from PIL import Image
+
+    one, four = tmp_path / "one", tmp_path / "four"
+    for folder, batch in ((one, 1), (four, 4)):
+        result = generate("--prompt", "2024", "--seeds", "0-3", "--batch", batch, "--outdir", folder)
+        assert result.exit_code == 0, result.output
+    images = pngs(one)
+    assert list(images) == [f"{s:06d}.png" for s in range(4)]
+    assert images == pngs(four)  # batch 1 and batch 4: the same bytes
+    with Image.open(one / "000000.png") as image:
+        assert image.size == (40, 8) and image.mode == "L"
+    record = json.loads((one / "edm-generate.json").read_text())
+    assert "2024" in json.dumps(record)
+
+
+def test_prompts_file_cycles_lines_over_seeds(tmp_path):
+    lines = ["7", "38", "905"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(lines) + "\n")
+    both = tmp_path / "file"
+    assert generate("--prompts", prompts, "--seeds", "0-4", "--outdir", both).exit_code == 0
+    written = pngs(both)
+    for k, seed in enumerate(range(5)):
+        alone = tmp_path / f"alone{seed}"
+        assert generate("--prompt", lines[k % 3], "--seeds", seed, "--outdir", alone).exit_code == 0
+        assert pngs(alone)[f"{seed:06d}.png"] == written[f"{seed:06d}.png"]
+
+
+def test_negative_prompt_and_guidance_change_the_image(tmp_path):
+    base, neg, w0 = tmp_path / "base", tmp_path / "neg", tmp_path / "w0"
+    assert generate("--prompt", "38", "--seeds", 1, "--outdir", base).exit_code == 0
+    assert generate("--prompt", "38", "--negative-prompt", "", "--seeds", 1, "--outdir", tmp_path / "empty"
+                    ).exit_code == 0
+    assert pngs(tmp_path / "empty") == pngs(base)  # the default negative is the empty prompt (null text)
+    assert generate("--prompt", "38", "--negative-prompt", "3", "--seeds", 1, "--outdir", neg).exit_code == 0
+    assert generate("--prompt", "38", "--guidance", 0, "--seeds", 1, "--outdir", w0).exit_code == 0
+    assert pngs(neg) != pngs(base) and pngs(w0) != pngs(base)
+
+
+@pytest.mark.parametrize("args, flag, fragment", [
+    ([], "--prompt", "give --prompt TEXT or --prompts FILE"),
+    (["--prompt", "123456"], "--prompt", "'123456' must be 1 to 5 digits"),
+    (["--prompt", "12a"], "--prompt", "'12a' must be 1 to 5 digits"),
+    (["--prompt", "12", "--negative-prompt", "x"], "--negative-prompt", "'x' must be 1 to 5 digits"),
+    (["--prompt", "12", "--class", 3], "--class", "takes no class"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, flag, fragment):
+    out = tmp_path / "out"
+    assert_usage_error(generate(*args, "--seeds", "0-1", "--outdir", out), flag, fragment)
+    assert not out.exists()
+
+
+def test_bad_prompts_file_line_names_the_flag(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("12\n1234567\n")
+    out = tmp_path / "out"
+    assert_usage_error(generate("--prompts", prompts, "--outdir", out), "--prompts", "'1234567'")
+    assert not out.exists()
+
+
+def test_prompt_on_the_class_model_is_refused(tmp_path):
+    out = tmp_path / "out"
+    result = invoke(main, "generate", "--model", "digits", "--prompt", "12", "--outdir", out, "--no-progress")
+    assert_usage_error(result, "--prompt", "takes no text")
+    assert not out.exists()
+
+
+def test_info_shows_the_text_model():
+    result = invoke(main, "info", "digits-text")
+    assert result.exit_code == 0, result.output
+    assert "1 x 8 x 40" in result.output
+    assert "text: 1 to 5 digits (--prompt" in result.output
+    assert "default --guidance" in result.output
