@@ -91,7 +91,12 @@ def _data_value(ctx, param, value):
               help="CPU threads for torch (1 is fastest on a busy machine) [default: torch's choice].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def train(**params):
-    """Train a class-conditional (when the data has labels) EDM UNet or DiT; write checkpoints to --outdir.
+    """Train an EDM UNet or DiT; write checkpoints to --outdir.
+
+    Conditioning (--cond) defaults from the data: text for a text dataset (digits-text: the network takes
+    the string through a small text encoder trained with it; --label-dropout drops the text to the null
+    text, for classifier-free guidance), class for a labelled one, else none; --cond none trains an
+    unconditional model on labelled data, and a kind the data cannot give is a usage error.
 
     Bad options exit with status 2; an --outdir that cannot be created or written (checked before
     training starts) or a failed checkpoint write (disk full) exits with status 1, leaving the
