@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["KINDS", "ALPHABET", "PAD", "POSITIONS", "tokenize", "null_tokens", "centred_positions",
-           "TextEncoder", "default_kind", "check_kind", "batch_condition"]
+__all__ = ["KINDS", "ALPHABET", "PAD", "tokenize", "null_tokens", "TextEncoder", "default_kind",
+           "check_kind", "batch_condition"]
 
 #: the conditioning kinds training knows
 KINDS = ("none", "class", "text")
@@ -64,41 +64,21 @@ def null_tokens(batch: int, length: int, pad: int = PAD) -> Tensor:
     return torch.full((batch, length), pad, dtype=torch.int64)
 
 
-#: how a :class:`TextEncoder` numbers the characters for its position embedding
-POSITIONS = ("index", "centred")
-
-
-def centred_positions(tokens: Tensor, pad: int) -> Tensor:
-    """Position ids of the characters of right-padded ``tokens [B, L]`` counted from the string's centre
-    in half characters: character ``i`` of ``k`` gets ``2 i - (k - 1) + (L - 1)`` (0 .. 2L-2; a string
-    drawn centred puts it at the same place whatever ``k``), a pad gets ``2L - 1``."""
-    length = tokens.shape[1]
-    k = (tokens != pad).sum(dim=1, keepdim=True)
-    i = torch.arange(length, device=tokens.device).expand_as(tokens)
-    return torch.where(i < k, 2 * i - (k - 1) + (length - 1), torch.full_like(tokens, 2 * length - 1))
-
-
 class TextEncoder(nn.Module):
     """``text_tokens [B, L] -> features [B, L, width]``: token embedding + learned position embedding, then
     ``layers`` pre-norm transformer layers (self-attention over the tokens + MLP) and a final LayerNorm.
 
-    ``vocab`` counts every id including the pad (the last id), so the null text has features of its own.
-    ``positions``: ``"index"`` embeds each token's index ``0 .. L-1``; ``"centred"`` its offset from the
-    string's centre (:func:`centred_positions`), the layout of text drawn centred, as ``digits-text``.
+    ``vocab`` counts every id including the pad, so the null text has features of its own.
     """
 
-    def __init__(self, vocab: int, length: int, width: int = 64, layers: int = 1, heads: int = 2,
-                 positions: str = "index"):
+    def __init__(self, vocab: int, length: int, width: int = 64, layers: int = 1, heads: int = 2):
         super().__init__()
         if min(vocab, length, width, heads) < 1 or layers < 0 or width % heads:
             raise ValueError(f"TextEncoder needs vocab, length, width, heads >= 1, layers >= 0 and width "
                              f"divisible by heads (width {width}, heads {heads})")
-        if positions not in POSITIONS:
-            raise ValueError(f"unknown text positions {positions!r}; valid: {', '.join(POSITIONS)}")
-        self.vocab, self.length, self.width, self.positions = int(vocab), int(length), int(width), positions
+        self.vocab, self.length, self.width = int(vocab), int(length), int(width)
         self.token = nn.Embedding(vocab, width)
-        rows = length if positions == "index" else 2 * length
-        self.position = nn.Parameter(torch.randn(rows, width) * 0.02)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
                                        batch_first=True, norm_first=True)
@@ -109,10 +89,7 @@ class TextEncoder(nn.Module):
         if tokens.ndim != 2 or tokens.shape[1] != self.length or tokens.is_floating_point():
             raise ValueError(f"text_tokens must be an integer tensor [B, {self.length}], "
                              f"got {tokens.dtype} {list(tokens.shape)}")
-        if self.positions == "index":
-            h = self.token(tokens) + self.position
-        else:
-            h = self.token(tokens) + self.position[centred_positions(tokens, self.vocab - 1)]
+        h = self.token(tokens) + self.position
         for layer in self.layers:
             h = layer(h)
         return self.norm(h)

@@ -67,7 +67,6 @@ class DigitsText:
     num_classes = 0
     class_names = None
     text_length = MAX_LENGTH
-    text_positions = "centred"  # strings are drawn centred: a character's place is its offset from the centre
     held_out = HELD_OUT
 
     def __init__(self, glyphs: Tensor, glyph_labels: Tensor):

@@ -159,8 +159,8 @@ class DiT(nn.Module):
         num_classes: 0 for an unconditional network, else the length of the one-hot ``class_labels``.
         label_dropout: probability of dropping a sample's class (training mode only), as the UNet.
         embedding: the noise level's features, ``"positional"`` or ``"fourier"``, as the UNet.
-        text_length, text_width, text_layers, text_positions: text conditioning as the UNet's
-            (``text_tokens``; pooled into ``c``, and cross-attention in every block).
+        text_length, text_width, text_layers: text conditioning as the UNet's (``text_tokens``; pooled
+            into ``c``, and cross-attention in every block).
         cond_channels: channels of a ``cond_image`` concatenated to the input, as the UNet's.
     """
 
@@ -180,7 +180,6 @@ class DiT(nn.Module):
         text_length: int = 0,
         text_width: int = 64,
         text_layers: int = 1,
-        text_positions: str = "index",
         cond_channels: int = 0,
     ):
         super().__init__()
@@ -207,7 +206,7 @@ class DiT(nn.Module):
         self.map_layer0 = nn.Linear(width, width)
         self.map_layer1 = nn.Linear(width, width)
         self.map_label = nn.Linear(num_classes, width, bias=False) if num_classes else None
-        text_modules(self, text_length, text_width, text_layers, width, text_positions)
+        text_modules(self, text_length, text_width, text_layers, width)
         cross = text_width if text_length else 0
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, cross) for _ in range(depth))
         self.final = FinalLayer(width, patch_size * patch_size * out_channels)

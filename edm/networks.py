@@ -280,8 +280,7 @@ def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor 
     return c + net.map_label(labels)
 
 
-def text_modules(net: nn.Module, text_length: int, text_width: int, text_layers: int, emb_channels: int,
-                 text_positions: str = "index"):
+def text_modules(net: nn.Module, text_length: int, text_width: int, text_layers: int, emb_channels: int):
     """Give ``net`` a text encoder (``net.text``) and the map of its pooled features into the conditioning
     vector (``net.map_text``) when ``text_length`` > 0; the attributes exist only then, so networks
     without text keep their state dicts."""
@@ -289,8 +288,7 @@ def text_modules(net: nn.Module, text_length: int, text_width: int, text_layers:
         raise ValueError(f"text_length must be >= 0, got {text_length}")
     net.text_length = int(text_length)
     if text_length:
-        net.text = TextEncoder(PAD + 1, text_length, text_width, text_layers, heads=max(text_width // 32, 1),
-                               positions=text_positions)
+        net.text = TextEncoder(PAD + 1, text_length, text_width, text_layers, heads=max(text_width // 32, 1))
         net.map_text = nn.Linear(text_width, emb_channels)
 
 
@@ -350,9 +348,8 @@ class UNet(nn.Module):
         channels_per_head: attention head width.
         text_length: 0 (no text), else the network takes ``text_tokens [B, text_length]``
             (:func:`edm.conditions.tokenize`), read by a :class:`~edm.conditions.TextEncoder` of
-            ``text_width`` channels and ``text_layers`` transformer layers, positions by ``text_positions``
-            (``"index"`` or ``"centred"``); the pooled features join the conditioning vector and every
-            block cross-attends to the token features.
+            ``text_width`` channels and ``text_layers`` transformer layers; the pooled features join the
+            conditioning vector and every block cross-attends to the token features.
         cond_channels: 0, else the network takes ``cond_image [B, cond_channels, H, W]``, concatenated
             to its input channels.
     """
@@ -374,7 +371,6 @@ class UNet(nn.Module):
         text_length: int = 0,
         text_width: int = 64,
         text_layers: int = 1,
-        text_positions: str = "index",
         cond_channels: int = 0,
     ):
         super().__init__()
@@ -415,7 +411,7 @@ class UNet(nn.Module):
         self.map_layer0 = nn.Linear(model_channels, emb_channels)
         self.map_layer1 = nn.Linear(emb_channels, emb_channels)
         self.map_label = nn.Linear(num_classes, emb_channels, bias=False) if num_classes else None
-        text_modules(self, text_length, text_width, text_layers, emb_channels, text_positions)
+        text_modules(self, text_length, text_width, text_layers, emb_channels)
 
         def block(cin, cout, level, attention=None):
             cross = (text_width, (height >> level, width >> level)) if text_length else None

@@ -112,7 +112,6 @@ def default_network_kwargs(dataset: Dataset, network: str = "unet", cond: str | 
               **_ARCH_DEFAULTS.get(network, {})}
     if cond == "text":
         kwargs["text_length"] = dataset.text_length
-        kwargs["text_positions"] = getattr(dataset, "text_positions", "index")
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if network == "unet":
         kwargs["channel_mult"] = [int(m) for m in kwargs["channel_mult"]]
