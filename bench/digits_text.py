@@ -56,8 +56,8 @@ ARGS_MODEL = ["digits-text"]  # --model (a checkpoint path measures another text
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 T = 1000
 #: seeds of each table row (all its CFG weights): fewer where a row costs more network calls
-TABLE_SEEDS = {"ddpm-1000": 10, "ddpm-250": 25, "ddpm-100": 50,
-               "ddim-100": 25, "ddim-50": 50, "ddim-20": 100, "ddim-10": 100}
+TABLE_SEEDS = {"ddpm-1000": 5, "ddpm-250": 10, "ddpm-100": 25,
+               "ddim-100": 10, "ddim-50": 25, "ddim-20": 50, "ddim-10": 100}
 BATCH = 250
 REFERENCE = Path(__file__).resolve().parents[1] / "tools" / "fid" / "refs" / "digits.npz"
 
