@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .conditions import ALPHABET
+from .data import load_digits, register_dataset
 
 __all__ = ["DigitsText", "HELD_OUT", "TRAIN_GLYPHS", "MAX_LENGTH", "HEIGHT", "WIDTH", "GLYPH",
            "column_of", "render", "is_digit_string", "load_digits_text"]
@@ -111,8 +112,7 @@ class DigitsText:
         return self._std
 
 
+@register_dataset("digits-text")
 def load_digits_text() -> DigitsText:
-    from .data import load_digits
-
     digits = load_digits()
     return DigitsText(digits.images[:TRAIN_GLYPHS], digits.labels[:TRAIN_GLYPHS])

@@ -37,7 +37,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import dit  # noqa: F401  (registers "dit" in the network registry)
+from . import (
+    digits_text,  # noqa: F401  (registers the "digits-text" dataset)
+    dit,  # noqa: F401  (registers "dit" in the network registry)
+)
 from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, read_record, restore_optimizer
 from .conditions import ALPHABET, batch_condition, check_kind, default_kind
 from .data import Dataset, load_dataset
