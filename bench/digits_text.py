@@ -18,8 +18,9 @@ is continuous-time (EDM preconditioning), so every sigma of the table is a level
 
 Measures per unit: per-character accuracy (each 8x8 cell at its column, ``edm.digits_text.column_of``,
 classified by the digits detector of ``edm fid``, argmax of its logits), whole-string accuracy (every
-cell right), FD-digits of the cells against the shipped reference ``tools/fid/refs/digits.npz`` (all 1797
-digits; the detector's 64-d features), NFE per image (counted network calls, not guessed) and wall time.
+cell right), FD-digits of the cells against a class-matched reference (the detector's 64-d features of
+the 1797 real digits, each class's statistics mixed in the proportions of the asked characters:
+:func:`class_matched_reference`), NFE per image (counted network calls, not guessed) and wall time.
 
     PYTHONPATH=. python bench/digits_text.py [--num 500] [--units accept:7,table:ddim-10,...] \
         [--out DIR | --record]
@@ -56,10 +57,9 @@ ARGS_MODEL = ["digits-text"]  # --model (a checkpoint path measures another text
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 T = 1000
 #: seeds of each table row (all its CFG weights): fewer where a row costs more network calls
-TABLE_SEEDS = {"ddpm-1000": 5, "ddpm-250": 10, "ddpm-100": 25,
-               "ddim-100": 10, "ddim-50": 25, "ddim-20": 50, "ddim-10": 100}
+TABLE_SEEDS = {"ddpm-1000": 15, "ddpm-250": 25, "ddpm-100": 25,
+               "ddim-100": 25, "ddim-50": 25, "ddim-20": 50, "ddim-10": 100}
 BATCH = 250
-REFERENCE = Path(__file__).resolve().parents[1] / "tools" / "fid" / "refs" / "digits.npz"
 
 
 def ddpm_sigmas(steps: int) -> torch.Tensor:
@@ -135,6 +135,28 @@ def cells(images: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray,
 
 
 _DETECTOR = None
+_REAL = None
+
+
+def class_matched_reference(target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the detector features of the real digits (all 1797, through the generator's
+    uint8 mapping) mixed in the class proportions of ``target``: the statistics of real cells drawn for
+    the same characters. (A reference of all ten classes would charge a string of 7s for holding no 0.)"""
+    global _REAL
+    if _REAL is None:
+        from edm.data import load_digits
+
+        digits = load_digits()
+        images = torch.from_numpy(to_uint8(digits.images)).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            features = detector()(images).double().numpy()
+        labels = digits.labels.numpy()
+        _REAL = [(features[labels == c].mean(0), np.cov(features[labels == c], rowvar=False))
+                 for c in range(10)]
+    weights = np.bincount(target, minlength=10) / len(target)
+    mu = sum(w * m for w, (m, _) in zip(weights, _REAL))
+    second = sum(w * (s + np.outer(m, m)) for w, (m, s) in zip(weights, _REAL))
+    return mu, second - np.outer(mu, mu)
 
 
 def detector():
@@ -159,8 +181,8 @@ def score(images: np.ndarray, texts: list[str]) -> dict:
     right = predicted == target
     whole = np.ones(len(images), dtype=bool)
     np.logical_and.at(whole, owner, right)
-    with np.load(REFERENCE) as ref:
-        fd = frechet_distance(features.mean(0), np.cov(features, rowvar=False), ref["mu"], ref["sigma"])
+    mu, sigma = class_matched_reference(target)
+    fd = frechet_distance(features.mean(0), np.cov(features, rowvar=False), mu, sigma)
     return {"images": len(images), "cells": len(target), "char_acc": float(right.mean()),
             "string_acc": float(whole.mean()), "fd_cells": float(fd)}
 
@@ -243,9 +265,11 @@ def report(folder: Path) -> str:
               "Cells: each 8x8 slot of the 8x40 image at the column its character is drawn in "
               "(a string of k characters starts at column 4(5-k)), classified by the digits detector "
               "(`edm fid`'s `digits` CNN, argmax). Whole string: every cell right. FD-digits: the detector's "
-              "features of all cells against the shipped reference `tools/fid/refs/digits.npz` (1797 real "
-              "digits); FD grows as n shrinks, compare rows of similar cell counts. NFE: network calls per "
-              "image counted (CFG doubles the evaluations: one batch of 2B per call).", ""]
+              "64-d features of all cells against the real digits (all 1797, through the same uint8 "
+              "mapping) with each class's mean and covariance mixed in the proportions of the asked "
+              "characters (class-matched: a reference of all ten classes would charge a string of 7s for "
+              "holding no 0); FD grows as n shrinks, compare rows of similar cell counts. NFE: network "
+              "calls per image counted (CFG doubles the evaluations: one batch of 2B per call).", ""]
     if accept:
         first = accept[0]
         lines += ["## Acceptance: held-out strings, the model's defaults", "",
