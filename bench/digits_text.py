@@ -309,6 +309,15 @@ def report(folder: Path) -> str:
             lines.append(f"| {r['sampler']} | {r['steps']} | {r['seeds']} | {nfe:g} | " + " | ".join(cols)
                          + " |")
         walls = [f"{r['sampler']}-{r['steps']} {sum(e['seconds'] for e in r['rows']):.0f} s" for r in rows]
+        means = []
+        for w in WEIGHTS:
+            found = [e for r in rows for e in r["rows"] if e["guidance"] == w]
+            if found:
+                means.append(f"w={w:g}: {np.mean([e['char_acc'] for e in found]):.1%} of cells, FD "
+                              f"{np.mean([e['fd_cells'] for e in found]):.1f}")
+        lines += ["", "Averaged over the rows: " + "; ".join(means) + ". Guidance buys the asked digit "
+                  "(w = 0.5 already fixes most wrong cells) and, beyond that, costs the glyphs' variety: "
+                  "the cells' FD-digits grows with w."]
         lines += ["", "Network evaluations per image: NFE at w = 0, 2 NFE at w > 0. Wall time per row (all "
                   "five weights): " + ", ".join(walls) + ".", ""]
     grid = [a["grid"] for a in accept]
