@@ -17,6 +17,7 @@ Missing, empty or inconsistent input raises ValueError naming the file.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Dataset", "load_dataset", "load_digits", "load_image_folder", "load_array", "IMAGE_SUFFIXES"]
+__all__ = ["Dataset", "load_dataset", "register_dataset", "load_digits", "load_image_folder", "load_array",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _IMAGE_KEYS = ("images", "x", "arr_0")
@@ -60,9 +62,11 @@ class Dataset:
 
 
 def load_dataset(spec) -> Dataset:
-    """The dataset ``"digits"``, or the folder / ``.npz`` / ``.npy`` at the path ``spec``."""
-    if isinstance(spec, str) and spec == "digits":
-        return load_digits()
+    """A named dataset (``"digits"``; ``"digits-text"``, strings rendered on the fly, once
+    :mod:`edm.digits_text` is imported, as :mod:`edm.train` does), or the folder / ``.npz`` / ``.npy`` at
+    the path ``spec``."""
+    if isinstance(spec, str) and spec in _NAMED:
+        return _NAMED[spec]()
     path = Path(spec)
     if not path.exists():
         raise ValueError(f"dataset not found: {path} (give 'digits', an image folder, or a .npz/.npy file)")
@@ -73,6 +77,22 @@ def load_dataset(spec) -> Dataset:
     raise ValueError(f"unsupported dataset file {path}: expected a folder of images or a .npz/.npy array")
 
 
+_NAMED: dict[str, Callable[[], Dataset]] = {}
+
+
+def register_dataset(name: str):
+    """Decorator: ``@register_dataset("name")`` makes a loader (no arguments) loadable by name."""
+
+    def decorate(loader):
+        if name in _NAMED:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _NAMED[name] = loader
+        return loader
+
+    return decorate
+
+
+@register_dataset("digits")
 def load_digits() -> Dataset:
     try:
         from sklearn.datasets import load_digits as sklearn_digits

@@ -1,8 +1,8 @@
 """A small Diffusion Transformer backbone (DiT, Peebles & Xie 2023) with the UNet's contract.
 
 The denoiser only needs an output of the input's size, so a transformer over image patches can replace
-the UNet: ``F(x, noise_labels, class_labels=None)`` exactly as :class:`edm.networks.UNet`, registered
-as ``build_network("dit", ...)``.
+the UNet: ``F(x, noise_labels, class_labels=None, text_tokens=None, cond_image=None)`` exactly as
+:class:`edm.networks.UNet`, registered as ``build_network("dit", ...)``.
 
 * patchify: the image is cut into ``p x p`` patches, each flattened and linearly embedded into a token
   of ``width`` channels, plus a fixed 2-D sin-cos positional embedding of the patch's (row, column);
@@ -21,7 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .networks import _zero, condition_vector, noise_embedding, register_network
+from .networks import (
+    _zero,
+    condition_vector,
+    encode_text,
+    image_size,
+    join_image,
+    noise_embedding,
+    register_network,
+    text_modules,
+)
 
 __all__ = ["DiT", "patchify", "unpatchify", "sincos_2d"]
 
@@ -78,10 +87,31 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
-class DiTBlock(nn.Module):
-    """``x + gate_a * Attn(mod(LN x)) -> x + gate_m * MLP(mod(LN x))``; shifts, scales, gates from ``c``."""
+class CrossAttention(nn.Module):
+    """Tokens ``[B, N, C]`` attend to the text features ``[B, L, T]``: ``x + proj(Attn(LN x, text))``, the
+    output projection zero-initialised (a fresh block is the identity)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int, context: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(context, 2 * width)
+        self.proj = _zero(nn.Linear(width, width))
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        B, N, C = x.shape
+        q = self.q(self.norm(x)).reshape(B, N, self.heads, C // self.heads).transpose(1, 2)
+        k, v = self.kv(context).reshape(B, -1, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class DiTBlock(nn.Module):
+    """``x + gate_a * Attn(mod(LN x)) -> x + gate_m * MLP(mod(LN x))``; shifts, scales, gates from ``c``;
+    with ``text_width``, cross-attention to the text features between the two."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, text_width: int = 0):
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -90,10 +120,14 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(hidden, width))
         self.adaLN = _zero(nn.Linear(width, 6 * width))  # adaLN-Zero: the block starts as the identity
+        if text_width:
+            self.cross = CrossAttention(width, heads, text_width)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, text: Tensor | None = None) -> Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN(F.silu(c)).chunk(6, dim=1)
         x = x + gate_a[:, None] * self.attn(_modulate(self.norm1(x), shift_a, scale_a))
+        if text is not None:
+            x = self.cross(x, text)
         return x + gate_m[:, None] * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
 
 
@@ -117,13 +151,17 @@ class DiT(nn.Module):
 
     Args:
         in_channels, out_channels: image channels in and out (out defaults to in).
-        resolution: input height and width (square); must be divisible by ``patch_size``.
+        resolution: input height and width, an int (square) or ``[height, width]``; each must be
+            divisible by ``patch_size``.
         patch_size: side of the square patches that become tokens.
         depth, width, heads, mlp_ratio: transformer blocks, token channels (divisible by 4 and by
             ``heads``), attention heads, MLP hidden size as a multiple of ``width``.
         num_classes: 0 for an unconditional network, else the length of the one-hot ``class_labels``.
         label_dropout: probability of dropping a sample's class (training mode only), as the UNet.
         embedding: the noise level's features, ``"positional"`` or ``"fourier"``, as the UNet.
+        text_length, text_width, text_layers: text conditioning as the UNet's (``text_tokens``; pooled
+            into ``c``, and cross-attention in every block).
+        cond_channels: channels of a ``cond_image`` concatenated to the input, as the UNet's.
     """
 
     def __init__(
@@ -139,11 +177,18 @@ class DiT(nn.Module):
         num_classes: int = 0,
         label_dropout: float = 0.0,
         embedding: str = "positional",
+        text_length: int = 0,
+        text_width: int = 64,
+        text_layers: int = 1,
+        cond_channels: int = 0,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
-        if patch_size < 1 or resolution % patch_size:
+        height, width_px = image_size(resolution)
+        if patch_size < 1 or height % patch_size or width_px % patch_size:
             raise ValueError(f"resolution {resolution} is not divisible by patch_size {patch_size}")
+        if cond_channels < 0:
+            raise ValueError(f"cond_channels must be >= 0, got {cond_channels}")
         if min(in_channels, out_channels, depth, heads) < 1 or width % heads or width % 4:
             raise ValueError(f"DiT needs channels, depth, heads >= 1 and width divisible by 4 and by heads "
                              f"(width {width}, heads {heads})")
@@ -152,23 +197,28 @@ class DiT(nn.Module):
         self.in_channels, self.out_channels, self.resolution = in_channels, out_channels, resolution
         self.patch_size, self.num_classes = patch_size, int(num_classes)
         self.label_dropout = float(label_dropout)
-        grid = resolution // patch_size
+        self.height, self.width, self.cond_channels = height, width_px, int(cond_channels)
 
-        self.embed_patch = nn.Linear(patch_size * patch_size * in_channels, width)
-        self.register_buffer("pos", sincos_2d(grid, grid, width), persistent=False)  # fixed, not learnt
+        self.embed_patch = nn.Linear(patch_size * patch_size * (in_channels + self.cond_channels), width)
+        pos = sincos_2d(height // patch_size, width_px // patch_size, width)
+        self.register_buffer("pos", pos, persistent=False)  # fixed, not learnt
         self.map_noise = noise_embedding(embedding, width)
         self.map_layer0 = nn.Linear(width, width)
         self.map_layer1 = nn.Linear(width, width)
         self.map_label = nn.Linear(num_classes, width, bias=False) if num_classes else None
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio) for _ in range(depth))
+        text_modules(self, text_length, text_width, text_layers, width)
+        cross = text_width if text_length else 0
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, cross) for _ in range(depth))
         self.final = FinalLayer(width, patch_size * patch_size * out_channels)
 
-    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        R, p = self.resolution, self.patch_size
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (R, R):
-            raise ValueError(f"expected input [B, {self.in_channels}, {R}, {R}], got {list(x.shape)}")
-        c = condition_vector(self, noise_labels, class_labels, x.shape[0])
-        h = self.embed_patch(patchify(x, p)) + self.pos.to(x.dtype)
+    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None,
+                text_tokens: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
+        H, W, p = self.height, self.width, self.patch_size
+        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (H, W):
+            raise ValueError(f"expected input [B, {self.in_channels}, {H}, {W}], got {list(x.shape)}")
+        text = encode_text(self, text_tokens, x.shape[0])
+        c = condition_vector(self, noise_labels, class_labels, x.shape[0], text)
+        h = self.embed_patch(patchify(join_image(self, x, cond_image), p)) + self.pos.to(x.dtype)
         for block in self.blocks:
-            h = block(h, c)
-        return unpatchify(self.final(h, c), p, self.out_channels, R, R)
+            h = block(h, c, text)
+        return unpatchify(self.final(h, c), p, self.out_channels, H, W)

@@ -30,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conditions import PAD, TextEncoder, drop_text
 from .distributed import SampleDropout, sample_rand
 
 __all__ = ["register_network", "build_network", "list_networks", "noise_embedding", "condition_vector",
-           "UNet", "unet_resolutions", "PositionalEmbedding", "FourierEmbedding"]
+           "UNet", "unet_resolutions", "image_size", "text_modules", "encode_text", "join_image",
+           "PositionalEmbedding", "FourierEmbedding", "CrossAttention"]
 
 _NETWORKS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -159,17 +161,45 @@ class SelfAttention(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
 
 
-class Block(nn.Module):
-    """A residual block, followed by self-attention where asked."""
+class CrossAttention(nn.Module):
+    """Each pixel of a feature map attends to the text features, pre-normed, residual (zero-initialised
+    output, so a fresh block is the identity). The queries also see a learned per-pixel position
+    embedding, so a region knows where it is (which character slot it draws)."""
 
-    def __init__(self, in_channels, out_channels, emb_channels, dropout, attention, channels_per_head):
+    def __init__(self, channels: int, context: int, size: tuple[int, int], channels_per_head: int = 64):
+        super().__init__()
+        self.heads = max(channels // channels_per_head, 1)
+        self.norm = _norm(channels)
+        self.position = nn.Parameter(torch.randn(1, channels, *size) * 0.5)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context, 2 * channels)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        heads = self.heads
+        q = self.q(self.norm(x) + self.position).reshape(B, heads, C // heads, H * W).transpose(-1, -2)
+        k, v = self.kv(context).reshape(B, -1, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
+        return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class Block(nn.Module):
+    """A residual block, followed by self-attention where asked, then cross-attention to the text features
+    when the network is text-conditioned (``cross`` is then ``(text_width, (height, width))``)."""
+
+    def __init__(self, in_channels, out_channels, emb_channels, dropout, attention, channels_per_head,
+                 cross=None):
         super().__init__()
         self.res = ResBlock(in_channels, out_channels, emb_channels, dropout)
         self.attn = SelfAttention(out_channels, channels_per_head) if attention else None
+        if cross is not None:
+            self.cross = CrossAttention(out_channels, cross[0], cross[1], channels_per_head)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, text: Tensor | None = None) -> Tensor:
         x = self.res(x, emb)
-        return self.attn(x) if self.attn is not None else x
+        x = self.attn(x) if self.attn is not None else x
+        return self.cross(x, text) if text is not None else x
 
 
 class Downsample(nn.Module):
@@ -194,11 +224,22 @@ class Upsample(nn.Module):
 # The UNet
 
 
-def unet_resolutions(resolution: int, channel_mult: Sequence[int]) -> list[int]:
+def image_size(resolution) -> tuple[int, int]:
+    """``(height, width)`` of a network's ``resolution``: an int (square) or ``[height, width]``."""
+    if isinstance(resolution, (int, float)) and not isinstance(resolution, bool):
+        return int(resolution), int(resolution)
+    try:
+        height, width = (int(r) for r in resolution)
+    except (TypeError, ValueError):
+        raise ValueError(f"resolution must be an int or [height, width], got {resolution!r}") from None
+    return height, width
+
+
+def unet_resolutions(resolution, channel_mult: Sequence[int]) -> list[int]:
     """The feature-map resolutions of a :class:`UNet`, highest first: ``resolution // 2**level`` for each
     level of ``channel_mult`` (8 and 4 for 8x8 input with ``channel_mult=(1, 2)``); ``attn_resolutions``
-    must be among them."""
-    return [int(resolution) >> level for level in range(len(channel_mult))]
+    must be among them. A non-square ``[height, width]`` names its levels by their height."""
+    return [image_size(resolution)[0] >> level for level in range(len(channel_mult))]
 
 
 def noise_embedding(kind: str, channels: int) -> nn.Module:
@@ -210,10 +251,13 @@ def noise_embedding(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown embedding {kind!r}; valid: fourier, positional")
 
 
-def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
+def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor | None, batch: int,
+                     text: Tensor | None = None) -> Tensor:
     """``MLP(features(c_noise)) + W class_labels``, ``[B, D]``, of a network holding ``map_noise``,
     ``map_layer0/1``, ``map_label`` (None: unconditional), ``num_classes`` and ``label_dropout`` (the class
-    is dropped with that probability in training). One ``c_noise`` serves the whole batch."""
+    is dropped with that probability in training). One ``c_noise`` serves the whole batch. ``text``
+    (``[B, L, T]`` features of a :class:`~edm.conditions.TextEncoder`) adds ``net.map_text`` of their
+    mean over the tokens."""
     weight = net.map_layer0.weight
     noise_labels = torch.as_tensor(noise_labels, device=weight.device).reshape(-1)
     if noise_labels.shape[0] == 1 and batch != 1:
@@ -221,6 +265,8 @@ def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor 
     if noise_labels.shape[0] != batch:
         raise ValueError(f"noise_labels has {noise_labels.shape[0]} entries for a batch of {batch}")
     c = net.map_layer1(F.silu(net.map_layer0(net.map_noise(noise_labels).to(weight.dtype))))
+    if text is not None:
+        c = c + net.map_text(text.mean(dim=1))
     if class_labels is None:
         return c
     if net.map_label is None:
@@ -235,13 +281,59 @@ def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor 
     return c + net.map_label(labels)
 
 
+def text_modules(net: nn.Module, text_length: int, text_width: int, text_layers: int, emb_channels: int):
+    """Give ``net`` a text encoder (``net.text``) and the map of its pooled features into the conditioning
+    vector (``net.map_text``) when ``text_length`` > 0; the attributes exist only then, so networks
+    without text keep their state dicts."""
+    if text_length < 0:
+        raise ValueError(f"text_length must be >= 0, got {text_length}")
+    net.text_length = int(text_length)
+    if text_length:
+        net.text = TextEncoder(PAD + 1, text_length, text_width, text_layers, heads=max(text_width // 32, 1))
+        net.map_text = nn.Linear(text_width, emb_channels)
+
+
+def encode_text(net: nn.Module, text_tokens: Tensor | None, batch: int) -> Tensor | None:
+    """The text features ``[B, L, T]`` of ``text_tokens`` (None on a network without text; a text network
+    needs them), after condition dropout in training mode."""
+    if not net.text_length:
+        if text_tokens is not None:
+            raise ValueError("text_tokens given to a network without text conditioning (text_length=0)")
+        return None
+    if text_tokens is None:
+        raise ValueError(f"this network is text-conditioned: give text_tokens [B, {net.text_length}] "
+                         "(all pads for the null text)")
+    text_tokens = torch.as_tensor(text_tokens, device=net.map_layer0.weight.device)
+    if text_tokens.shape[0] == 1 and batch != 1:
+        text_tokens = text_tokens.expand(batch, -1)
+    if text_tokens.shape[0] != batch:
+        raise ValueError(f"text_tokens has {text_tokens.shape[0]} rows for a batch of {batch}")
+    if net.training and net.label_dropout:
+        text_tokens = drop_text(text_tokens, net.label_dropout, PAD)
+    return net.text(text_tokens).to(net.map_layer0.weight.dtype)
+
+
+def join_image(net: nn.Module, x: Tensor, cond_image: Tensor | None) -> Tensor:
+    """``x`` with the conditioning image concatenated to its channels (networks with ``cond_channels``)."""
+    if not net.cond_channels:
+        if cond_image is not None:
+            raise ValueError("cond_image given to a network without image conditioning (cond_channels=0)")
+        return x
+    expected = [x.shape[0], net.cond_channels, *x.shape[2:]]
+    if cond_image is None or list(cond_image.shape) != expected:
+        got = "none" if cond_image is None else list(cond_image.shape)
+        raise ValueError(f"this network is image-conditioned: give cond_image {expected}, got {got}")
+    return torch.cat([x, cond_image.to(x.dtype)], dim=1)
+
+
 @register_network("unet")
 class UNet(nn.Module):
     """EDM/ADM-style UNet backbone ``F(x, noise_labels, class_labels=None)``.
 
     Args:
         in_channels, out_channels: image channels in and out.
-        resolution: input height and width (square); must be divisible by ``2**(len(channel_mult)-1)``.
+        resolution: input height and width, an int (square) or ``[height, width]``; each must be divisible
+            by ``2**(len(channel_mult)-1)``.
         model_channels: channels at the first resolution; level ``i`` has
             ``model_channels * channel_mult[i]``.
         channel_mult: one multiplier per resolution level (each level after the first halves the size).
@@ -251,10 +343,16 @@ class UNet(nn.Module):
             Default (None): 16 when the network has that resolution, else none. The middle block
             always has attention.
         num_classes: 0 for an unconditional network, else the length of the one-hot ``class_labels``.
-        label_dropout: probability of dropping a sample's class (training mode only).
+        label_dropout: probability of dropping a sample's class, or its text (training mode only).
         dropout: dropout inside the residual blocks.
         embedding: ``"positional"`` (EDM's default for its EDM-preconditioned nets) or ``"fourier"``.
         channels_per_head: attention head width.
+        text_length: 0 (no text), else the network takes ``text_tokens [B, text_length]``
+            (:func:`edm.conditions.tokenize`), read by a :class:`~edm.conditions.TextEncoder` of
+            ``text_width`` channels and ``text_layers`` transformer layers; the pooled features join the
+            conditioning vector and every block cross-attends to the token features.
+        cond_channels: 0, else the network takes ``cond_image [B, cond_channels, H, W]``, concatenated
+            to its input channels.
     """
 
     def __init__(
@@ -271,6 +369,10 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         embedding: str = "positional",
         channels_per_head: int = 64,
+        text_length: int = 0,
+        text_width: int = 64,
+        text_layers: int = 1,
+        cond_channels: int = 0,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -280,9 +382,12 @@ class UNet(nn.Module):
         if min(in_channels, out_channels, model_channels, num_blocks) < 1:
             raise ValueError("in_channels, out_channels, model_channels and num_blocks must be >= 1")
         levels = len(channel_mult)
-        if resolution < 1 or resolution % (2 ** (levels - 1)):
+        height, width = image_size(resolution)
+        if min(height, width) < 1 or height % (2 ** (levels - 1)) or width % (2 ** (levels - 1)):
             raise ValueError(f"resolution {resolution} is not divisible by 2**{levels - 1} "
                              f"(channel_mult has {levels} levels)")
+        if cond_channels < 0:
+            raise ValueError(f"cond_channels must be >= 0, got {cond_channels}")
         resolutions = unet_resolutions(resolution, channel_mult)
         if attn_resolutions is None:
             attn_resolutions = [16] if 16 in resolutions else []
@@ -291,7 +396,7 @@ class UNet(nn.Module):
             bad = ", ".join(map(str, sorted(attn_resolutions - set(resolutions))))
             what = f"resolutions {bad} are" if "," in bad else f"resolution {bad} is"
             raise ValueError(f"attention {what} not among this UNet's resolutions "
-                             f"{', '.join(map(str, resolutions))} (input {resolution}x{resolution}, halved "
+                             f"{', '.join(map(str, resolutions))} (input {height}x{width}, halved "
                              f"at each level of channel_mult {list(channel_mult)} after the first)")
         if not 0.0 <= label_dropout < 1.0 or not 0.0 <= dropout < 1.0:
             raise ValueError("label_dropout and dropout must lie in [0, 1)")
@@ -299,6 +404,7 @@ class UNet(nn.Module):
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         self.in_channels, self.out_channels, self.resolution = in_channels, out_channels, resolution
         self.num_classes, self.label_dropout = int(num_classes), float(label_dropout)
+        self.height, self.width, self.cond_channels = height, width, int(cond_channels)
 
         # Embedding of the noise level (and class).
         emb_channels = 4 * model_channels
@@ -306,37 +412,36 @@ class UNet(nn.Module):
         self.map_layer0 = nn.Linear(model_channels, emb_channels)
         self.map_layer1 = nn.Linear(emb_channels, emb_channels)
         self.map_label = nn.Linear(num_classes, emb_channels, bias=False) if num_classes else None
+        text_modules(self, text_length, text_width, text_layers, emb_channels)
 
-        def block(cin, cout, res):
-            return Block(cin, cout, emb_channels, dropout, res in attn_resolutions, channels_per_head)
+        def block(cin, cout, level, attention=None):
+            cross = (text_width, (height >> level, width >> level)) if text_length else None
+            attention = (height >> level) in attn_resolutions if attention is None else attention
+            return Block(cin, cout, emb_channels, dropout, attention, channels_per_head, cross)
 
         # Encoder: remember the channel count of every activation handed to the decoder.
         channels = model_channels * channel_mult[0]
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + self.cond_channels, channels, 3, padding=1)
         self.enc = nn.ModuleList()
         skips = [channels]
         for level, mult in enumerate(channel_mult):
-            res = resolution >> level
             if level > 0:
                 self.enc.append(Downsample(channels))
                 skips.append(channels)
             for _ in range(num_blocks):
-                self.enc.append(block(channels, model_channels * mult, res))
+                self.enc.append(block(channels, model_channels * mult, level))
                 channels = model_channels * mult
                 skips.append(channels)
 
         # Middle.
-        self.mid = nn.ModuleList([
-            Block(channels, channels, emb_channels, dropout, True, channels_per_head),
-            block(channels, channels, -1),
-        ])
+        self.mid = nn.ModuleList([block(channels, channels, levels - 1, attention=True),
+                                  block(channels, channels, levels - 1, attention=False)])
 
         # Decoder.
         self.dec = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
-            res = resolution >> level
             for _ in range(num_blocks + 1):
-                self.dec.append(block(channels + skips.pop(), model_channels * mult, res))
+                self.dec.append(block(channels + skips.pop(), model_channels * mult, level))
                 channels = model_channels * mult
             if level > 0:
                 self.dec.append(Upsample(channels))
@@ -344,25 +449,28 @@ class UNet(nn.Module):
         self.norm_out = _norm(channels)
         self.conv_out = _zero(nn.Conv2d(channels, out_channels, 3, padding=1))
 
-    def embed(self, noise_labels: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
+    def embed(self, noise_labels: Tensor, class_labels: Tensor | None, batch: int,
+              text: Tensor | None = None) -> Tensor:
         """The activated embedding ``silu(MLP(features(c_noise)) + W class_labels)``, ``[B, 4 C]``."""
-        return F.silu(condition_vector(self, noise_labels, class_labels, batch))
+        return F.silu(condition_vector(self, noise_labels, class_labels, batch, text))
 
-    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.resolution,) * 2:
-            raise ValueError(f"expected input [B, {self.in_channels}, {self.resolution}, {self.resolution}], "
+    def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None,
+                text_tokens: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.height, self.width):
+            raise ValueError(f"expected input [B, {self.in_channels}, {self.height}, {self.width}], "
                              f"got {list(x.shape)}")
-        emb = self.embed(noise_labels, class_labels, x.shape[0])
-        h = self.conv_in(x)
+        text = encode_text(self, text_tokens, x.shape[0])
+        emb = self.embed(noise_labels, class_labels, x.shape[0], text)
+        h = self.conv_in(join_image(self, x, cond_image))
         skips = [h]
         for layer in self.enc:
-            h = layer(h, emb) if isinstance(layer, Block) else layer(h)
+            h = layer(h, emb, text) if isinstance(layer, Block) else layer(h)
             skips.append(h)
         for layer in self.mid:
-            h = layer(h, emb)
+            h = layer(h, emb, text)
         for layer in self.dec:
             if isinstance(layer, Block):
-                h = layer(torch.cat([h, skips.pop()], dim=1), emb)
+                h = layer(torch.cat([h, skips.pop()], dim=1), emb, text)
             else:
                 h = layer(h)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -44,12 +44,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import dit  # noqa: F401  (registers "dit" in the network registry)
+from . import (
+    digits_text,  # noqa: F401  (registers the "digits-text" dataset)
+    dit,  # noqa: F401  (registers "dit" in the network registry)
+)
 from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, read_record, restore_optimizer
+from .conditions import ALPHABET, batch_condition, check_kind, default_kind
 from .data import Dataset, load_dataset
 from .distributed import BatchShare
 from .loss import EDMLoss
-from .networks import build_network
+from .networks import build_network, image_size
 from .precond import Precond
 
 __all__ = ["train", "TrainResult", "OutdirError", "STATE_FORMAT", "default_network_kwargs",
@@ -60,7 +64,7 @@ STATE_NAME = "training-state"
 NETWORK_NAME = "network"
 
 # Hyperparameters saved with the training state; a resumed run takes them from there.
-_HYPERPARAMETERS = ("data", "batch", "lr", "warmup", "ema_halflife_kimg", "ema_decay", "ema_rampup",
+_HYPERPARAMETERS = ("data", "cond", "batch", "lr", "warmup", "ema_halflife_kimg", "ema_decay", "ema_rampup",
                     "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs")
 
 
@@ -102,8 +106,10 @@ class TrainResult:
     seconds: float  # wall time of this call
 
 
-def default_network_kwargs(dataset: Dataset, network: str = "unet", **overrides) -> dict:
-    """Arguments of ``network`` fitted to ``dataset`` (channels, resolution, classes), updated by
+def default_network_kwargs(dataset: Dataset, network: str = "unet", cond: str | None = None,
+                           **overrides) -> dict:
+    """Arguments of ``network`` fitted to ``dataset`` (channels, resolution, classes or text length for the
+    conditioning kind ``cond``, by default the data's: :func:`edm.default_kind`), updated by
     ``overrides``.
 
     UNet defaults: ``model_channels=64``, ``channel_mult=(1, 2)``, ``num_blocks=2``, attention at the
@@ -111,10 +117,12 @@ def default_network_kwargs(dataset: Dataset, network: str = "unet", **overrides)
     ``heads=4``.
     """
     C, H, W = dataset.shape
-    if H != W:
-        raise ValueError(f"dataset {dataset.name} has {H}x{W} images; the {network} needs square images")
-    kwargs = {"in_channels": C, "out_channels": C, "resolution": H, "num_classes": dataset.num_classes,
+    cond = default_kind(dataset) if cond is None else cond
+    kwargs = {"in_channels": C, "out_channels": C, "resolution": H if H == W else [H, W],
+              "num_classes": dataset.num_classes if cond == "class" else 0,
               **_ARCH_DEFAULTS.get(network, {})}
+    if cond == "text":
+        kwargs["text_length"] = dataset.text_length
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if network == "unet":
         kwargs["channel_mult"] = [int(m) for m in kwargs["channel_mult"]]
@@ -243,6 +251,7 @@ def train(
     sigma_data: float | str = 0.5,
     network: str = "unet",
     network_kwargs: dict | None = None,
+    cond: str | None = None,
     seed: int = 0,
     checkpoint_every: int | None = None,
     resume=None,
@@ -263,8 +272,10 @@ def train(
             given, is a fixed per-step decay instead.
         P_mean, P_std, sigma_data: EDM's training distribution ``ln sigma ~ N(P_mean, P_std^2)`` and
             data standard deviation (``"auto"``: measured on the dataset, to 3 decimals).
-        network, network_kwargs: registry name and arguments; channels, resolution and classes are
-            filled in from the data (:func:`default_network_kwargs`).
+        network, network_kwargs: registry name and arguments; channels, resolution and classes (or text
+            length) are filled in from the data (:func:`default_network_kwargs`).
+        cond: conditioning kind, ``none``, ``class`` or ``text`` (:mod:`edm.conditions`); default: the
+            data's (text for a text dataset, class for a labelled one, else none).
         seed: seeds every random draw.
         checkpoint_every: also write checkpoints every this many steps (always at the end).
         resume: a training state (``outdir`` or its ``training-state.json``) to continue; all
@@ -281,13 +292,13 @@ def train(
                "ema_halflife_kimg": float(ema_halflife_kimg),
                "ema_decay": None if ema_decay is None else float(ema_decay),
                "ema_rampup": float(ema_rampup or 0.0), "P_mean": float(P_mean), "P_std": float(P_std),
-               "sigma_data": sigma_data, "seed": int(seed), "network": network,
+               "sigma_data": sigma_data, "cond": cond, "seed": int(seed), "network": network,
                "network_kwargs": dict(network_kwargs or {})}
     record = tensors = None
     if resume is not None:
         record, tensors = load_training_state(resume)
         saved = record["options"]
-        options.update({k: saved[k] for k in _HYPERPARAMETERS})
+        options.update({k: saved.get(k) for k in _HYPERPARAMETERS})
         options["total_steps"] = saved.get("total_steps")
         if outdir is None:
             outdir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
@@ -305,11 +316,13 @@ def train(
         command = continued_command(Path(outdir), options["total_steps"]) or command
 
     dataset = load_dataset(options["data"])
+    options["cond"] = options["cond"] or default_kind(dataset)
+    check_kind(dataset, options["cond"])
     if options["sigma_data"] == "auto":
         options["sigma_data"] = round(dataset.std(), 3)
     options["sigma_data"] = float(options["sigma_data"])
     if record is None:
-        options["network_kwargs"] = default_network_kwargs(dataset, options["network"],
+        options["network_kwargs"] = default_network_kwargs(dataset, options["network"], options["cond"],
                                                            **options["network_kwargs"])
     outdir = Path(outdir)
 
@@ -319,9 +332,10 @@ def train(
         if device.type == "cuda":
             torch.cuda.manual_seed(options["seed"])
         net = build_network(options["network"], **options["network_kwargs"]).to(device).train()
-        if tuple(dataset.shape) != (net.in_channels, net.resolution, net.resolution) and record is not None:
+        expected = (net.in_channels, *image_size(net.resolution))
+        if tuple(dataset.shape) != expected and record is not None:
             raise ValueError(f"dataset {dataset.name} has shape {list(dataset.shape)}, the saved network "
-                             f"expects [{net.in_channels}, {net.resolution}, {net.resolution}]")
+                             f"expects {list(expected)}")
         _prepare_outdir(outdir)  # after every check of the arguments, before any training step
         ema = copy.deepcopy(net).eval().requires_grad_(False)
         optimizer = torch.optim.Adam(net.parameters(), lr=options["lr"], betas=(0.9, 0.999), eps=1e-8)
@@ -335,8 +349,6 @@ def train(
         options["processes"] = share.world
         precond = Precond(share.rows_of(net), "edm", sigma_data=options["sigma_data"])
         loss_fn = EDMLoss(P_mean=options["P_mean"], P_std=options["P_std"], sigma_data=options["sigma_data"])
-        images = dataset.images.to(device)
-        labels = dataset.labels.to(device) if dataset.labels is not None and dataset.num_classes else None
         batch = min(options["batch"], len(dataset))
         share.check_batch(batch)
 
@@ -359,11 +371,8 @@ def train(
         state_path = outdir / f"{STATE_NAME}.json"
         try:
             while step < steps:
-                index = torch.randperm(len(dataset), generator=generators["data"])[:batch].to(device)
-                onehot = None
-                if labels is not None:
-                    onehot = torch.nn.functional.one_hot(labels[index], dataset.num_classes).to(images.dtype)
-                loss = loss_fn(precond, images[index], labels=onehot, generator=generators["noise"])
+                images, cond = batch_condition(dataset, options["cond"], batch, generators["data"], device)
+                loss = loss_fn(precond, images, generator=generators["noise"], **cond)
                 loss = share.mean(loss)  # this rank's part of the global batch's mean
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -430,7 +439,8 @@ def _check_options(options: Mapping, checkpoint_every) -> None:
 
 
 def _checkpoint_config(options, dataset: Dataset, step: int, command, recent) -> dict:
-    data = {"shape": list(dataset.shape), "num_classes": dataset.num_classes, "name": options["data"],
+    num_classes = dataset.num_classes if options["cond"] == "class" else 0
+    data = {"shape": list(dataset.shape), "num_classes": num_classes, "name": options["data"],
             "size": len(dataset), "std": round(dataset.std(), 6)}
     if dataset.class_names is not None:
         data["class_names"] = dataset.class_names
@@ -439,7 +449,12 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent) ->
                      "kimg": round(step * options["batch"] / 1000, 3),
                      "loss": (sum(recent) / len(recent)) if recent else None,
                      "torch": torch.__version__, "processes": options.get("processes", 1)})
+    condition = {"kind": options["cond"]}
+    if options["cond"] == "text":
+        condition.update({"alphabet": ALPHABET, "length": dataset.text_length,
+                          "held_out": list(getattr(dataset, "held_out", ()))})
     return {"network": {"name": options["network"], "kwargs": options["network_kwargs"]},
+            "condition": condition,
             "precond": {"scheme": "edm", "params": {"sigma_data": options["sigma_data"]}},
             "data": data, "command": command, "seed": options["seed"], "training": training}
 

@@ -211,15 +211,18 @@ def test_checkpoints_without_a_dit_load_as_before():
 
 
 def test_shipped_digits_dit_is_documented_and_matches_digits_budget():
-    """digits-dit was trained by `edm train --arch dit` on the same data, steps and batch as digits."""
+    """digits-dit was trained by `edm train --arch dit` on the same data, batch and EMA as digits, to the end
+    of its recorded length."""
     weights = Path(edm.__file__).parent / "weights"
     dit_config, unet_config = (json.loads((weights / f"{name}.json").read_text())
                                for name in ("digits-dit", "digits"))
     assert dit_config["command"].startswith("edm train --data digits ")
     assert "--arch dit" in dit_config["command"]
     assert dit_config["network"]["name"] == "dit" and dit_config["data"] == unet_config["data"]
-    for key in ("step", "batch", "ema_halflife_kimg"):
+    for key in ("batch", "ema_halflife_kimg", "sigma_data", "seed"):
         assert dit_config["training"][key] == unet_config["training"][key], key
+    assert dit_config["training"]["step"] == dit_config["training"]["total_steps"]
+    assert f"--steps {dit_config['training']['step']} " in dit_config["command"]
     size = sum((weights / f"digits-dit.{suffix}").stat().st_size for suffix in ("json", "safetensors"))
     assert size < 5_000_000
 

@@ -187,8 +187,9 @@ def test_bad_datasets(tmp_path):
     (tmp_path / "data.csv").write_text("1,2")
     with pytest.raises(ValueError, match=r"unsupported dataset file .*data\.csv"):
         load_dataset(tmp_path / "data.csv")
-    with pytest.raises(ValueError, match="square"):
-        edm_train.default_network_kwargs(edm_data.Dataset(torch.zeros(1, 1, 4, 6), None, 0, "rect"))
+    # non-square images give the network [height, width] (it refused them before text models needed 8x40)
+    rect = edm_train.default_network_kwargs(edm_data.Dataset(torch.zeros(1, 1, 4, 6), None, 0, "rect"))
+    assert rect["resolution"] == [4, 6]
 
 
 # ---------------------------------------------------------------------------------------------------

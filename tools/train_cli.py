@@ -15,6 +15,9 @@ from tools.options import channel_mult_value, sigma_data_value, training_data_va
 
 __all__ = ["train", "canonical_command", "ARCH_FLAGS"]
 
+#: the conditioning kinds of ``--cond`` (``edm.conditions.KINDS``, spelled out to keep torch out of --help)
+COND_KINDS = ("none", "class", "text")
+
 #: the size flags of each ``--arch``; another architecture's flags are refused, not silently ignored
 ARCH_FLAGS = {"unet": ("channels", "channel_mult", "blocks", "attn", "dropout"),
               "dit": ("patch", "depth", "width", "heads")}
@@ -25,9 +28,18 @@ def canonical_command(params: dict) -> str:
     return spelled_out(("edm", "train"), params)
 
 
+def _data_value(ctx, param, value):
+    """``--data``: ``digits-text`` too, else as :func:`tools.options.training_data_value`."""
+    return value if value == "digits-text" else training_data_value(ctx, param, value)
+
+
 @click.command("train")
-@click.option("--data", default="digits", show_default=True, callback=training_data_value,
-              help="'digits' (scikit-learn 8x8 digits), a folder of images, or a .npz/.npy uint8 array.")
+@click.option("--data", default="digits", show_default=True, callback=_data_value,
+              help="'digits' (scikit-learn 8x8 digits), 'digits-text' (strings of 1-5 digits rendered in "
+                   "8x40), a folder of images, or a .npz/.npy uint8 array.")
+@click.option("--cond", type=click.Choice(COND_KINDS), default=None,
+              help="Conditioning: none, class (labelled data) or text (text data) [default: text for text "
+                   "data, class for labelled data, else none].")
 @click.option("--outdir", type=click.Path(file_okay=False), default=None,
               help="Run directory for checkpoints [required unless --resume].")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 10000].")
@@ -79,7 +91,12 @@ def canonical_command(params: dict) -> str:
               help="CPU threads for torch (1 is fastest on a busy machine) [default: torch's choice].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def train(**params):
-    """Train a class-conditional (when the data has labels) EDM UNet or DiT; write checkpoints to --outdir.
+    """Train an EDM UNet or DiT; write checkpoints to --outdir.
+
+    Conditioning (--cond) defaults from the data: text for a text dataset (digits-text: the network takes
+    the string through a small text encoder trained with it; --label-dropout drops the text to the null
+    text, for classifier-free guidance), class for a labelled one, else none; --cond none trains an
+    unconditional model on labelled data, and a kind the data cannot give is a usage error.
 
     Bad options exit with status 2; an --outdir that cannot be created or written (checked before
     training starts) or a failed checkpoint write (disk full) exits with status 1, leaving the
@@ -125,7 +142,8 @@ def train(**params):
                 batch=params["batch"], lr=params["lr"], warmup=params["warmup"],
                 ema_halflife_kimg=params["ema"], P_mean=params["p_mean"], P_std=params["p_std"],
                 sigma_data=params["sigma_data"], network=params["arch"], network_kwargs=network_kwargs,
-                seed=params["seed"], checkpoint_every=params["checkpoint_every"], resume=params["resume"],
+                cond=params["cond"], seed=params["seed"], checkpoint_every=params["checkpoint_every"],
+                resume=params["resume"],
                 device=device, progress=params["progress"], command=canonical_command(recorded),
             )
     except ValueError as e:  # bad arguments, data or network options (e.g. --attn): exit 2

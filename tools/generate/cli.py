@@ -60,6 +60,7 @@ def generate(seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
       edm generate --outdir out --unconditional --classifier digits-classifier --class 3
       edm generate --outdir edit --init-image out --strength 0.3 --unconditional    img2img
       edm generate --outdir fill --init-image out/000003.png --mask right.png --class 3
+      edm generate --outdir text --model digits-text --prompt 2024 --seeds 0-7     digit strings, 8x40
       edm generate --outdir sd --model diffusers:sd15 --prompt "a red bicycle" --schedule diffusers \
           --sampler dpmpp_2m --steps 25 --seeds 0-3         Stable Diffusion (guidance: its default 6.5)
       torchrun --standalone --nproc_per_node 4 -m tools.cli generate \\

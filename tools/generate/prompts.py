@@ -125,6 +125,11 @@ def check_prompting(prompting: Prompting | None, model, resize) -> tuple[Any, Pr
     if p.prompt is None and p.prompts is None:
         raise BadInput("this is a text-to-image model: give --prompt TEXT or --prompts FILE", "prompt")
     lines = [p.prompt] if p.prompt is not None else read_prompts(p.prompts)
+    check = getattr(conditioner, "check_prompt", None)
+    if check is not None:  # a model that checks its prompts (our character models) says which is wrong
+        for line in lines:
+            check(line, "prompt" if p.prompt is not None else "prompts")
+        check(p.negative_prompt, "negative_prompt")
     if p.width is not None or p.height is not None:
         model = resize(model, p.height, p.width)
     c, h, w = model.image_shape

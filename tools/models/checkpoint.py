@@ -9,6 +9,7 @@ import torch
 from tools.common import one_line
 
 from .base import LabelledDenoiser, LoadedModel, ModelError, parameter_count
+from .characters import CharacterConditioner, TextDenoiser
 
 __all__ = ["BUILTIN", "builtin_path", "claims", "identity", "list_builtin", "load", "load_builtin",
            "load_checkpoint_model"]
@@ -18,7 +19,9 @@ BUILTIN = {"digits": Path("weights") / "digits",
            # the weaker digits model autoguidance guides with (bench/results/digits_weak.md)
            "digits-weak": Path("weights") / "digits-weak",
            # a class-conditional DiT, same data and budget as digits (bench/results/digits_dit.md)
-           "digits-dit": Path("weights") / "digits-dit"}
+           "digits-dit": Path("weights") / "digits-dit",
+           # strings of 1-5 digits in 8x40 from a prompt (bench/results/digits_text.md)
+           "digits-text": Path("weights") / "digits-text"}
 
 
 def list_builtin() -> list[str]:
@@ -70,6 +73,12 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
     except AttributeError as e:
         raise ModelError(f"checkpoint {config_path}: its preconditioning has no sigma range ({e})") from None
     config = checkpoint.config
+    condition = config.get("condition") if isinstance(config.get("condition"), dict) else {}
+    denoiser, conditioner, default_guidance = LabelledDenoiser(precond, num_classes), None, None
+    if condition.get("kind") == "text":
+        denoiser, conditioner = _text_parts(precond, condition, config_path)
+        sampling = config.get("sampling") if isinstance(config.get("sampling"), dict) else {}
+        default_guidance = sampling.get("guidance")
     info = {
         "kind": "checkpoint",
         "source": source or str(stem),
@@ -79,12 +88,15 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
         "scheme": repr(precond.scheme),
         "data": config.get("data"),
         "parameters": parameter_count(precond.backbone),
-        "unconditional": True,  # all-zero labels: the label-dropped input
+        "unconditional": True,  # all-zero labels (or the null text): the condition-dropped input
         "dtype": str(dtype),
         "config": config,
     }
+    if conditioner is not None:
+        info["text"] = (f"{conditioner.describe()} (--prompt, --prompts, --negative-prompt; default "
+                        f"--guidance {default_guidance or 0:g})")
     return LoadedModel(
-        denoiser=LabelledDenoiser(precond, num_classes),
+        denoiser=denoiser,
         shape=shape,
         num_classes=num_classes,
         sigma_min=sigma_min,
@@ -93,7 +105,19 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
         kind="checkpoint",
         source=source or str(stem),
         info=info,
+        conditioner=conditioner,
+        default_guidance=None if default_guidance is None else float(default_guidance),
     )
+
+
+def _text_parts(precond, condition: dict, config_path) -> tuple[TextDenoiser, CharacterConditioner]:
+    """The denoiser and conditioner of a text checkpoint (``condition``: ``alphabet``, ``length``)."""
+    try:
+        alphabet, length = str(condition["alphabet"]), int(condition["length"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"checkpoint config {config_path}: a text condition needs its alphabet and "
+                         "length") from None
+    return TextDenoiser(precond, length, pad=len(alphabet)), CharacterConditioner(alphabet, length)
 
 
 def load_builtin(name: str, *, device="cpu", dtype=torch.float32) -> LoadedModel:

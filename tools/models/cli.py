@@ -81,6 +81,8 @@ def model_block(record: Mapping[str, Any]) -> str:
         rows.append(("image shape", f"{channels} x {height} x {width} (channels x height x width)"))
         classes_row = ("classes", f"{classes} (class-conditional: --class 0..{classes - 1}, --guidance)"
                        if classes else "none (unconditional)")
+        if info.get("text"):
+            classes_row = ("conditioning", f"text: {info['text']}")
     rows += [
         classes_row,
         ("sigma range", f"{record['sigma_min']:g} .. {record['sigma_max']:g}"),
