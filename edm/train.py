@@ -40,9 +40,8 @@ from safetensors.torch import load_file, save_file
 from . import dit  # noqa: F401  (registers "dit" in the network registry)
 from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, read_record, restore_optimizer
 from .data import Dataset, load_dataset
-from .loss import EDMLoss
 from .networks import build_network
-from .precond import Precond
+from .objectives import training_objective
 
 __all__ = ["train", "TrainResult", "OutdirError", "STATE_FORMAT", "default_network_kwargs",
            "load_training_state"]
@@ -53,7 +52,10 @@ NETWORK_NAME = "network"
 
 # Hyperparameters saved with the training state; a resumed run takes them from there.
 _HYPERPARAMETERS = ("data", "batch", "lr", "warmup", "ema_halflife_kimg", "ema_decay", "ema_rampup",
-                    "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs")
+                    "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs", "objective",
+                    "objective_options")
+# What a training state saved before a hyperparameter existed means by its absence.
+_ABSENT = {"objective": "edm", "objective_options": {}}
 
 
 class OutdirError(OSError):
@@ -241,6 +243,8 @@ def train(
     device="cpu",
     progress: bool = True,
     command: str | None = None,
+    objective: str = "edm",
+    objective_options: dict | None = None,
 ) -> TrainResult:
     """Train ``network`` on ``data`` with EDM's loss; write checkpoints to ``outdir``; see the module doc.
 
@@ -255,6 +259,9 @@ def train(
             given, is a fixed per-step decay instead.
         P_mean, P_std, sigma_data: EDM's training distribution ``ln sigma ~ N(P_mean, P_std^2)`` and
             data standard deviation (``"auto"``: measured on the dataset, to 3 decimals).
+        objective, objective_options: the training objective (``edm``, ``ddpm``, ``v-cosine``, ``sigmoid``;
+            :mod:`edm.objectives`) and its parameters; ``sigma_data`` (and for ``edm`` ``P_mean``,
+            ``P_std``) come from the arguments above unless given here.
         network, network_kwargs: registry name and arguments; channels, resolution and classes are
             filled in from the data (:func:`default_network_kwargs`).
         seed: seeds every random draw.
@@ -274,12 +281,14 @@ def train(
                "ema_decay": None if ema_decay is None else float(ema_decay),
                "ema_rampup": float(ema_rampup or 0.0), "P_mean": float(P_mean), "P_std": float(P_std),
                "sigma_data": sigma_data, "seed": int(seed), "network": network,
-               "network_kwargs": dict(network_kwargs or {})}
+               "network_kwargs": dict(network_kwargs or {}), "objective": objective,
+               "objective_options": dict(objective_options or {})}
     record = tensors = None
     if resume is not None:
         record, tensors = load_training_state(resume)
         saved = record["options"]
-        options.update({k: saved[k] for k in _HYPERPARAMETERS})
+        options.update({k: saved.get(k, _ABSENT.get(k)) if k in _ABSENT else saved[k]
+                        for k in _HYPERPARAMETERS})
         options["total_steps"] = saved.get("total_steps")
         if outdir is None:
             outdir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
@@ -298,6 +307,7 @@ def train(
     if options["sigma_data"] == "auto":
         options["sigma_data"] = round(dataset.std(), 3)
     options["sigma_data"] = float(options["sigma_data"])
+    objective = _objective(options)
     if record is None:
         options["network_kwargs"] = default_network_kwargs(dataset, options["network"],
                                                            **options["network_kwargs"])
@@ -321,14 +331,14 @@ def train(
         if record is not None:
             _restore(record, tensors, net, ema, optimizer, generators, device)
             step = int(record["step"])
-        precond = Precond(net, "edm", sigma_data=options["sigma_data"])
-        loss_fn = EDMLoss(P_mean=options["P_mean"], P_std=options["P_std"], sigma_data=options["sigma_data"])
+        precond = objective.denoiser(net)
+        loss_fn = objective.loss
         images = dataset.images.to(device)
         labels = dataset.labels.to(device) if dataset.labels is not None and dataset.num_classes else None
         batch = min(options["batch"], len(dataset))
 
         def save():
-            config = _checkpoint_config(options, dataset, step, command, recent)
+            config = _checkpoint_config(options, dataset, step, command, recent, objective)
             files = checkpoint_files(outdir / NETWORK_NAME, ema, config)
             files += _state_files(outdir, step, options, net, ema, optimizer, generators, device)
             _save(outdir, files)
@@ -392,18 +402,25 @@ def _check_options(options: Mapping, checkpoint_every) -> None:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
 
 
-def _checkpoint_config(options, dataset: Dataset, step: int, command, recent) -> dict:
+def _objective(options: Mapping):
+    """The run's objective (:func:`edm.objectives.training_objective`); bad parameters raise ValueError."""
+    return training_objective(options["objective"], options["objective_options"],
+                              **{k: options[k] for k in ("sigma_data", "P_mean", "P_std")})
+
+
+def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, objective) -> dict:
     data = {"shape": list(dataset.shape), "num_classes": dataset.num_classes, "name": options["data"],
             "size": len(dataset), "std": round(dataset.std(), 6)}
     if dataset.class_names is not None:
         data["class_names"] = dataset.class_names
-    training = {k: options[k] for k in _HYPERPARAMETERS if k not in ("network", "network_kwargs", "data")}
+    training = {k: options[k] for k in _HYPERPARAMETERS
+                if k not in ("network", "network_kwargs", "data", "objective", "objective_options")}
     training.update({"step": step, "total_steps": options["total_steps"],
                      "kimg": round(step * options["batch"] / 1000, 3),
                      "loss": (sum(recent) / len(recent)) if recent else None,
                      "torch": torch.__version__})
     return {"network": {"name": options["network"], "kwargs": options["network_kwargs"]},
-            "precond": {"scheme": "edm", "params": {"sigma_data": options["sigma_data"]}},
+            "precond": objective.precond_record(), "objective": objective.record(),
             "data": data, "command": command, "seed": options["seed"], "training": training}
 
 
