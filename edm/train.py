@@ -1,8 +1,9 @@
 """Train an EDM-preconditioned backbone with EDM's loss (Karras et al. 2022, Section 5).
 
 :func:`train` is the whole loop: a dataset from :mod:`edm.data`, a network from :mod:`edm.networks`
-wrapped in :class:`~edm.precond.Precond` (scheme ``edm``), :class:`~edm.loss.EDMLoss`, Adam with a
-linear learning-rate warm-up, an exponential moving average (EMA) of the weights, and periodic
+wrapped in the denoiser of the training objective and trained with its loss (:mod:`edm.objectives`;
+by default ``edm``: :class:`~edm.precond.Precond` with scheme ``edm`` and :class:`~edm.loss.EDMLoss`),
+Adam with a linear learning-rate warm-up, an exponential moving average (EMA) of the weights, and periodic
 checkpoints in ``outdir``:
 
 * ``network.safetensors`` + ``network.json``: the EMA model, loadable with
