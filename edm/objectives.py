@@ -174,6 +174,13 @@ class Objective:
 
     name: str = "objective"
     RUN_OPTIONS: tuple[str, ...] = ()
+    #: the run options any objective may take (what :func:`training_objective` fills in)
+    ALL_RUN_OPTIONS = ("sigma_data", "P_mean", "P_std")
+
+    @classmethod
+    def unused_run_options(cls) -> tuple[str, ...]:
+        """The run options this objective ignores (left out of a checkpoint's training record)."""
+        return tuple(k for k in cls.ALL_RUN_OPTIONS if k not in cls.RUN_OPTIONS)
 
     def __init__(self, **params):
         self.params = params
@@ -340,6 +347,9 @@ def training_objective(name: str, params: dict | None = None, **run_options) -> 
         objectives.get(name)  # raises the unknown-name error
     cls = objectives._classes[name]
     filled = {k: run_options[k] for k in cls.RUN_OPTIONS if k in run_options}
+    unknown = set(run_options) - set(Objective.ALL_RUN_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown run options {sorted(unknown)}")
     return objectives.get(name, **{**filled, **(params or {})})
 
 

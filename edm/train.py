@@ -414,8 +414,9 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, ob
             "size": len(dataset), "std": round(dataset.std(), 6)}
     if dataset.class_names is not None:
         data["class_names"] = dataset.class_names
-    training = {k: options[k] for k in _HYPERPARAMETERS
-                if k not in ("network", "network_kwargs", "data", "objective", "objective_options")}
+    left_out = ("network", "network_kwargs", "data", "objective", "objective_options",
+                *objective.unused_run_options())
+    training = {k: options[k] for k in _HYPERPARAMETERS if k not in left_out}
     training.update({"step": step, "total_steps": options["total_steps"],
                      "kimg": round(step * options["batch"] / 1000, 3),
                      "loss": (sum(recent) / len(recent)) if recent else None,

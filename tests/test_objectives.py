@@ -259,6 +259,9 @@ def test_checkpoint_round_trip(tmp_path, name):
     assert config["precond"] == objective.precond_record()
     if name != "ddpm":
         assert config["objective"]["params"]["sigma_data"] == SD
+    # the training record keeps only the run options the objective uses
+    used = {"edm": {"sigma_data", "P_mean", "P_std"}, "ddpm": set()}.get(name, {"sigma_data"})
+    assert {"sigma_data", "P_mean", "P_std"} & set(config["training"]) == used
     ckpt = load_checkpoint(result.checkpoint)
     assert type(ckpt.denoiser.scheme) is EXPECTED_DENOISERS[name]
     model = load_model(str(result.checkpoint))
