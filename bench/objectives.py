@@ -19,10 +19,11 @@ Two parts:
   whose argmax class is the requested one).
 
     PYTHONPATH=. python bench/objectives.py train [--steps 1200] [--runs /work/runs/objectives]
-    PYTHONPATH=. python bench/objectives.py measure [--num 1000] [--runs ...] [--record]
+    PYTHONPATH=. python bench/objectives.py measure [--num 1000] [--runs ...] [--reuse] [--record]
 
-``measure`` writes ``DIR/objectives.json`` (every number) and ``DIR/objectives.md`` (the table), DIR being
-``bench-out`` or, with ``--record``, ``bench/results``.
+``measure`` writes each run's numbers to ``RUNS/<objective>/measure.json`` (``--reuse`` takes them from
+there instead of measuring again), then ``DIR/objectives.json`` (every number) and
+``DIR/objectives_table.md`` (the table), DIR being ``bench-out`` or, with ``--record``, ``bench/results``.
 """
 
 from __future__ import annotations
@@ -145,32 +146,48 @@ def score(images: np.ndarray, seeds: list[int], scratch: Path) -> tuple[float, f
     return fd, accuracy
 
 
-def measure(args) -> int:
+def measure_run(run: Path, objective: str, seeds: list[int], batch: int) -> dict:
+    """Every cell of one trained model: FD-digits, class accuracy, NFE, seconds; plus its training facts."""
     from tools.models import load_model
 
+    model = load_model(str(run / "network"))
+    config = model.info["config"]
+    wall = json.loads((run / "wall.json").read_text()) if (run / "wall.json").is_file() else {}
+    entry = {"command": config["command"], "objective": config.get("objective"),
+             "parameters": model.info["parameters"], "steps": config["training"]["step"],
+             "loss": config["training"]["loss"], "train_seconds": wall.get("seconds"),
+             "seeds": f"0..{len(seeds) - 1}", "environment": environment(), "cells": {}}
+    for label, sampler, steps, schedule in CELLS + (DDPM_EXTRA if objective == "ddpm" else ()):
+        started = time.perf_counter()
+        sigmas = schedule_of(model, steps, schedule)
+        images = sample_model(model, sampler, sigmas, seeds, batch)
+        fd, accuracy = score(images, seeds, run)
+        entry["cells"][label] = {"sampler": sampler, "steps": steps, "schedule": schedule,
+                                 "nfe": samplers.registry.nfe_on(sampler, sigmas), "fd_digits": fd,
+                                 "accuracy": accuracy, "seconds": round(time.perf_counter() - started, 1)}
+        print(objective, label, entry["cells"][label], flush=True)
+    return entry
+
+
+def measure(args) -> int:
+    """Measure each run (``RUNS/<objective>/measure.json``; kept and reused with ``--reuse``), then write
+    the table of all of them."""
     torch.set_num_threads(1)
     seeds = list(range(args.num))
-    rows, record = [], {"environment": environment(), "seeds": f"0..{args.num - 1}", "runs": {}}
+    record: dict = {"runs": {}}
+    rows = []
     for objective in args.objectives:
         run = args.runs / objective
-        model = load_model(str(run / "network"))
-        config = model.info["config"]
-        wall = json.loads((run / "wall.json").read_text()) if (run / "wall.json").is_file() else {}
-        entry = {"command": config["command"], "objective": config.get("objective"),
-                 "parameters": model.info["parameters"], "steps": config["training"]["step"],
-                 "loss": config["training"]["loss"], "train_seconds": wall.get("seconds"), "cells": {}}
-        cells = CELLS + (DDPM_EXTRA if objective == "ddpm" else ())
-        for label, sampler, steps, schedule in cells:
-            started = time.perf_counter()
-            sigmas = schedule_of(model, steps, schedule)
-            images = sample_model(model, sampler, sigmas, seeds, args.batch)
-            fd, accuracy = score(images, seeds, run)
-            nfe = samplers.registry.nfe_on(sampler, sigmas)
-            entry["cells"][label] = {"fd_digits": fd, "accuracy": accuracy, "nfe": nfe,
-                                     "seconds": round(time.perf_counter() - started, 1)}
-            rows.append(f"| {objective} | {label} ({schedule}) | {nfe} | {fd:.3f} | {accuracy:.3f} |")
-            print(rows[-1], flush=True)
+        saved = run / "measure.json"
+        if args.reuse and saved.is_file():
+            entry = json.loads(saved.read_text())
+        else:
+            entry = measure_run(run, objective, seeds, args.batch)
+            saved.write_text(json.dumps(entry, indent=2) + "\n")
         record["runs"][objective] = entry
+        for label, cell in entry["cells"].items():
+            rows.append(f"| {objective} | {label} ({cell['schedule']}) | {cell['nfe']} "
+                        f"| {cell['fd_digits']:.3f} | {cell['accuracy']:.3f} |")
     out = out_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=2)
@@ -178,6 +195,7 @@ def measure(args) -> int:
     table = ["| objective | sampler (schedule) | NFE | FD-digits | class accuracy |",
              "|---|---|---|---|---|", *rows]
     atomic_write(out / "objectives_table.md", lambda tmp: Path(tmp).write_text("\n".join(table) + "\n"))
+    print("\n".join(table))
     return 0
 
 
@@ -190,6 +208,8 @@ def main(argv=None) -> int:
     p_measure = sub.add_parser("measure")
     p_measure.add_argument("--num", type=int, default=1000)
     p_measure.add_argument("--batch", type=int, default=250)
+    p_measure.add_argument("--reuse", action="store_true",
+                           help="take a run's measure.json when it has one instead of measuring again")
     add_out_arguments(p_measure)
     for p in (p_train, p_measure):
         p.add_argument("--runs", type=Path, default=RUNS)
