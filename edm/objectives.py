@@ -35,7 +35,8 @@ variables of each paper; sigma is the EDM noise level, so a VP pair ``(alpha, si
     The weighted loss ``w(lambda) (-d lambda / du) ||eps - eps_hat||^2`` with the monotonic weighting
     ``w(lambda) = sigmoid(b - lambda)``, ``u ~ U(0, 1)`` and the truncated (shifted) cosine schedule of
     ``v-cosine`` as ``p(lambda)``, so that it estimates ``integral w(lambda) ||eps - eps_hat||^2 d lambda``
-    (the paper's leading 1/2 is left out); ``b = 2`` by default (their ImageNet 64x64 choice).
+    (the paper's leading 1/2 is left out); ``b = 2`` by default, the ``sigmoid(-lambda + 2)`` weighting of
+    their experiments (an option: ``bias``).
     The network is parameterised as in ``v-cosine`` (EDM's preconditioning); ``eps_hat = (x - D) / sigma``.
 
 Objectives live in the registry :data:`objectives` (``objectives.get("ddpm", timesteps=1000)``,

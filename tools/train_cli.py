@@ -77,7 +77,8 @@ def canonical_command(params: dict) -> str:
 @click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help="Dropout in the UNet's residual blocks.")
 @click.option("--sigma-data", default="0.5", show_default=True, callback=sigma_data_value,
-              help="Data standard deviation for the preconditioning, or 'auto' to measure it.")
+              help="Data standard deviation for the preconditioning, or 'auto' to measure it "
+                   "(not --objective ddpm, whose scaling fixes it to 1).")
 @click.option("--objective", type=click.Choice(list(OBJECTIVE_FLAGS)), default="edm", show_default=True,
               help="Training objective: EDM's loss, DDPM's eps-loss on discrete timesteps (linear betas), "
                    "v-prediction on the cosine logSNR schedule, or the sigmoid-weighted eps-loss of Kingma "
