@@ -18,7 +18,7 @@ Two parts:
   detector ``digits``) and class accuracy (the digits detector's ``classify``: the share of samples
   whose argmax class is the requested one).
 
-    PYTHONPATH=. python bench/objectives.py train [--steps 1200] [--runs /work/runs/objectives]
+    PYTHONPATH=. python bench/objectives.py train [--steps 1200] [--seed 0] [--runs /work/runs/objectives]
     PYTHONPATH=. python bench/objectives.py measure [--num 1000] [--runs ...] [--reuse] [--record]
 
 ``measure`` writes each run's numbers to ``RUNS/<objective>/measure.json`` (``--reuse`` takes them from
@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "tools" / "fid" / "refs" / "digits.npz"
 # Identical for every objective: the network, optimizer, EMA, seed and length.
 COMMON = ["--data", "digits", "--batch", "128", "--lr", "0.002", "--warmup", "200", "--ema", "50.0",
-          "--seed", "0", "--channels", "16", "--channel-mult", "1,2", "--blocks", "2", "--attn", "4",
+          "--channels", "16", "--channel-mult", "1,2", "--blocks", "2", "--attn", "4",
           "--label-dropout", "0.1", "--device", "cpu", "--threads", "1", "--no-progress"]
 # The data std for the objectives whose preconditioning uses one (DDPM's scaling fixes it to 1).
 SIGMA_DATA = {"edm": "0.752", "v-cosine": "0.752", "sigmoid": "0.752"}
@@ -68,8 +68,8 @@ def environment() -> str:
             f"jobs, Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def train_command(objective: str, steps: int, outdir: Path) -> list[str]:
-    args = ["--objective", objective, "--outdir", str(outdir), "--steps", str(steps),
+def train_command(objective: str, steps: int, outdir: Path, seed: int = 0) -> list[str]:
+    args = ["--objective", objective, "--outdir", str(outdir), "--steps", str(steps), "--seed", str(seed),
             "--checkpoint-every", str(max(steps // 3, 1)), *COMMON]
     if objective in SIGMA_DATA:
         args += ["--sigma-data", SIGMA_DATA[objective]]
@@ -88,7 +88,7 @@ def train(args) -> int:
             run = args.runs / objective
             run.mkdir(parents=True, exist_ok=True)
             log = open(run / "train.log", "w")  # noqa: SIM115 (closed when the process ends)
-            command = train_command(objective, args.steps, run)
+            command = train_command(objective, args.steps, run, args.seed)
             log.write(" ".join(command) + "\n")
             log.flush()
             process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -205,6 +205,7 @@ def main(argv=None) -> int:
     p_train = sub.add_parser("train")
     p_train.add_argument("--steps", type=int, default=1200)
     p_train.add_argument("--parallel", type=int, default=2)
+    p_train.add_argument("--seed", type=int, default=0, help="training seed (the same for every objective)")
     p_measure = sub.add_parser("measure")
     p_measure.add_argument("--num", type=int, default=1000)
     p_measure.add_argument("--batch", type=int, default=250)
