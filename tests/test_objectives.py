@@ -450,6 +450,32 @@ def test_ddpm_model_dpmpp_2m_matches_diffusers_dpm_solver(ddpm_model):
     assert error <= 1e-5 and reference.abs().max() > 0.1, error
 
 
+@pytest.mark.slow
+def test_ddpm_model_euler_matches_diffusers_euler(ddpm_model):
+    """EulerDiscreteScheduler keeps its sigmas and state in float32 whatever the model's dtype: its loop
+    carries float32 round-off (~1e-7 relative), so the bound is relative to the output's size."""
+    model = ddpm_model
+    noise, labels = _start(model)
+    abar = torch.from_numpy(np.cumprod(1 - np.linspace(BETA_START, BETA_END, T)))
+    euler = diffusers.EulerDiscreteScheduler(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END)
+    euler.alphas_cumprod = abar.clone()
+    euler.set_timesteps(STEPS)
+    assert torch.equal(euler.timesteps, euler.timesteps.round())  # linspace over 0..999 in 10: integers
+    eps = _eps_network(model, labels)
+    x = noise.float() * euler.init_noise_sigma
+    with torch.no_grad():
+        for t in euler.timesteps:
+            out = eps(euler.scale_model_input(x, t).double(), t).float()
+            x = euler.step(out, t, x).prev_sample
+    sigmas = torch.cat([_table(model)[euler.timesteps.long()], torch.zeros(1, dtype=torch.float64)])
+    torch.testing.assert_close(euler.sigmas.double(), sigmas, rtol=1e-7, atol=0)
+    with torch.no_grad():
+        ours = samplers.sample(model.denoiser, noise * sigmas[0], sigmas, "euler",
+                               cond={"class_labels": labels})
+    error = (ours - x.double()).abs().max().item()
+    assert error <= 2e-6 * x.abs().max().item(), (error, x.abs().max().item())
+
+
 DETERMINISTIC = [name for name in samplers.list() if not samplers.get(name).stochastic]
 
 
