@@ -288,8 +288,7 @@ def train(
     if resume is not None:
         record, tensors = load_training_state(resume)
         saved = record["options"]
-        options.update({k: saved.get(k, _ABSENT.get(k)) if k in _ABSENT else saved[k]
-                        for k in _HYPERPARAMETERS})
+        options.update({k: saved[k] if k in saved else _ABSENT[k] for k in _HYPERPARAMETERS})
         options["total_steps"] = saved.get("total_steps")
         if outdir is None:
             outdir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
