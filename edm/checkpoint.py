@@ -5,11 +5,16 @@ A checkpoint ``NAME`` is two files, ``NAME.safetensors`` (the backbone's state d
     {"format": "edm-samplers/checkpoint-1",
      "network": {"name": "unet", "kwargs": {...}},            # edm.networks registry
      "precond": {"scheme": "edm", "params": {"sigma_data": 0.5}},
+     "objective": {"name": "edm", "params": {...}},            # edm.objectives registry; absent: edm
      "data": {"shape": [1, 8, 8], "num_classes": 10, ...},     # num_classes 0: unconditional
      "command": "edm train ...", ...}                          # free-form extras are kept
 
 Class-conditional networks take ``class_labels``, a ``[B, num_classes]`` one-hot tensor; all zeros is
 the unconditional (label-dropped) input, as in NVlabs' networks.
+
+The denoiser is the one the training objective builds (``ddpm``: :class:`edm.DiscreteTimeDenoiser`);
+a config without an ``objective`` (written before objectives existed) is wrapped as its ``precond``
+section says.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .objectives import denoiser_from_config
 from .precond import Precond
 
 FORMAT = "edm-samplers/checkpoint-1"
@@ -212,7 +218,8 @@ def read_config(path) -> dict:
 
 
 def load_checkpoint(path, *, device="cpu", dtype=torch.float32) -> Checkpoint:
-    """Build the network named in the config, load its weights and wrap it in ``Precond``."""
+    """Build the network named in the config, load its weights and wrap it in the denoiser of its
+    objective (:func:`edm.objectives.denoiser_from_config`)."""
     from . import dit  # noqa: F401  (registers "dit" in the network registry)
     from .networks import build_network  # the network registry imports torch.nn modules
 
@@ -232,6 +239,4 @@ def load_checkpoint(path, *, device="cpu", dtype=torch.float32) -> Checkpoint:
         raise CheckpointError(f"checkpoint {weights} does not fit its config {config_path}: "
                               f"{str(e).splitlines()[0]}") from None
     backbone.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    precond = config["precond"]
-    denoiser = Precond(backbone, precond.get("scheme", "edm"), **precond.get("params", {}))
-    return Checkpoint(denoiser, config)
+    return Checkpoint(denoiser_from_config(backbone, config), config)

@@ -1,8 +1,9 @@
 """Train an EDM-preconditioned backbone with EDM's loss (Karras et al. 2022, Section 5).
 
 :func:`train` is the whole loop: a dataset from :mod:`edm.data`, a network from :mod:`edm.networks`
-wrapped in :class:`~edm.precond.Precond` (scheme ``edm``), :class:`~edm.loss.EDMLoss`, Adam with a
-linear learning-rate warm-up, an exponential moving average (EMA) of the weights, and periodic
+wrapped in the denoiser of the training objective and trained with its loss (:mod:`edm.objectives`;
+by default ``edm``: :class:`~edm.precond.Precond` with scheme ``edm`` and :class:`~edm.loss.EDMLoss`),
+Adam with a linear learning-rate warm-up, an exponential moving average (EMA) of the weights, and periodic
 checkpoints in ``outdir``:
 
 * ``network.safetensors`` + ``network.json``: the EMA model, loadable with
@@ -52,9 +53,8 @@ from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, rea
 from .conditions import ALPHABET, batch_condition, check_kind, default_kind
 from .data import Dataset, load_dataset
 from .distributed import BatchShare
-from .loss import EDMLoss
 from .networks import build_network, image_size
-from .precond import Precond
+from .objectives import training_objective
 
 __all__ = ["train", "TrainResult", "OutdirError", "STATE_FORMAT", "default_network_kwargs",
            "load_training_state"]
@@ -65,7 +65,10 @@ NETWORK_NAME = "network"
 
 # Hyperparameters saved with the training state; a resumed run takes them from there.
 _HYPERPARAMETERS = ("data", "cond", "batch", "lr", "warmup", "ema_halflife_kimg", "ema_decay", "ema_rampup",
-                    "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs")
+                    "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs", "objective",
+                    "objective_options")
+# What a training state saved before a hyperparameter existed means by its absence.
+_ABSENT = {"objective": "edm", "objective_options": {}, "cond": None}
 
 
 class OutdirError(OSError):
@@ -258,6 +261,8 @@ def train(
     device="cpu",
     progress: bool = True,
     command: str | None = None,
+    objective: str = "edm",
+    objective_options: dict | None = None,
 ) -> TrainResult:
     """Train ``network`` on ``data`` with EDM's loss; write checkpoints to ``outdir``; see the module doc.
 
@@ -272,6 +277,9 @@ def train(
             given, is a fixed per-step decay instead.
         P_mean, P_std, sigma_data: EDM's training distribution ``ln sigma ~ N(P_mean, P_std^2)`` and
             data standard deviation (``"auto"``: measured on the dataset, to 3 decimals).
+        objective, objective_options: the training objective (``edm``, ``ddpm``, ``v-cosine``, ``sigmoid``;
+            :mod:`edm.objectives`) and its parameters; ``sigma_data`` (and for ``edm`` ``P_mean``,
+            ``P_std``) come from the arguments above unless given here.
         network, network_kwargs: registry name and arguments; channels, resolution and classes (or text
             length) are filled in from the data (:func:`default_network_kwargs`).
         cond: conditioning kind, ``none``, ``class`` or ``text`` (:mod:`edm.conditions`); default: the
@@ -293,12 +301,13 @@ def train(
                "ema_decay": None if ema_decay is None else float(ema_decay),
                "ema_rampup": float(ema_rampup or 0.0), "P_mean": float(P_mean), "P_std": float(P_std),
                "sigma_data": sigma_data, "cond": cond, "seed": int(seed), "network": network,
-               "network_kwargs": dict(network_kwargs or {})}
+               "network_kwargs": dict(network_kwargs or {}), "objective": objective,
+               "objective_options": dict(objective_options or {})}
     record = tensors = None
     if resume is not None:
         record, tensors = load_training_state(resume)
         saved = record["options"]
-        options.update({k: saved.get(k) for k in _HYPERPARAMETERS})
+        options.update({k: saved[k] if k in saved else _ABSENT[k] for k in _HYPERPARAMETERS})
         options["total_steps"] = saved.get("total_steps")
         if outdir is None:
             outdir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
@@ -321,6 +330,7 @@ def train(
     if options["sigma_data"] == "auto":
         options["sigma_data"] = round(dataset.std(), 3)
     options["sigma_data"] = float(options["sigma_data"])
+    objective = _objective(options)
     if record is None:
         options["network_kwargs"] = default_network_kwargs(dataset, options["network"], options["cond"],
                                                            **options["network_kwargs"])
@@ -347,15 +357,15 @@ def train(
             step = int(record["step"])
         share = BatchShare(device)  # this process's rows of each minibatch under torchrun (one process: all)
         options["processes"] = share.world
-        precond = Precond(share.rows_of(net), "edm", sigma_data=options["sigma_data"])
-        loss_fn = EDMLoss(P_mean=options["P_mean"], P_std=options["P_std"], sigma_data=options["sigma_data"])
+        precond = objective.denoiser(share.rows_of(net))
+        loss_fn = objective.loss
         batch = min(options["batch"], len(dataset))
         share.check_batch(batch)
 
         def save():
             error = None
             if share.is_main:  # one writer; the other ranks learn whether it succeeded
-                config = _checkpoint_config(options, dataset, step, command, recent)
+                config = _checkpoint_config(options, dataset, step, command, recent, objective)
                 files = checkpoint_files(outdir / NETWORK_NAME, ema, config)
                 files += _state_files(outdir, step, options, net, ema, optimizer, generators, device)
                 try:
@@ -438,13 +448,21 @@ def _check_options(options: Mapping, checkpoint_every) -> None:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
 
 
-def _checkpoint_config(options, dataset: Dataset, step: int, command, recent) -> dict:
+def _objective(options: Mapping):
+    """The run's objective (:func:`edm.objectives.training_objective`); bad parameters raise ValueError."""
+    return training_objective(options["objective"], options["objective_options"],
+                              **{k: options[k] for k in ("sigma_data", "P_mean", "P_std")})
+
+
+def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, objective) -> dict:
     num_classes = dataset.num_classes if options["cond"] == "class" else 0
     data = {"shape": list(dataset.shape), "num_classes": num_classes, "name": options["data"],
             "size": len(dataset), "std": round(dataset.std(), 6)}
     if dataset.class_names is not None:
         data["class_names"] = dataset.class_names
-    training = {k: options[k] for k in _HYPERPARAMETERS if k not in ("network", "network_kwargs", "data")}
+    left_out = ("network", "network_kwargs", "data", "objective", "objective_options",
+                *objective.unused_run_options())
+    training = {k: options[k] for k in _HYPERPARAMETERS if k not in left_out}
     training.update({"step": step, "total_steps": options["total_steps"],
                      "kimg": round(step * options["batch"] / 1000, 3),
                      "loss": (sum(recent) / len(recent)) if recent else None,
@@ -455,7 +473,7 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent) ->
                           "held_out": list(getattr(dataset, "held_out", ()))})
     return {"network": {"name": options["network"], "kwargs": options["network_kwargs"]},
             "condition": condition,
-            "precond": {"scheme": "edm", "params": {"sigma_data": options["sigma_data"]}},
+            "precond": objective.precond_record(), "objective": objective.record(),
             "data": data, "command": command, "seed": options["seed"], "training": training}
 
 

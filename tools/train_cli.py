@@ -1,5 +1,6 @@
-"""``edm train``: train a UNet (or, with ``--arch dit``, a Diffusion Transformer) with EDM's loss on
-``digits``, an image folder or a ``.npz``/``.npy`` file.
+"""``edm train``: train a UNet (or, with ``--arch dit``, a Diffusion Transformer) with EDM's loss (or,
+with ``--objective``, DDPM's, v-prediction's on the cosine schedule or a sigmoid-weighted one; see
+:mod:`edm.objectives`) on ``digits``, an image folder or a ``.npz``/``.npy`` file.
 
 The click command object :data:`train` is registered on the ``edm`` group in ``tools/cli.py``; it
 also runs alone as ``python -m tools.train_cli``. The command recorded in the checkpoint is the
@@ -13,7 +14,7 @@ import click
 from tools.common import BadInput, one_line, spelled_out
 from tools.options import channel_mult_value, sigma_data_value, training_data_value, usage_error
 
-__all__ = ["train", "canonical_command", "ARCH_FLAGS"]
+__all__ = ["train", "canonical_command", "ARCH_FLAGS", "OBJECTIVE_FLAGS"]
 
 #: the conditioning kinds of ``--cond`` (``edm.conditions.KINDS``, spelled out to keep torch out of --help)
 COND_KINDS = ("none", "class", "text")
@@ -21,6 +22,17 @@ COND_KINDS = ("none", "class", "text")
 #: the size flags of each ``--arch``; another architecture's flags are refused, not silently ignored
 ARCH_FLAGS = {"unet": ("channels", "channel_mult", "blocks", "attn", "dropout"),
               "dit": ("patch", "depth", "width", "heads")}
+
+#: the flags of each ``--objective`` (the edm.objectives registry); a flag only other objectives take is
+#: refused, not silently ignored
+OBJECTIVE_FLAGS = {"edm": ("sigma_data", "p_mean", "p_std"),
+                   "ddpm": ("timesteps", "beta_start", "beta_end"),
+                   "v-cosine": ("sigma_data",),
+                   "sigmoid": ("sigma_data", "sigmoid_bias")}
+
+#: objective flag -> the objective's parameter it gives (sigma_data, p_mean, p_std are run options)
+_OBJECTIVE_PARAMS = {"timesteps": "timesteps", "beta_start": "beta_start", "beta_end": "beta_end",
+                     "sigmoid_bias": "bias"}
 
 
 def canonical_command(params: dict) -> str:
@@ -77,10 +89,24 @@ def _data_value(ctx, param, value):
 @click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help="Dropout in the UNet's residual blocks.")
 @click.option("--sigma-data", default="0.5", show_default=True, callback=sigma_data_value,
-              help="Data standard deviation for the preconditioning, or 'auto' to measure it.")
-@click.option("--p-mean", type=float, default=-1.2, show_default=True, help="Mean of ln(sigma) in training.")
+              help="Data standard deviation for the preconditioning, or 'auto' to measure it "
+                   "(not --objective ddpm, whose scaling fixes it to 1).")
+@click.option("--objective", type=click.Choice(list(OBJECTIVE_FLAGS)), default="edm", show_default=True,
+              help="Training objective: EDM's loss, DDPM's eps-loss on discrete timesteps (linear betas), "
+                   "v-prediction on the cosine logSNR schedule, or the sigmoid-weighted eps-loss of Kingma "
+                   "& Gao (2023) on the cosine schedule.")
+@click.option("--p-mean", type=float, default=-1.2, show_default=True,
+              help="Mean of ln(sigma) in training (--objective edm).")
 @click.option("--p-std", type=click.FloatRange(min=0, min_open=True), default=1.2, show_default=True,
-              help="Standard deviation of ln(sigma) in training.")
+              help="Standard deviation of ln(sigma) in training (--objective edm).")
+@click.option("--timesteps", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="Number of discrete timesteps T (--objective ddpm).")
+@click.option("--beta-start", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-4,
+              show_default=True, help="beta at t = 0 of the linear schedule (--objective ddpm).")
+@click.option("--beta-end", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.02,
+              show_default=True, help="beta at t = T-1 of the linear schedule (--objective ddpm).")
+@click.option("--sigmoid-bias", type=float, default=2.0, show_default=True,
+              help="b of the weighting sigmoid(b - logSNR) (--objective sigmoid).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
               help="Also write checkpoints every this many steps (always at the end).")
 @click.option("--resume", type=click.Path(exists=True), default=None,
@@ -128,12 +154,15 @@ def train(**params):
             raise click.BadParameter(f"expected comma-separated resolutions, got {params['attn']!r}",
                                      param_hint="--attn") from None
 
-    _refuse_other_arch_flags(params)
+    _refuse_flags_of_others(params, "arch", ARCH_FLAGS, "sizes the --arch {other} network")
+    _refuse_flags_of_others(params, "objective", OBJECTIVE_FLAGS, "belongs to --objective {other}")
     recorded = {k: v for k, v in params.items() if k != "progress"}
-    for other, flags in ARCH_FLAGS.items():  # the other architecture's defaults are no part of the recipe
-        if other != params["arch"]:
-            recorded.update(dict.fromkeys(flags))
+    # the other architectures' and objectives' defaults are no part of the recipe
+    recorded.update(dict.fromkeys(_flags_of_others(ARCH_FLAGS, params["arch"])))
+    recorded.update(dict.fromkeys(_flags_of_others(OBJECTIVE_FLAGS, params["objective"])))
     network_kwargs = _network_kwargs(params, attn)
+    objective_options = {_OBJECTIVE_PARAMS[name]: params[name]
+                         for name in OBJECTIVE_FLAGS[params["objective"]] if name in _OBJECTIVE_PARAMS}
     ranks = Ranks().start(device)  # under torchrun: data-parallel over the processes
     try:
         with ranks:
@@ -143,8 +172,9 @@ def train(**params):
                 ema_halflife_kimg=params["ema"], P_mean=params["p_mean"], P_std=params["p_std"],
                 sigma_data=params["sigma_data"], network=params["arch"], network_kwargs=network_kwargs,
                 cond=params["cond"], seed=params["seed"], checkpoint_every=params["checkpoint_every"],
-                resume=params["resume"],
-                device=device, progress=params["progress"], command=canonical_command(recorded),
+                resume=params["resume"], device=device, progress=params["progress"],
+                command=canonical_command(recorded), objective=params["objective"],
+                objective_options=objective_options,
             )
     except ValueError as e:  # bad arguments, data or network options (e.g. --attn): exit 2
         # the DiT's size arguments as the flags that gave them (patch_size 3 -> --patch 3)
@@ -162,17 +192,27 @@ def train(**params):
 DIT_TERMS = ("patch_size", "depth", "width", "heads")
 
 
-def _refuse_other_arch_flags(params: dict) -> None:
-    """A usage error naming the first flag given on the command line that belongs to another --arch."""
-    ctx = click.get_current_context()
-    for other, flags in ARCH_FLAGS.items():
-        if other == params["arch"]:
-            continue
+def _flags_of_others(table: dict, chosen: str) -> dict[str, str]:
+    """``{flag name: the first other choice that takes it}`` for the flags of ``table`` (choice -> flag
+    names) that the ``chosen`` one does not take."""
+    others: dict[str, str] = {}
+    for other, flags in table.items():
         for name in flags:
-            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
-                flag = "--" + name.replace("_", "-")
-                raise click.UsageError(f"{flag} sizes the --arch {other} network; it does not apply to "
-                                       f"--arch {params['arch']}")
+            if name not in table[chosen]:
+                others.setdefault(name, other)
+    return others
+
+
+def _refuse_flags_of_others(params: dict, option: str, table: dict, role: str) -> None:
+    """A usage error naming the first flag given on the command line that only other choices of
+    ``--option`` take (``table``: choice -> flag names); ``role`` says what it does, ``{other}`` being
+    the choice it belongs to."""
+    ctx = click.get_current_context()
+    for name, other in _flags_of_others(table, params[option]).items():
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} {role.format(other=other)}; it does not apply to "
+                                   f"--{option} {params[option]}")
 
 
 def _network_kwargs(params: dict, attn) -> dict:
