@@ -177,3 +177,44 @@ def test_two_process_resume_equals_the_uninterrupted_run(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert sorted(p.name for p in parts.iterdir()) == sorted(p.name for p in whole.iterdir())
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_text_dropout_on_a_ranks_rows_is_those_rows_of_the_global_draw(name):
+    """Condition dropout of a text network (the prompt replaced by the null text) draws, on each rank, its
+    rows of the global batch's draw, as label dropout does."""
+    torch.manual_seed(0)
+    kwargs = {k: v for k, v in NETWORKS[name].items() if k != "dropout"}
+    net = build_network(name, in_channels=1, out_channels=1, resolution=[8, 16], num_classes=0,
+                        text_length=3, label_dropout=0.5, **kwargs).train()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    batch = 7
+    x, noise = torch.randn(batch, 1, 8, 16), torch.randn(batch)
+    tokens = torch.randint(0, 10, (batch, 3))
+    state = torch.get_rng_state()
+    whole = net(x, noise, text_tokens=tokens)
+    for rank in range(3):
+        torch.set_rng_state(state)
+        part = RowsOf(net, _FakeShare(rank, 3))(x, noise, text_tokens=tokens)
+        rows = rows_of_batch(batch, rank, 3)
+        torch.testing.assert_close(part[rows], whole[rows], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_for_a_text_model_trained_with_the_ddpm_objective(tmp_path):
+    """digits-text (text conditioning, condition dropout 0.3) under the DDPM objective, batch 9 on 2
+    processes: the weights of one process to float round-off, whatever the conditioning and objective."""
+    flags = ["--data", "digits-text", "--objective", "ddpm", "--channels", 8, "--blocks", 1, "--batch", 9,
+             "--warmup", 2, "--seed", 1, "--label-dropout", 0.3, "--threads", 1, "--no-progress",
+             "--steps", 3]
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = invoke(train_command, *flags, "--outdir", one)
+    assert result.exit_code == 0, result.output
+    _torchrun(2, *flags, "--outdir", two, cwd=tmp_path)
+    a, b = _state(one), _state(two)
+    for prefix in ("net.", "ema."):
+        assert _max_difference(a, b, prefix) <= 1e-5, prefix
+    config = json.loads((two / "network.json").read_text())
+    assert config["condition"]["kind"] == "text" and config["objective"]["name"] == "ddpm"
