@@ -47,7 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from outdir import add_out_arguments, out_dir  # noqa: E402 (bench/ is on sys.path when run)
+from guidance import Counted  # noqa: E402 (bench/ is on sys.path when run)
+from outdir import add_out_arguments, out_dir  # noqa: E402
 
 from edm.checkpoint import atomic_write  # noqa: E402
 from edm.digits_text import GLYPH, HELD_OUT, column_of  # noqa: E402
@@ -69,21 +70,6 @@ def ddpm_sigmas(steps: int) -> torch.Tensor:
     table = ((1 - abar) / abar).sqrt()
     index = torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
     return torch.cat([table[index], table.new_zeros(1)])
-
-
-class Counted:
-    """A denoiser that counts the samples it evaluates (CFG's 2B batch counts 2B)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.count = 0
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["fn"], name)
-
-    def __call__(self, x, *args, **kwargs):
-        self.count += x.shape[0]
-        return self.fn(x, *args, **kwargs)
 
 
 def _loaded():

@@ -47,13 +47,12 @@ Objectives live in the registry :data:`objectives` (``objectives.get("ddpm", tim
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from .loss import EDMLoss, PrecondLoss
-from .precond import EDMScheme, Precond, Scheme, _uniform
+from .precond import EDMScheme, NamedRegistry, Precond, Scheme, _uniform
 from .wrappers import DiscreteTimeDenoiser, DiscreteTimeScheme, PredictionScheme
 
 __all__ = [
@@ -212,41 +211,11 @@ class Objective:
         return f"{type(self).__name__}({params})"
 
 
-class ObjectiveRegistry:
+class ObjectiveRegistry(NamedRegistry):
     """Name -> objective class; ``get(name, **params)`` builds one, unknown names raise ValueError."""
 
     def __init__(self):
-        self._classes: dict[str, type[Objective]] = {}
-
-    def register(self, name: str) -> Callable[[type[Objective]], type[Objective]]:
-        def decorate(cls: type[Objective]) -> type[Objective]:
-            if name in self._classes:
-                raise ValueError(f"objective {name!r} is already registered")
-            cls.name = name
-            self._classes[name] = cls
-            return cls
-
-        return decorate
-
-    def list(self) -> list[str]:
-        return sorted(self._classes)
-
-    def get(self, name: str, **params) -> Objective:
-        try:
-            cls = self._classes[name]
-        except (KeyError, TypeError):
-            valid = ", ".join(self.list())
-            raise ValueError(f"unknown objective {name!r}; valid objectives: {valid}") from None
-        try:
-            return cls(**params)
-        except TypeError as e:
-            raise ValueError(f"objective {name!r}: {e}") from None
-
-    def __contains__(self, name) -> bool:
-        return name in self._classes
-
-    def __iter__(self):
-        return iter(self.list())
+        super().__init__("objective", Objective)
 
 
 objectives = ObjectiveRegistry()

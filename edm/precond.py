@@ -28,6 +28,7 @@ __all__ = [
     "VPScheme",
     "VEScheme",
     "IDDPMScheme",
+    "NamedRegistry",
     "SchemeRegistry",
     "schemes",
     "Precond",
@@ -131,16 +132,19 @@ class Scheme:
         return f"{type(self).__name__}({params})"
 
 
-class SchemeRegistry:
-    """Name -> scheme class.  ``get(name, **params)`` builds one; unknown names raise ValueError."""
+class NamedRegistry:
+    """Name -> class of one family (``kind``: "scheme", "objective", ...): ``@registry.register(name)`` on a
+    class adds it (and sets its ``name``); ``get(name, **params)`` builds one, an unknown name or bad
+    parameters raise ValueError; an instance of ``base`` passes through unchanged."""
 
-    def __init__(self):
-        self._classes: dict[str, type[Scheme]] = {}
+    def __init__(self, kind: str, base: type):
+        self.kind, self.base = kind, base
+        self._classes: dict[str, type] = {}
 
-    def register(self, name: str) -> Callable[[type[Scheme]], type[Scheme]]:
-        def decorate(cls: type[Scheme]) -> type[Scheme]:
+    def register(self, name: str) -> Callable[[type], type]:
+        def decorate(cls: type) -> type:
             if name in self._classes:
-                raise ValueError(f"scheme {name!r} is already registered")
+                raise ValueError(f"{self.kind} {name!r} is already registered")
             cls.name = name
             self._classes[name] = cls
             return cls
@@ -150,22 +154,33 @@ class SchemeRegistry:
     def list(self) -> list[str]:
         return sorted(self._classes)
 
-    def get(self, name: str | Scheme, **params) -> Scheme:
-        if isinstance(name, Scheme):
+    def get(self, name, **params):
+        if isinstance(name, self.base):
             if params:
-                raise ValueError("parameters cannot be given together with a scheme instance")
+                raise ValueError(f"parameters cannot be given together with a {self.kind} instance")
             return name
         try:
             cls = self._classes[name]
         except (KeyError, TypeError):
-            raise ValueError(f"unknown scheme {name!r}; valid schemes: {', '.join(self.list())}") from None
-        return cls(**params)
+            valid = ", ".join(self.list())
+            raise ValueError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}") from None
+        try:
+            return cls(**params)
+        except TypeError as e:
+            raise ValueError(f"{self.kind} {name!r}: {e}") from None
 
     def __contains__(self, name) -> bool:
         return name in self._classes
 
     def __iter__(self):
         return iter(self.list())
+
+
+class SchemeRegistry(NamedRegistry):
+    """Name -> scheme class.  ``get(name, **params)`` builds one; unknown names raise ValueError."""
+
+    def __init__(self):
+        super().__init__("scheme", Scheme)
 
 
 schemes = SchemeRegistry()
