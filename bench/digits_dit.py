@@ -45,10 +45,15 @@ from tools.models.checkpoint import builtin_path  # noqa: E402
 MODELS = ("digits", "digits-dit")
 
 
-def step_seconds(name: str, count: int, generator_seed: int = 0) -> float:
-    """Wall seconds per training step of the model ``name``'s network (a copy in train mode), batch 128."""
-    checkpoint = load_checkpoint(builtin_path(name))
-    precond = checkpoint.denoiser.train()
+def checkpoint_of(spec: str) -> Path:
+    """The checkpoint stem of a built-in name or a checkpoint path (``RUN/network.json``)."""
+    return builtin_path(spec) if spec in MODELS else Path(spec).with_suffix("")
+
+
+def step_seconds(spec: str, count: int, generator_seed: int = 0) -> float:
+    """Wall seconds per training step of the model ``spec``'s network (a copy in train mode), batch 128."""
+    checkpoint = load_checkpoint(checkpoint_of(spec))
+    precond = checkpoint.denoiser.train().requires_grad_(True)
     optimizer = torch.optim.Adam(precond.parameters(), lr=1e-4)
     data = load_digits()
     loss_fn = EDMLoss(sigma_data=precond.scheme.sigma_data)
@@ -63,8 +68,8 @@ def step_seconds(name: str, count: int, generator_seed: int = 0) -> float:
     return (time.perf_counter() - start) / count
 
 
-def training_record(name: str) -> dict:
-    config = json.loads(builtin_path(name).with_suffix(".json").read_text())
+def training_record(spec: str) -> dict:
+    config = json.loads(checkpoint_of(spec).with_suffix(".json").read_text())
     return {"command": config["command"], "steps": config["training"]["step"],
             "batch": config["training"]["batch"], "loss": config["training"]["loss"]}
 
@@ -74,28 +79,32 @@ def main() -> int:
     parser.add_argument("--num", type=int, default=2000, help="seeds 0..num-1 for FD-digits and accuracy")
     parser.add_argument("--step-count", type=int, default=20, help="training steps per timing round")
     parser.add_argument("--step-repeats", type=int, default=3, help="timing rounds per network")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                        help="another checkpoint in the table (e.g. the DiT at another training length)")
     add_out_arguments(parser)
     args = parser.parse_args()
     folder = out_dir(args)
     folder.mkdir(parents=True, exist_ok=True)
 
-    rows = {name: {"model": name, **training_record(name)} for name in MODELS}
-    for name in MODELS:
-        rows[name]["parameters"] = parameter_count(load_checkpoint(builtin_path(name)).denoiser.backbone)
-    timings = {name: [] for name in MODELS}
-    for _ in range(args.step_repeats):  # alternate, so that a change of load hits both
-        for name in MODELS:
-            timings[name].append(step_seconds(name, args.step_count))
-    for name in MODELS:
-        rows[name]["step_seconds"] = min(timings[name])
+    specs = {name: name for name in MODELS}
+    specs.update(dict(item.split("=", 1) for item in args.also))
+    rows = {label: {"model": label, **training_record(spec)} for label, spec in specs.items()}
+    for label, spec in specs.items():
+        rows[label]["parameters"] = parameter_count(load_checkpoint(checkpoint_of(spec)).denoiser.backbone)
+    timings = {label: [] for label in specs}
+    for _ in range(args.step_repeats):  # alternate, so that a change of load hits every network
+        for label, spec in specs.items():
+            timings[label].append(step_seconds(spec, args.step_count))
+    for label in specs:
+        rows[label]["step_seconds"] = min(timings[label])
 
     classify = svm()
     seeds = list(range(args.num))
     targets = drawn_classes(seeds)
     command = f"edm fid gen --num {args.num} --ref digits"
-    for name in MODELS:
-        row, _ = run_point(name, 0, f"{command} --model {name}", seeds, targets, classify, model=name)
-        rows[name].update({k: row[k] for k in ("fd_digits", "accuracy", "nfe", "seconds")})
+    for label, spec in specs.items():
+        row, _ = run_point(label, 0, f"{command} --model {spec}", seeds, targets, classify, model=spec)
+        rows[label].update({k: row[k] for k in ("fd_digits", "accuracy", "nfe", "seconds")})
 
     unet, dit = rows["digits"], rows["digits-dit"]
     targets_met = [dit["accuracy"] >= 0.95, dit["fd_digits"] <= 1.2 * unet["fd_digits"]]
@@ -103,19 +112,20 @@ def main() -> int:
     lines = [
         "# `digits-dit` (Diffusion Transformer) against `digits` (UNet), side by side",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} by `PYTHONPATH=. python bench/digits_dit.py --num {args.num}"
-        " --record`,",
+        f"Measured {time.strftime('%Y-%m-%d')} by `PYTHONPATH=. python bench/digits_dit.py "
+        f"{' '.join(sys.argv[1:])}`,",
         f"one process, {threads} torch thread(s), {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores shared with other jobs; torch {torch.__version__}.",
         "",
-        "| model | backbone | parameters | training | s / training step (batch 128) | FD-digits "
-        "| class accuracy | NFE | sampling s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | backbone | parameters | training | s / training step (batch 128) | steps x s/step "
+        "| FD-digits | class accuracy | NFE | sampling s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, arch in (("digits", "UNet"), ("digits-dit", "DiT")):
-        r = rows[name]
-        lines.append(f"| `{name}` | {arch} | {r['parameters']:,} | {r['steps']} steps x {r['batch']} "
-                     f"| {r['step_seconds']:.3f} | {r['fd_digits']:.3f} | {r['accuracy']:.3f} | {r['nfe']} "
+    for label, r in rows.items():
+        arch = "UNet" if label == "digits" else "DiT"
+        lines.append(f"| `{label}` | {arch} | {r['parameters']:,} | {r['steps']} steps x {r['batch']} "
+                     f"| {r['step_seconds']:.3f} | {r['steps'] * r['step_seconds']:.0f} s "
+                     f"| {r['fd_digits']:.3f} | {r['accuracy']:.3f} | {r['nfe']} "
                      f"| {r['seconds']:.0f} |")
     lines += [
         "",
@@ -135,8 +145,8 @@ def main() -> int:
         "Training commands (from the checkpoints):",
         "",
     ]
-    for name in MODELS:
-        lines += ["```bash", rows[name]["command"], "```", ""]
+    for label, r in rows.items():
+        lines += [f"`{label}`:", "", "```bash", r["command"], "```", ""]
     atomic_write(folder / "digits_dit.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
     atomic_write(folder / "digits_dit.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n"))
