@@ -67,10 +67,12 @@ def during(setup: int, iteration: int) -> int:
 
 
 # Ctrl-C in the teacher's ODE solve, in the first start's fit, in its last iteration, in the second
-# start's fit, and in the held-out error (after the fit: a plain KeyboardInterrupt, the checkpoint kept).
+# start's fit, and in the held-out error (after the fit: a plain KeyboardInterrupt, the checkpoint kept): its
+# first call, the one after the 2 x 5 iterations (a later one may not come: the held-out teacher's ODE solve
+# makes as many calls as its step control needs).
 @pytest.mark.parametrize("at", [lambda setup: setup // 3, lambda setup: during(setup, 2),
                                 lambda setup: during(setup, 5), lambda setup: during(setup, 8),
-                                lambda setup: during(setup, 11) + 20],
+                                lambda setup: during(setup, 11) - 1],
                          ids=["teacher", "first", "first-end", "second", "heldout"])
 def test_an_interrupted_fit_continues_to_the_same_solver(mixture, uninterrupted, tmp_path, at):
     whole, setup = uninterrupted
