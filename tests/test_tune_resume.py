@@ -24,6 +24,17 @@ FIT = dict(shape=SHAPE, sigma_min=0.002, sigma_max=80.0, num=4, heldout_num=2, i
            checkpoint_every=2)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Outside the fit's own deferral a SIGINT must raise KeyboardInterrupt, Python's default: set that
+    handler for each test and put the previous one back after. A process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then installs no handler of its own: there
+    the held-out case's Ctrl-C raised nothing."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="module")
 def mixture() -> GaussianMixture:
     return GaussianMixture.random(SHAPE, k=4, seed=0, std_range=(0.15, 0.4), dtype=torch.float64)
