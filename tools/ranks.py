@@ -66,18 +66,22 @@ class Ranks:
         dist.all_reduce(values)
         return [int(v) for v in values.tolist()]
 
-    def close(self) -> None:
+    def close(self, synchronize: bool = False) -> None:
+        """Destroy the process group this object started; with ``synchronize``, first wait until every rank
+        is done communicating (a rank tearing gloo down while a peer still talks to it can abort)."""
         if self._owned:
             import torch.distributed as dist
 
+            if synchronize:
+                dist.barrier()
             dist.destroy_process_group()
             self._owned = False
 
     def __enter__(self) -> Ranks:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, error_type, *exc) -> None:
+        self.close(synchronize=error_type is None)  # after an error the peers may never reach the barrier
 
 
 def one_process() -> Ranks:
