@@ -11,7 +11,12 @@
   "null" text: a condition-dropped sample during training, the empty prompt at sampling time, and what
   classifier-free guidance pushes away from;
 * image (``cond_channels`` of a network): a conditioning image ``cond_image [B, C', H, W]`` of the
-  input's size, concatenated to the network's input channels (super-resolution's low-resolution image).
+  input's size, concatenated to the network's input channels;
+* ``low-res``: super-resolution (SR3, CDM): the image average-pooled ``factor`` x ``factor``, noised to a
+  level ``sigma_aug`` (conditioning augmentation; CDM's non-truncated Gaussian variant), upsampled back by
+  nearest neighbour and concatenated as ``cond_image``; the network also gets ``augment_labels``, the
+  level's label :func:`augment_label`, through a second noise-level embedding. Training draws
+  ``sigma_aug`` per sample (:class:`NoiseAugmentation`); sampling fixes it (the model's recorded best).
 
 Condition dropout: a network's ``label_dropout`` replaces, in training mode only, a sample's class by
 "no class" or its text by the null text with that probability, so one model serves conditional,
@@ -23,6 +28,7 @@ returns the images and the network's keyword arguments for the condition kind be
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,10 +38,13 @@ from torch import Tensor, nn
 from .distributed import sample_rand
 
 __all__ = ["KINDS", "ALPHABET", "PAD", "tokenize", "null_tokens", "TextEncoder", "default_kind",
-           "check_kind", "batch_condition"]
+           "check_kind", "batch_condition", "LOW_RES", "NoiseAugmentation", "downsample", "upsample",
+           "augment_label", "low_res_condition"]
 
+#: the super-resolution kind: conditioned on the image pooled ``factor`` times
+LOW_RES = "low-res"
 #: the conditioning kinds training knows
-KINDS = ("none", "class", "text")
+KINDS = ("none", "class", "text", LOW_RES)
 
 #: characters of the text tokenizer; character ``ALPHABET[i]`` has id ``i``
 ALPHABET = "0123456789"
@@ -104,6 +113,59 @@ def drop_text(tokens: Tensor, probability: float, pad: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Super-resolution: the low-resolution image and its noise augmentation
+
+#: levels below this one share its label (a clean low-resolution image: ``sigma_aug = 0``)
+AUGMENT_FLOOR = 1e-3
+
+
+def downsample(images: Tensor, factor: int) -> Tensor:
+    """``images`` average-pooled ``factor`` x ``factor`` (the low-resolution version)."""
+    return F.avg_pool2d(images, int(factor))
+
+
+def upsample(low: Tensor, factor: int) -> Tensor:
+    """``low`` upsampled ``factor`` times by nearest neighbour (so ``downsample(upsample(x)) == x``)."""
+    return F.interpolate(low, scale_factor=int(factor), mode="nearest")
+
+
+def augment_label(sigma_aug: Tensor) -> Tensor:
+    """The second noise label: ``ln(max(sigma_aug, AUGMENT_FLOOR)) / 4``, EDM's ``c_noise`` of the level."""
+    return torch.as_tensor(sigma_aug).clamp_min(AUGMENT_FLOOR).log() / 4
+
+
+def low_res_condition(low: Tensor, factor: int, sigma_aug, noise: Tensor) -> dict[str, Tensor]:
+    """The network's keyword arguments for low-resolution images ``low [B, C, h, w]`` noised to
+    ``sigma_aug`` (a number or ``[B]``) with ``noise`` (standard normal, ``low``'s shape):
+    ``{"cond_image": upsample(low + sigma_aug noise), "augment_labels": augment_label(sigma_aug)}``."""
+    sigma_aug = torch.as_tensor(sigma_aug, dtype=low.dtype, device=low.device).reshape(-1)
+    sigma_aug = sigma_aug.expand(low.shape[0]) if sigma_aug.numel() == 1 else sigma_aug
+    noised = low + sigma_aug.reshape(-1, 1, 1, 1) * noise.to(low.dtype)
+    return {"cond_image": upsample(noised, factor), "augment_labels": augment_label(sigma_aug)}
+
+
+class NoiseAugmentation:
+    """The training distribution of ``sigma_aug``: 0 (a clean input) with probability ``zero``, else
+    log-uniform on ``[low, high]``, so one model serves every level from clean to heavily noised."""
+
+    def __init__(self, high: float = 1.0, low: float = 0.01, zero: float = 0.25):
+        if not 0 < low < high or not 0 <= zero <= 1:
+            raise ValueError(f"noise augmentation needs 0 < low < high and zero in [0, 1] (low {low:g}, "
+                             f"high {high:g}, zero {zero:g})")
+        self.high, self.low, self.zero = float(high), float(low), float(zero)
+
+    def record(self) -> dict:
+        return {"high": self.high, "low": self.low, "zero": self.zero}
+
+    def draw(self, batch: int, generator: torch.Generator) -> Tensor:
+        """``[batch]`` levels (float32, on the generator's device)."""
+        clean = torch.rand(batch, generator=generator, device=generator.device) < self.zero
+        u = torch.rand(batch, generator=generator, device=generator.device)
+        levels = torch.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        return torch.where(clean, torch.zeros_like(levels), levels)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Training: which kind a dataset trains, and the condition of a minibatch
 
 
@@ -115,10 +177,16 @@ def default_kind(dataset) -> str:
     return "class" if dataset.labels is not None and dataset.num_classes else "none"
 
 
-def check_kind(dataset, kind: str) -> None:
-    """ValueError (one line) when ``dataset`` cannot train conditioning ``kind``."""
+def check_kind(dataset, kind: str, factor: int | None = None) -> None:
+    """ValueError (one line) when ``dataset`` cannot train conditioning ``kind`` (``low-res``: pooled
+    ``factor`` times)."""
     if kind not in KINDS:
         raise ValueError(f"unknown conditioning {kind!r}; valid: {', '.join(KINDS)}")
+    if kind == LOW_RES:
+        _check_factor(dataset, factor)
+        return
+    if factor is not None:
+        raise ValueError(f"factor applies to conditioning {LOW_RES!r} only, not {kind!r}")
     own = default_kind(dataset)
     if kind == "none" or kind == own:
         return
@@ -127,13 +195,27 @@ def check_kind(dataset, kind: str) -> None:
                      f"{'texts' if kind == 'text' else 'class labels'}; {dataset.name} has {has}")
 
 
-def batch_condition(dataset, kind: str, batch: int, generator: torch.Generator,
-                    device=None) -> tuple[Tensor, dict]:
+def _check_factor(dataset, factor) -> None:
+    if getattr(dataset, "text_length", 0):
+        raise ValueError(f"conditioning {LOW_RES!r} needs an image dataset; {dataset.name} is a text one")
+    if factor is None or int(factor) < 2:
+        raise ValueError(f"conditioning {LOW_RES!r} needs a factor >= 2, got {factor}")
+    _, height, width = dataset.shape
+    if height % factor or width % factor:
+        raise ValueError(f"{dataset.name}'s images are {height}x{width}, not divisible by factor {factor}")
+
+
+def batch_condition(dataset, kind: str, batch: int, generator: torch.Generator, device=None,
+                    factor: int | None = None, augmentation: NoiseAugmentation | None = None
+                    ) -> tuple[Tensor, dict]:
     """``(images, cond)``: a random minibatch of ``batch`` training images and the network's keyword
-    arguments for conditioning ``kind`` (``{}``, ``{"class_labels": one-hot}``, ``{"text_tokens": ids}``).
+    arguments for conditioning ``kind`` (``{}``, ``{"class_labels": one-hot}``, ``{"text_tokens": ids}``,
+    or for ``low-res`` :func:`low_res_condition` of the images pooled ``factor`` times, each noised to a
+    level drawn from ``augmentation``).
 
     Image datasets draw ``batch`` distinct samples with ``torch.randperm`` from ``generator``; a text
-    dataset draws (renders) its own strings with ``dataset.draw(batch, generator)``.
+    dataset draws (renders) its own strings with ``dataset.draw(batch, generator)``; the levels and noise
+    of the augmentation come from ``generator`` too, after the samples.
     """
     if getattr(dataset, "text_length", 0):
         images, texts = dataset.draw(batch, generator)
@@ -145,4 +227,9 @@ def batch_condition(dataset, kind: str, batch: int, generator: torch.Generator,
     if kind == "class":
         labels = dataset.labels.to(device)[index]
         cond["class_labels"] = F.one_hot(labels, dataset.num_classes).to(images.dtype)
+    if kind == LOW_RES:
+        low = downsample(images, factor)
+        sigma_aug = (augmentation or NoiseAugmentation()).draw(batch, generator)
+        noise = torch.randn(low.shape, generator=generator, device=generator.device)
+        cond = low_res_condition(low, factor, sigma_aug.to(images.device), noise.to(images.device))
     return images, cond

@@ -3,7 +3,10 @@
 ``load_dataset(spec)`` takes
 
 * ``"digits"``: scikit-learn's 8x8 handwritten digits (1797 images, 1 channel, 10 classes), pixel
-  values ``0..16`` mapped by ``x / 8 - 1``;
+  values ``0..16`` mapped by ``x / 8 - 1``; ``"digits-train"`` its first :data:`DIGITS_TRAIN` images
+  (``load_digits()`` order) and ``"digits-held-out"`` the rest, the split the models trained for
+  super-resolution keep; ``"digits-4x4-train"`` / ``"digits-4x4-held-out"`` the same images average-pooled
+  2x to 4x4;
 * a folder of images (png, jpg, jpeg, bmp, gif, webp, tif, tiff; searched recursively), all of one
   size; grayscale when every image is, else RGB; when every image sits inside a first-level
   subfolder, the sorted subfolder names are the classes;
@@ -26,7 +29,10 @@ import torch
 from torch import Tensor
 
 __all__ = ["Dataset", "load_dataset", "register_dataset", "load_digits", "load_image_folder", "load_array",
-           "IMAGE_SUFFIXES"]
+           "IMAGE_SUFFIXES", "DIGITS_TRAIN", "subset", "pooled", "named_datasets"]
+
+#: digits with index < DIGITS_TRAIN (``load_digits()`` order) train the split models; the rest is held out
+DIGITS_TRAIN = 1400
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _IMAGE_KEYS = ("images", "x", "arr_0")
@@ -102,6 +108,38 @@ def load_digits() -> Dataset:
     images = torch.from_numpy(digits.images.astype(np.float32) / 8.0 - 1.0)[:, None]
     labels = torch.from_numpy(digits.target.astype(np.int64))
     return Dataset(images, labels, 10, "digits", [str(i) for i in range(10)])
+
+
+def subset(dataset: Dataset, index: slice, name: str) -> Dataset:
+    """The samples ``index`` of ``dataset``, called ``name``."""
+    labels = None if dataset.labels is None else dataset.labels[index]
+    return Dataset(dataset.images[index], labels, dataset.num_classes, name, dataset.class_names)
+
+
+def pooled(dataset: Dataset, factor: int, name: str) -> Dataset:
+    """``dataset`` with its images average-pooled ``factor`` x ``factor`` (the low-resolution versions a
+    super-resolution model is conditioned on), called ``name``."""
+    images = torch.nn.functional.avg_pool2d(dataset.images, factor)
+    return Dataset(images, dataset.labels, dataset.num_classes, name, dataset.class_names)
+
+
+def _register_split(name: str, part: slice, factor: int = 1) -> None:
+    def loader() -> Dataset:
+        data = subset(load_digits(), part, name)
+        return pooled(data, factor, name) if factor > 1 else data
+
+    register_dataset(name)(loader)
+
+
+_register_split("digits-train", slice(0, DIGITS_TRAIN))
+_register_split("digits-held-out", slice(DIGITS_TRAIN, None))
+_register_split("digits-4x4-train", slice(0, DIGITS_TRAIN), 2)
+_register_split("digits-4x4-held-out", slice(DIGITS_TRAIN, None), 2)
+
+
+def named_datasets() -> list[str]:
+    """The datasets loadable by name, sorted."""
+    return sorted(_NAMED)
 
 
 def _uint8_to_float(array: np.ndarray) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .conditions import ALPHABET
-from .data import load_digits, register_dataset
+from .data import DIGITS_TRAIN, load_digits, register_dataset
 
 __all__ = ["DigitsText", "HELD_OUT", "TRAIN_GLYPHS", "MAX_LENGTH", "HEIGHT", "WIDTH", "GLYPH",
            "column_of", "render", "is_digit_string", "load_digits_text"]
@@ -27,7 +27,7 @@ MAX_LENGTH = 5
 GLYPH = 8
 HEIGHT, WIDTH = GLYPH, GLYPH * MAX_LENGTH
 #: digits images with an index below this are training glyphs; the others are held out
-TRAIN_GLYPHS = 1400
+TRAIN_GLYPHS = DIGITS_TRAIN
 #: strings never drawn in training, one of each length (the evaluation's prompts)
 HELD_OUT = ("7", "38", "905", "2024", "61537")
 BACKGROUND = -1.0

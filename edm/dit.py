@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .networks import (
     _zero,
+    augment_modules,
     condition_vector,
     encode_text,
     image_size,
@@ -162,6 +163,8 @@ class DiT(nn.Module):
         text_length, text_width, text_layers: text conditioning as the UNet's (``text_tokens``; pooled
             into ``c``, and cross-attention in every block).
         cond_channels: channels of a ``cond_image`` concatenated to the input, as the UNet's.
+        noise_aug: the network takes ``augment_labels``, the level of its conditioning image's noise
+            augmentation, through a second noise-level embedding, as the UNet's.
     """
 
     def __init__(
@@ -181,6 +184,7 @@ class DiT(nn.Module):
         text_width: int = 64,
         text_layers: int = 1,
         cond_channels: int = 0,
+        noise_aug: bool = False,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -207,17 +211,19 @@ class DiT(nn.Module):
         self.map_layer1 = nn.Linear(width, width)
         self.map_label = nn.Linear(num_classes, width, bias=False) if num_classes else None
         text_modules(self, text_length, text_width, text_layers, width)
+        augment_modules(self, noise_aug, width, width)
         cross = text_width if text_length else 0
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, cross) for _ in range(depth))
         self.final = FinalLayer(width, patch_size * patch_size * out_channels)
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None,
-                text_tokens: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
+                text_tokens: Tensor | None = None, cond_image: Tensor | None = None,
+                augment_labels: Tensor | None = None) -> Tensor:
         H, W, p = self.height, self.width, self.patch_size
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (H, W):
             raise ValueError(f"expected input [B, {self.in_channels}, {H}, {W}], got {list(x.shape)}")
         text = encode_text(self, text_tokens, x.shape[0])
-        c = condition_vector(self, noise_labels, class_labels, x.shape[0], text)
+        c = condition_vector(self, noise_labels, class_labels, x.shape[0], text, augment_labels)
         h = self.embed_patch(patchify(join_image(self, x, cond_image), p)) + self.pos.to(x.dtype)
         for block in self.blocks:
             h = block(h, c, text)

@@ -35,7 +35,7 @@ from .distributed import SampleDropout, sample_rand
 
 __all__ = ["register_network", "build_network", "list_networks", "noise_embedding", "condition_vector",
            "UNet", "unet_resolutions", "image_size", "text_modules", "encode_text", "join_image",
-           "PositionalEmbedding", "FourierEmbedding", "CrossAttention"]
+           "augment_modules", "PositionalEmbedding", "FourierEmbedding", "CrossAttention"]
 
 _NETWORKS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -251,20 +251,44 @@ def noise_embedding(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown embedding {kind!r}; valid: fourier, positional")
 
 
+def _per_sample(labels, batch: int, device, what: str) -> Tensor:
+    labels = torch.as_tensor(labels, device=device).reshape(-1)
+    if labels.shape[0] == 1 and batch != 1:
+        labels = labels.expand(batch)
+    if labels.shape[0] != batch:
+        raise ValueError(f"{what} has {labels.shape[0]} entries for a batch of {batch}")
+    return labels
+
+
+def augment_modules(net: nn.Module, noise_aug: bool, features: int, emb_channels: int) -> None:
+    """Give ``net`` the second noise-level embedding of conditioning augmentation (``net.map_augment``:
+    the noise label's features of ``augment_labels``, mapped into the first layer of the embedding MLP)
+    when ``noise_aug``; the attribute exists only then, so other networks keep their state dicts."""
+    net.noise_aug = bool(noise_aug)
+    if noise_aug:
+        net.map_augment = nn.Linear(features, emb_channels)
+
+
 def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor | None, batch: int,
-                     text: Tensor | None = None) -> Tensor:
+                     text: Tensor | None = None, augment_labels: Tensor | None = None) -> Tensor:
     """``MLP(features(c_noise)) + W class_labels``, ``[B, D]``, of a network holding ``map_noise``,
     ``map_layer0/1``, ``map_label`` (None: unconditional), ``num_classes`` and ``label_dropout`` (the class
     is dropped with that probability in training). One ``c_noise`` serves the whole batch. ``text``
     (``[B, L, T]`` features of a :class:`~edm.conditions.TextEncoder`) adds ``net.map_text`` of their
-    mean over the tokens."""
+    mean over the tokens. A network with ``noise_aug`` takes ``augment_labels`` (the label of the level its
+    conditioning image was noised to), whose features join the noise level's before the MLP's activation.
+    """
     weight = net.map_layer0.weight
-    noise_labels = torch.as_tensor(noise_labels, device=weight.device).reshape(-1)
-    if noise_labels.shape[0] == 1 and batch != 1:
-        noise_labels = noise_labels.expand(batch)
-    if noise_labels.shape[0] != batch:
-        raise ValueError(f"noise_labels has {noise_labels.shape[0]} entries for a batch of {batch}")
-    c = net.map_layer1(F.silu(net.map_layer0(net.map_noise(noise_labels).to(weight.dtype))))
+    noise_labels = _per_sample(noise_labels, batch, weight.device, "noise_labels")
+    h = net.map_layer0(net.map_noise(noise_labels).to(weight.dtype))
+    if getattr(net, "noise_aug", False):
+        if augment_labels is None:
+            raise ValueError("this network takes augment_labels: the noise level of its conditioning image")
+        augment_labels = _per_sample(augment_labels, batch, weight.device, "augment_labels")
+        h = h + net.map_augment(net.map_noise(augment_labels).to(weight.dtype))
+    elif augment_labels is not None:
+        raise ValueError("augment_labels given to a network without noise augmentation (noise_aug=False)")
+    c = net.map_layer1(F.silu(h))
     if text is not None:
         c = c + net.map_text(text.mean(dim=1))
     if class_labels is None:
@@ -353,6 +377,8 @@ class UNet(nn.Module):
             conditioning vector and every block cross-attends to the token features.
         cond_channels: 0, else the network takes ``cond_image [B, cond_channels, H, W]``, concatenated
             to its input channels.
+        noise_aug: the network takes ``augment_labels [B]``, the noise label of its conditioning image's
+            augmentation level, through a second noise-level embedding (:func:`augment_modules`).
     """
 
     def __init__(
@@ -373,6 +399,7 @@ class UNet(nn.Module):
         text_width: int = 64,
         text_layers: int = 1,
         cond_channels: int = 0,
+        noise_aug: bool = False,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -413,6 +440,7 @@ class UNet(nn.Module):
         self.map_layer1 = nn.Linear(emb_channels, emb_channels)
         self.map_label = nn.Linear(num_classes, emb_channels, bias=False) if num_classes else None
         text_modules(self, text_length, text_width, text_layers, emb_channels)
+        augment_modules(self, noise_aug, model_channels, emb_channels)
 
         def block(cin, cout, level, attention=None):
             cross = (text_width, (height >> level, width >> level)) if text_length else None
@@ -450,17 +478,18 @@ class UNet(nn.Module):
         self.conv_out = _zero(nn.Conv2d(channels, out_channels, 3, padding=1))
 
     def embed(self, noise_labels: Tensor, class_labels: Tensor | None, batch: int,
-              text: Tensor | None = None) -> Tensor:
+              text: Tensor | None = None, augment_labels: Tensor | None = None) -> Tensor:
         """The activated embedding ``silu(MLP(features(c_noise)) + W class_labels)``, ``[B, 4 C]``."""
-        return F.silu(condition_vector(self, noise_labels, class_labels, batch, text))
+        return F.silu(condition_vector(self, noise_labels, class_labels, batch, text, augment_labels))
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None,
-                text_tokens: Tensor | None = None, cond_image: Tensor | None = None) -> Tensor:
+                text_tokens: Tensor | None = None, cond_image: Tensor | None = None,
+                augment_labels: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.height, self.width):
             raise ValueError(f"expected input [B, {self.in_channels}, {self.height}, {self.width}], "
                              f"got {list(x.shape)}")
         text = encode_text(self, text_tokens, x.shape[0])
-        emb = self.embed(noise_labels, class_labels, x.shape[0], text)
+        emb = self.embed(noise_labels, class_labels, x.shape[0], text, augment_labels)
         h = self.conv_in(join_image(self, x, cond_image))
         skips = [h]
         for layer in self.enc:

@@ -50,7 +50,7 @@ from . import (
     dit,  # noqa: F401  (registers "dit" in the network registry)
 )
 from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, read_record, restore_optimizer
-from .conditions import ALPHABET, batch_condition, check_kind, default_kind
+from .conditions import ALPHABET, LOW_RES, NoiseAugmentation, batch_condition, check_kind, default_kind
 from .data import Dataset, load_dataset
 from .distributed import BatchShare
 from .networks import build_network, image_size
@@ -66,9 +66,11 @@ NETWORK_NAME = "network"
 # Hyperparameters saved with the training state; a resumed run takes them from there.
 _HYPERPARAMETERS = ("data", "cond", "batch", "lr", "warmup", "ema_halflife_kimg", "ema_decay", "ema_rampup",
                     "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs", "objective",
-                    "objective_options")
+                    "objective_options", "factor", "noise_aug")
 # What a training state saved before a hyperparameter existed means by its absence.
-_ABSENT = {"objective": "edm", "objective_options": {}, "cond": None}
+_ABSENT = {"objective": "edm", "objective_options": {}, "cond": None, "factor": None, "noise_aug": None}
+# The hyperparameters of super-resolution (conditioning kind low-res) alone.
+_LOW_RES_OPTIONS = ("factor", "noise_aug")
 
 
 class OutdirError(OSError):
@@ -126,6 +128,8 @@ def default_network_kwargs(dataset: Dataset, network: str = "unet", cond: str | 
               **_ARCH_DEFAULTS.get(network, {})}
     if cond == "text":
         kwargs["text_length"] = dataset.text_length
+    if cond == LOW_RES:  # the upsampled low-resolution image joins the input; its noise level the embedding
+        kwargs.update(cond_channels=C, noise_aug=True)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if network == "unet":
         kwargs["channel_mult"] = [int(m) for m in kwargs["channel_mult"]]
@@ -263,6 +267,8 @@ def train(
     command: str | None = None,
     objective: str = "edm",
     objective_options: dict | None = None,
+    factor: int | None = None,
+    noise_aug: dict | None = None,
 ) -> TrainResult:
     """Train ``network`` on ``data`` with EDM's loss; write checkpoints to ``outdir``; see the module doc.
 
@@ -282,8 +288,12 @@ def train(
             ``P_std``) come from the arguments above unless given here.
         network, network_kwargs: registry name and arguments; channels, resolution and classes (or text
             length) are filled in from the data (:func:`default_network_kwargs`).
-        cond: conditioning kind, ``none``, ``class`` or ``text`` (:mod:`edm.conditions`); default: the
-            data's (text for a text dataset, class for a labelled one, else none).
+        cond: conditioning kind, ``none``, ``class``, ``text`` or ``low-res`` (:mod:`edm.conditions`);
+            default: the data's (text for a text dataset, class for a labelled one, else none).
+        factor, noise_aug: ``low-res`` only: the super-resolution factor (the network sees the images
+            average-pooled ``factor`` times, upsampled back) and the training distribution of the
+            conditioning augmentation's level (:class:`edm.conditions.NoiseAugmentation`'s ``high``,
+            ``low``, ``zero``; default: its defaults).
         seed: seeds every random draw.
         checkpoint_every: also write checkpoints every this many steps (always at the end).
         resume: a training state (``outdir`` or its ``training-state.json``) to continue; all
@@ -302,7 +312,9 @@ def train(
                "ema_rampup": float(ema_rampup or 0.0), "P_mean": float(P_mean), "P_std": float(P_std),
                "sigma_data": sigma_data, "cond": cond, "seed": int(seed), "network": network,
                "network_kwargs": dict(network_kwargs or {}), "objective": objective,
-               "objective_options": dict(objective_options or {})}
+               "objective_options": dict(objective_options or {}),
+               "factor": None if factor is None else int(factor),
+               "noise_aug": None if noise_aug is None else dict(noise_aug)}
     record = tensors = None
     if resume is not None:
         record, tensors = load_training_state(resume)
@@ -326,7 +338,13 @@ def train(
 
     dataset = load_dataset(options["data"])
     options["cond"] = options["cond"] or default_kind(dataset)
-    check_kind(dataset, options["cond"])
+    check_kind(dataset, options["cond"], options["factor"])
+    augmentation = None
+    if options["cond"] == LOW_RES:
+        augmentation = NoiseAugmentation(**(options["noise_aug"] or {}))
+        options["noise_aug"] = augmentation.record()
+    elif options["noise_aug"] is not None:
+        raise ValueError(f"noise_aug applies to conditioning {LOW_RES!r} only, not {options['cond']!r}")
     if options["sigma_data"] == "auto":
         options["sigma_data"] = round(dataset.std(), 3)
     options["sigma_data"] = float(options["sigma_data"])
@@ -381,7 +399,8 @@ def train(
         state_path = outdir / f"{STATE_NAME}.json"
         try:
             while step < steps:
-                images, cond = batch_condition(dataset, options["cond"], batch, generators["data"], device)
+                images, cond = batch_condition(dataset, options["cond"], batch, generators["data"], device,
+                                               options["factor"], augmentation)
                 loss = loss_fn(precond, images, generator=generators["noise"], **cond)
                 loss = share.mean(loss)  # this rank's part of the global batch's mean
                 optimizer.zero_grad(set_to_none=True)
@@ -461,7 +480,7 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, ob
     if dataset.class_names is not None:
         data["class_names"] = dataset.class_names
     left_out = ("network", "network_kwargs", "data", "objective", "objective_options",
-                *objective.unused_run_options())
+                *objective.unused_run_options(), *(() if options["cond"] == LOW_RES else _LOW_RES_OPTIONS))
     training = {k: options[k] for k in _HYPERPARAMETERS if k not in left_out}
     training.update({"step": step, "total_steps": options["total_steps"],
                      "kimg": round(step * options["batch"] / 1000, 3),
@@ -471,6 +490,11 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, ob
     if options["cond"] == "text":
         condition.update({"alphabet": ALPHABET, "length": dataset.text_length,
                           "held_out": list(getattr(dataset, "held_out", ()))})
+    if options["cond"] == LOW_RES:
+        C, H, W = dataset.shape
+        factor = options["factor"]
+        condition.update({"factor": factor, "low_res_shape": [C, H // factor, W // factor],
+                          "noise_aug": options["noise_aug"]})
     return {"network": {"name": options["network"], "kwargs": options["network_kwargs"]},
             "condition": condition,
             "precond": objective.precond_record(), "objective": objective.record(),

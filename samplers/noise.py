@@ -26,6 +26,8 @@ LATENT_STREAM = 0
 SAMPLER_STREAM = 1
 CORRECTOR_STREAM = 2  # Langevin corrector steps (samplers.langevin)
 RESAMPLE_STREAM = 3  # RePaint's jumps back up in noise (samplers.editing)
+AUGMENT_STREAM = 4  # the noise a super-resolution model's low-resolution input is augmented with
+STAGE_STREAM = 5  # the seed a cascade's super-resolution stage samples with (tools.generate)
 
 # Per-sample elements drawn ahead per block (16 KiB of float32). Small images get many steps of noise
 # per generator call (call overhead dominates there); large ones one step per call, so the noise is

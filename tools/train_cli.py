@@ -17,7 +17,12 @@ from tools.options import channel_mult_value, sigma_data_value, training_data_va
 __all__ = ["train", "canonical_command", "ARCH_FLAGS", "OBJECTIVE_FLAGS"]
 
 #: the conditioning kinds of ``--cond`` (``edm.conditions.KINDS``, spelled out to keep torch out of --help)
-COND_KINDS = ("none", "class", "text")
+COND_KINDS = ("none", "class", "text", "low-res")
+
+#: the flags of --cond low-res (super-resolution) alone
+LOW_RES_FLAGS = ("factor", "noise_aug_max", "noise_aug_min", "noise_aug_zero")
+#: edm.conditions.NoiseAugmentation's arguments and the --noise-aug-* flags that give them
+_NOISE_AUG_FLAGS = (("high", "max"), ("low", "min"), ("zero", "zero"))
 
 #: the size flags of each ``--arch``; another architecture's flags are refused, not silently ignored
 ARCH_FLAGS = {"unet": ("channels", "channel_mult", "blocks", "attn", "dropout"),
@@ -40,18 +45,38 @@ def canonical_command(params: dict) -> str:
     return spelled_out(("edm", "train"), params)
 
 
+#: the datasets loadable by name (``edm.data.named_datasets()``, spelled out to keep torch out of --help)
+DATA_NAMES = ("digits", "digits-4x4-held-out", "digits-4x4-train", "digits-held-out", "digits-text",
+              "digits-train")
+
+
 def _data_value(ctx, param, value):
-    """``--data``: ``digits-text`` too, else as :func:`tools.options.training_data_value`."""
-    return value if value == "digits-text" else training_data_value(ctx, param, value)
+    """``--data``: a named dataset, else as :func:`tools.options.training_data_value`."""
+    return value if value in DATA_NAMES else training_data_value(ctx, param, value)
 
 
 @click.command("train")
 @click.option("--data", default="digits", show_default=True, callback=_data_value,
-              help="'digits' (scikit-learn 8x8 digits), 'digits-text' (strings of 1-5 digits rendered in "
-                   "8x40), a folder of images, or a .npz/.npy uint8 array.")
+              help="'digits' (scikit-learn 8x8 digits; 'digits-train' its first 1400 images, "
+                   "'digits-held-out' the other 397; 'digits-4x4-train' / 'digits-4x4-held-out' the same "
+                   "pooled to 4x4), "
+                   "'digits-text' (strings of 1-5 digits rendered in 8x40), a folder of images, or a "
+                   ".npz/.npy uint8 array.")
 @click.option("--cond", type=click.Choice(COND_KINDS), default=None,
-              help="Conditioning: none, class (labelled data) or text (text data) [default: text for text "
-                   "data, class for labelled data, else none].")
+              help="Conditioning: none, class (labelled data), text (text data), or low-res (super-"
+                   "resolution: the images pooled --factor times) [default: text for text data, class for "
+                   "labelled data, else none].")
+@click.option("--factor", type=click.IntRange(min=2), default=None,
+              help="--cond low-res: the upsampling factor; the model sees each image average-pooled this "
+                   "many times (e.g. 8x8 -> 4x4 for 2) and generates the full-size image.")
+@click.option("--noise-aug-max", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--cond low-res: the highest noise level sigma_aug the low-resolution input is augmented "
+                   "with in training (log-uniform from --noise-aug-min)  [default: 1].")
+@click.option("--noise-aug-min", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--cond low-res: the lowest non-zero sigma_aug in training  [default: 0.01].")
+@click.option("--noise-aug-zero", type=click.FloatRange(min=0, max=1), default=None,
+              help="--cond low-res: the probability of a clean (sigma_aug = 0) input in training  "
+                   "[default: 0.25].")
 @click.option("--outdir", type=click.Path(file_okay=False), default=None,
               help="Run directory for checkpoints [required unless --resume].")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 10000].")
@@ -155,6 +180,16 @@ def train(**params):
                                      param_hint="--attn") from None
 
     _refuse_flags_of_others(params, "arch", ARCH_FLAGS, "sizes the --arch {other} network")
+    ctx = click.get_current_context()
+    if params["cond"] != "low-res":
+        for name in LOW_RES_FLAGS:
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                raise click.UsageError(f"--{name.replace('_', '-')} belongs to --cond low-res "
+                                       "(super-resolution)")
+    elif params["factor"] is None and params["resume"] is None:
+        raise click.UsageError("--cond low-res needs --factor F (the images are pooled F times)")
+    noise_aug = {key: params[f"noise_aug_{flag}"] for key, flag in _NOISE_AUG_FLAGS
+                 if params[f"noise_aug_{flag}"] is not None}
     _refuse_flags_of_others(params, "objective", OBJECTIVE_FLAGS, "belongs to --objective {other}")
     recorded = {k: v for k, v in params.items() if k != "progress"}
     # the other architectures' and objectives' defaults are no part of the recipe
@@ -174,7 +209,7 @@ def train(**params):
                 cond=params["cond"], seed=params["seed"], checkpoint_every=params["checkpoint_every"],
                 resume=params["resume"], device=device, progress=params["progress"],
                 command=canonical_command(recorded), objective=params["objective"],
-                objective_options=objective_options,
+                objective_options=objective_options, factor=params["factor"], noise_aug=noise_aug or None,
             )
     except ValueError as e:  # bad arguments, data or network options (e.g. --attn): exit 2
         # the DiT's size arguments as the flags that gave them (patch_size 3 -> --patch 3)

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from samplers.protocol import forward_attribute
 from tools.common import BadInput
 
-__all__ = ["Autoencoder", "LabelledDenoiser", "LoadedModel", "ModelError", "TextConditioner",
-           "parameter_count"]
+__all__ = ["Autoencoder", "LabelledDenoiser", "LoadedModel", "LowResConditioner", "ModelError",
+           "TextConditioner", "parameter_count"]
 
 # Discrete-time models also expose their sigma <-> timestep maps.
 _TIME_MAPS = ("sigma_to_t", "t_to_sigma")
@@ -48,6 +48,9 @@ class LoadedModel:
     conditioner: Any = None
     # The pipeline's default classifier-free guidance weight w (diffusers' guidance_scale - 1), if any.
     default_guidance: float | None = None
+    # Super-resolution models: turns low-resolution images into the denoiser's keyword arguments (see
+    # :class:`LowResConditioner`). None: the model takes no image.
+    low_res: Any = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -91,6 +94,33 @@ class TextConditioner(Protocol):
     """
 
     def encode(self, prompts: Sequence[str | None], *, height: int, width: int) -> dict[str, Tensor]: ...
+
+
+class LowResConditioner(Protocol):
+    """A super-resolution model's low-resolution input (SR3 / CDM, diffusers' x4 upscaler): images ->
+    the denoiser's keyword arguments.
+
+    ``shape`` is ``(C, h, w)`` of the low-resolution images it takes (pixels in [-1, 1], as PNGs read
+    by ``tools.images``); ``level_flag`` names the request field and flag of its augmentation level
+    (``"noise_aug"``: our checkpoints' sigma_aug; ``"noise_level"``: diffusers' integer noise level) and
+    ``default_level`` its default (the model's recorded best). ``encode`` noises each row of ``images``
+    to ``level`` with noise from that row's seed (stream ``samplers.noise.AUGMENT_STREAM``, or the
+    pipeline's own generator order) and returns ``D(x, sigma, **cond)``'s keyword arguments, batched
+    like ``images``. A conditioner whose pipeline draws the start latents after the image noise from
+    one generator also has ``start_latents(seeds, shape, device, dtype)``.
+    """
+
+    shape: tuple[int, int, int]
+    level_flag: str
+    default_level: float
+
+    def describe(self) -> str: ...
+
+    def check_level(self, level) -> float:
+        """The level as a number, or BadInput naming ``level_flag`` when it is out of range."""
+        ...
+
+    def encode(self, images: Tensor, level: float, seeds: Sequence[int]) -> dict[str, Tensor]: ...
 
 
 def parameter_count(module) -> int:
