@@ -118,3 +118,37 @@ def plan_of(model, seeds, outdir, **fields):
     output = {f.name for f in dataclass_fields(Output)}
     kept = {key: fields.pop(key) for key in list(fields) if key in output}
     return prepare(SamplingRequest(model=model, **fields), Output(seeds=seeds, outdir=outdir, **kept))
+
+
+def tiny_sr_models(root, noise_aug: float | None = 0.2):
+    """``(base, sr)``: checkpoint stems of a tiny class-conditional 1x4x4 digits model and a tiny 4x4 -> 8x8
+    super-resolution model (``edm train --cond low-res --factor 2``), trained two steps and with their
+    zero-initialised weights randomised (else the output layers' zeros make the images ignore the
+    condition). ``noise_aug``: the SR model's recorded sampling level (``"sampling": {"noise_aug": ...}``).
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from edm.train import train
+
+    tiny = {"model_channels": 8, "num_blocks": 1, "attn_resolutions": []}
+    root = Path(root)
+    base = train("digits-4x4-train", root / "base", steps=2, batch=16, progress=False,
+                 network_kwargs={**tiny, "channel_mult": [1]}).checkpoint
+    sr = train("digits-train", root / "sr", steps=2, batch=16, cond="low-res", factor=2, progress=False,
+               network_kwargs={**tiny, "channel_mult": [1, 2]}).checkpoint
+    generator = torch.Generator().manual_seed(7)
+    for stem in (base, sr):
+        weights = stem.with_suffix(".safetensors")
+        tensors = load_file(weights)
+        for key, value in tensors.items():
+            if value.ndim > 1 and not value.any():
+                tensors[key] = torch.randn(value.shape, generator=generator, dtype=value.dtype) * 0.1
+        save_file(tensors, weights)
+    if noise_aug is not None:
+        config = json.loads(sr.with_suffix(".json").read_text())
+        config["sampling"] = {"noise_aug": noise_aug}
+        sr.with_suffix(".json").write_text(json.dumps(config))
+    return base, sr

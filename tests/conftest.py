@@ -2,7 +2,8 @@
 
 Opt-in fixtures (a module names them in ``pytestmark = pytest.mark.usefixtures(...)`` or a test takes them
 as arguments): ``one_thread`` and ``offline``. Built artefacts: ``tiny_pipeline`` (saved tiny diffusers
-pipelines, built once per session, read only) and ``digits_model`` (the shipped digits model, loaded once
+pipelines, built once per session, read only), ``sr_models`` (a tiny base and super-resolution checkpoint
+pair, trained once per session) and ``digits_model`` (the shipped digits model, loaded once
 per module). Plain helpers (click commands run in process and their error lines, mixtures, noise) are in
 ``_support.py``.
 
@@ -56,6 +57,15 @@ def tiny_pipeline(tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def sr_models(tmp_path_factory):
+    """``(base, sr)``: a tiny 1x4x4 class-conditional model and a tiny 4x4 -> 8x8 super-resolution model
+    (``_support.tiny_sr_models``), trained once per session; read them, never write into them."""
+    from _support import tiny_sr_models
+
+    return tiny_sr_models(tmp_path_factory.mktemp("sr-models"))
 
 
 @pytest.fixture(scope="module")

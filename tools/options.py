@@ -30,8 +30,8 @@ __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedC
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 SAMPLER_OPTION_PREFIX = "sampler_option_"
-SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Text", "Guidance", "Editing",
-            "Reference",
+SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Text", "Super-resolution",
+            "Guidance", "Editing", "Reference",
             "Output", "Device", "Other")
 # BadInput.param -> flag, where the flag is not simply --param-name (None: the message names the option)
 _FLAGS = {"class_label": "--class", "options": None, "cond": "--model", "samplers": "--sampler",
@@ -434,6 +434,20 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "height": ("Text", ("--height",), dict(
         type=click.IntRange(min=1), metavar="PX",
         help="Image height of a text-to-image model.  [default: the model's]")),
+    "low_res": ("Super-resolution", ("--low-res",), dict(
+        type=click.Path(), metavar="PATH",
+        help="A super-resolution model's low-resolution input: one PNG for every seed, or a folder of "
+             "NNNNNN.png per seed as `edm generate` writes them; the size and channels `edm info MODEL` "
+             "names.")),
+    "noise_aug": ("Super-resolution", ("--noise-aug",), dict(
+        type=float, metavar="SIGMA",
+        help="Our super-resolution checkpoints: the sigma the low-resolution input is noised to "
+             "(conditioning augmentation; noise from each seed).  [default: the model's recorded best, "
+             "else 0]")),
+    "noise_level": ("Super-resolution", ("--noise-level",), dict(
+        type=float, metavar="N",
+        help="Diffusers' x4 upscaler: its noise_level of the low-resolution input.  [default: the "
+             "pipeline's]")),
     "guidance": ("Guidance", ("--guidance",), dict(
         type=float, metavar="W",
         help="Guidance weight w >= 0: classifier-free D + w (D - D_neg), or with --guide-model autoguidance "
@@ -513,7 +527,7 @@ def prompting(flags: dict[str, Any], command: str | None = None, refused: bool =
 
 #: the flags that are fields of a tools.request.SamplingRequest as they are, whatever the command samples
 REQUEST_FLAGS = ("model", "trust_pickle", "sigma_min", "sigma_max", "rho", "class_label", "guidance",
-                 "device")
+                 "low_res", "noise_aug", "noise_level", "device")
 
 
 def model_request(flags: dict[str, Any], command: str, dtype: str = "float32", *,

@@ -53,6 +53,11 @@ class SamplingRequest:
         steering: a ``tools.steering`` value: negative class, guidance interval and rescale, autoguidance,
             classifier guidance, thresholding, img2img, inpainting, a corrector.
         prompting: a text model's prompt(s), negative prompt and image size.
+        low_res: a super-resolution model's low-resolution input: one PNG for every seed, or a folder of one
+            PNG per seed named as ``edm generate`` names them (``NNNNNN.png``, flat or in subfolders).
+        noise_aug, noise_level: the augmentation level of that input, for the model whose conditioner's
+            ``level_flag`` names it (``noise_aug``: our checkpoints' sigma_aug; ``noise_level``: diffusers'
+            x4 upscaler's integer level); None is the model's recorded default.
         device, dtype: where and in which precision the model runs (the sampler's state stays in float32,
             or float64 for a float64 model). Default device: cuda when available, else cpu.
         trust_pickle: allow loading a pickled (NVlabs) network.
@@ -71,6 +76,9 @@ class SamplingRequest:
     guidance: float | None = None
     steering: Any = None
     prompting: Prompting | None = None
+    low_res: Any = None
+    noise_aug: float | None = None
+    noise_level: float | None = None
     device: Any = None
     dtype: Any = "float32"
     trust_pickle: bool = False

@@ -90,7 +90,8 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
              nfe: int | None = None, options: Mapping[str, Any] | None = None, sigma_min: float | None = None,
              sigma_max: float | None = None, rho: float | None = None, class_label: int | None = None,
              guidance: float | None = None, device=None, dtype=None, trust_pickle: bool | None = None,
-             steering=None, prompting=None, batch: int = 64, subdirs: bool = False, grid=None,
+             steering=None, prompting=None, low_res=None, noise_aug: float | None = None,
+             noise_level: float | None = None, batch: int = 64, subdirs: bool = False, grid=None,
              overwrite: bool = False, progress: bool = True) -> Summary:
     """Write one PNG per seed of ``model`` into ``outdir``; return what was written.
 
@@ -98,7 +99,8 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
     ``model``), or its fields as keywords (with a request too, they override its fields). See that class
     for the meaning of ``model``, ``sampler``, ``options``, ``schedule``, ``rho``, ``sigma_min``,
     ``sigma_max``, ``steps``, ``nfe``, ``class_label``, ``guidance``, ``steering`` (:mod:`tools.steering`),
-    ``prompting`` (:class:`tools.request.Prompting`), ``device``, ``dtype`` and ``trust_pickle``; a field
+    ``prompting`` (:class:`tools.request.Prompting`), ``low_res``, ``noise_aug``, ``noise_level`` (a
+    super-resolution model's input), ``device``, ``dtype`` and ``trust_pickle``; a field
     left None keeps the request's (or the default's) value.
 
     Args:
@@ -113,7 +115,7 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
     given = dict(model=model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options,
                  sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, class_label=class_label,
                  guidance=guidance, device=device, dtype=dtype, trust_pickle=trust_pickle, steering=steering,
-                 prompting=prompting)
+                 prompting=prompting, low_res=low_res, noise_aug=noise_aug, noise_level=noise_level)
     request = SamplingRequest.of(request, **{k: v for k, v in given.items() if v is not None})
     output = Output(seeds=seeds, outdir=outdir, batch=batch, subdirs=subdirs, grid=grid, overwrite=overwrite,
                     progress=progress)

@@ -43,6 +43,7 @@ from tools.steering import CheckedSteering, Steering, check_steering, load
 from tools.steering.img2img import check_run_steps
 from tools.steering.threshold import threshold_flags, threshold_setting
 
+from .low_res import LowResInput, check_low_res
 from .prompts import Prompts, check_prompting, guidance_or_default
 
 __all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "load",
@@ -127,34 +128,51 @@ class Sampling:
     # is ``sampler``); ``auto``: where --sampler auto's pick came from.
     solver: Any = None
     auto: dict[str, Any] | None = None
+    low_res: LowResInput | None = None  # a super-resolution model's low-resolution input
 
     @property
     def state_dtype(self) -> torch.dtype:
         return state_dtype(self.dtype)
 
-    def cond(self, seeds: Sequence[int], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def cond(self, seeds: Sequence[int], dtype: torch.dtype | None = None,
+             low_res: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The denoiser's keyword arguments of ``seeds``: their prompts or classes, and a super-resolution
+        model's encoded low-resolution images (``low_res``, else the --low-res source's)."""
+        dtype = dtype or self.state_dtype
         if self.prompts is not None:
-            return self.prompts.cond(seeds, self.device, dtype or self.state_dtype)
-        return conditioning(self.steer.num_classes, self.model.shape, seeds, self.class_label, self.device,
-                            dtype or self.state_dtype)
+            cond = self.prompts.cond(seeds, self.device, dtype)
+        else:
+            cond = conditioning(self.steer.num_classes, self.model.shape, seeds, self.class_label,
+                                self.device, dtype)
+        if self.low_res is not None:
+            cond = {**cond, **self.low_res.cond(seeds, self.device, dtype, low_res)}
+        return cond
 
-    def sample(self, seeds: Sequence[int]) -> torch.Tensor:
+    def _latents(self, seeds: list[int], dtype: torch.dtype) -> torch.Tensor:
+        # a pipeline that draws its start after the image's noise, from one generator, says so
+        own = getattr(getattr(self.low_res, "conditioner", None), "start_latents", None)
+        if own is not None:
+            return own(seeds, self.model.shape, self.device, dtype)
+        return samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=dtype)  # NVlabs'
+
+    def sample(self, seeds: Sequence[int], low_res: torch.Tensor | None = None) -> torch.Tensor:
         """The samples of ``seeds`` (``[B, C, H, W]``, in the sampler's precision; a latent model's
-        latents), one batch."""
+        latents), one batch. ``low_res``: a super-resolution model's low-resolution images of these seeds
+        (``[B, C, h, w]`` in [-1, 1]), instead of its --low-res source's."""
         seeds = list(seeds)
         dtype = self.state_dtype
-        latents = samplers.noise.latents(seeds, self.model.shape, device=self.device, dtype=dtype)  # NVlabs'
+        latents = self._latents(seeds, dtype)
         x, sigmas, denoiser, finish = self.steer.start(self.denoiser, latents, self.sigmas, seeds,
                                                        self.start_scale)
         out = finish(samplers.sample(denoiser, x, sigmas, self.solver or self.sampler, seeds=seeds,
-                                     cond=self.cond(seeds), langevin=self.steer.corrector,
+                                     cond=self.cond(seeds, low_res=low_res), langevin=self.steer.corrector,
                                      resample=self.steer.resample, **self.options))
         return out if self.end_scale == 1 else out * self.end_scale
 
-    def images(self, seeds: Sequence[int]) -> torch.Tensor:
+    def images(self, seeds: Sequence[int], low_res: torch.Tensor | None = None) -> torch.Tensor:
         """The images of ``seeds`` (``[B, C, H, W]`` floats, about [-1, 1]): the samples, decoded by a
-        latent model's autoencoder (in slices, float32)."""
-        out = self.sample(seeds)
+        latent model's autoencoder (in slices, float32). ``low_res``: as :meth:`sample`."""
+        out = self.sample(seeds, low_res)
         autoencoder = getattr(self.model, "autoencoder", None)
         if autoencoder is None:
             return out
@@ -165,6 +183,8 @@ class Sampling:
         """What a list of seeds needs beyond the setup (an init image per seed) is there; BadInput if not."""
         if self.steer.edit is not None:
             self.steer.edit.check_seeds(seeds)
+        if self.low_res is not None:
+            self.low_res.check_seeds(seeds)
 
     @property
     def evaluations(self) -> int | None:
@@ -186,6 +206,8 @@ class Sampling:
             record["steering"] = steering
         if self.prompts is not None:
             record["text"] = self.prompts.record()
+        if self.low_res is not None:
+            record["low_res"] = self.low_res.record()
         if self.start_scale is not None or self.end_scale != 1:
             record["start_scale"], record["end_scale"] = self.start_scale, self.end_scale
         if self.auto is not None:
@@ -210,6 +232,8 @@ class Sampling:
             lines = self.prompts.lines
             text = repr(lines[0]) if len(lines) == 1 else f"{len(lines)} prompts"
             cls = f", {text}, {self.prompts.width}x{self.prompts.height}"
+        if self.low_res is not None:
+            cls += f", {self.low_res.describe()}"
         return (f"{self.sampler}{options}, {self.steps} steps ({nfe}), {self.schedule} sigma "
                 f"{float(self.sigmas[0]):g}...{float(self.sigmas[-2]):g}{cls}{guidance}, "
                 f"{self.device} {dtype_name(self.dtype)}")
@@ -331,13 +355,19 @@ def fitted_steering(fitted, steering: Steering | None, *, fill_in: bool = True) 
                    "thresholding or fit one with yours", "threshold")
 
 
+def _blank(low_res: LowResInput | None, device) -> torch.Tensor | None:
+    """A grey low-resolution image: what the one check of the denoiser conditions on (a per-seed source's
+    images are read per batch)."""
+    return None if low_res is None else torch.zeros((1, *low_res.conditioner.shape), device=device)
+
+
 def _corrector_steps(steering) -> int:
     if steering is None or steering.corrector is None:
         return 0
     return 1 if steering.corrector_steps is None else steering.corrector_steps
 
 
-def prepare_sampling(request: SamplingRequest) -> Sampling:
+def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampling:
     """Check every field of ``request`` (a :class:`tools.request.SamplingRequest`); raises
     :class:`BadInput` naming the argument.
 
@@ -346,7 +376,10 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     sample (checks the model, its dtype on this device, the class and the guidance). The request's
     steering adds the guidance family, thresholding, editing and a corrector, checked against the model;
     its prompting gives a text model its prompts and size; guidance None is a pipeline's own default
-    weight (a text model's, or a class-conditional pipeline's sampled with its class), else 0.
+    weight (a text model's, or a class-conditional pipeline's sampled with its class), else 0. A
+    super-resolution model (``model.low_res``) needs its ``low_res`` images, unless ``staged``: a cascade's
+    stage, whose images the stage before gives to :meth:`Sampling.sample`; its level is the request's
+    field its conditioner's ``level_flag`` names (default the model's).
     """
     corrector_steps = _corrector_steps(request.steering)  # the flags' count: budgets include them
     choice = _choose_sampler(request, corrector_steps)
@@ -359,6 +392,7 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
     if choice.kind == AUTO:
         choice = _auto_choice(model, request.nfe, corrector_steps)
     model, prompts = check_prompting(request.prompting, model, resize_model)
+    low_res = check_low_res(request, model, staged)
     guidance = check_guidance(model, guidance_or_default(guidance, model, prompts, steering))
     steer = check_steering(steering, model, guidance=guidance, class_label=request.class_label,
                            device=device, dtype=dtype, trust_pickle=request.trust_pickle, prompts=prompts)
@@ -378,7 +412,9 @@ def prepare_sampling(request: SamplingRequest) -> Sampling:
                      schedule_options=levels.schedule_options, sigmas=levels.sigmas, steps=choice.steps,
                      nfe=nfe_per_image, class_label=steer.class_label, guidance=guidance, device=device,
                      dtype=dtype, denoiser=steer.denoiser(levels.model, dtype), steer=steer,
-                     prompts=prompts, start_scale=levels.start_scale, end_scale=levels.end_scale)
-    cond = setup.cond([0]) if prompts is None else prompts.first_cond(device, state_dtype(dtype))
+                     prompts=prompts, start_scale=levels.start_scale, end_scale=levels.end_scale,
+                     low_res=low_res)
+    cond = setup.cond([0], low_res=_blank(low_res, device)) if prompts is None else \
+        prompts.first_cond(device, state_dtype(dtype))
     check_denoiser(setup.denoiser, levels.model, float(levels.sigmas[0]), cond, device, dtype)
     return setup

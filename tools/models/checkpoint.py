@@ -10,6 +10,7 @@ from tools.common import one_line
 
 from .base import LabelledDenoiser, LoadedModel, ModelError, parameter_count
 from .characters import CharacterConditioner, TextDenoiser
+from .low_res import CheckpointLowRes, LowResDenoiser
 
 __all__ = ["BUILTIN", "builtin_path", "claims", "identity", "list_builtin", "load", "load_builtin",
            "load_checkpoint_model"]
@@ -75,10 +76,13 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
     config = checkpoint.config
     condition = config.get("condition") if isinstance(config.get("condition"), dict) else {}
     denoiser, conditioner, default_guidance = LabelledDenoiser(precond, num_classes), None, None
+    sampling = config.get("sampling") if isinstance(config.get("sampling"), dict) else {}
+    low_res = None
     if condition.get("kind") == "text":
         denoiser, conditioner = _text_parts(precond, condition, config_path)
-        sampling = config.get("sampling") if isinstance(config.get("sampling"), dict) else {}
         default_guidance = sampling.get("guidance")
+    elif condition.get("kind") == "low-res":
+        denoiser, low_res = LowResDenoiser(precond), _low_res_conditioner(condition, sampling, config_path)
     info = {
         "kind": "checkpoint",
         "source": source or str(stem),
@@ -95,6 +99,8 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
     if conditioner is not None:
         info["text"] = (f"{conditioner.describe()} (--prompt, --prompts, --negative-prompt; default "
                         f"--guidance {default_guidance or 0:g})")
+    if low_res is not None:
+        info["low_res"] = low_res.describe()
     return LoadedModel(
         denoiser=denoiser,
         shape=shape,
@@ -107,7 +113,23 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
         info=info,
         conditioner=conditioner,
         default_guidance=None if default_guidance is None else float(default_guidance),
+        low_res=low_res,
     )
+
+
+def _low_res_conditioner(condition: dict, sampling: dict, config_path) -> CheckpointLowRes:
+    """The conditioner of a super-resolution checkpoint (``condition``: ``factor``, ``low_res_shape``;
+    ``sampling.noise_aug``: the recorded best level, default 0)."""
+    try:
+        shape = [int(s) for s in condition["low_res_shape"]]
+        factor = int(condition["factor"])
+        level = float(sampling.get("noise_aug") or 0.0)
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"checkpoint config {config_path}: a low-res condition needs its factor and "
+                         "low_res_shape (and a numeric sampling.noise_aug)") from None
+    if len(shape) != 3 or factor < 2:
+        raise ModelError(f"checkpoint config {config_path}: low_res_shape must be [C, h, w] and factor >= 2")
+    return CheckpointLowRes(shape, factor, level)
 
 
 def _text_parts(precond, condition: dict, config_path) -> tuple[TextDenoiser, CharacterConditioner]:

@@ -83,6 +83,8 @@ def model_block(record: Mapping[str, Any]) -> str:
                        if classes else "none (unconditional)")
         if info.get("text"):
             classes_row = ("conditioning", f"text: {info['text']}")
+        if info.get("low_res"):
+            classes_row = ("conditioning", f"super-resolution: {info['low_res']}")
     rows += [
         classes_row,
         ("sigma range", f"{record['sigma_min']:g} .. {record['sigma_max']:g}"),

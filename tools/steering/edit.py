@@ -15,51 +15,100 @@ from samplers.noise import LATENT_STREAM, stream_seed
 from tools.common import BadInput, existing_file, given_path, one_line
 from tools.images import from_uint8, image_path, read_png
 
-__all__ = ["EditImages", "edit_start", "load_image", "load_init", "load_mask", "plain_start", "seed_draws"]
+__all__ = ["EditImages", "SeedImages", "edit_start", "load_image", "load_init", "load_mask",
+           "load_seed_images", "plain_start", "seed_draws"]
+
+
+@dataclass(frozen=True)
+class SeedImages:
+    """Images given per seed: one PNG for every seed (``image``), or a folder of one PNG per seed named as
+    ``edm generate`` names them (``folder``, flat or in subfolders; read per batch). Each has ``shape``;
+    ``what`` names them in messages ("init image") and ``param`` is the argument that gives them."""
+
+    image: torch.Tensor | None  # [1, C, H, W] for one PNG; None when per seed (a folder)
+    folder: Path | None
+    shape: tuple[int, ...]
+    what: str = "init image"
+    param: str = "init_image"
+    whose: str = "the model's images"  # what the shape is, in the message of a PNG of another shape
+    path: Path | None = None  # as given: the PNG or the folder
+
+    def check_seeds(self, seeds: Sequence[int]) -> None:
+        """Every seed's image exists and has the shape (a folder of per-seed images); BadInput if not."""
+        if self.folder is None:
+            return
+        for seed in seeds:
+            self.seed_image(seed)
+
+    def seed_image(self, seed: int) -> torch.Tensor:
+        """Seed ``seed``'s image as ``[1, C, H, W]`` in [-1, 1]."""
+        if self.folder is None:
+            return self.image
+        for subdirs in (False, True):
+            path = image_path(self.folder, seed, subdirs)
+            if path.exists():  # a folder of that name is refused as one
+                return load_image(existing_file(path, self.what, self.param), self.shape, self.param,
+                                  self.whose)
+        expected = image_path(self.folder, seed)
+        raise BadInput(f"no {self.what} for seed {seed} in {self.folder} (expected {expected}"
+                       " as `edm generate` writes them)", self.param)
+
+    def for_seeds(self, seeds: Sequence[int], device, dtype) -> torch.Tensor:
+        """The images of ``seeds``, ``[len(seeds), C, H, W]``."""
+        if self.image is not None:
+            return self.image.to(device=device, dtype=dtype).expand(len(seeds), *self.shape)
+        return torch.cat([self.seed_image(s) for s in seeds]).to(device=device, dtype=dtype)
+
+
+def load_seed_images(path, shape: Sequence[int], what: str, param: str, whose: str = "the model's images",
+                     hint: str = "a PNG, or a folder of NNNNNN.png per seed") -> SeedImages:
+    """One PNG (read now) or a folder of per-seed PNGs (read per batch) of ``shape``; BadInput if neither."""
+    path = given_path(path, what, param)
+    if path.is_dir():
+        return SeedImages(None, path, tuple(shape), what, param, whose, path)
+    if path.is_file():
+        return SeedImages(load_image(path, shape, param, whose), None, tuple(shape), what, param, whose, path)
+    raise BadInput(f"{what} {path} does not exist (give {hint})", param)
 
 
 @dataclass(frozen=True)
 class EditImages:
     """The init image(s) and mask of an edit, as float tensors in the model's data space."""
 
-    init: torch.Tensor | None  # [1, C, H, W] for one PNG; None when per seed (a folder)
-    folder: Path | None
+    images: SeedImages
     mask: torch.Tensor | None  # [1, 1, H, W] of 0/1 (1: generate)
     shape: tuple[int, ...]
     strength: float
 
+    @property
+    def init(self) -> torch.Tensor | None:
+        """``[1, C, H, W]`` for one PNG; None when per seed (a folder)."""
+        return self.images.image
+
+    @property
+    def folder(self) -> Path | None:
+        return self.images.folder
+
     def check_seeds(self, seeds: Sequence[int]) -> None:
         """Every seed's init image exists and has the model's shape (a folder of per-seed images)."""
-        if self.folder is None:
-            return
-        for seed in seeds:
-            self._seed_image(seed)
-
-    def _seed_image(self, seed: int) -> torch.Tensor:
-        for subdirs in (False, True):
-            path = image_path(self.folder, seed, subdirs)
-            if path.exists():  # a folder of that name is refused as one
-                return load_image(existing_file(path, "init image", "init_image"), self.shape, "init_image")
-        expected = image_path(self.folder, seed)
-        raise BadInput(f"no init image for seed {seed} in {self.folder} (expected {expected}"
-                       " as `edm generate` writes them)", "init_image")
+        self.images.check_seeds(seeds)
 
     def init_for(self, seeds: Sequence[int], device, dtype) -> torch.Tensor:
-        if self.init is not None:
-            return self.init.to(device=device, dtype=dtype).expand(len(seeds), *self.shape)
-        return torch.cat([self._seed_image(s) for s in seeds]).to(device=device, dtype=dtype)
+        return self.images.for_seeds(seeds, device, dtype)
 
 
-def load_image(path: Path, shape: Sequence[int], param: str) -> torch.Tensor:
-    """A PNG as ``[1, C, H, W]`` in [-1, 1]; BadInput unless it has ``shape`` (C, H, W)."""
+def load_image(path: Path, shape: Sequence[int], param: str,
+               whose: str = "the model's images") -> torch.Tensor:
+    """A PNG as ``[1, C, H, W]`` in [-1, 1]; BadInput unless it has ``shape`` (C, H, W) (``whose``: what has
+    that shape, in the message)."""
     try:
         array = read_png(path)
     except ValueError as e:
         raise BadInput(one_line(e), param) from None
     got = (array.shape[2], array.shape[0], array.shape[1])
     if got != tuple(shape):
-        raise BadInput(f"{path} is {got[0]}x{got[1]}x{got[2]} (channels x height x width); the model's "
-                       f"images are {shape[0]}x{shape[1]}x{shape[2]}", param)
+        raise BadInput(f"{path} is {got[0]}x{got[1]}x{got[2]} (channels x height x width); {whose} "
+                       f"are {shape[0]}x{shape[1]}x{shape[2]}", param)
     return from_uint8(array[None])
 
 
@@ -80,15 +129,8 @@ def load_mask(path: Path, shape: Sequence[int]) -> torch.Tensor:
 
 def load_init(path, shape: Sequence[int], strength: float) -> EditImages:
     """``--init-image``: one PNG, or a folder of per-seed PNGs (read per batch); BadInput if neither."""
-    path = given_path(path, "init image", "init_image")
-    if path.is_dir():
-        init, folder = None, path
-    elif path.is_file():
-        init, folder = load_image(path, shape, "init_image"), None
-    else:
-        raise BadInput(f"init image {path} does not exist (give a PNG, or a folder of NNNNNN.png per seed)",
-                       "init_image")
-    return EditImages(init=init, folder=folder, mask=None, shape=tuple(shape), strength=strength)
+    images = load_seed_images(path, shape, "init image", "init_image")
+    return EditImages(images=images, mask=None, shape=tuple(shape), strength=strength)
 
 
 def seed_draws(seeds: Sequence[int], shape: Sequence[int], count: int, device, dtype) -> list[torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .registry import flags
 
-__all__ = ["Steering"]
+__all__ = ["Steering", "file_identity"]
 
 
 class Steering:
@@ -82,14 +82,14 @@ class Steering:
         for key, value in self._values:
             flag = known.get(key)
             if flag is not None and flag.is_file:
-                value = _file_identity(Path(value))
+                value = file_identity(Path(value))
             elif not isinstance(value, str | Path | numbers.Number | tuple | list):
                 value = str(getattr(value, "source", type(value).__name__))
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
 
-def _file_identity(path: Path) -> str:
+def file_identity(path: Path) -> str:
     """A path as the record keeps it: absolute, and for a file its content's hash too, so an edited init
     image or mask is a different setting (a per-seed folder is kept by path)."""
     path = path.expanduser().resolve()
