@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedC
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 SAMPLER_OPTION_PREFIX = "sampler_option_"
 SECTIONS = ("Model", "Sampling", "Sampler options", "Seeds and classes", "Text", "Super-resolution",
-            "Guidance", "Editing", "Reference",
+            "Super-resolution stage", "Guidance", "Editing", "Reference",
             "Output", "Device", "Other")
 # BadInput.param -> flag, where the flag is not simply --param-name (None: the message names the option)
 _FLAGS = {"class_label": "--class", "options": None, "cond": "--model", "samplers": "--sampler",
@@ -140,11 +141,12 @@ def _option_type(defaults: list[Any]) -> click.ParamType:
     return click.STRING
 
 
-def sampler_option_params(reserved: set[str]) -> list[click.Option]:
+def sampler_option_params(reserved: set[str], stage: str | None = None) -> list[click.Option]:
     """One ``--flag`` per option name in the sampler registry, defaulting to None ("not given").
 
     The help is the registry's description of the option, then which samplers take it and their defaults.
-    A name whose flag would clash with one of ``reserved`` becomes ``--sampler-NAME``.
+    A name whose flag would clash with one of ``reserved`` becomes ``--sampler-NAME``. ``stage``: the
+    flags of a cascade's stage instead (``"sr"``: ``--sr-eta``, parameter ``sr_sampler_option_eta``).
     """
     import samplers
     from samplers.registry import OPTION_HELP
@@ -166,9 +168,13 @@ def sampler_option_params(reserved: set[str]) -> list[click.Option]:
         for sampler, default in defaults.items():
             groups.setdefault(_format_default(default), []).append(sampler)
         where = "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
-        params.append(SectionOption([flag, SAMPLER_OPTION_PREFIX + key], default=None,
-                                    help=f"{described[key]} Default {where}.",
-                                    type=_option_type(list(defaults.values())), section="Sampler options",
+        name, help_text, section = SAMPLER_OPTION_PREFIX + key, f"{described[key]} Default {where}.", \
+            "Sampler options"
+        if stage is not None:
+            flag, name = stage_flag(flag, stage), f"{stage}_{name}"
+            help_text, section = f"{STAGE_HELP} {help_text}", STAGE_SECTION
+        params.append(SectionOption([flag, name], default=None, help=help_text,
+                                    type=_option_type(list(defaults.values())), section=section,
                                     metavar="VALUE"))
     return params
 
@@ -199,7 +205,11 @@ class SectionedCommand(click.Command):
             # every sampling flag, taken here or not: a sampler option keeps one flag in every command
             reserved = {flag for p in self.params for flag in (*p.opts, *p.secondary_opts)}
             reserved |= {flag for _, decls, _ in SAMPLING_PARAMS.values() for flag in decls}
+            stages = [param.name[:-len("_model")] for param in self.params
+                      if param.name and param.name.endswith("_model") and param.name in STAGE_MODELS]
             self.params.extend(sampler_option_params(reserved))
+            for stage in stages:  # a cascade's stage: its own copy of every sampler option
+                self.params.extend(sampler_option_params(reserved, stage))
         return super().get_params(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -555,6 +565,88 @@ def sampling_request(flags: dict[str, Any], command: str, dtype: str = "float32"
     for key in [key for key in flags if key.startswith(SAMPLER_OPTION_PREFIX)]:
         flags.pop(key)
     return request.replace(sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A cascade's super-resolution stage (edm generate --sr-model, edm fid gen --sr-model)
+
+STAGE_SECTION = "Super-resolution stage"
+STAGE_HELP = "The --sr-model stage's:"
+#: the sampling flags a cascade's stage has a copy of (``--sr-steps``); the sampler-option flags too
+STAGE_FLAGS = ("sampler", "steps", "nfe", "schedule", "sigma_min", "sigma_max", "rho", "guidance")
+#: the stages a command may have, by the parameter of their model (``sr_model``: ``--sr-model``)
+STAGE_MODELS = ("sr_model",)
+_STAGE_DEFAULTS = {"sampler": "heun", "schedule": "karras"}
+
+
+def stage_flag(flag: str, stage: str) -> str:
+    """``--steps`` of stage ``sr``: ``--sr-steps``."""
+    return f"--{stage}-{flag.removeprefix('--')}"
+
+
+def _stage_help(text: str) -> str:
+    # the stage's defaults are its own model's (and heun, karras, 18 steps), not the base flags' values
+    return f"{STAGE_HELP} {text}"
+
+
+def sr_stage_options(fn: Callable) -> Callable:
+    """Decorate a command with ``--sr-model`` and the stage's copy of each of :data:`STAGE_FLAGS`
+    (``--sr-sampler``, ``--sr-steps``, ...; declared from SAMPLING_PARAMS, so they take what the base flags
+    take), all defaulting to None: the stage's own defaults. The sampler-option flags (``--sr-eta``) are
+    added with the registry's (:class:`SectionedCommand`)."""
+    for name in reversed(STAGE_FLAGS):
+        _, decls, attrs = SAMPLING_PARAMS[name]
+        flags = [stage_flag(decl, "sr") for decl in decls if decl.startswith("--")]
+        fn = option(STAGE_SECTION, *flags, f"sr_{name}", default=None,
+                    **{**attrs, "help": _stage_help(attrs["help"])})(fn)
+    return option(STAGE_SECTION, "--sr-model", default=None, metavar="SPEC",
+                  help="A cascade: sample --model, then this super-resolution model on each seed's image "
+                       "(as written, the base stage's PNGs in OUTDIR/base/); its low-resolution input "
+                       "must be the base model's image size. --noise-aug / --noise-level apply to it; the "
+                       "--sr-* flags set its sampling (default: its own, heun, karras, 18 steps). Its "
+                       "randomness comes from seed stream_seed(seed, STAGE_STREAM).")(fn)
+
+
+def _stage_usage(error: click.UsageError, stage: str) -> click.UsageError:
+    """A usage error of a stage's flags, its flags named as typed (``--steps`` -> ``--sr-steps``)."""
+    message = re.sub(r"(?<![\w-])--(?=[a-z])", f"--{stage}-", error.format_message())
+    return click.UsageError(message)
+
+
+def sr_stage_request(flags: dict[str, Any], base, command: str):
+    """Pop the ``--sr-*`` flags out of a command's ``flags``: ``(base, sr)``, the base stage's request and
+    the super-resolution stage's (None without ``--sr-model``). The stage samples with its own flags (unset:
+    its defaults) and takes the base request's device, dtype, pickle trust and low-resolution level flags
+    (``--noise-aug`` / ``--noise-level``, which leave the base request); classes, guidance steering and text
+    stay with the base. Usage errors for stage flags without ``--sr-model`` or with ``--low-res``."""
+    prefix = "sr_"
+    stage = {key[len(prefix):]: flags.pop(key) for key in list(flags) if key.startswith(prefix)}
+    model = stage.pop("model", None)
+    if model is None:
+        given = [key for key, value in stage.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{_stage_flag_of(given[0])} sets the --sr-model stage: give --sr-model")
+        return base, None
+    if base.low_res is not None:
+        raise click.UsageError("--low-res and --sr-model exclude each other: the --sr-model stage's input is "
+                               "the base model's images")
+    sampler = stage.pop("sampler") or _STAGE_DEFAULTS["sampler"]
+    schedule = stage.pop("schedule") or _STAGE_DEFAULTS["schedule"]
+    steps = stage.pop("steps")
+    try:
+        nfe, options = one_sampler(sampler, steps, stage.pop("nfe"), stage, command)
+    except click.UsageError as e:
+        raise _stage_usage(e, "sr") from None
+    ranges = {key: stage.get(key) for key in ("sigma_min", "sigma_max", "rho", "guidance")}
+    sr = base.replace(model=model, sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options,
+                      class_label=None, steering=None, prompting=None, **ranges)
+    return base.replace(noise_aug=None, noise_level=None), sr
+
+
+def _stage_flag_of(key: str) -> str:
+    if key.startswith(SAMPLER_OPTION_PREFIX):
+        return f"--sr-{key[len(SAMPLER_OPTION_PREFIX):].replace('_', '-')}"
+    return f"--sr-{key.replace('_', '-')}"
 
 
 def report_ignored(model, prompts=None, auto=None) -> None:

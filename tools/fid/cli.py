@@ -42,10 +42,15 @@ from tools.options import (
     sampling_options,
     sampling_request,
     seeds_option,
+    sr_stage_options,
+    sr_stage_request,
     usage_error,
 )
 
 from . import KID_NOTE, MIN_IMAGES, TOO_FEW
+
+#: what a cascade's report says of its super-resolution stage (from its record of settings)
+CASCADE_INFO = ("model", "sampler", "steps", "guidance", "low_res", "seeds")
 
 
 class _Failure(click.ClickException):
@@ -212,6 +217,7 @@ def calc_command(images, ref, metrics, detector, detector_weights, num, seed, ba
 
 @command("gen")
 @sampling_options()
+@sr_stage_options
 @seeds_option(None, "Instead of --num: the seeds of the images, e.g. 0-49999 or 0-63,100 (NVlabs' syntax).")
 @option("Seeds and classes", "--num", type=int, callback=_image_count, default=None, metavar="K",
         help="Images to generate: seeds OFFSET .. OFFSET+K-1.")
@@ -228,8 +234,8 @@ def gen_command(seeds, num, seed_offset, ref, metrics, detector, detector_weight
                 **flags):
     """Score a sampler: generate images in memory (those `edm generate` writes with the same sampling
     options and seeds) and score them batch by batch, writing nothing."""
+    from tools.generate.cascade import prepare_stages
     from tools.generate.runner import sample_images
-    from tools.generate.sampling import prepare_sampling
     from tools.seeds import format_seeds
 
     from .scoring import open_reference, score
@@ -241,11 +247,12 @@ def gen_command(seeds, num, seed_offset, ref, metrics, detector, detector_weight
     if seeds is not None and len(seeds) < MIN_IMAGES:
         raise click.BadParameter(f"{len(seeds)} seed: {TOO_FEW}", param_hint="'--seeds'")
     request = sampling_request(flags, "edm fid gen")
+    request, sr = sr_stage_request(flags, request, "edm fid gen")
     seeds = seeds if seeds is not None else list(range(seed_offset, seed_offset + num))
 
     def body():
         reference = open_reference(ref, metrics, detector=detector, batch=batch)  # before the model loads
-        setup = prepare_sampling(request)
+        setup = prepare_stages(request, sr)  # with --sr-model: a cascade, scored on its final images
         setup.check_seeds(seeds)
         if setup.prompts is not None:
             setup.prompts.assign(seeds)
@@ -262,7 +269,10 @@ def gen_command(seeds, num, seed_offset, ref, metrics, detector, detector_weight
                 info = {"model": str(request.model), "sampler": setup.sampler, "options": setup.options,
                         "schedule": setup.schedule, "steps": setup.steps, "nfe": setup.nfe,
                         "class": setup.class_label, "guidance": setup.guidance, "seeds": format_seeds(seeds),
-                        "network_evaluations": setup.evaluations, **setup.settings().get("steering", {})}
+                        "network_evaluations": setup.evaluations,
+                        **getattr(setup, "base", setup).settings().get("steering", {})}  # a cascade's base
+                if sr is not None:
+                    info["sr"] = {key: setup.settings()["sr"][key] for key in CASCADE_INFO}
                 _report(result, info, as_json)
 
     _run(body)

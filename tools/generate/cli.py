@@ -19,6 +19,8 @@ from tools.options import (
     sampling_options,
     sampling_request,
     seeds_option,
+    sr_stage_options,
+    sr_stage_request,
 )
 
 __all__ = ["generate"]
@@ -26,6 +28,7 @@ __all__ = ["generate"]
 
 @command("generate")
 @sampling_options()
+@sr_stage_options
 @seeds_option("0-63", "Seeds, one image each: ranges and commas, e.g. 0-63,100.")
 @option("Output", "--outdir", required=True, type=click.Path(file_okay=False), metavar="DIR",
         help="Where the images go: DIR/000042.png for seed 42 (created if missing). DIR/edm-generate.json "
@@ -61,6 +64,8 @@ def generate(seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
       edm generate --outdir edit --init-image out --strength 0.3 --unconditional    img2img
       edm generate --outdir fill --init-image out/000003.png --mask right.png --class 3
       edm generate --outdir text --model digits-text --prompt 2024 --seeds 0-7     digit strings, 8x40
+      edm generate --outdir sr --model SR.json --low-res out --noise-aug 0.2     super-resolution
+      edm generate --outdir cascade --model BASE.json --sr-model SR.json --sr-steps 12  base/ + final
       edm generate --outdir sd --model diffusers:sd15 --prompt "a red bicycle" --schedule diffusers \
           --sampler dpmpp_2m --steps 25 --seeds 0-3         Stable Diffusion (guidance: its default 6.5)
       torchrun --standalone --nproc_per_node 4 -m tools.cli generate \\
@@ -73,10 +78,11 @@ def generate(seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
     from . import runner as running
 
     request = sampling_request(flags, "edm generate")
+    request, sr = sr_stage_request(flags, request, "edm generate")
     output = planning.Output(seeds=seeds, outdir=outdir, batch=batch, subdirs=subdirs, grid=grid,
                              overwrite=overwrite, progress=progress)
     with cli_errors():
-        plan = planning.prepare(request, output)
+        plan = planning.prepare(request, output, sr)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         report_ignored(plan.sampling.model, plan.sampling.prompts, plan.sampling.auto)

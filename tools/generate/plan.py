@@ -11,8 +11,9 @@ from tools.images import PNG_MODES, image_layouts, image_path
 from tools.request import SamplingRequest
 from tools.seeds import format_seeds, parse_seeds
 
+from .cascade import Cascade, prepare_stages
 from .record import RECORD_NAME, check_record
-from .sampling import Sampling, prepare_sampling
+from .sampling import Sampling
 
 __all__ = ["GenerateError", "Output", "Plan", "prepare"]
 
@@ -39,7 +40,7 @@ class Plan:
     go."""
 
     request: SamplingRequest
-    sampling: Sampling
+    sampling: Sampling | Cascade
     seeds: list[int]
     outdir: Path
     batch: int
@@ -47,9 +48,15 @@ class Plan:
     grid: Path | None
     overwrite: bool
     progress: bool = True
+    sr_request: SamplingRequest | None = None  # a cascade's super-resolution stage
 
-    def path(self, seed: int) -> Path:
-        return image_path(self.outdir, seed, self.subdirs)
+    def path(self, seed: int, folder: str = "") -> Path:
+        """Seed ``seed``'s image in ``folder`` of the output folder (``""``: the final images)."""
+        return image_path(self.outdir / folder, seed, self.subdirs)
+
+    def paths(self, seed: int) -> list[Path]:
+        """Every image the run writes for ``seed`` (a cascade's base stage's first)."""
+        return [self.path(seed, folder) for folder in self.sampling.output_dirs]
 
     def describe(self) -> str:
         """One line: what will be sampled how."""
@@ -99,17 +106,18 @@ def _check_layout(outdir: Path, subdirs: bool) -> None:
                             "--outdir", "outdir")
 
 
-def prepare(request: SamplingRequest, output: Output) -> Plan:
+def prepare(request: SamplingRequest, output: Output, sr: SamplingRequest | None = None) -> Plan:
     """Check ``request`` and ``output`` and return the job; raises :class:`GenerateError`. Nothing is written
     (see :func:`tools.generate.sampling.prepare_sampling`); a folder that holds images made with other
     settings is refused unless ``output.overwrite``, and one that holds images in the other layout (flat or
-    ``subdirs``) always."""
+    ``subdirs``) always. ``sr``: a cascade's super-resolution stage (:mod:`tools.generate.cascade`), whose
+    images are the final ones; the base stage's go to ``outdir/base``."""
     try:
         seeds = parse_seeds(output.seeds)
     except ValueError as e:
         raise GenerateError(str(e), "seeds") from None
     batch = positive_int(output.batch, "batch", "batch")
-    setup = prepare_sampling(request)
+    setup = prepare_stages(request, sr)
     setup.check_seeds(seeds)
     if setup.prompts is not None:
         setup.prompts.assign(seeds)
@@ -122,7 +130,8 @@ def prepare(request: SamplingRequest, output: Output) -> Plan:
     check_writable_dir(outdir, "outdir")
     grid = _check_grid(output.grid, outdir, seeds, bool(output.subdirs))
     check_record(outdir, setup.settings(), output.overwrite)
-    _check_layout(outdir, bool(output.subdirs))
+    for folder in setup.output_dirs:
+        _check_layout(outdir / folder, bool(output.subdirs))
     return Plan(request=request, sampling=setup, seeds=seeds, outdir=outdir, batch=batch,
                 subdirs=bool(output.subdirs), grid=grid, overwrite=bool(output.overwrite),
-                progress=bool(output.progress))
+                progress=bool(output.progress), sr_request=sr)

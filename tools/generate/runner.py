@@ -56,8 +56,10 @@ def run(plan: Plan) -> Summary:
     ranks = Ranks().start(plan.sampling.device)
     try:
         mine = ranks.share(plan.seeds)
-        remove_stale_temporaries(mine, plan.outdir, plan.subdirs)
-        todo = [s for s in mine if plan.overwrite or not plan.path(s).is_file()]
+        for folder in plan.sampling.output_dirs:
+            remove_stale_temporaries(mine, plan.outdir / folder, plan.subdirs)
+        # a seed is done when all its images are (a cascade's base image and final image)
+        todo = [s for s in mine if plan.overwrite or not all(p.is_file() for p in plan.paths(s))]
         plan.outdir.mkdir(parents=True, exist_ok=True)
         if ranks.rank == 0:
             write_record(plan.outdir, plan.sampling.settings())
@@ -68,9 +70,10 @@ def run(plan: Plan) -> Summary:
                   disable=not plan.progress or ranks.rank != 0) as bar:
             for start in range(0, len(todo), plan.batch):
                 chunk = todo[start:start + plan.batch]
-                for seed, image in zip(chunk, sample_images(plan.sampling, chunk)):
-                    write_png(plan.path(seed), image)
-                    written += 1
+                for folder, images in plan.sampling.outputs(chunk).items():  # the final images last
+                    for seed, image in zip(chunk, images):
+                        write_png(plan.path(seed, folder), image)
+                written += len(chunk)
                 bar.update(len(chunk))
         written, skipped = ranks.total(written, len(mine) - len(todo))
         ranks.barrier()  # every rank's PNGs are in place

@@ -129,6 +129,8 @@ class Sampling:
     solver: Any = None
     auto: dict[str, Any] | None = None
     low_res: LowResInput | None = None  # a super-resolution model's low-resolution input
+    #: the folders (inside the output folder) of :meth:`outputs`: the images themselves
+    output_dirs = ("",)
 
     @property
     def state_dtype(self) -> torch.dtype:
@@ -178,6 +180,12 @@ class Sampling:
             return out
         with torch.no_grad():
             return autoencoder.decode(out)
+
+    def outputs(self, seeds: Sequence[int]) -> dict[str, Any]:
+        """uint8 ``[B, H, W, C]`` images of ``seeds`` by folder of :attr:`output_dirs` (a cascade has two)."""
+        from tools.images import to_uint8
+
+        return {"": to_uint8(self.images(seeds))}
 
     def check_seeds(self, seeds: Sequence[int]) -> None:
         """What a list of seeds needs beyond the setup (an init image per seed) is there; BadInput if not."""
