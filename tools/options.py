@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from .common import CONTEXT, BadInput, flagged, one_line
+from .request import STAGE_FIELDS
 from .steering import Steering
 from .steering import flags as steering_flags
 
@@ -571,9 +572,9 @@ def sampling_request(flags: dict[str, Any], command: str, dtype: str = "float32"
 # A cascade's super-resolution stage (edm generate --sr-model, edm fid gen --sr-model)
 
 STAGE_SECTION = "Super-resolution stage"
-STAGE_HELP = "The --sr-model stage's:"
+STAGE_HELP = "[--sr-model stage]"
 #: the sampling flags a cascade's stage has a copy of (``--sr-steps``); the sampler-option flags too
-STAGE_FLAGS = ("sampler", "steps", "nfe", "schedule", "sigma_min", "sigma_max", "rho", "guidance")
+STAGE_FLAGS = STAGE_FIELDS
 #: the stages a command may have, by the parameter of their model (``sr_model``: ``--sr-model``)
 STAGE_MODELS = ("sr_model",)
 _STAGE_DEFAULTS = {"sampler": "heun", "schedule": "karras"}

@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Prompting", "SamplingRequest"]
+__all__ = ["STAGE_FIELDS", "Prompting", "SamplingRequest"]
+
+#: the fields a cascade's super-resolution stage sets apart from the base stage's (``--sr-steps``); the
+#: sampler's options too
+STAGE_FIELDS = ("sampler", "steps", "nfe", "schedule", "sigma_min", "sigma_max", "rho", "guidance")
 
 
 @dataclass(frozen=True)

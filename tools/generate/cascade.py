@@ -22,8 +22,7 @@ import torch
 from samplers.noise import STAGE_STREAM, stream_seed
 from tools.common import BadInput
 from tools.images import from_uint8, to_uint8
-from tools.options import STAGE_FLAGS
-from tools.request import SamplingRequest
+from tools.request import STAGE_FIELDS, SamplingRequest
 
 from .sampling import Sampling, load, prepare_sampling
 
@@ -34,7 +33,7 @@ BASE_DIR = "base"
 #: how the record names the super-resolution stage's seeds
 STAGE_SEEDS = f"stream_seed(seed, {STAGE_STREAM})"
 #: the parameters of the super-resolution stage's errors that are its own flags (``--sr-steps``)
-_STAGE_PARAMS = (*STAGE_FLAGS, "model")
+_STAGE_PARAMS = (*STAGE_FIELDS, "model")
 
 
 def stage_seeds(seeds: Sequence[int]) -> list[int]:
