@@ -73,6 +73,20 @@ def test_layout_and_record(reference):
     assert record["sr"]["seeds"] == f"stream_seed(seed, {STAGE_STREAM})"
 
 
+def test_unset_stage_flags_take_the_sr_models_defaults_and_subdirs_hold_both_stages(sr_models, tmp_path):
+    base, sr = sr_models
+    result = invoke(generate_cli.generate, "--model", base, "--sr-model", sr, "--sampler", "euler",
+                    "--steps", 3, "--seeds", "999-1000", "--subdirs", "--outdir", tmp_path, "--no-progress")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "edm-generate.json").read_text())
+    assert (record["base"]["sampler"], record["base"]["steps"]) == ("euler", 3)
+    stage = record["sr"]
+    assert (stage["sampler"], stage["steps"], stage["schedule"]) == ("heun", 18, "karras")
+    assert record["sr"]["low_res"]["noise_aug"] == 0.2  # the SR checkpoint's recorded level
+    assert sorted(pngs(tmp_path)) == ["000000/000999.png", "001000/001000.png", "base/000000/000999.png",
+                                      "base/001000/001000.png"]
+
+
 def test_batch_one_equals_batch_eight(sr_models, reference, tmp_path):
     cascade(sr_models, tmp_path, "--batch", 1)
     assert pngs(tmp_path) == pngs(reference)
