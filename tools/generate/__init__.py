@@ -25,8 +25,9 @@ a :class:`Plan`, which holds the request, its checked :class:`Sampling` and the 
 the work.
 
 Modules: :mod:`.sampling` (what is sampled, checked once for every command that samples:
-``prepare_sampling(request)``), :mod:`.plan` (the job), :mod:`.runner` (the work), :mod:`.record` (the
-folder's settings), :mod:`.cli` (``edm generate``).
+``prepare_sampling(request)``), :mod:`.low_res` (a super-resolution model's ``--low-res`` input),
+:mod:`.cascade` (a base model then a super-resolution model, ``--sr-model``), :mod:`.plan` (the job),
+:mod:`.runner` (the work), :mod:`.record` (the folder's settings), :mod:`.cli` (``edm generate``).
 PNG and grid I/O is :mod:`tools.images`; devices and dtypes :mod:`tools.device`; ranks :mod:`tools.ranks`.
 Names are imported on first use, so the CLI module loads without torch.
 """
@@ -42,6 +43,7 @@ _EXPORTS = {
     "GenerateError": ".plan", "Output": ".plan", "Plan": ".plan", "prepare": ".plan",
     "Summary": ".runner", "generate": ".runner", "run": ".runner", "sample_images": ".runner",
     "RECORD_NAME": ".record",
+    "Cascade": ".cascade", "prepare_stages": ".cascade", "stage_seeds": ".cascade",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
