@@ -26,7 +26,7 @@ from samplers.noise import STAGE_STREAM, stream_seed
 from tools.fid.cli import fid
 from tools.fid.detectors import DIGITS_WEIGHTS
 from tools.generate import cli as generate_cli
-from tools.generate import prepare_sampling
+from tools.generate import generate, prepare_sampling
 from tools.generate.cascade import stage_seeds
 from tools.images import to_uint8
 from tools.request import SamplingRequest
@@ -109,6 +109,15 @@ def test_sr_stage_equals_a_super_resolution_run_of_the_base_images(sr_models, re
     # the stage's own noise: sampling it with the base seeds gives other images
     with torch.no_grad():
         assert not np.array_equal(to_uint8(setup.images(seeds, low_res=low)), expected)
+
+
+def test_the_library_cascade_writes_what_the_command_writes(sr_models, reference, tmp_path):
+    base, sr = sr_models
+    stage = SamplingRequest(model=sr, sampler="dpmpp_2m_sde", steps=3, options={"eta": 0.7}, noise_aug=0.3,
+                            dtype="float64")
+    generate(base, SEEDS, tmp_path, sampler="euler_ancestral", steps=4, dtype="float64", sr=stage,
+             progress=False)
+    assert pngs(tmp_path) == pngs(reference)
 
 
 def test_base_stage_equals_a_plain_run_of_the_base_model(sr_models, reference, tmp_path):

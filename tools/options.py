@@ -206,8 +206,7 @@ class SectionedCommand(click.Command):
             # every sampling flag, taken here or not: a sampler option keeps one flag in every command
             reserved = {flag for p in self.params for flag in (*p.opts, *p.secondary_opts)}
             reserved |= {flag for _, decls, _ in SAMPLING_PARAMS.values() for flag in decls}
-            stages = [param.name[:-len("_model")] for param in self.params
-                      if param.name and param.name.endswith("_model") and param.name in STAGE_MODELS]
+            stages = [p.name.removesuffix("_model") for p in self.params if p.name in STAGE_MODELS]
             self.params.extend(sampler_option_params(reserved))
             for stage in stages:  # a cascade's stage: its own copy of every sampler option
                 self.params.extend(sampler_option_params(reserved, stage))

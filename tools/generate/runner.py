@@ -94,8 +94,8 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
              sigma_max: float | None = None, rho: float | None = None, class_label: int | None = None,
              guidance: float | None = None, device=None, dtype=None, trust_pickle: bool | None = None,
              steering=None, prompting=None, low_res=None, noise_aug: float | None = None,
-             noise_level: float | None = None, batch: int = 64, subdirs: bool = False, grid=None,
-             overwrite: bool = False, progress: bool = True) -> Summary:
+             noise_level: float | None = None, sr: SamplingRequest | None = None, batch: int = 64,
+             subdirs: bool = False, grid=None, overwrite: bool = False, progress: bool = True) -> Summary:
     """Write one PNG per seed of ``model`` into ``outdir``; return what was written.
 
     The sampling is a :class:`tools.request.SamplingRequest`: give it as ``request`` (or in place of
@@ -107,6 +107,9 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
     left None keeps the request's (or the default's) value.
 
     Args:
+        sr: a cascade's super-resolution stage (:mod:`tools.generate.cascade`): its images are the final
+            ones, the base stage's (``model``'s) go to ``outdir/base``; ``noise_aug`` / ``noise_level``
+            then belong in ``sr``.
         seeds: NVlabs syntax (``"0-63,100"``) or a list of ints; one image per seed.
         batch: images per denoiser batch (changes speed, not images).
         subdirs: one folder per 1000 seeds. grid: also tile all images into this PNG.
@@ -122,4 +125,4 @@ def generate(model=None, seeds="0-63", outdir=None, *, request: SamplingRequest 
     request = SamplingRequest.of(request, **{k: v for k, v in given.items() if v is not None})
     output = Output(seeds=seeds, outdir=outdir, batch=batch, subdirs=subdirs, grid=grid, overwrite=overwrite,
                     progress=progress)
-    return run(prepare(request, output))
+    return run(prepare(request, output, sr))
