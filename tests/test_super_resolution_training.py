@@ -70,7 +70,8 @@ def test_the_condition_is_the_noised_low_res_image_upsampled_and_the_level_label
     cond = low_res_condition(low, 2, torch.tensor([0.0, 0.5]), noise)
     assert torch.equal(cond["cond_image"][0], upsample(low, 2)[0])  # sigma_aug 0: the clean image
     torch.testing.assert_close(cond["cond_image"][1], upsample(low + 0.5 * noise, 2)[1])
-    torch.testing.assert_close(cond["augment_labels"], torch.tensor([math.log(AUGMENT_FLOOR), math.log(0.5)]) / 4)
+    labels = torch.tensor([math.log(AUGMENT_FLOOR), math.log(0.5)]) / 4
+    torch.testing.assert_close(cond["augment_labels"], labels)
     one = low_res_condition(low, 2, 0.3, noise)  # one level for the batch
     assert one["augment_labels"].shape == (2,) and torch.allclose(one["augment_labels"], augment_label(0.3))
 
@@ -92,7 +93,8 @@ def test_noise_augmentation_draws_clean_inputs_and_log_uniform_levels():
 def test_a_minibatch_of_low_res_training_is_its_images_pooled_and_noised():
     data = load_dataset("digits-train")
     gen = torch.Generator().manual_seed(3)
-    images, cond = batch_condition(data, "low-res", 16, gen, factor=2, augmentation=NoiseAugmentation(zero=1.0))
+    images, cond = batch_condition(data, "low-res", 16, gen, factor=2,
+                                   augmentation=NoiseAugmentation(zero=1.0))
     assert set(cond) == {"cond_image", "augment_labels"}
     assert torch.equal(cond["cond_image"], upsample(downsample(images, 2), 2))  # zero = 1: all clean
     images, cond = batch_condition(data, "low-res", 16, torch.Generator().manual_seed(3), factor=2,
@@ -171,7 +173,7 @@ def test_a_run_without_super_resolution_records_none_of_its_options(tmp_path):
     (["--noise-aug-max", "2"], "--noise-aug-max belongs to --cond low-res"),
     (["--cond", "low-res"], "--cond low-res needs --factor"),
     (["--cond", "low-res", "--factor", "3"], "not divisible by factor 3"),
-    (["--cond", "low-res", "--factor", "2", "--noise-aug-min", "2", "--noise-aug-max", "1"], "0 < low < high"),
+    (["--cond", "low-res", "--factor", 2, "--noise-aug-min", 2, "--noise-aug-max", 1], "0 < low < high"),
     (["--data", "digits-text", "--cond", "low-res", "--factor", "2"], "needs an image dataset"),
 ])
 def test_bad_super_resolution_flags_are_usage_errors_and_write_nothing(tmp_path, flags, message):
