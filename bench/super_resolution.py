@@ -177,7 +177,8 @@ def report(results: dict, args) -> tuple[list[str], list[bool]]:
             spread = r.get("fd_digits_spread")
             fd = _fmt(r["fd_digits"]) + ("" if spread is None else f" ± {spread:.3f}")
             lines.append(f"| {name} | {_fmt(r['consistency_mean'], 4)} | {r['consistency_within']:.1%} "
-                         f"| {r['accuracy']:.3f} | {fd} | {_fmt(r['psnr'], 2)} | {_fmt(r.get('seconds'), 1)} |")
+                         f"| {r['accuracy']:.3f} | {fd} | {_fmt(r['psnr'], 2)} "
+                         f"| {_fmt(r.get('seconds'), 1)} |")
         sr = {k: v for k, v in held.items() if k.startswith("digits-sr")}
         # a real low-resolution image needs no augmentation: the clean level is the one users run here
         best = next((k for k in sr if k.endswith(" 0")), min(sr, key=lambda k: sr[k]["consistency_mean"]))
