@@ -125,7 +125,8 @@ def downsample(images: Tensor, factor: int) -> Tensor:
 
 
 def upsample(low: Tensor, factor: int) -> Tensor:
-    """``low`` upsampled ``factor`` times by nearest neighbour (so ``downsample(upsample(x)) == x``)."""
+    """``low`` upsampled ``factor`` times by nearest neighbour (so ``downsample(upsample(x))`` is ``x``,
+    to round-off)."""
     return F.interpolate(low, scale_factor=int(factor), mode="nearest")
 
 

@@ -1,10 +1,11 @@
-"""Tiny random-weight pipelines (Stable Diffusion 1.x / 2.x, SDXL, SD3, DiT, PixArt), built offline and
-saved with ``save_pretrained``: the test doubles of the real checkpoints, with the real pipelines' scheduler
-configs.
+"""Tiny random-weight pipelines (Stable Diffusion 1.x / 2.x, SDXL, SD3, DiT, PixArt, the x4 upscaler), built
+offline and saved with ``save_pretrained``: the test doubles of the real checkpoints, with the real pipelines'
+scheduler configs.
 
 Each builder seeds torch, builds the pipeline from tiny components, saves it to ``path`` and returns the
 in-memory pipeline (in float32, on the CPU). Sizes: latents of 4 channels and 8 x 8 at the default size,
-images of 16 x 16 (a two-level VAE: scale factor 2); CLIP text encoders of width 32, 2 layers, 2 heads, with
+images of 16 x 16 (a two-level VAE: scale factor 2; the upscaler's three-level VAE makes 32 x 32 images of
+its 8 x 8 latents and low-res images); CLIP text encoders of width 32, 2 layers, 2 heads, with
 a byte-level tokenizer whose merges are empty (each word splits into its characters), 77 tokens long.
 
 Nothing here touches the network: the tokenizers are written from a vocabulary built in code.
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["BUILDERS", "DIT_CLASSES", "build_dit", "build_pixart", "build_sd", "build_sd3", "build_sdxl",
-           "byte_vocabulary", "random_unet2d",
+           "build_upscale", "byte_vocabulary", "random_unet2d",
            "save_unet_pipeline", "tiny_t5_tokenizer", "tiny_tokenizer"]
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -87,30 +88,32 @@ def _text_encoder(projection: bool = False):
     return cls(_text_config(projection)).eval()
 
 
-def _vae(*, shift_factor=None, scaling_factor=0.18215, sd3=False):
+def _vae(*, shift_factor=None, scaling_factor=0.18215, sd3=False, levels: int = 2):
     from diffusers import AutoencoderKL
 
     extra = {"use_quant_conv": False, "use_post_quant_conv": False} if sd3 else {}
-    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=32,
-                         sample_size=16, scaling_factor=scaling_factor, shift_factor=shift_factor,
-                         force_upcast=True, **extra).eval()
+    return AutoencoderKL(block_out_channels=(32, 64, 64)[:levels], in_channels=3, out_channels=3,
+                         latent_channels=4, down_block_types=("DownEncoderBlock2D",) * levels,
+                         up_block_types=("UpDecoderBlock2D",) * levels, layers_per_block=1,
+                         norm_num_groups=32, sample_size=16, scaling_factor=scaling_factor,
+                         shift_factor=shift_factor, force_upcast=True, **extra).eval()
 
 
-def _unet(*, cross_attention_dim=32, linear=False, sdxl=False):
+def _unet(*, cross_attention_dim=32, linear=False, sdxl=False, upscale=False):
     from diffusers import UNet2DConditionModel
 
-    extra = {}
+    extra = {"in_channels": 4}
+    if upscale:  # the low-res image's 3 channels after the latent's 4; the noise level as a class
+        extra = {"in_channels": 7, "num_class_embeds": UPSCALE_CLASSES}
     if sdxl:  # addition embedding of (pooled text embedding of encoder 2, the 6 time ids)
-        extra = {"addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-                 "projection_class_embeddings_input_dim": 6 * 8 + PROJECTION}
+        extra.update(addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=6 * 8 + PROJECTION)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_attention_dim,
-        attention_head_dim=(2, 4), use_linear_projection=linear or sdxl, norm_num_groups=32, **extra,
-    ).eval()
+        attention_head_dim=(2, 4), use_linear_projection=linear or sdxl or upscale, norm_num_groups=32,
+        **extra).eval()
 
 
 def _save(pipe, path):
@@ -256,6 +259,33 @@ def build_pixart(path, sigma: bool = False, micro_conditions: bool = False):
     return _save(pipe, path)
 
 
+#: the upscaler's schedulers and noise-level range, in the x4 upscaler's style: the low-res image noised by
+#: a DDPMScheduler, the latent denoised by a v-prediction DDIMScheduler, both on betas 0.0001..0.02
+UPSCALE_LOW_RES_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000,
+                             "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear",
+                             "trained_betas": None, "clip_sample": True, "variance_type": "fixed_small"}
+UPSCALE_SCHEDULER = {**SD2_SCHEDULER, "beta_start": 0.0001, "beta_end": 0.02}
+UPSCALE_MAX_NOISE_LEVEL = 350
+UPSCALE_CLASSES = 1000  # the UNet's noise-level embeddings (num_class_embeds)
+
+
+def build_upscale(path):
+    """The x4 upscaler (``StableDiffusionUpscalePipeline``): a tiny UNet of 7 input channels (the latent's 4,
+    then the low-res image's 3) whose class embedding takes the noise level, a three-level VAE (latents of
+    the low-res size, images 4x it; its scaling 0.08333, which the pipeline imposes), one CLIP encoder, the
+    DDPM low_res_scheduler and a v-prediction DDIMScheduler, max_noise_level 350."""
+    import diffusers
+
+    torch.manual_seed(0)
+    pipe = diffusers.StableDiffusionUpscalePipeline(
+        vae=_vae(scaling_factor=0.08333, levels=3), text_encoder=_text_encoder(), tokenizer=tiny_tokenizer(),
+        unet=_unet(upscale=True),
+        low_res_scheduler=diffusers.DDPMScheduler.from_config(UPSCALE_LOW_RES_SCHEDULER),
+        scheduler=diffusers.DDIMScheduler.from_config(UPSCALE_SCHEDULER),
+        max_noise_level=UPSCALE_MAX_NOISE_LEVEL)
+    return _save(pipe, path)
+
+
 #: name -> builder(path) of each tiny pipeline the tests use (conftest's ``tiny_pipeline`` builds them once)
 BUILDERS = {
     "sd": build_sd,  # SD 1.x: PNDM, eps
@@ -267,6 +297,7 @@ BUILDERS = {
     "pixart": build_pixart,  # PixArt-alpha: DPM-Solver++, T5 of 120 tokens
     "pixart_sigma": lambda path: build_pixart(path, sigma=True),  # T5 of 300 tokens
     "pixart_micro": lambda path: build_pixart(path, micro_conditions=True),  # resolution, aspect ratio
+    "upscale": build_upscale,  # x4: DDPM low-res noise, DDIM, v
 }
 
 

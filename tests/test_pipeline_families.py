@@ -32,6 +32,7 @@ EXPECTED = [
     ("DiTPipeline", ("dit", 4.0)),
     ("PixArtAlphaPipeline", ("pixart", 4.5)),
     ("PixArtSigmaPipeline", ("pixart", 4.5)),
+    ("StableDiffusionUpscalePipeline", ("sd-upscale", 9.0)),
 ]
 
 
@@ -47,7 +48,7 @@ def registry():
 
 
 def test_the_registered_families():
-    assert list(FAMILIES) == ["sd", "sdxl", "sd3", "dit", "pixart"]
+    assert list(FAMILIES) == ["sd", "sdxl", "sd3", "dit", "pixart", "sd-upscale"]
     assert list(PIPELINES.items()) == EXPECTED
     for class_name, (name, _) in EXPECTED:
         assert for_pipeline(class_name) is FAMILIES[name]

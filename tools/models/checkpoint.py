@@ -22,7 +22,10 @@ BUILTIN = {"digits": Path("weights") / "digits",
            # a class-conditional DiT, same data and budget as digits (bench/results/digits_dit.md)
            "digits-dit": Path("weights") / "digits-dit",
            # strings of 1-5 digits in 8x40 from a prompt (bench/results/digits_text.md)
-           "digits-text": Path("weights") / "digits-text"}
+           "digits-text": Path("weights") / "digits-text",
+           # class-conditional 4x4 digits (the 8x8 ones pooled 2x; indices < 1400), a cascade's base stage
+           # (bench/results/super_resolution.md)
+           "digits-4x4": Path("weights") / "digits-4x4"}
 
 
 def list_builtin() -> list[str]:

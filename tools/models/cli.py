@@ -73,10 +73,15 @@ def model_block(record: Mapping[str, Any]) -> str:
         rows.append(("files", ", ".join(str(f) for f in info["files"])))
     if info.get("pipeline"):
         rows += _pipeline_rows(info)
+        # a super-resolution pipeline's image conditions are not text
+        image = (info.get("low_res") or {}).get("conditions") or []
+        text = [c for c in info.get("conditions") or [] if c not in image]
         classes_row = (("classes", f"{classes} (class-conditional: --class 0..{classes - 1}; default "
                                    f"--guidance {_guidance(info)})") if classes else
-                       ("conditioning", f"text: {', '.join(info.get('conditions') or [])} (--prompt, "
-                                        f"--negative-prompt; default --guidance {_guidance(info)})"))
+                       ("conditioning", f"text: {', '.join(text)} (--prompt, --negative-prompt; default "
+                                        f"--guidance {_guidance(info)})"
+                                        + (f"; image: {', '.join(image)} (--low-res, --noise-level)"
+                                           if image else "")))
     else:
         rows.append(("image shape", f"{channels} x {height} x {width} (channels x height x width)"))
         classes_row = ("classes", f"{classes} (class-conditional: --class 0..{classes - 1}, --guidance)"

@@ -1,8 +1,9 @@
 """Latent diffusion pipelines saved with ``save_pretrained`` (a directory with ``model_index.json``): the
 families registered in :mod:`.families`, Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``, and the
 img2img / inpainting indexes of a 4-channel UNet), SDXL (``StableDiffusionXLPipeline``), SD3
-(``StableDiffusion3Pipeline``), PixArt (``PixArtAlphaPipeline``, ``PixArtSigmaPipeline``) and the
-class-conditional DiT (``DiTPipeline``).
+(``StableDiffusion3Pipeline``), PixArt (``PixArtAlphaPipeline``, ``PixArtSigmaPipeline``), the
+class-conditional DiT (``DiTPipeline``) and the x4 upscaler (``StableDiffusionUpscalePipeline``, whose
+``LoadedModel.low_res`` takes its low-resolution image).
 
 :func:`load_pipeline` does what every family shares: it reads the index, picks the family by the index's
 ``_class_name``, checks the components are there, loads the denoiser network, the VAE
@@ -156,6 +157,8 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
     scheduler = saved.scheduler()
     net = saved.network(family.network, family.network_class)
     vae = saved.vae()
+    if family.vae_scaling_factor is not None:
+        vae.scaling_factor = float(family.vae_scaling_factor)
     conditioner = family.conditioner(saved, net)
     geometry = family.geometry(net.config)
     channels = geometry.shape[0]
@@ -163,13 +166,16 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
         raise ModelError(f"{root / family.network}: {channels} input channels, but the VAE's latents have "
                          f"{vae.latent_channels} (an inpainting or depth model?): only text-to-image "
                          "networks are supported")
+    low_res = family.low_res(saved, net, geometry)
     denoising = family.scheduler.denoiser(family.backbone(net), scheduler, geometry, dtype)
     guidance_scale = family.pipelines[saved.class_name]
     num_classes = family.classes(net)
     if num_classes:  # class-conditional (DiT): this library's one-hot labels
         denoiser = LabelledDenoiser(denoising.inner, num_classes, family.class_arguments(net))
-    else:
-        denoiser = PipelineDenoiser(denoising.inner, conditioner.keys)
+        conditions = ["class_labels"]
+    else:  # the text conditioner's keyword arguments, and a super-resolution model's image input's
+        conditions = list(conditioner.keys) + ([] if low_res is None else list(low_res.keys))
+        denoiser = PipelineDenoiser(denoising.inner, conditions)
     return LoadedModel(
         denoiser=denoiser,
         shape=geometry.shape,
@@ -179,16 +185,17 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
         sigmas=denoising.sigmas,
         kind="diffusers",
         source=saved.source,
-        info=_info(family, saved, scheduler, vae, conditioner, denoising, geometry, num_classes),
+        info=_info(family, saved, scheduler, vae, conditioner, denoising, geometry, conditions),
         threshold=denoising.threshold,
         autoencoder=vae,
         conditioner=conditioner,
         default_guidance=guidance_scale - 1.0,
+        low_res=low_res,
     )
 
 
 def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile, vae, conditioner,
-          denoising: Denoising, geometry: Geometry, num_classes: int) -> dict:
+          denoising: Denoising, geometry: Geometry, conditions: list[str]) -> dict:
     """The loaded model's info record (``edm info --json``)."""
     image = vae.image_shape(geometry.shape)
     info = {
@@ -205,7 +212,7 @@ def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile
         "max_latent_size": geometry.max_latent,
         "patch_size": geometry.patch,
         "encoders": saved.encoders,
-        "conditions": ["class_labels"] if num_classes else list(conditioner.keys),
+        "conditions": conditions,
         "guidance_scale": family.pipelines[saved.class_name],
         "scheduler_config": scheduler.config,
         "scheduler": family.scheduler.settings(scheduler.config, denoising.ignored),
@@ -241,7 +248,8 @@ def resized(model: LoadedModel, height: int | None, width: int | None) -> Loaded
     The latent shape follows the VAE's factor; each side must be a positive multiple of the VAE factor
     (times a transformer's patch size, as SD3's) and within the network's position embedding, if it has a
     limit. With ``use_dynamic_shifting`` the flow shift (and so the sigma range) follows the new token
-    count. BadInput naming --height / --width otherwise.
+    count; a super-resolution model's ``low_res`` conditioner takes images of the new latent's size (its
+    ``resized(latent_shape)``). BadInput naming --height / --width otherwise.
     """
     if height is None and width is None:
         return model
@@ -281,5 +289,7 @@ def resized(model: LoadedModel, height: int | None, width: int | None) -> Loaded
         sigma_min, sigma_max = float(inner.sigma_min), float(inner.sigma_max)
         info["shift"] = inner.shift
         info["precond"] = repr(inner.scheme)
+    # a super-resolution model's low-resolution input follows the latent's size
+    low_res = None if model.low_res is None else model.low_res.resized(shape)
     return dataclasses.replace(model, denoiser=denoiser, shape=shape, info=info, sigma_min=sigma_min,
-                               sigma_max=sigma_max)
+                               sigma_max=sigma_max, low_res=low_res)

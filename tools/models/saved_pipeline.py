@@ -138,12 +138,12 @@ class SavedPipeline:
             raise ModelError(f"{folder} is missing: {self.index_path} lists {name} ({'.'.join(entry)})")
         return folder
 
-    def scheduler(self) -> SchedulerFile:
-        """The scheduler's config file (its settings, not a scheduler object: the sampling loop is this
-        library's)."""
-        path = self.root / "scheduler" / "scheduler_config.json"
+    def scheduler(self, name: str = "scheduler") -> SchedulerFile:
+        """The config file of the scheduler component ``name`` (its settings, not a scheduler object: the
+        sampling loop is this library's)."""
+        path = self.root / name / "scheduler_config.json"
         if not path.is_file():
-            raise ModelError(f"{path} is missing: the pipeline's scheduler config")
+            raise ModelError(f"{path} is missing: the pipeline's {name} config")
         return SchedulerFile(read_json(path), path)
 
     def _from_pretrained(self, name: str, dtype: torch.dtype | None, required: bool):

@@ -1,4 +1,4 @@
-"""Pipeline families (text-to-image, and DiT's class-conditional one): each a
+"""Pipeline families (text-to-image, DiT's class-conditional one and the x4 upscaler): each a
 :class:`~.base.PipelineFamily` in a module of its own, registered by name in :mod:`.registry` when this
 package imports it.
 
@@ -12,7 +12,7 @@ from .registry import FAMILIES, PIPELINES, for_pipeline, register
 # Importing a family module registers it. This order is the registration order, which messages list the
 # supported pipelines in: isort must keep it.
 # isort: off
-from . import sd, sdxl, sd3, dit, pixart  # noqa: F401
+from . import sd, sdxl, sd3, dit, pixart, upscale  # noqa: F401
 # isort: on
 
 __all__ = ["FAMILIES", "PIPELINES", "for_pipeline", "register"]

@@ -96,11 +96,13 @@ class PipelineFamily:
             network, ``vae`` and ``scheduler`` among them).
         optional: components it uses when the index names them (they may be null).
         scheduler: the :class:`SchedulerKind` that makes the network's backbone a denoiser.
+        vae_scaling_factor: the latent scaling the pipeline class imposes on its VAE whatever the VAE's
+            config says (None, the default: the config's).
 
     A family defines :meth:`backbone` and :meth:`conditioner` (None for a class-conditional family, which
     defines :meth:`classes` and :meth:`class_arguments` instead); :meth:`geometry` (a UNet's by default),
-    :meth:`info_fields` (none by default) and :meth:`info_rows` (the rows every pipeline shows) where it
-    differs.
+    :meth:`low_res` (a super-resolution family's image input; none by default), :meth:`info_fields` (none
+    by default) and :meth:`info_rows` (the rows every pipeline shows) where it differs.
     """
 
     name: str
@@ -111,6 +113,7 @@ class PipelineFamily:
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
     scheduler: SchedulerKind
+    vae_scaling_factor: float | None = None
 
     def backbone(self, network: nn.Module) -> nn.Module:
         """The network as the backbone ``F(x_in, t, **conditions)`` of :attr:`scheduler`'s denoiser, the
@@ -132,6 +135,12 @@ class PipelineFamily:
         ``[B, classes]`` one-hot labels (all-zero rows: the unconditional input), as
         :class:`~tools.models.base.LabelledDenoiser` takes it."""
         raise NotImplementedError
+
+    def low_res(self, saved: SavedPipeline, network: nn.Module, geometry: Geometry):
+        """A super-resolution family's :class:`~tools.models.base.LowResConditioner` (``keys``: the
+        denoiser's keyword arguments it gives, besides the text conditioner's) for latents of
+        ``geometry``; None, the default, for a family that takes no image."""
+        return None
 
     def geometry(self, config) -> Geometry:
         """The network's latent geometry read from its ``config`` (a UNet's: no patches, no limit)."""
