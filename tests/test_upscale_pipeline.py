@@ -4,12 +4,12 @@ sigmas (``--schedule diffusers``), give per seed the image the pipeline itself g
 ``generator=torch.Generator().manual_seed(seed)``.
 
 The oracle is the pipeline loaded back from the same folder (a tiny random-weight one built offline by
-``pipelines_tiny.build_upscale``). Ours runs as ``edm generate`` will once its ``--low-res`` /
-``--noise-level`` plumbing calls the conditioner: ``encode`` for the denoiser's image arguments and
+``pipelines_tiny.build_upscale``). Ours runs as ``edm generate --low-res`` / ``--noise-level`` does, calling
+the conditioner: ``encode`` for the denoiser's image arguments and
 ``start_latents`` for the start, the sampler through ``samplers.sample`` on the plan of
 ``--schedule diffusers`` with the denoiser pinned to the scheduler's timesteps, the negative prompt's
-conditioning for classifier-free guidance. ``_cli_generate_matches_the_pipeline`` below is the CLI-level
-version, to be collected (renamed ``test_...``) once that plumbing is in.
+conditioning for classifier-free guidance. ``test_cli_generate_matches_the_pipeline`` below is the
+CLI-level version.
 """
 
 from __future__ import annotations
@@ -199,10 +199,10 @@ def test_schedule_diffusers_gives_the_pipelines_own_image_per_seed(upscaler, sam
 
 
 # ----------------------------------------------------------------------------------------------
-# Through `edm generate`: enable (rename to test_...) once --low-res / --noise-level are plumbed in
+# Through `edm generate`
 
 
-def _cli_generate_matches_the_pipeline(upscaler, tmp_path):
+def test_cli_generate_matches_the_pipeline(upscaler, tmp_path):
     import numpy as np
     from PIL import Image
 

@@ -363,10 +363,9 @@ def fitted_steering(fitted, steering: Steering | None, *, fill_in: bool = True) 
                    "thresholding or fit one with yours", "threshold")
 
 
-def _blank(low_res: LowResInput | None, device) -> torch.Tensor | None:
-    """A grey low-resolution image: what the one check of the denoiser conditions on (a per-seed source's
-    images are read per batch)."""
-    return None if low_res is None else torch.zeros((1, *low_res.conditioner.shape), device=device)
+def _blank(low_res: LowResInput, device) -> torch.Tensor:
+    """A grey low-resolution image: what the one check of the denoiser conditions on."""
+    return torch.zeros((1, *low_res.conditioner.shape), device=device)
 
 
 def _corrector_steps(steering) -> int:
@@ -422,7 +421,10 @@ def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampl
                      dtype=dtype, denoiser=steer.denoiser(levels.model, dtype), steer=steer,
                      prompts=prompts, start_scale=levels.start_scale, end_scale=levels.end_scale,
                      low_res=low_res)
-    cond = setup.cond([0], low_res=_blank(low_res, device)) if prompts is None else \
-        prompts.first_cond(device, state_dtype(dtype))
+    blank = None if low_res is None else _blank(low_res, device)  # a per-seed source is read per batch
+    state = state_dtype(dtype)
+    cond = setup.cond([0], low_res=blank) if prompts is None else prompts.first_cond(device, state)
+    if low_res is not None and prompts is not None:  # a text-conditioned upscaler: both
+        cond = {**cond, **low_res.cond([0], device, state, blank)}
     check_denoiser(setup.denoiser, levels.model, float(levels.sigmas[0]), cond, device, dtype)
     return setup
