@@ -206,6 +206,10 @@ def test_fid_gen_scores_the_final_images(sr_models, reference, tmp_path):
     (["--sr-model", "SR", "--sr-eta", 0.5], ["--sr-eta", "heun"]),
     (["--sr-model", "SR", "--sr-schedule", "nope"], ["'--sr-schedule'", "unknown schedule"]),
     (["--sr-model", "nowhere"], ["'--sr-model'", "nowhere"]),
+    (["--sr-model", "SR", "--sr-sampler", "auto", "--sr-nfe", 10, "--sr-schedule", "karras"],
+     ["--sr-sampler auto picks its own noise levels: drop --sr-schedule"]),
+    (["--sr-model", "SR", "--sr-sampler", "auto", "--sr-nfe", 10, "--sr-eta", 1], ["(got --sr-eta)"]),
+    (["--sr-model", "SR", "--sr-sigma-max", -1], ["the --sr-model stage", "sigma_max"]),
 ])
 def test_bad_inputs_are_one_line_usage_errors_and_write_nothing(sr_models, tmp_path, args, fragments):
     base, sr = sr_models
@@ -217,3 +221,12 @@ def test_bad_inputs_are_one_line_usage_errors_and_write_nothing(sr_models, tmp_p
     result = invoke(generate_cli.generate, *args, "--steps", 2, "--outdir", outdir, "--no-progress")
     assert_usage_error(result, *fragments)
     assert not outdir.exists()
+
+
+def test_the_base_schedule_flag_does_not_bind_the_stages_auto_sampler(sr_models, tmp_path):
+    base, sr = sr_models
+    result = invoke(generate_cli.generate, "--model", base, "--schedule", "karras", "--sr-model", sr,
+                    "--sr-sampler", "auto", "--sr-nfe", 10, "--steps", 2, "--seeds", "0-1",
+                    "--outdir", tmp_path, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "edm-generate.json").read_text())["sr"]["auto"]

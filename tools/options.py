@@ -324,9 +324,11 @@ def refuse_sampler_flags(flags: Mapping[str, Any], what: str) -> None:
         raise click.UsageError(f"{what} takes no sampler options (got {', '.join(given)})")
 
 
-def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str) -> tuple[int | None, dict]:
+def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str,
+                schedule_param: str = "schedule") -> tuple[int | None, dict]:
     """For a command that samples one way: ``(nfe, options)`` from ``--steps``/``--nfe`` (at most one, one
-    budget) and the sampler-option flags (each one the sampler has); usage errors otherwise."""
+    budget) and the sampler-option flags (each one the sampler has); usage errors otherwise.
+    ``schedule_param``: the parameter of the schedule flag that goes with this sampler (a stage's own)."""
     if steps is not None and nfe is not None:
         raise click.UsageError("--steps and --nfe are mutually exclusive: give one")
     try:
@@ -341,8 +343,8 @@ def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str
     what = "a fitted solver (--sampler file:PATH)" if kind == "file" else "--sampler auto"
     refuse_sampler_flags(flags, what)
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and "schedule" in ctx.params and (
-            ctx.get_parameter_source("schedule") is not click.core.ParameterSource.DEFAULT):
+    if ctx is not None and schedule_param in ctx.params and (
+            ctx.get_parameter_source(schedule_param) is not click.core.ParameterSource.DEFAULT):
         raise click.BadParameter(f"{what} picks its own noise levels: drop --schedule",
                                  param_hint="'--schedule'")
     return nfe, {}
@@ -634,7 +636,7 @@ def sr_stage_request(flags: dict[str, Any], base, command: str):
     schedule = stage.pop("schedule") or _STAGE_DEFAULTS["schedule"]
     steps = stage.pop("steps")
     try:
-        nfe, options = one_sampler(sampler, steps, stage.pop("nfe"), stage, command)
+        nfe, options = one_sampler(sampler, steps, stage.pop("nfe"), stage, command, "sr_schedule")
     except click.UsageError as e:
         raise _stage_usage(e, "sr") from None
     ranges = {key: stage.get(key) for key in ("sigma_min", "sigma_max", "rho", "guidance")}
