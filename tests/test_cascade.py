@@ -210,15 +210,18 @@ def test_fid_gen_scores_the_final_images(sr_models, reference, tmp_path):
      ["--sr-sampler auto picks its own noise levels: drop --sr-schedule"]),
     (["--sr-model", "SR", "--sr-sampler", "auto", "--sr-nfe", 10, "--sr-eta", 1], ["(got --sr-eta)"]),
     (["--sr-model", "SR", "--sr-sigma-max", -1], ["the --sr-model stage", "sigma_max"]),
+    (["--sr-model", "SR", "--grid", "OUT/base/000001.png"], ["'--grid'", "seed 1's image"]),
 ])
 def test_bad_inputs_are_one_line_usage_errors_and_write_nothing(sr_models, tmp_path, args, fragments):
     base, sr = sr_models
     named = {"SR": sr, "BASE": base, "LOW": tmp_path}
-    args = [named.get(a, a) if isinstance(a, str) else a for a in args]
+    args = [named.get(a, a.replace("OUT/", f"{tmp_path / 'out'}/")) if isinstance(a, str) else a
+            for a in args]
     if "--model" not in args:
         args = ["--model", base, *args]
     outdir = tmp_path / "out"
-    result = invoke(generate_cli.generate, *args, "--steps", 2, "--outdir", outdir, "--no-progress")
+    result = invoke(generate_cli.generate, *args, "--seeds", "0-1", "--steps", 2, "--outdir", outdir,
+                    "--no-progress")
     assert_usage_error(result, *fragments)
     assert not outdir.exists()
 

@@ -63,15 +63,17 @@ class Plan:
         return f"{len(self.seeds)} seeds ({format_seeds(self.seeds)}), {self.sampling.describe()}"
 
 
-def _taken_by_run(path: Path, outdir: Path, seeds: list[int], subdirs: bool) -> str | None:
+def _taken_by_run(path: Path, outdir: Path, seeds: list[int], subdirs: bool,
+                  folders: tuple[str, ...] = ("",)) -> str | None:
     """What the run makes at ``path`` (the output folder, a folder above or within it, an image or the
-    record), or None."""
+    record), or None; ``folders``: where in the output folder its images go (a cascade's base stage's
+    too)."""
     path, outdir = path.resolve(), outdir.resolve()
     if path == outdir or path in outdir.parents:
         return "the output folder" if path == outdir else "a folder above the output folder"
     if path == outdir / RECORD_NAME:
         return "the folder's record of settings"
-    images = {image_path(outdir, seed, subdirs): seed for seed in seeds}
+    images = {image_path(outdir / folder, seed, subdirs): seed for folder in folders for seed in seeds}
     if path in images:
         return f"seed {images[path]}'s image"
     if path in {image.parent for image in images}:
@@ -79,13 +81,14 @@ def _taken_by_run(path: Path, outdir: Path, seeds: list[int], subdirs: bool) -> 
     return None
 
 
-def _check_grid(grid, outdir: Path, seeds: list[int], subdirs: bool) -> Path | None:
+def _check_grid(grid, outdir: Path, seeds: list[int], subdirs: bool,
+                folders: tuple[str, ...] = ("",)) -> Path | None:
     """The grid's path, or None: a file that nothing else of the run is, checked now because the grid is
     written last (after every image)."""
     if grid is None:
         return None
     grid = given_path(grid, "the grid file", "grid")
-    taken = "a directory" if grid.is_dir() else _taken_by_run(grid, outdir, seeds, subdirs)
+    taken = "a directory" if grid.is_dir() else _taken_by_run(grid, outdir, seeds, subdirs, folders)
     if taken is not None:
         raise GenerateError(f"grid path {grid} is {taken}; give a file name such as grid.png", "grid")
     check_writable_dir(grid.parent, "grid")
@@ -128,7 +131,7 @@ def prepare(request: SamplingRequest, output: Output, sr: SamplingRequest | None
     outdir = given_path(output.outdir, "the output folder", "outdir",
                         ": give a folder (. for the current one)")
     check_writable_dir(outdir, "outdir")
-    grid = _check_grid(output.grid, outdir, seeds, bool(output.subdirs))
+    grid = _check_grid(output.grid, outdir, seeds, bool(output.subdirs), setup.output_dirs)
     check_record(outdir, setup.settings(), output.overwrite)
     for folder in setup.output_dirs:
         _check_layout(outdir / folder, bool(output.subdirs))
