@@ -93,6 +93,21 @@ def latents(seeds: Sequence[int], shape: Sequence[int], *, device="cpu", dtype=t
     return out.to(dtype)
 
 
+def latent_draws(seeds: Sequence[int], shapes: Sequence[Sequence[int]], *, device="cpu",
+                 dtype=torch.float32) -> list[torch.Tensor]:
+    """One float32 standard normal draw of each of ``shapes``, in that order, from each seed's latent
+    generator (the one :func:`latents` draws from first), each as a ``[B, *shape]`` batch in ``dtype``:
+    the draws of a diffusers pipeline whose one generator per seed makes several draws (img2img: its
+    VAE posterior sample, then its start noise; the x4 upscaler: its low-res image's noise, then its
+    start latents)."""
+    seeds = check_seeds(seeds, len(seeds))
+    draws = [[] for _ in shapes]
+    for gen in _generators(seeds, LATENT_STREAM, device):
+        for row, shape in zip(draws, shapes):
+            row.append(torch.randn((1, *shape), generator=gen, device=device))
+    return [torch.cat(row).to(device=device, dtype=dtype) for row in draws]
+
+
 class SeededNormal:
     """I.i.d. standard normal draws shaped ``[len(seeds), *shape]``, one stream per seed.
 

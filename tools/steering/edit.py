@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 
 from samplers.editing import Inpainting, img2img_start, paste
-from samplers.noise import LATENT_STREAM, stream_seed
+from samplers.noise import latent_draws
 from tools.common import BadInput, existing_file, given_path, one_line
 from tools.images import from_uint8, image_path, read_png
 
 __all__ = ["EditImages", "SeedImages", "edit_start", "load_image", "load_init", "load_mask",
-           "load_seed_images", "plain_start", "seed_draws", "seed_draws_shaped"]
+           "load_seed_images", "plain_start", "seed_draws"]
 
 
 @dataclass(frozen=True)
@@ -135,25 +135,10 @@ def load_init(path, shape: Sequence[int], strength: float) -> EditImages:
 
 def seed_draws(seeds: Sequence[int], shape: Sequence[int], count: int, device, dtype) -> list[torch.Tensor]:
     """The first ``count`` float32 standard normal draws of ``shape`` from each seed's latent generator
-    (the one whose first draw is ``samplers.noise.latents``'), each as a ``[B, *shape]`` batch: a diffusers
-    pipeline called with ``torch.Generator().manual_seed(seed)`` draws its VAE posterior sample first and
-    its start noise second."""
-    return seed_draws_shaped(seeds, [shape] * count, device, dtype)
-
-
-def seed_draws_shaped(seeds: Sequence[int], shapes: Sequence[Sequence[int]], device,
-                      dtype) -> list[torch.Tensor]:
-    """One float32 standard normal draw of each of ``shapes``, in that order, from each seed's latent
-    generator, each as a ``[B, *shape]`` batch in ``dtype``: the draws of a diffusers pipeline whose one
-    generator per seed makes draws of different shapes (the x4 upscaler: its low-res image's noise, then
-    its start latents)."""
-    draws = [[] for _ in shapes]
-    device = torch.device(device)
-    for seed in seeds:
-        gen = torch.Generator(device=device).manual_seed(stream_seed(int(seed), LATENT_STREAM))
-        for row, shape in zip(draws, shapes):
-            row.append(torch.randn((1, *shape), generator=gen, device=device))
-    return [torch.cat(row).to(device=device, dtype=dtype) for row in draws]
+    (``samplers.noise.latent_draws``), each as a ``[B, *shape]`` batch: a diffusers pipeline called with
+    ``torch.Generator().manual_seed(seed)`` draws its VAE posterior sample first and its start noise
+    second."""
+    return latent_draws(seeds, [shape] * count, device=torch.device(device), dtype=dtype)
 
 
 def plain_start(denoiser: Callable, latents: torch.Tensor, sigmas: torch.Tensor,

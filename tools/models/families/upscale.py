@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from samplers.noise import latent_draws
 from tools.common import BadInput, one_line
 
 from ..base import ModelError
@@ -108,9 +109,7 @@ class NoisedLowRes:
         return int(level)
 
     def _draws(self, seeds: Sequence[int], shapes, device, dtype) -> list[Tensor]:
-        from tools.steering.edit import seed_draws_shaped
-
-        return seed_draws_shaped(seeds, shapes, device, dtype)
+        return latent_draws(seeds, shapes, device=torch.device(device), dtype=dtype)
 
     @torch.no_grad()
     def encode(self, images: Tensor, level, seeds: Sequence[int]) -> dict[str, Tensor]:
