@@ -25,7 +25,9 @@ BUILTIN = {"digits": Path("weights") / "digits",
            "digits-text": Path("weights") / "digits-text",
            # class-conditional 4x4 digits (the 8x8 ones pooled 2x; indices < 1400), a cascade's base stage
            # (bench/results/super_resolution.md)
-           "digits-4x4": Path("weights") / "digits-4x4"}
+           "digits-4x4": Path("weights") / "digits-4x4",
+           # super-resolution 4x4 -> 8x8 from the low-resolution image alone (indices < 1400)
+           "digits-sr": Path("weights") / "digits-sr"}
 
 
 def list_builtin() -> list[str]:
