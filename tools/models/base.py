@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from samplers.protocol import forward_attribute
 from tools.common import BadInput
 
-__all__ = ["Autoencoder", "LabelledDenoiser", "LoadedModel", "LowResConditioner", "ModelError",
-           "TextConditioner", "parameter_count"]
+__all__ = ["Autoencoder", "ClasslessDenoiser", "LabelledDenoiser", "LoadedModel", "LowResConditioner",
+           "ModelError", "TextConditioner", "parameter_count"]
 
 # Discrete-time models also expose their sigma <-> timestep maps.
 _TIME_MAPS = ("sigma_to_t", "t_to_sigma")
@@ -176,4 +176,34 @@ class LabelledDenoiser(nn.Module):
         except AttributeError:
             if name in _TIME_MAPS:
                 return getattr(self.inner, name)
+            return forward_attribute(self.inner, name)
+
+
+class ClasslessDenoiser(nn.Module):
+    """Base of a checkpoint's ``D(x, sigma, class_labels=None, **cond)`` conditioned on something other than a
+    class (a text, a low-resolution image): class labels may only be None or all zero (the message says
+    what the model takes: :attr:`takes`), the output has the dtype of ``x``, and the protocol's optional
+    attributes of ``inner`` are exposed. Subclasses check their own keyword arguments and call
+    :meth:`evaluate`."""
+
+    what = "model"
+    takes = "its own condition"
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.num_classes = 0
+
+    def refuse_classes(self, class_labels) -> None:
+        if class_labels is not None and bool(torch.as_tensor(class_labels).ne(0).any()):
+            raise ValueError(f"this {self.what} takes {self.takes}, not class labels")
+
+    def evaluate(self, x: Tensor, sigma, **cond) -> Tensor:
+        out = self.inner(x, sigma, **cond)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
             return forward_attribute(self.inner, name)

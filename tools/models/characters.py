@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from samplers.protocol import forward_attribute
 from tools.common import BadInput
+
+from .base import ClasslessDenoiser
 
 __all__ = ["CharacterConditioner", "TextDenoiser"]
 
@@ -59,31 +60,23 @@ class CharacterConditioner:
         return {"text_tokens": tokenize(list(prompts), self.length, self.alphabet)}
 
 
-class TextDenoiser(nn.Module):
+class TextDenoiser(ClasslessDenoiser):
     """``D(x, sigma, text_tokens=None)`` of a text-conditioned checkpoint; ``text_tokens`` ``[B, length]``
-    (or ``[1, length]``, broadcast), None for the null text. There are no class labels (``class_labels``
-    may only be None or all zero). The protocol's optional attributes of ``inner`` are exposed."""
+    (or ``[1, length]``, broadcast), None for the null text; no class labels."""
+
+    what = "text-to-image model"
+    takes = "prompts"
 
     def __init__(self, inner, length: int, pad: int):
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         self.length, self.pad = int(length), int(pad)
-        self.num_classes = 0
 
     def forward(self, x: Tensor, sigma, class_labels=None, text_tokens=None) -> Tensor:
-        if class_labels is not None and bool(torch.as_tensor(class_labels).ne(0).any()):
-            raise ValueError("this text-to-image model takes prompts, not class labels")
+        self.refuse_classes(class_labels)
         if text_tokens is None:
             text_tokens = torch.full((1, self.length), self.pad, dtype=torch.int64)
         text_tokens = torch.as_tensor(text_tokens, device=x.device)
         if text_tokens.ndim != 2 or text_tokens.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"text_tokens must be [{x.shape[0]}, {self.length}] (or [1, {self.length}]), "
                              f"got {list(text_tokens.shape)}")
-        out = self.inner(x, sigma, text_tokens=text_tokens.expand(x.shape[0], -1))
-        return out if out.dtype == x.dtype else out.to(x.dtype)
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return forward_attribute(self.inner, name)
+        return self.evaluate(x, sigma, text_tokens=text_tokens.expand(x.shape[0], -1))

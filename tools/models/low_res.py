@@ -14,11 +14,12 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from samplers.noise import AUGMENT_STREAM, stream_seed
-from samplers.protocol import forward_attribute
 from tools.common import BadInput
+
+from .base import ClasslessDenoiser
 
 __all__ = ["CheckpointLowRes", "LowResDenoiser", "augment_noise"]
 
@@ -67,27 +68,16 @@ class CheckpointLowRes:
         return low_res_condition(images, self.factor, level, noise)
 
 
-class LowResDenoiser(nn.Module):
+class LowResDenoiser(ClasslessDenoiser):
     """``D(x, sigma, cond_image=, augment_labels=)`` of a super-resolution checkpoint (the keyword arguments
-    of :meth:`CheckpointLowRes.encode`, both required). There are no class labels (``class_labels`` may only
-    be None or all zero). The protocol's optional attributes of ``inner`` are exposed."""
+    of :meth:`CheckpointLowRes.encode`, both required); no class labels."""
 
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.num_classes = 0
+    what = "super-resolution model"
+    takes = "a low-resolution image"
 
     def forward(self, x: Tensor, sigma, class_labels=None, cond_image=None, augment_labels=None) -> Tensor:
-        if class_labels is not None and bool(torch.as_tensor(class_labels).ne(0).any()):
-            raise ValueError("this super-resolution model takes a low-resolution image, not class labels")
+        self.refuse_classes(class_labels)
         if cond_image is None or augment_labels is None:
             raise ValueError("this super-resolution model needs its low-resolution image (cond_image and "
                              "augment_labels)")
-        out = self.inner(x, sigma, cond_image=cond_image, augment_labels=augment_labels)
-        return out if out.dtype == x.dtype else out.to(x.dtype)
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return forward_attribute(self.inner, name)
+        return self.evaluate(x, sigma, cond_image=cond_image, augment_labels=augment_labels)
