@@ -55,7 +55,7 @@ from tools.fid.detectors import get_detector  # noqa: E402
 from tools.images import from_uint8, image_path, read_png, to_uint8, write_png  # noqa: E402
 from tools.labels import class_labels  # noqa: E402
 
-PARTS = ("held-out", "cascade")
+PARTS = ("held-out", "cascade", "stages")
 #: half a step of the digits' grid (pixel values 0..16 -> x / 8 - 1): the consistency tolerance
 TOLERANCE = 0.0625
 LEVELS = (0.0, 0.05, 0.1, 0.2, 0.4, 1.0)
@@ -173,17 +173,43 @@ def part_cascade(num: int, levels, tmp: Path) -> dict:
     return rows
 
 
+def default_level() -> float:
+    """``digits-sr``'s recorded default ``--noise-aug`` (its JSON's ``sampling.noise_aug``, else 0)."""
+    from tools.models.checkpoint import builtin_path
+
+    config = json.loads(builtin_path("digits-sr").with_suffix(".json").read_text())
+    return float((config.get("sampling") or {}).get("noise_aug", 0.0))
+
+
+def part_stages(tmp: Path) -> dict:
+    """Which stage limits the cascade: ``digits-sr`` (level 0) on the real 4x4 versions of the 1400
+    training digits against those digits themselves, both 1400 images against the shipped reference. An
+    SR stage as good as its inputs leaves the gap to the base stage's 4x4 samples."""
+    real = load_dataset("digits-train")
+    folder = tmp / "train-low-res"
+    for i, image in enumerate(to_uint8(downsample(real.images, 2))):
+        write_png(image_path(folder, i), image)
+    out = tmp / "sr-train"
+    seconds = edm("generate", "--model", "digits-sr", "--low-res", folder, "--seeds", f"0-{len(real) - 1}",
+                  "--noise-aug", 0, "--outdir", out, "--batch", 500, "--no-progress")
+    classes = real.labels.tolist()
+    return {"real training 8x8 digits": metrics(to_uint8(real.images).transpose(0, 3, 1, 2), classes),
+            "digits-sr on their 4x4 versions, --noise-aug 0": {
+                **metrics(read_folder(out, range(len(real))), classes), "seconds": seconds}}
+
+
 def _fmt(value, digits=3) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def report(results: dict, args) -> tuple[list[str], list[bool]]:
     threads = torch.get_num_threads()
+    commands = results.get("commands", {})
     lines = ["# Super-resolution (`digits-sr`) and the cascade `digits-4x4` -> `digits-sr`", "",
-             f"Measured {time.strftime('%Y-%m-%d')} by `PYTHONPATH=. python bench/super_resolution.py "
-             f"{' '.join(sys.argv[1:])}`,",
-             f"one process, {threads} torch thread(s), {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores shared with other jobs; torch {torch.__version__}.", ""]
+             f"Measured {time.strftime('%Y-%m-%d')}, each part by its command (one process, {threads} torch "
+             f"thread(s), {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with "
+             f"other jobs; torch {torch.__version__}):", ""]
+    lines += [f"- {part}: `{command}`" for part, command in commands.items()] + [""]
     met: list[bool] = []
     held = results.get("held-out")
     if held:
@@ -200,8 +226,8 @@ def report(results: dict, args) -> tuple[list[str], list[bool]]:
                          f"| {r['accuracy']:.3f} | {fd} | {_fmt(r['psnr'], 2)} "
                          f"| {_fmt(r.get('seconds'), 1)} |")
         sr = {k: v for k, v in held.items() if k.startswith("digits-sr")}
-        # a real low-resolution image needs no augmentation: the clean level is the one users run here
-        best = next((k for k in sr if k.endswith(" 0")), min(sr, key=lambda k: sr[k]["consistency_mean"]))
+        level = f"digits-sr, --noise-aug {default_level():g}"  # what the command runs unless told
+        best = level if level in sr else min(sr, key=lambda k: sr[k]["consistency_mean"])
         ok_acc = sr[best]["accuracy"] >= 0.95
         ok_cons = sr[best]["consistency_mean"] <= TOLERANCE
         met += [ok_acc, ok_cons]
@@ -231,17 +257,30 @@ def report(results: dict, args) -> tuple[list[str], list[bool]]:
                          f"| {r['accuracy']:.3f} | {_fmt(r.get('consistency_mean'), 4)} "
                          f"| {_fmt(r.get('seconds'), 0)} |")
         runs = {k: v for k, v in cascade.items() if k.startswith("cascade")}
-        best = min(runs, key=lambda k: runs[k]["fd_digits"])
+        default = f"cascade, --noise-aug {default_level():g}"  # what the command runs unless told
+        best = default if default in runs else min(runs, key=lambda k: runs[k]["fd_digits"])
         ratio = runs[best]["fd_digits"] / single["fd_digits"]
         ok_fd, ok_acc = ratio <= 1.3, runs[best]["accuracy"] >= 0.95
+        bar = 1.3 * single["fd_digits"]
+        both = [k for k, r in runs.items() if r["fd_digits"] <= bar and r["accuracy"] >= 0.95]
         met += [ok_fd, ok_acc]
         lines += ["", f"Seeds 0..{args.num - 1}; heun, 18 steps (35 NFE) in every stage, Karras schedule, no "
                   "guidance; the cascade's class is drawn from each seed by the 4x4 base model, the "
                   "single-stage model's by itself (so the two draw different classes for a seed). The SR "
                   "stage samples with its own per-seed stream.", "",
-                  f"Targets: the best cascade ({best}) FD-digits {ratio:.2f}x the single-stage model's "
-                  f"(<= 1.3x: {'met' if ok_fd else 'MISSED'}), class accuracy {runs[best]['accuracy']:.3f} "
-                  f"(>= 0.95: {'met' if ok_acc else 'MISSED'}).", ""]
+                  f"Targets, at `digits-sr`'s default level ({best}): FD-digits {ratio:.2f}x the "
+                  f"single-stage model's (<= 1.3x: {'met' if ok_fd else 'MISSED'}), class accuracy "
+                  f"{runs[best]['accuracy']:.3f} (>= 0.95: {'met' if ok_acc else 'MISSED'}). Levels meeting "
+                  f"both: {', '.join(both) or 'none'}.", ""]
+    stages = results.get("stages")
+    if stages:
+        lines += ["## Which stage limits the cascade", "",
+                  "| images (1400 each) | FD-digits | class accuracy |", "|---|---|---|"]
+        lines += [f"| {name} | {r['fd_digits']:.3f} | {r['accuracy']:.3f} |"
+                  for name, r in stages.items()]
+        lines += ["", "The SR stage on real 4x4 inputs comes within a few tenths of the real digits (these "
+                  "are its training inputs: the held-out table above is the test of generalisation); the "
+                  "cascade's gap to the single-stage model is the 4x4 base stage's.", ""]
     return lines, met
 
 
@@ -288,6 +327,8 @@ def main() -> int:
     json_path = folder / "super_resolution.json"
     if json_path.is_file():  # parts run separately add to one record
         results = json.loads(json_path.read_text())
+    command = "PYTHONPATH=. python bench/super_resolution.py " + " ".join(sys.argv[1:])
+    results.setdefault("commands", {}).update({part: command for part in parts if part in PARTS})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "held-out" in parts:
@@ -295,6 +336,8 @@ def main() -> int:
             example_figure(folder / "super_resolution.png", tmp)
         if "cascade" in parts:
             results["cascade"] = part_cascade(args.num, levels, tmp)
+        if "stages" in parts:
+            results["stages"] = part_stages(tmp)
     lines, met = report(results, args)
     atomic_write(json_path, lambda t: Path(t).write_text(json.dumps(results, indent=2) + "\n"))
     atomic_write(folder / "super_resolution.md", lambda t: Path(t).write_text("\n".join(lines)))
