@@ -55,7 +55,10 @@ from tools.fid.detectors import get_detector  # noqa: E402
 from tools.images import from_uint8, image_path, read_png, to_uint8, write_png  # noqa: E402
 from tools.labels import class_labels  # noqa: E402
 
-PARTS = ("held-out", "cascade", "stages")
+PARTS = ("held-out", "cascade", "stages", "stochastic")
+#: EDM's stochastic sampler settings (Karras et al. 2022, Table 5: S_churn 40, S_tmin 0.05, S_tmax 50,
+#: S_noise 1.003) for the base stage: heun with churn
+CHURN = ("--s-churn", 40, "--s-tmin", 0.05, "--s-tmax", 50, "--s-noise", 1.003)
 #: half a step of the digits' grid (pixel values 0..16 -> x / 8 - 1): the consistency tolerance
 TOLERANCE = 0.0625
 LEVELS = (0.0, 0.05, 0.1, 0.2, 0.4, 1.0)
@@ -181,6 +184,29 @@ def default_level() -> float:
     return float((config.get("sampling") or {}).get("noise_aug", 0.0))
 
 
+def part_stochastic(num: int, tmp: Path) -> dict:
+    """The cascade with EDM's stochastic sampler in the base stage (:data:`CHURN`), at --noise-aug 0 and
+    0.1, beside the single-stage model sampled the same way; seeds ``0 .. num-1``."""
+    seeds = list(range(num))
+    single = tmp / "digits-churn"
+    seconds = edm("generate", "--model", "digits", *CHURN, "--seeds", f"0-{num - 1}", "--outdir", single,
+                  "--batch", 500, "--no-progress")
+    rows = {"digits (single stage), churn": {**metrics(read_folder(single, seeds),
+                                                       class_labels(seeds, 10, (1, 8, 8)).tolist()),
+                                             "seconds": seconds}}
+    base_classes = class_labels(seeds, 10, (1, 4, 4)).tolist()
+    for level in (0.0, 0.1):
+        out = tmp / f"cascade-churn-{level:g}"
+        seconds = edm("generate", "--model", "digits-4x4", *CHURN, "--sr-model", "digits-sr", "--noise-aug",
+                      level, "--seeds", f"0-{num - 1}", "--outdir", out, "--batch", 500, "--no-progress")
+        base = from_uint8(read_folder(out / "base", seeds).transpose(0, 2, 3, 1))
+        rows[f"cascade, base churn, --noise-aug {level:g}"] = {
+            **metrics(read_folder(out, seeds), base_classes, base), "seconds": seconds}
+        print(json.dumps({"churn level": level, **rows[f"cascade, base churn, --noise-aug {level:g}"]}),
+              flush=True)
+    return rows
+
+
 def part_stages(tmp: Path) -> dict:
     """Which stage limits the cascade: ``digits-sr`` (level 0) on the real 4x4 versions of the 1400
     training digits against those digits themselves, both 1400 images against the shipped reference. An
@@ -272,6 +298,17 @@ def report(results: dict, args) -> tuple[list[str], list[bool]]:
                   f"single-stage model's (<= 1.3x: {'met' if ok_fd else 'MISSED'}), class accuracy "
                   f"{runs[best]['accuracy']:.3f} (>= 0.95: {'met' if ok_acc else 'MISSED'}). Levels meeting "
                   f"both: {', '.join(both) or 'none'}.", ""]
+    stochastic, cascade = results.get("stochastic"), results.get("cascade")
+    if stochastic and cascade:
+        single = cascade["digits (single stage, 8x8)"]["fd_digits"]
+        lines += ["## EDM's stochastic sampler in the base stage", "",
+                  "| model | FD-digits | vs `digits` (deterministic) | class accuracy | consistency with the "
+                  "base (mean abs) |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['fd_digits']:.3f} | {r['fd_digits'] / single:.2f}x | {r['accuracy']:.3f} "
+                  f"| {_fmt(r.get('consistency_mean'), 4)} |" for name, r in stochastic.items()]
+        lines += ["", f"Heun with churn in the base stage (single-stage model: in its one stage): "
+                  f"`{' '.join(map(str, CHURN))}` (EDM's Table 5 settings); the SR stage deterministic. "
+                  f"Same {args.num} seeds as above.", ""]
     stages = results.get("stages")
     if stages:
         lines += ["## Which stage limits the cascade", "",
@@ -338,6 +375,8 @@ def main() -> int:
             results["cascade"] = part_cascade(args.num, levels, tmp)
         if "stages" in parts:
             results["stages"] = part_stages(tmp)
+        if "stochastic" in parts:
+            results["stochastic"] = part_stochastic(args.num, tmp)
     lines, met = report(results, args)
     atomic_write(json_path, lambda t: Path(t).write_text(json.dumps(results, indent=2) + "\n"))
     atomic_write(folder / "super_resolution.md", lambda t: Path(t).write_text("\n".join(lines)))
