@@ -220,6 +220,6 @@ def test_cli_generate_matches_the_pipeline(upscaler, tmp_path):
                     "--device", "cpu")
     assert result.exit_code == 0, result.output
     expected = theirs(pipe, "ddim", image.expand(2, -1, -1, -1), 20, 9.0, SEEDS)
-    got = torch.stack([torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / f"{seed:06d}.png")
+    got = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "out" / f"{seed:06d}.png")
                                                    .convert("RGB"))).permute(2, 0, 1) for seed in SEEDS])
     assert (got.float() - (expected * 255).round()).abs().max().item() <= 1
