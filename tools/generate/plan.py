@@ -48,7 +48,6 @@ class Plan:
     grid: Path | None
     overwrite: bool
     progress: bool = True
-    sr_request: SamplingRequest | None = None  # a cascade's super-resolution stage
 
     def path(self, seed: int, folder: str = "") -> Path:
         """Seed ``seed``'s image in ``folder`` of the output folder (``""``: the final images)."""
@@ -137,4 +136,4 @@ def prepare(request: SamplingRequest, output: Output, sr: SamplingRequest | None
         _check_layout(outdir / folder, bool(output.subdirs))
     return Plan(request=request, sampling=setup, seeds=seeds, outdir=outdir, batch=batch,
                 subdirs=bool(output.subdirs), grid=grid, overwrite=bool(output.overwrite),
-                progress=bool(output.progress), sr_request=sr)
+                progress=bool(output.progress))
