@@ -77,8 +77,12 @@ class EditImages:
 
     images: SeedImages
     mask: torch.Tensor | None  # [1, 1, H, W] of 0/1 (1: generate)
-    shape: tuple[int, ...]
     strength: float
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The model's image shape ``(C, H, W)``, which the init images have."""
+        return self.images.shape
 
     @property
     def init(self) -> torch.Tensor | None:
@@ -130,7 +134,7 @@ def load_mask(path: Path, shape: Sequence[int]) -> torch.Tensor:
 def load_init(path, shape: Sequence[int], strength: float) -> EditImages:
     """``--init-image``: one PNG, or a folder of per-seed PNGs (read per batch); BadInput if neither."""
     images = load_seed_images(path, shape, "init image", "init_image")
-    return EditImages(images=images, mask=None, shape=tuple(shape), strength=strength)
+    return EditImages(images=images, mask=None, strength=strength)
 
 
 def seed_draws(seeds: Sequence[int], shape: Sequence[int], count: int, device, dtype) -> list[torch.Tensor]:
