@@ -188,6 +188,8 @@ class ClasslessDenoiser(nn.Module):
 
     what = "model"
     takes = "its own condition"
+    #: attributes of ``inner`` exposed as they are, beyond the protocol's optional ones
+    passed_through: tuple[str, ...] = ()
 
     def __init__(self, inner):
         super().__init__()
@@ -206,4 +208,6 @@ class ClasslessDenoiser(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name in type(self).passed_through:
+                return getattr(self.inner, name)
             return forward_attribute(self.inner, name)

@@ -28,12 +28,11 @@ import json
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from samplers.protocol import forward_attribute
 from tools.common import BadInput
 
-from .base import LabelledDenoiser, LoadedModel, ModelError
+from .base import ClasslessDenoiser, LabelledDenoiser, LoadedModel, ModelError
 from .diffusers import PREFIX, read_json
 from .families import PIPELINES, for_pipeline
 from .families.base import Denoising, Geometry, PipelineFamily
@@ -79,7 +78,7 @@ _TIME_MAPS = ("sigma_to_t", "t_to_sigma")
 _EXTRA_ATTRIBUTES = ("shift", "num_train_timesteps", "time_scale", "interpolation", "quantize")
 
 
-class PipelineDenoiser(nn.Module):
+class PipelineDenoiser(ClasslessDenoiser):
     """``D(x, sigma, **cond)`` of a text-to-image pipeline, ``cond`` being its conditioner's tensors
     (``keys``).
 
@@ -88,15 +87,16 @@ class PipelineDenoiser(nn.Module):
     protocol's optional attributes and the time maps of ``inner`` are exposed unchanged.
     """
 
+    what = "text-to-image model"
+    takes = "prompts"
+    passed_through = (*_TIME_MAPS, *_EXTRA_ATTRIBUTES)
+
     def __init__(self, inner, keys):
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         self.keys = tuple(keys)
-        self.num_classes = 0
 
     def forward(self, x: Tensor, sigma, class_labels=None, **cond) -> Tensor:
-        if class_labels is not None and bool(torch.as_tensor(class_labels).ne(0).any()):
-            raise ValueError("this text-to-image model takes prompts, not class labels")
+        self.refuse_classes(class_labels)
         missing = [k for k in self.keys if cond.get(k) is None]
         unknown = sorted(set(cond) - set(self.keys))
         if missing or unknown:
@@ -112,16 +112,7 @@ class PipelineDenoiser(nn.Module):
                                  f"got {shape}")
             if value.shape[0] != batch:
                 cond[key] = value.expand(batch, *value.shape[1:])
-        out = self.inner(x, sigma, **cond)
-        return out if out.dtype == x.dtype else out.to(x.dtype)
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name in _TIME_MAPS or name in _EXTRA_ATTRIBUTES:
-                return getattr(self.inner, name)
-            return forward_attribute(self.inner, name)
+        return self.evaluate(x, sigma, **cond)
 
 
 # ----------------------------------------------------------------------------------------------
