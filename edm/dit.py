@@ -165,6 +165,7 @@ class DiT(nn.Module):
         cond_channels: channels of a ``cond_image`` concatenated to the input, as the UNet's.
         noise_aug: the network takes ``augment_labels``, the level of its conditioning image's noise
             augmentation, through a second noise-level embedding, as the UNet's.
+        guidance_embed: the network takes ``guidance [B]``, a classifier-free guidance weight, as the UNet's.
     """
 
     def __init__(
@@ -185,6 +186,7 @@ class DiT(nn.Module):
         text_layers: int = 1,
         cond_channels: int = 0,
         noise_aug: bool = False,
+        guidance_embed: bool = False,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -211,19 +213,19 @@ class DiT(nn.Module):
         self.map_layer1 = nn.Linear(width, width)
         self.map_label = nn.Linear(num_classes, width, bias=False) if num_classes else None
         text_modules(self, text_length, text_width, text_layers, width)
-        augment_modules(self, noise_aug, width, width)
+        augment_modules(self, noise_aug, width, width, guidance_embed)
         cross = text_width if text_length else 0
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, cross) for _ in range(depth))
         self.final = FinalLayer(width, patch_size * patch_size * out_channels)
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None,
                 text_tokens: Tensor | None = None, cond_image: Tensor | None = None,
-                augment_labels: Tensor | None = None) -> Tensor:
+                augment_labels: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
         H, W, p = self.height, self.width, self.patch_size
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (H, W):
             raise ValueError(f"expected input [B, {self.in_channels}, {H}, {W}], got {list(x.shape)}")
         text = encode_text(self, text_tokens, x.shape[0])
-        c = condition_vector(self, noise_labels, class_labels, x.shape[0], text, augment_labels)
+        c = condition_vector(self, noise_labels, class_labels, x.shape[0], text, augment_labels, guidance)
         h = self.embed_patch(patchify(join_image(self, x, cond_image), p)) + self.pos.to(x.dtype)
         for block in self.blocks:
             h = block(h, c, text)

@@ -260,23 +260,35 @@ def _per_sample(labels, batch: int, device, what: str) -> Tensor:
     return labels
 
 
-def augment_modules(net: nn.Module, noise_aug: bool, features: int, emb_channels: int) -> None:
+def augment_modules(net: nn.Module, noise_aug: bool, features: int, emb_channels: int,
+                    guidance_embed: bool = False) -> None:
     """Give ``net`` the second noise-level embedding of conditioning augmentation (``net.map_augment``:
     the noise label's features of ``augment_labels``, mapped into the first layer of the embedding MLP)
-    when ``noise_aug``; the attribute exists only then, so other networks keep their state dicts."""
+    when ``noise_aug``, and the embedding of a guidance weight (``net.map_guidance``: the features of ``w``
+    mapped the same way) when ``guidance_embed``; the attributes exist only then, so other networks keep
+    their state dicts. ``map_guidance`` starts at zero: a student initialised from a teacher without it
+    starts as that teacher at every weight (LCM's ``time_cond_proj_dim``, Meng et al. 2023's w input)."""
     net.noise_aug = bool(noise_aug)
     if noise_aug:
         net.map_augment = nn.Linear(features, emb_channels)
+    net.guidance_embed = bool(guidance_embed)
+    if guidance_embed:
+        net.map_guidance = nn.Linear(features, emb_channels)
+        nn.init.zeros_(net.map_guidance.weight)
+        nn.init.zeros_(net.map_guidance.bias)
 
 
 def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor | None, batch: int,
-                     text: Tensor | None = None, augment_labels: Tensor | None = None) -> Tensor:
+                     text: Tensor | None = None, augment_labels: Tensor | None = None,
+                     guidance: Tensor | None = None) -> Tensor:
     """``MLP(features(c_noise)) + W class_labels``, ``[B, D]``, of a network holding ``map_noise``,
     ``map_layer0/1``, ``map_label`` (None: unconditional), ``num_classes`` and ``label_dropout`` (the class
     is dropped with that probability in training). One ``c_noise`` serves the whole batch. ``text``
     (``[B, L, T]`` features of a :class:`~edm.conditions.TextEncoder`) adds ``net.map_text`` of their
     mean over the tokens. A network with ``noise_aug`` takes ``augment_labels`` (the label of the level its
-    conditioning image was noised to), whose features join the noise level's before the MLP's activation.
+    conditioning image was noised to), whose features join the noise level's before the MLP's activation;
+    one with ``guidance_embed`` takes ``guidance``, the classifier-free guidance weight ``w`` per sample,
+    the same way.
     """
     weight = net.map_layer0.weight
     noise_labels = _per_sample(noise_labels, batch, weight.device, "noise_labels")
@@ -288,6 +300,13 @@ def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor 
         h = h + net.map_augment(net.map_noise(augment_labels).to(weight.dtype))
     elif augment_labels is not None:
         raise ValueError("augment_labels given to a network without noise augmentation (noise_aug=False)")
+    if getattr(net, "guidance_embed", False):
+        if guidance is None:
+            raise ValueError("this network takes guidance: the classifier-free guidance weight w per sample")
+        guidance = _per_sample(guidance, batch, weight.device, "guidance")
+        h = h + net.map_guidance(net.map_noise(guidance).to(weight.dtype))
+    elif guidance is not None:
+        raise ValueError("guidance given to a network without a guidance embedding (guidance_embed=False)")
     c = net.map_layer1(F.silu(h))
     if text is not None:
         c = c + net.map_text(text.mean(dim=1))
@@ -379,6 +398,8 @@ class UNet(nn.Module):
             to its input channels.
         noise_aug: the network takes ``augment_labels [B]``, the noise label of its conditioning image's
             augmentation level, through a second noise-level embedding (:func:`augment_modules`).
+        guidance_embed: the network takes ``guidance [B]``, a classifier-free guidance weight, through an
+            embedding like ``noise_aug``'s that starts at zero (a guided distillation student's input).
     """
 
     def __init__(
@@ -400,6 +421,7 @@ class UNet(nn.Module):
         text_layers: int = 1,
         cond_channels: int = 0,
         noise_aug: bool = False,
+        guidance_embed: bool = False,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -440,7 +462,7 @@ class UNet(nn.Module):
         self.map_layer1 = nn.Linear(emb_channels, emb_channels)
         self.map_label = nn.Linear(num_classes, emb_channels, bias=False) if num_classes else None
         text_modules(self, text_length, text_width, text_layers, emb_channels)
-        augment_modules(self, noise_aug, model_channels, emb_channels)
+        augment_modules(self, noise_aug, model_channels, emb_channels, guidance_embed)
 
         def block(cin, cout, level, attention=None):
             cross = (text_width, (height >> level, width >> level)) if text_length else None
@@ -478,18 +500,19 @@ class UNet(nn.Module):
         self.conv_out = _zero(nn.Conv2d(channels, out_channels, 3, padding=1))
 
     def embed(self, noise_labels: Tensor, class_labels: Tensor | None, batch: int,
-              text: Tensor | None = None, augment_labels: Tensor | None = None) -> Tensor:
+              text: Tensor | None = None, augment_labels: Tensor | None = None,
+              guidance: Tensor | None = None) -> Tensor:
         """The activated embedding ``silu(MLP(features(c_noise)) + W class_labels)``, ``[B, 4 C]``."""
-        return F.silu(condition_vector(self, noise_labels, class_labels, batch, text, augment_labels))
+        return F.silu(condition_vector(self, noise_labels, class_labels, batch, text, augment_labels, guidance))
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None,
                 text_tokens: Tensor | None = None, cond_image: Tensor | None = None,
-                augment_labels: Tensor | None = None) -> Tensor:
+                augment_labels: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.height, self.width):
             raise ValueError(f"expected input [B, {self.in_channels}, {self.height}, {self.width}], "
                              f"got {list(x.shape)}")
         text = encode_text(self, text_tokens, x.shape[0])
-        emb = self.embed(noise_labels, class_labels, x.shape[0], text, augment_labels)
+        emb = self.embed(noise_labels, class_labels, x.shape[0], text, augment_labels, guidance)
         h = self.conv_in(join_image(self, x, cond_image))
         skips = [h]
         for layer in self.enc:

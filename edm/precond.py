@@ -25,6 +25,7 @@ from torch import Tensor, nn
 __all__ = [
     "Scheme",
     "EDMScheme",
+    "ConsistencyScheme",
     "VPScheme",
     "VEScheme",
     "IDDPMScheme",
@@ -215,6 +216,22 @@ class EDMScheme(Scheme):
 
     def sample_sigma(self, shape, generator=None, device=None, dtype=None):
         return (_normal(shape, generator, device, dtype) * self.P_std + self.P_mean).exp()
+
+
+@schemes.register("consistency")
+class ConsistencyScheme(EDMScheme):
+    """A consistency model's parameterisation (Song et al. 2023, Appendix C): EDM's with the boundary
+    condition ``D(x; sigma_min) = x`` built in, ``c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2)`` and
+    ``c_out = (sigma - sigma_min) sd / sqrt(sigma^2 + sd^2)``; ``c_in`` and ``c_noise`` are EDM's, so a student
+    initialised from an EDM teacher starts as that teacher away from ``sigma_min``. Below ``sigma_min``
+    (sampling only) the output is ``x``: the consistency function is the identity there."""
+
+    def c_skip(self, sigma):
+        sd2 = self.sigma_data**2
+        return sd2 / ((sigma - self.sigma_min).clamp(min=0) ** 2 + sd2)
+
+    def c_out(self, sigma):
+        return (sigma - self.sigma_min).clamp(min=0) * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
 
 
 class EpsScheme(Scheme):
