@@ -17,7 +17,9 @@ import pytest
 import torch
 
 import samplers
+from _support import assert_usage_error, invoke
 from samplers.distilled import CONSISTENCY_EPS, tcd_level
+from tools.generate.cli import generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -275,3 +277,11 @@ def test_tcd_level_keeps_a_table_level_that_went_through_float32():
     t = next(t for t in range(500, 1000, 2) if float(torch.tensor(table[t], dtype=torch.float32)) < table[t])
     rounded = float(torch.tensor(table[t], dtype=torch.float32))
     assert tcd_level(rounded, 0.5, table) == table[t // 2]
+
+
+@pytest.mark.usefixtures("offline")
+def test_edm_generate_refuses_a_bad_gamma_in_one_line(tmp_path):
+    result = invoke(generate, "--no-progress", "--device", "cpu", "--sampler", "tcd", "--gamma", 2,
+                    "--steps", 4, "--seeds", "0-1", "--outdir", tmp_path / "out")
+    assert_usage_error(result, "tcd --gamma must be a number in [0, 1], got 2")
+    assert not any(tmp_path.iterdir())
