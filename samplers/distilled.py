@@ -51,11 +51,12 @@ def denoise_and_renoise(model, x, sigmas, *, noise, callback, split: Split):
 
 
 def _check_number(name: str, value, low: float, high: float = math.inf) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+    ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+          and low <= value <= high)
     if not ok:
-        where = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        what = f"number in [{low:g}, {high:g}]" if math.isfinite(high) else f"finite number >= {low:g}"
         shown = f"{value:g}" if isinstance(value, int | float) else repr(value)
-        raise ValueError(f"{name} must be a number {where}, got {shown}")
+        raise ValueError(f"{name} must be a {what}, got {shown}")
 
 
 def consistency_split(eps: float, s_noise: float) -> Split:

@@ -261,7 +261,8 @@ def test_registry_entries():
     ("tcd", {"gamma": 1.5}, "tcd gamma must be a number in [0, 1], got 1.5"),
     ("tcd", {"gamma": math.nan}, "tcd gamma must be a number in [0, 1], got nan"),
     ("tcd", {"gamma": "a"}, "tcd gamma must be a number in [0, 1], got 'a'"),
-    ("consistency", {"eps": -1.0}, "consistency eps must be a number >= 0, got -1"),
+    ("consistency", {"eps": -1.0}, "consistency eps must be a finite number >= 0, got -1"),
+    ("consistency", {"eps": math.inf}, "consistency eps must be a finite number >= 0, got inf"),
     ("consistency", {"s_noise": -1.0}, "s_noise must be a non-negative number, got -1"),
 ])
 def test_bad_options_are_one_line_value_errors(name, options, message):
