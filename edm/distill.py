@@ -316,7 +316,7 @@ class ConsistencyObjective(DistillationObjective):
         sigmas = p["sample_sigmas"] or [p["sigma_max"]]
         record = {"sampler": "consistency", "steps": len(sigmas), "schedule": "karras",
                   "sigma_max": sigmas[0], "sigma_min": sigmas[-1], "rho": p["rho"],
-                  "options": {"sigma_min": p["sigma_min"]}}
+                  "options": {"eps": p["sigma_min"]}}
         if p["guidance"]:
             record["guidance_range"] = list(p["guidance"])
         return record

@@ -355,6 +355,10 @@ def test_cli_runs_and_records_its_command(teacher, tmp_path):
     assert record["command"].startswith("edm distill --teacher ")
     assert "--method consistency" in record["command"] and "--out " in record["command"]
     assert record["sampling"]["sampler"] == "consistency" and record["sampling"]["steps"] == 2
+    import samplers
+
+    assert set(record["sampling"]["options"]) <= set(samplers.get("consistency").options)
+    assert record["sampling"]["options"]["eps"] == 0.002  # the boundary level the student was trained with
     assert record["objective"]["name"] == "consistency"
     assert record["precond"]["scheme"] == "consistency"
 
