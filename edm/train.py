@@ -330,6 +330,7 @@ def train(
         saved = record["options"]
         options.update({k: saved[k] if k in saved else _ABSENT[k] for k in _HYPERPARAMETERS})
         options["total_steps"] = saved.get("total_steps")
+        options["seconds"] = float(saved.get("seconds") or 0.0)
         if outdir is None:
             outdir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     if outdir is None:
@@ -392,8 +393,11 @@ def train(
         batch = min(options["batch"], len(dataset))
         share.check_batch(batch)
 
+        before = float(options.get("seconds") or 0.0)  # the training time of the runs this one continues
+
         def save():
             error = None
+            options["seconds"] = round(before + time.perf_counter() - started, 1)
             if share.is_main:  # one writer; the other ranks learn whether it succeeded
                 config = _checkpoint_config(options, dataset, step, command, recent, objective)
                 files = checkpoint_files(outdir / NETWORK_NAME, ema, config)
@@ -500,7 +504,9 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, ob
     training.update({"step": step, "total_steps": options["total_steps"],
                      "kimg": round(step * options["batch"] / 1000, 3),
                      "loss": (sum(recent) / len(recent)) if recent else None,
-                     "torch": torch.__version__, "processes": options.get("processes", 1)})
+                     "torch": torch.__version__, "processes": options.get("processes", 1),
+                     # wall time of the training (resumed runs: summed), including loading and checkpoints
+                     "seconds": options.get("seconds")})
     condition = {"kind": options["cond"]}
     if options["cond"] == "text":
         condition.update({"alphabet": ALPHABET, "length": dataset.text_length,
