@@ -129,10 +129,11 @@ def part_students(seeds, args) -> list[dict]:
 
 
 def part_guided(seeds, args) -> list[dict]:
+    seeds = seeds[:args.num_guided]
     rows = []
     for w in WEIGHTS:
-        rows.append(run(f"digits guided, heun 40 steps, w={w:g}", "digits", seeds, part="guided", sampler="heun",
-                        steps=40, guidance=w))
+        rows.append(run(f"digits guided, heun 40 steps, w={w:g}", "digits", seeds, part="guided",
+                        sampler="heun", steps=40, guidance=w))
         record = _recorded(args.guided_student)
         settings = {k: record[k] for k in ("sampler", "steps", "schedule", "sigma_min", "sigma_max", "rho")
                     if k in record}
@@ -157,7 +158,8 @@ def report(results: dict, args) -> tuple[list[str], list[bool]]:
              "`bench/distillation.py`. Conditions: "
              f"{results.get('conditions', '')}.", "",
              f"Converged (digits, heun 40 steps, 79 NFE): **{converged:.3f}**.", "",
-             "| method | part | NFE | FD-digits | / converged | class accuracy | seconds |", "|---|---|---|---|---|---|---|"]
+             "| method | part | NFE | FD-digits | / converged | class accuracy | seconds |",
+             "|---|---|---|---|---|---|---|"]
     rows = [r for part in PARTS if part != "guided" for r in results.get(part, [])]
     for r in sorted(rows, key=lambda r: (r["nfe"], r["fd_digits"])):
         lines.append(f"| {r['method']} | {r['part']} | {r['nfe']} | {r['fd_digits']:.3f} | "
@@ -180,7 +182,8 @@ def report(results: dict, args) -> tuple[list[str], list[bool]]:
     guided = results.get("guided", [])
     if guided:
         lines += ["", "## The guided student (2 steps) against the guided teacher (79 NFE)", "",
-                  "| w | teacher FD-digits | student FD-digits | ratio | teacher accuracy | student accuracy |",
+                  "| w | teacher FD-digits | student FD-digits | ratio | teacher accuracy | "
+                  "student accuracy |",
                   "|---|---|---|---|---|---|"]
         for teacher, student in zip(guided[::2], guided[1::2]):
             w = teacher["settings"]["guidance"]
@@ -234,6 +237,8 @@ def main() -> int:
     parser.add_argument("--student-extra", default="{}",
                         help="JSON: student -> list of extra settings to measure it with")
     parser.add_argument("--guided-student", default="digits-pd2")
+    parser.add_argument("--num-guided", type=int, default=1000,
+                        help="seeds of the guided part (its teacher costs two evaluations per step)")
     add_out_arguments(parser)
     args = parser.parse_args()
     args.students = [s for s in args.students.split(",") if s]
@@ -242,8 +247,8 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seeds = list(range(args.num))
-    conditions = (f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
-                  f"float32, {time.strftime('%Y-%m-%d')}")
+    conditions = (f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s), torch "
+                  f"{torch.__version__}, float32, {time.strftime('%Y-%m-%d')}")
     for part in [p for p in args.parts.split(",") if p]:
         rows = RUNNERS[part](seeds, args)
         record = {"part": part, "num": args.num, "conditions": conditions, "rows": rows}
