@@ -58,7 +58,7 @@ def test_the_table_keeps_the_best_registered_cell_per_budget(user_dir):
                             conditions={"num": 64, "seeds": "0-63", "guidance": None, "unused": 1})
     assert path == user_dir / ("sha256-" + "ab" * 32 + ".json")
     table = load_auto_table(path)
-    assert table["format"] == "edm-samplers/auto-v1" and table["model"] == "gm" and table["fingerprint"] == FP
+    assert table["format"] == "edm-samplers/auto-v2" and table["model"] == "gm" and table["fingerprint"] == FP
     assert table["metric"] == "fd" and table["conditions"] == {"num": 64, "seeds": "0-63"}
     assert len(table["date"]) == 10
     picked = {row["nfe"]: (row["sampler"], row["schedule"], row["value"]) for row in table["rows"]}

@@ -41,19 +41,23 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edm.checkpoint import atomic_write, read_record
+
+from . import auto_rows
 
 __all__ = ["AUTO", "FALLBACK", "FORMAT", "AutoChoice", "AutoTableError", "auto_choice", "auto_dir",
            "best_per_budget", "load_auto_table", "ranking_value", "sample_size", "shipped_tables",
            "write_auto_table"]
 
 AUTO = "auto"
-FORMAT = "edm-samplers/auto-v1"
+FORMAT = "edm-samplers/auto-v2"
+V1 = "edm-samplers/auto-v1"  # still read: registry rows only, one per NFE
+FORMATS = (FORMAT, V1)
 QUALITY = ("fd", "ode_rmse")  # in order of preference; lower is better for both
 SHIPPED = Path(__file__).parent / "auto_tables"
 
@@ -85,6 +89,9 @@ class AutoChoice:
     value: float | None
     sample_size: int | None = None  # the images ``value`` was measured on (None: unknown, or fallback)
     note: str | None = None  # a less-measured table's row passed over for this one (worth a warning)
+    kind: str = "registry"  # the row's kind (tools.solvers.auto_rows): registry, schedule, solver, model
+    model: str | None = None  # a model row's model (a built-in name or a checkpoint path), run instead
+    steps: int | None = None  # a model row's steps (its sampler then runs them, whatever ``nfe`` is)
 
 
 def auto_dir() -> Path:
@@ -110,16 +117,6 @@ def _runs_at(sampler: str, nfe: int, options: Mapping[str, Any] | None) -> bool:
     try:
         samplers.steps_for_nfe(sampler, nfe, dict(options or {}))
     except (ValueError, KeyError, TypeError):
-        return False
-    return True
-
-
-def _schedule_known(name: str) -> bool:
-    from samplers import schedules
-
-    try:
-        schedules.spec(name)
-    except (ValueError, KeyError):
         return False
     return True
 
@@ -198,19 +195,34 @@ def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerpr
                      "steps": cell.get("steps"), "nfe_used": cell.get("nfe"), "num": cell.get("num"),
                      "sample_size": size or cell.get("num"),
                      "stochastic": bool(cell.get("stochastic")), "date": today})
+    return save_auto_table(rows, model=model, fingerprint=fingerprint, path=path, metric=metric,
+                           conditions=settings, fingerprints=fingerprints, merge=True)
+
+
+def save_auto_table(rows: Iterable[Mapping[str, Any]], *, model: str, fingerprint: str, metric: str,
+                    path=None, conditions: Mapping[str, Any] | None = None,
+                    fingerprints: Iterable[str] | None = None, merge: bool = False) -> Path:
+    """Write ``rows`` (table rows of any kind, see the module docstring) as the auto table of the model
+    whose weights have ``fingerprint``; return its path (default ``auto_dir()/<fingerprint>.json``).
+    ``merge``: keep the rows of a table measured alike already there at the budgets ``rows`` lacks. The
+    rows are checked as :func:`load_auto_table` checks them, so a table that could not be read back is
+    never written (AutoTableError, one line)."""
     from tools.common import jsonable
 
+    settings = dict(conditions or {})
+    today = datetime.date.today().isoformat()
     record = jsonable({
         "format": FORMAT, "model": str(model), "fingerprint": str(fingerprint), "date": today,
         "fingerprints": list(dict.fromkeys([str(fingerprint), *map(str, fingerprints or ())])),
         "metric": metric,
         "conditions": {key: settings[key] for key in CONDITIONS if settings.get(key) is not None},
-        "rows": rows,
+        "rows": [dict(row) for row in rows],
     })
     path = Path(path).expanduser() if path is not None else auto_dir() / table_name(str(fingerprint))
-    kept = {row["nfe"]: row for row in _mergeable_rows(path, record)}
-    record["rows"] = sorted({**kept, **{row["nfe"]: row for row in record["rows"]}}.values(),
-                            key=lambda row: row["nfe"])
+    new_budgets = {row["nfe"] for row in record["rows"]}
+    kept = [row for row in _mergeable_rows(path, record) if row["nfe"] not in new_budgets] if merge else []
+    record["rows"] = sorted([*kept, *record["rows"]], key=lambda row: row["nfe"])  # stable: keeps ranks
+    _check_rows(record, path)
     text = json.dumps(record, indent=1, allow_nan=False) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +245,7 @@ def _mergeable_rows(path: Path, record: dict) -> list[dict]:
     return old["rows"] if same else []
 
 
-def _check_row(row: Any, path: Path) -> None:
+def _check_row(row: Any, path: Path, version: str = FORMAT) -> None:
     def bad(why: str) -> AutoTableError:
         return AutoTableError(f"corrupt auto table {path}: {why}")
 
@@ -250,22 +262,28 @@ def _check_row(row: Any, path: Path) -> None:
     value = row.get("value")
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise bad(f"the row of NFE {nfe} has value {value!r}, not a number")
+    if version != V1 and (why := auto_rows.check_row(row, path.parent)) is not None:
+        raise bad(f"the {auto_rows.kind_of(row)} row of NFE {nfe}: {why}")
 
 
-def load_auto_table(path) -> dict:
-    """The auto table at ``path`` (JSON only is read); AutoTableError (one line) naming the file when it is
-    missing, corrupt or not a table."""
-    path = Path(path).expanduser()
-    record = read_record(path, FORMAT, "auto table", AutoTableError)
+def _check_rows(record: dict, path: Path) -> None:
     if not isinstance(record.get("fingerprint"), str) or not record["fingerprint"]:
         raise AutoTableError(f"corrupt auto table {path}: no model fingerprint")
     rows = record.get("rows")
     if not isinstance(rows, list):
         raise AutoTableError(f"corrupt auto table {path}: its rows are not a list")
     for row in rows:
-        _check_row(row, path)
-    if len({row["nfe"] for row in rows}) != len(rows):
+        _check_row(row, path, record["format"])
+    if record["format"] == V1 and len({row["nfe"] for row in rows}) != len(rows):
         raise AutoTableError(f"corrupt auto table {path}: two rows for one NFE")
+
+
+def load_auto_table(path) -> dict:
+    """The auto table at ``path`` (JSON only is read; format v2, or v1); AutoTableError (one line) naming
+    the file when it is missing, corrupt or not a table, or a file a row names is missing."""
+    path = Path(path).expanduser()
+    record = read_record(path, FORMATS, "auto table", AutoTableError)
+    _check_rows(record, path)
     return record
 
 
@@ -303,14 +321,35 @@ def _tables(fingerprint: str) -> list[tuple[Path, dict]]:
     return found
 
 
-def _row_for(table: dict, nfe: int) -> dict | None:
-    """The row measured at ``nfe``, else the one of the largest NFE below it, that runs at ``nfe``."""
-    rows = sorted((row for row in table["rows"] if row["nfe"] <= nfe), key=lambda row: -row["nfe"])
+def _rank(row: dict) -> tuple[int, float]:
+    value = _finite(row.get("value"))
+    return -row["nfe"], math.inf if value is None else value
+
+
+def _row_for(table: dict, path: Path, nfe: int, accept: Callable[[AutoChoice], bool]) -> AutoChoice | None:
+    """The pick of a table at ``nfe``: of the rows measured at ``nfe`` that run there and ``accept``
+    takes, the best; else the same among the rows of the largest NFE below it, and so on."""
+    rows = sorted((row for row in table["rows"] if row["nfe"] <= nfe), key=_rank)
     for row in rows:
-        if _registered(row["sampler"]) and _schedule_known(row["schedule"]) \
-                and _runs_at(row["sampler"], nfe, row.get("options")):
-            return row
+        kind = auto_rows.kind_of(row)
+        if table["format"] == V1 and kind != "registry":
+            continue  # a v1 table's rows are registered pairs; it never shipped files
+        if not auto_rows.runs_at(row, nfe):
+            continue
+        row = auto_rows.resolved(row, path.parent)
+        choice = AutoChoice(row["sampler"], row["schedule"], dict(row.get("options") or {}), nfe,
+                            f"table {path}", row.get("metric", table.get("metric")), row.get("value"),
+                            sample_size(row, table), kind=kind, model=row.get("model"),
+                            steps=row.get("steps") if kind == "model" else None)
+        if accept(choice):
+            return choice
     return None
+
+
+def plain(choice: AutoChoice) -> bool:
+    """The default of ``auto_choice``'s ``accept``: every row but a model row (running another model is
+    the front end's business, which checks it)."""
+    return choice.kind != "model"
 
 
 def fallback(nfe: int) -> AutoChoice:
@@ -322,26 +361,25 @@ def fallback(nfe: int) -> AutoChoice:
     return AutoChoice("euler", "karras", {}, nfe, "fallback", None, None)
 
 
-def auto_choice(fingerprint: str, nfe: int) -> AutoChoice:
+def auto_choice(fingerprint: str, nfe: int, accept: Callable[[AutoChoice], bool] = plain) -> AutoChoice:
     """What ``--sampler auto`` runs at ``nfe`` for the model whose weights have ``fingerprint``.
 
-    The user's table, then the shipped ones (see the module docstring); else the fallback rule. ValueError
-    (one line) when ``nfe`` is not a positive integer; AutoTableError when a table found is corrupt.
+    The user's table, then the shipped ones (see the module docstring); else the fallback rule.
+    ``accept(choice)``: whether a row may be picked for this run (default :func:`plain`: not a model
+    row); a row it refuses is passed over for the next best. ValueError (one line) when ``nfe`` is not a
+    positive integer; AutoTableError when a table found is corrupt.
     """
     if not isinstance(nfe, numbers.Integral) or isinstance(nfe, bool) or nfe < 1:
         raise ValueError(f"--sampler auto needs an NFE budget, a positive integer (--nfe N), got {nfe!r}")
     nfe = int(nfe)
-    found = [(path, table, row) for path, table in _tables(str(fingerprint))
-             if (row := _row_for(table, nfe)) is not None]
+    found = [(path, table, choice) for path, table in _tables(str(fingerprint))
+             if (choice := _row_for(table, path, nfe, accept)) is not None]
     if not found:
         return fallback(nfe)
     # the best-measured row; on a tie (or sizes unknown) the first, in the order of _tables
     best = max(range(len(found)), key=lambda i: (_size_key(found[i]), -i))
-    path, table, row = found[best]
-    size = sample_size(row, table)
-    return AutoChoice(row["sampler"], row["schedule"], dict(row.get("options") or {}), nfe, f"table {path}",
-                      row.get("metric", table.get("metric")), row.get("value"), size,
-                      _passed_over(found[:best], path, size, nfe))
+    path, _, choice = found[best]
+    return replace(choice, note=_passed_over(found[:best], path, choice.sample_size, nfe))
 
 
 def sample_size(row: Mapping[str, Any], table: Mapping[str, Any]) -> int | None:
@@ -355,18 +393,19 @@ def sample_size(row: Mapping[str, Any], table: Mapping[str, Any]) -> int | None:
     return size
 
 
-def _size_key(found: tuple[Path, dict, dict]) -> int:
-    size = sample_size(found[2], found[1])
+def _size_key(found: tuple[Path, dict, AutoChoice]) -> int:
+    size = found[2].sample_size
     return -1 if size is None else size  # unknown ranks below any measured size
 
 
-def _passed_over(before: list[tuple[Path, dict, dict]], path: Path, size: int | None, nfe: int) -> str | None:
+def _passed_over(before: list[tuple[Path, dict, AutoChoice]], path: Path, size: int | None,
+                 nfe: int) -> str | None:
     """A line naming the first table that would have been taken (it comes first) but was measured on fewer
     images than the one taken, or None."""
     if not before:
         return None
-    other, table, row = before[0]
-    few = sample_size(row, table)
+    other, _, choice = before[0]
+    few = choice.sample_size
     few_text = "an unknown number of images" if few is None else f"{few} images"
     return (f"--sampler auto at NFE {nfe}: the auto table {other} (measured on {few_text}) is passed over "
             f"for {path} (measured on {size} images): bench with --num {size} or more to replace it")
