@@ -1,27 +1,41 @@
-"""``--sampler auto``: the best registered sampler x schedule for an NFE budget, from a table that ``edm bench
---write-auto`` writes for a model (its weights' fingerprint), or a documented fallback rule without one.
+"""``--sampler auto``: the best of everything measured for a model at an NFE budget, from a table written
+for the model (its weights' fingerprint), or a documented fallback rule without one.
 
-Tables. ``write_auto_table`` keeps, for each NFE budget of a benchmark, the "ok" cell with the lowest value
-of the benchmark's first quality metric present (``fd`` if it was computed, else ``ode_rmse``): any
-registered sampler, deterministic or stochastic, on a registered schedule. ``file:`` samplers and schedules
-are left out (a path need not exist where the table is read), and so are samplers that cannot be given a
-fixed budget (``samplers.steps_for_nfe`` refuses them: ``restart``, adaptive ones), since ``auto`` runs the
-pick with ``steps_for_nfe``. A table is JSON (format ``edm-samplers/auto-v1``) naming the model and the
-fingerprint of its weights (``tools.solvers.file.fingerprint``). Writing merges into the table already at
-that path when its rows were measured the same way (same weights, metric and conditions): the budgets
-benchmarked again get the new rows, the others keep theirs, so a table grows budget by budget; otherwise
-(or when that file is corrupt) the new table replaces it.
+Rows. A table (JSON, format ``edm-samplers/auto-v2``; ``auto-v1`` tables, of registry rows only, are still
+read) holds rows of four kinds (``tools.solvers.auto_rows``): a registered sampler x schedule, a sampler on
+a tuned schedule file, a fitted solver file, or another model (a student distilled from this one, run
+with its own sampler and steps). Files are named ``file:PATH``, absolute or relative to the table's
+folder, so a shipped table ships its files beside it (``auto_tables/digits/``). Each row records the
+budget it was measured at (``nfe``), its ``value`` of the table's quality metric and the images it was
+measured on. A v2 table may hold several rows at one budget (``bench/auto_digits.py`` keeps the best of
+each kind), so that a budget a fitted solver cannot run at still finds the next best row.
+
+Writing. ``write_auto_table`` (``edm bench --write-auto``) keeps, for each NFE budget of a benchmark, the
+"ok" cell with the lowest value of the benchmark's first quality metric present (``fd`` if it was
+computed, else ``ode_rmse``): any registered sampler, deterministic or stochastic, on a registered
+schedule. ``file:`` samplers and schedules are left out there (a path need not exist where the table is
+read; file and model rows are written with ``save_auto_table``, as the digits script does), and so are
+samplers that cannot be given a fixed budget (``samplers.steps_for_nfe`` refuses them: ``restart``,
+adaptive ones). A table names the model and the fingerprint of its weights
+(``tools.solvers.file.fingerprint``). Writing merges into the table already at that path when its rows
+were measured the same way (same weights, metric and conditions): the budgets benchmarked again get the
+new rows, the others keep theirs, so a table grows budget by budget; otherwise (or when that file is
+corrupt) the new table replaces it.
 
 Lookup (``auto_choice``). The user's table ``auto_dir()/<fingerprint>.json`` (``$EDM_AUTO_DIR``, else
 ``~/.cache/edm-samplers/auto``), then the user's and the shipped (``tools/solvers/auto_tables/``) tables
 that list the fingerprint among their ``fingerprints``: a table records, besides its weights'
 fingerprint, the ones they have when loaded in float16 and bfloat16 (``tools.solvers.file.fingerprints``),
 so a table measured in float32 serves half-precision loads of the model too.
-In each, the row measured at exactly the asked NFE, else the row of the largest
-NFE below it (its sampler then runs at the asked NFE: more steps of a method that was best with fewer is a
-safe bet, whereas a row above the budget cannot run in it). Of the tables' rows, the one measured on the
+In each, the best row measured at exactly the asked NFE that runs there and the caller accepts, else the
+same among the rows of the largest NFE below it (a registry or tuned-schedule row then runs at the asked
+NFE: more steps of a method that was best with fewer is a safe bet; a fitted solver runs only at its own
+NFE, a student at its own steps, within the budget), whereas a row above the budget cannot run in it. The
+caller's ``accept`` passes over what the run cannot honour (``tools.solvers.students.AutoGate``: students
+need the model's record to name them, and no guidance or steering); by default model rows are passed over.
+Of the tables' picks, the one measured on the
 most images (a row's ``sample_size``: the images its fd, or its ode error, was measured on), the first in
-the order above on a tie: an FD measured on 16 images is too noisy to override one measured on 512 (the
+the order above on a tie: an FD measured on 16 images is too noisy to override one measured on 1000 (the
 shipped digits table's), and ``AutoChoice.note`` names the table passed over, which the commands print
 as a warning. A row without ``sample_size`` (a table written before it was recorded) counts its ``num``
 when ranked by fd; else its size is unknown, below any known size. Without a table, or a row at or below
@@ -50,9 +64,9 @@ from edm.checkpoint import atomic_write, read_record
 
 from . import auto_rows
 
-__all__ = ["AUTO", "FALLBACK", "FORMAT", "AutoChoice", "AutoTableError", "auto_choice", "auto_dir",
-           "best_per_budget", "load_auto_table", "ranking_value", "sample_size", "shipped_tables",
-           "write_auto_table"]
+__all__ = ["AUTO", "FALLBACK", "FORMAT", "FORMATS", "AutoChoice", "AutoTableError", "auto_choice", "auto_dir",
+           "best_per_budget", "load_auto_table", "plain", "ranking_value", "sample_size", "save_auto_table",
+           "shipped_tables", "write_auto_table"]
 
 AUTO = "auto"
 FORMAT = "edm-samplers/auto-v2"
@@ -78,7 +92,9 @@ class AutoChoice:
     """What ``--sampler auto`` runs at ``nfe``: the sampler, its schedule and options, and where the pick
     came from: ``source`` is ``"table PATH"`` (with the measured ``metric``, ``value`` and ``sample_size``
     at the row's NFE) or ``"fallback"`` (those None); ``note`` says which less-measured table was passed
-    over, if one was."""
+    over, if one was. ``kind`` is the row's: a ``solver`` pick's sampler is ``file:PATH`` (schedule
+    ``"fitted"``), a ``schedule`` pick's schedule is ``file:PATH`` (absolute paths), a ``model`` pick
+    names the ``model`` to run instead, with ``steps`` of its sampler."""
 
     sampler: str
     schedule: str
