@@ -275,6 +275,7 @@ class _Choice:
     fitted: Any = None  # tools.solvers.use.Fitted
     pick: Any = None  # --sampler auto's pick
     says: str | None = None  # a line for the user: auto runs another model than the one asked for
+    ranges: dict[str, float] = field(default_factory=dict)  # auto's student: the range it was trained on
 
 
 def _choose_sampler(request: SamplingRequest, corrector_steps: int) -> _Choice:
@@ -315,7 +316,8 @@ def _auto_choice(model, request: SamplingRequest, corrector_steps: int, device, 
         says = (f"--sampler auto at NFE {pick.nfe}: runs student {pick.model} ({pick.sampler} / "
                 f"{pick.schedule}, {pick.steps} steps) in place of {model.source}: {pick.metric} "
                 f"{pick.value:.3g} in {pick.source.removeprefix('table ')}")
-        return _Choice(AUTO, spec, pick.steps, options, pick.schedule, pick=pick, says=says), student
+        return _Choice(AUTO, spec, pick.steps, options, pick.schedule, pick=pick, says=says,
+                       ranges=dict(pick.ranges or {})), student
     steps, _ = resolve_steps(spec, None, request.nfe, options, corrector_steps)
     return _Choice(AUTO, spec, steps, options, pick.schedule, pick=pick), model
 
@@ -358,7 +360,7 @@ def _auto_record(choice: _Choice, request: SamplingRequest) -> dict[str, Any] | 
 
 
 def _levels(choice: _Choice, model, request: SamplingRequest) -> _Levels:
-    ranges = (request.sigma_min, request.sigma_max, request.rho)
+    ranges = tuple(choice.ranges.get(key, getattr(request, key)) for key in ("sigma_min", "sigma_max", "rho"))
     if choice.fitted is not None:
         _check_no_schedule(choice, request)
         return _Levels(model, choice.fitted.solver.sigmas.clone(), FITTED_SCHEDULE, {}, choice.options)

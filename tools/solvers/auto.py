@@ -108,6 +108,7 @@ class AutoChoice:
     kind: str = "registry"  # the row's kind (tools.solvers.auto_rows): registry, schedule, solver, model
     model: str | None = None  # a model row's model (a built-in name or a checkpoint path), run instead
     steps: int | None = None  # a model row's steps (its sampler then runs them, whatever ``nfe`` is)
+    ranges: dict | None = None  # a model row's sigma_min / sigma_max / rho, those it gives
 
 
 def auto_dir() -> Path:
@@ -356,7 +357,8 @@ def _row_for(table: dict, path: Path, nfe: int, accept: Callable[[AutoChoice], b
         choice = AutoChoice(row["sampler"], row["schedule"], dict(row.get("options") or {}), nfe,
                             f"table {path}", row.get("metric", table.get("metric")), row.get("value"),
                             sample_size(row, table), kind=kind, model=row.get("model"),
-                            steps=row.get("steps") if kind == "model" else None)
+                            steps=row.get("steps") if kind == "model" else None,
+                            ranges=auto_rows.ranges(row) if kind == "model" else None)
         if accept(choice):
             return choice
     return None

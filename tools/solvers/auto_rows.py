@@ -10,8 +10,9 @@ from its fields:
 - ``solver``: a fitted solver file, ``sampler: "file:PATH"``, ``schedule: "fitted"`` (its own levels); runs
   only at its own NFE, the row's ``nfe_used`` (else ``nfe``);
 - ``model``: another model, ``model: NAME`` (a student distilled from the table's model), run with its
-  own ``sampler``, ``steps`` and ``schedule`` (registered); runs at any budget at or above the NFE those
-  steps take, which is what it costs.
+  own ``sampler``, ``steps`` and ``schedule`` (registered), and the schedule's range if the row gives one
+  (``sigma_min``, ``sigma_max``, ``rho``: a distilled student's levels are those it was trained on); runs
+  at any budget at or above the NFE those steps take, which is what it costs.
 
 A ``PATH`` (and a ``model`` that is a path rather than a built-in name) is absolute or relative to the
 table's folder, so a table ships with its files beside it. Only JSON data is read here; the files
@@ -20,6 +21,7 @@ themselves are read, and checked against the model, where the pick runs (``tools
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,10 @@ from typing import Any
 
 from tools.common import FILE_PREFIX
 
-__all__ = ["KINDS", "check_row", "kind_of", "resolved", "row_cost", "runs_at"]
+__all__ = ["KINDS", "RANGE", "check_row", "kind_of", "ranges", "resolved", "row_cost", "runs_at"]
+
+#: a model row's schedule settings (each optional: the model's own range and the schedule's default rho)
+RANGE = ("sigma_min", "sigma_max", "rho")
 
 #: the schedule a solver row names: a fitted solver brings its own levels
 FITTED = "fitted"
@@ -47,6 +52,16 @@ def _registered(value: Any) -> bool:
 
 def _positive(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _positive_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+        and value > 0
+
+
+def ranges(row: Mapping[str, Any]) -> dict[str, float]:
+    """A model row's schedule settings that it gives (see :data:`RANGE`)."""
+    return {key: float(row[key]) for key in RANGE if row.get(key) is not None}
 
 
 def kind_of(row: Mapping[str, Any]) -> str:
@@ -150,6 +165,9 @@ def _check_model(row, folder) -> str | None:
         return "a model row runs a registered sampler on a registered schedule"
     if not _positive(row.get("steps")):
         return f"its steps are {row.get('steps')!r}, not a positive integer"
+    for key in RANGE:
+        if row.get(key) is not None and not _positive_real(row[key]):
+            return f"its {key} is {row[key]!r}, not a positive number"
     cost = row_cost(row)
     if cost is None or cost > row["nfe"]:
         return f"{row['sampler']} with {row['steps']} steps does not run within NFE {row['nfe']}"
