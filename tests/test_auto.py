@@ -178,6 +178,7 @@ def test_a_corrupt_user_table_is_reported_not_skipped(user_dir):
 
 def test_the_shipped_digits_table_is_for_the_digits_weights(monkeypatch):
     from tools.models import load_model
+    from tools.solvers import auto_rows
     from tools.solvers.file import fingerprint
 
     monkeypatch.setattr(auto, "SHIPPED", Path(auto.__file__).parent / "auto_tables")
@@ -185,14 +186,32 @@ def test_the_shipped_digits_table_is_for_the_digits_weights(monkeypatch):
     table = load_auto_table(path)
     digits = fingerprint(load_model("digits").denoiser)
     assert table["fingerprint"] == digits and table["model"] == "digits" and table["metric"] == "fd"
-    for row in table["rows"]:
-        choice = auto_choice(digits, row["nfe"])
-        assert (choice.sampler, choice.schedule) == (row["sampler"], row["schedule"])
-        assert choice.value == row["value"] and choice.nfe == row["nfe"]
-        assert choice.source == f"table {path}" and samplers.steps_for_nfe(choice.sampler, row["nfe"]) >= 1
+    assert table["format"] == "edm-samplers/auto-v2" and table["conditions"]["num"] == 1000
+    for nfe in {row["nfe"] for row in table["rows"]}:
+        # the best row measured at the budget, of those auto takes by default (not a student's)
+        best = auto_rows.resolved(min((row for row in table["rows"] if row["nfe"] == nfe
+                                       and auto_rows.kind_of(row) != "model"), key=lambda row: row["value"]),
+                                  path.parent)
+        choice = auto_choice(digits, nfe)
+        assert (choice.sampler, choice.schedule) == (best["sampler"], best["schedule"])
+        assert choice.value == best["value"] and choice.nfe == nfe and choice.sample_size == 1000
+        assert choice.source == f"table {path}"
     # a bfloat16 load of the same weights has another fingerprint, which the table lists
     half = fingerprint(load_model("digits", dtype=torch.bfloat16).denoiser)
     assert half != digits and auto_choice(half, 5).source == f"table {path}"
+
+
+def test_generate_with_auto_at_5_nfe_runs_the_shipped_fitted_solver(tmp_path, monkeypatch):
+    monkeypatch.setattr(auto, "SHIPPED", Path(auto.__file__).parent / "auto_tables")
+    solver = auto.SHIPPED / "digits" / "digits-5.json"
+    result = generate(tmp_path / "out", "--model", "digits", "--sampler", "auto", "--nfe", 5)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "edm-generate.json").read_text())
+    assert record["sampler"] == f"file:{solver}" and record["schedule"] == "fitted"
+    assert record["auto"]["kind"] == "solver"
+    assert record["auto"]["source"] == f"table {auto.SHIPPED / 'digits.json'}"
+    fitted = json.loads(solver.read_text())
+    assert record["sigmas"] == fitted["sigmas"] and record["weights"] == fitted["weights"]
 
 
 def test_a_user_table_serves_the_other_fingerprints_it_lists(user_dir):
@@ -331,6 +350,7 @@ def test_a_v1_table_is_still_read(user_dir):
     (row(5, "euler", "karras", 2.0, model="digits-weak", steps=0), "steps"),
     (row(5, "euler", "karras", 2.0, model="digits-weak", steps=6), "does not run within NFE 5"),
     (row(5, "file:gm/solver-5.json", "karras", 2.0, model="digits-weak", steps=2), "registered sampler"),
+    (row(5, "euler", "karras", 2.0, model="digits-weak", steps=2, rho=-1), "rho is -1"),
     (row(5, "ipndm", "karras", "low"), "not a number"),
 ])
 def test_a_corrupt_row_of_each_kind_is_a_one_line_error(tmp_path, shipped_files, bad, why):
@@ -392,7 +412,9 @@ def teacher(tmp_path, user_dir):
     other = tiny_checkpoint(tmp_path / "other", seed=2, num_classes=5)
     unnamed = tiny_checkpoint(tmp_path / "unnamed", seed=3)
     path = tiny_checkpoint(tmp_path / "teacher", seed=0, students=["student", str(tmp_path / "other")])
-    rows = [row(3, "ipndm", "karras", 9.0), row(3, "euler", "karras", 2.0, model=student, steps=2),
+    # the student runs on the range it records (a distilled student's levels are those it learned)
+    rows = [row(3, "ipndm", "karras", 9.0),
+            row(3, "euler", "karras", 2.0, model=student, steps=2, sigma_min=0.05, rho=5.0),
             row(3, "euler", "karras", 1.0, model=other, steps=2),
             row(3, "euler", "karras", 0.5, model=unnamed, steps=3)]
     v2_table(user_dir, rows, fingerprint(load_model(path).denoiser), name="teacher.json")
@@ -414,8 +436,10 @@ def test_a_model_row_runs_the_student_it_names(tmp_path, teacher):
     record = json.loads((tmp_path / "auto" / "edm-generate.json").read_text())
     assert record["model"] == student and record["auto"]["model"] == student
     assert record["auto"]["asked_model"] == path and record["auto"]["kind"] == "model"
-    assert (record["sampler"], record["steps"]) == ("euler", 2)
-    direct = generate(tmp_path / "direct", "--model", student, "--sampler", "euler", "--steps", 2)
+    assert (record["sampler"], record["steps"], record["schedule_options"]) == ("euler", 2, {"rho": 5.0})
+    assert record["sigmas"][-2] == pytest.approx(0.05)
+    direct = generate(tmp_path / "direct", "--model", student, "--sampler", "euler", "--steps", 2,
+                      "--sigma-min", 0.05, "--rho", 5)
     assert direct.exit_code == 0, direct.output
     images = sorted(p.name for p in (tmp_path / "direct").rglob("*.png"))
     assert len(images) == 4 and images == sorted(p.name for p in (tmp_path / "auto").rglob("*.png"))
