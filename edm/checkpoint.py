@@ -192,9 +192,12 @@ def save_checkpoint(path, backbone: torch.nn.Module, config: dict) -> tuple[Path
     return files[0][0], files[1][0]
 
 
-def read_record(path: Path, fmt: str, what: str, error: type[Exception] = CheckpointError) -> dict:
-    """The JSON object at ``path`` whose ``format`` is ``fmt``; else ``error`` with a one-line message
-    naming the file (``what`` says what it should have been)."""
+def read_record(path: Path, fmt: str | tuple[str, ...], what: str,
+                error: type[Exception] = CheckpointError) -> dict:
+    """The JSON object at ``path`` whose ``format`` is ``fmt`` (or one of them: the versions still read,
+    the newest first); else ``error`` with a one-line message naming the file (``what`` says what it
+    should have been)."""
+    formats = (fmt,) if isinstance(fmt, str) else tuple(fmt)
     if path.is_dir():  # "not found" would send the user looking for a file that is there
         raise error(f"{what} {path} is a directory, not a file")
     if not path.is_file():
@@ -203,8 +206,8 @@ def read_record(path: Path, fmt: str, what: str, error: type[Exception] = Checkp
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"corrupt {what} {path}: {e}") from None
-    if not isinstance(record, dict) or record.get("format") != fmt:
-        raise error(f"{path} is not an edm-samplers {what} (format {fmt!r})")
+    if not isinstance(record, dict) or record.get("format") not in formats:
+        raise error(f"{path} is not an edm-samplers {what} (format {formats[0]!r})")
     return record
 
 

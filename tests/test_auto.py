@@ -58,7 +58,7 @@ def test_the_table_keeps_the_best_registered_cell_per_budget(user_dir):
                             conditions={"num": 64, "seeds": "0-63", "guidance": None, "unused": 1})
     assert path == user_dir / ("sha256-" + "ab" * 32 + ".json")
     table = load_auto_table(path)
-    assert table["format"] == "edm-samplers/auto-v1" and table["model"] == "gm" and table["fingerprint"] == FP
+    assert table["format"] == "edm-samplers/auto-v2" and table["model"] == "gm" and table["fingerprint"] == FP
     assert table["metric"] == "fd" and table["conditions"] == {"num": 64, "seeds": "0-63"}
     assert len(table["date"]) == 10
     picked = {row["nfe"]: (row["sampler"], row["schedule"], row["value"]) for row in table["rows"]}
@@ -178,6 +178,7 @@ def test_a_corrupt_user_table_is_reported_not_skipped(user_dir):
 
 def test_the_shipped_digits_table_is_for_the_digits_weights(monkeypatch):
     from tools.models import load_model
+    from tools.solvers import auto_rows
     from tools.solvers.file import fingerprint
 
     monkeypatch.setattr(auto, "SHIPPED", Path(auto.__file__).parent / "auto_tables")
@@ -185,14 +186,32 @@ def test_the_shipped_digits_table_is_for_the_digits_weights(monkeypatch):
     table = load_auto_table(path)
     digits = fingerprint(load_model("digits").denoiser)
     assert table["fingerprint"] == digits and table["model"] == "digits" and table["metric"] == "fd"
-    for row in table["rows"]:
-        choice = auto_choice(digits, row["nfe"])
-        assert (choice.sampler, choice.schedule) == (row["sampler"], row["schedule"])
-        assert choice.value == row["value"] and choice.nfe == row["nfe"]
-        assert choice.source == f"table {path}" and samplers.steps_for_nfe(choice.sampler, row["nfe"]) >= 1
+    assert table["format"] == "edm-samplers/auto-v2" and table["conditions"]["num"] == 1000
+    for nfe in {row["nfe"] for row in table["rows"]}:
+        # the best row measured at the budget, of those auto takes by default (not a student's)
+        best = auto_rows.resolved(min((row for row in table["rows"] if row["nfe"] == nfe
+                                       and auto_rows.kind_of(row) != "model"), key=lambda row: row["value"]),
+                                  path.parent)
+        choice = auto_choice(digits, nfe)
+        assert (choice.sampler, choice.schedule) == (best["sampler"], best["schedule"])
+        assert choice.value == best["value"] and choice.nfe == nfe and choice.sample_size == 1000
+        assert choice.source == f"table {path}"
     # a bfloat16 load of the same weights has another fingerprint, which the table lists
     half = fingerprint(load_model("digits", dtype=torch.bfloat16).denoiser)
     assert half != digits and auto_choice(half, 5).source == f"table {path}"
+
+
+def test_generate_with_auto_at_5_nfe_runs_the_shipped_fitted_solver(tmp_path, monkeypatch):
+    monkeypatch.setattr(auto, "SHIPPED", Path(auto.__file__).parent / "auto_tables")
+    solver = auto.SHIPPED / "digits" / "digits-5.json"
+    result = generate(tmp_path / "out", "--model", "digits", "--sampler", "auto", "--nfe", 5)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "edm-generate.json").read_text())
+    assert record["sampler"] == f"file:{solver}" and record["schedule"] == "fitted"
+    assert record["auto"]["kind"] == "solver"
+    assert record["auto"]["source"] == f"table {auto.SHIPPED / 'digits.json'}"
+    fitted = json.loads(solver.read_text())
+    assert record["sigmas"] == fitted["sigmas"] and record["weights"] == fitted["weights"]
 
 
 def test_a_user_table_serves_the_other_fingerprints_it_lists(user_dir):
@@ -242,3 +261,199 @@ def test_bench_write_auto_refuses_what_auto_cannot_rerun(tmp_path, user_dir, arg
     lines = result.output.strip().splitlines()
     assert "Traceback" not in result.output and lines[-1].startswith("Error: ") and flag in lines[-1]
     assert not user_dir.exists() and not (tmp_path / "out" / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows of every kind (format v2): tuned schedule files, fitted solver files, students
+
+
+def v2_table(folder: Path, rows: list[dict], fingerprint: str = FP, name: str = "t.json") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps({"format": "edm-samplers/auto-v2", "model": "gm", "fingerprint": fingerprint,
+                                "metric": "fd", "rows": rows}))
+    return path
+
+
+def row(nfe, sampler, schedule, value, **extra):
+    return {"nfe": nfe, "sampler": sampler, "schedule": schedule, "options": {}, "metric": "fd",
+            "value": value, "num": 1000, "sample_size": 1000, **extra}
+
+
+@pytest.fixture
+def shipped_files(tmp_path):
+    """A fitted solver and a tuned schedule beside a shipped table (the files' contents are read where the
+    pick runs, not by the lookup)."""
+    from tools.schedules.file import save_schedule
+
+    files = tmp_path / "shipped" / "gm"
+    files.mkdir(parents=True)
+    (files / "solver-5.json").write_text("{}")
+    save_schedule(files / "ipndm-5.json", [80.0, 5.0, 1.0, 0.2, 0.01, 0.0], sampler="ipndm")
+    return files
+
+
+KINDS_ROWS = [row(3, "euler", "karras", 30.0),
+              row(5, "ipndm", "kl_optimal", 3.3), row(5, "ipndm", "file:gm/ipndm-5.json", 2.7),
+              row(5, "file:gm/solver-5.json", "fitted", 2.1),
+              row(5, "euler", "karras", 1.5, model="digits-weak", steps=2),
+              row(8, "deis", "kl_optimal", 2.0)]
+
+
+def test_each_row_kind_is_looked_up(tmp_path, shipped_files):
+    path = v2_table(tmp_path / "shipped", KINDS_ROWS)
+    assert load_auto_table(path)["format"] == "edm-samplers/auto-v2"
+    # a model row is taken only when the caller accepts it; then it is the best at 5 NFE
+    student = auto_choice(FP, 5, accept=lambda choice: True)
+    assert (student.kind, student.model, student.sampler, student.steps, student.value) == \
+        ("model", "digits-weak", "euler", 2, 1.5)
+    assert auto_choice(FP, 6, accept=lambda choice: True).model == "digits-weak"  # 2 NFE fit in 6
+    solver = auto_choice(FP, 5)  # the default passes model rows over
+    assert (solver.kind, solver.sampler, solver.schedule, solver.value) == \
+        ("solver", f"file:{shipped_files / 'solver-5.json'}", "fitted", 2.1)  # relative to the table
+    no_solver = auto_choice(FP, 5, accept=lambda choice: choice.kind in ("registry", "schedule"))
+    assert (no_solver.kind, no_solver.sampler, no_solver.schedule) == \
+        ("schedule", "ipndm", f"file:{shipped_files / 'ipndm-5.json'}")
+    # at 6 NFE the solver (5 NFE only) cannot run: the next best row of 5 that runs at 6
+    six = auto_choice(FP, 6)
+    assert (six.kind, six.sampler, six.nfe) == ("schedule", "ipndm", 6)
+    registry = auto_choice(FP, 5, accept=lambda choice: choice.kind == "registry")
+    assert (registry.sampler, registry.schedule, registry.value) == ("ipndm", "kl_optimal", 3.3)
+    assert auto_choice(FP, 4).sampler == "euler" and auto_choice(FP, 9).sampler == "deis"
+    # nothing accepted at or below the budget: the fallback rule
+    assert auto_choice(FP, 5, accept=lambda choice: False).source == "fallback"
+
+
+def test_an_absolute_file_path_is_used_as_it_is(tmp_path, shipped_files, user_dir):
+    solver = shipped_files / "solver-5.json"
+    v2_table(user_dir, [row(5, f"file:{solver}", "fitted", 2.0)], name=auto.table_name(FP))
+    assert auto_choice(FP, 5).sampler == f"file:{solver}"
+
+
+def test_a_v1_table_is_still_read(user_dir):
+    user_dir.mkdir(parents=True)
+    path = user_dir / auto.table_name(FP)
+    path.write_text(json.dumps({"format": "edm-samplers/auto-v1", "fingerprint": FP, "metric": "fd", "rows": [
+        row(4, "deis", "karras", 9.0), row(8, "file:/nowhere/solver.json", "karras", 1.0)]}))
+    choice = auto_choice(FP, 10)  # a v1 row naming a file never ran: the registered row below it does
+    assert (choice.sampler, choice.schedule, choice.kind, choice.source) == ("deis", "karras", "registry",
+                                                                            f"table {path}")
+
+
+@pytest.mark.parametrize("bad, why", [
+    (row(5, "ipndm", "file:", 2.0), "schedule file"),
+    (row(5, "file:gm/ipndm-5.json", "file:gm/ipndm-5.json", 2.0), "must be 'fitted'"),
+    (row(5, "file:gm/solver-5.json", "karras", 2.0), "must be 'fitted'"),
+    (row(5, "file:gm/solver-5.json", "fitted", 2.0, nfe_used=6), "nfe_used"),
+    (row(5, "euler", "karras", 2.0, model=""), "not a model name"),
+    (row(5, "euler", "karras", 2.0, model="digits-weak"), "steps"),
+    (row(5, "euler", "karras", 2.0, model="digits-weak", steps=0), "steps"),
+    (row(5, "euler", "karras", 2.0, model="digits-weak", steps=6), "does not run within NFE 5"),
+    (row(5, "file:gm/solver-5.json", "karras", 2.0, model="digits-weak", steps=2), "registered sampler"),
+    (row(5, "euler", "karras", 2.0, model="digits-weak", steps=2, rho=-1), "rho is -1"),
+    (row(5, "ipndm", "karras", "low"), "not a number"),
+])
+def test_a_corrupt_row_of_each_kind_is_a_one_line_error(tmp_path, shipped_files, bad, why):
+    path = v2_table(tmp_path / "shipped", [KINDS_ROWS[1], bad])
+    with pytest.raises(AutoTableError, match=why) as e:
+        load_auto_table(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value) and "row of NFE 5" in str(e.value)
+
+
+@pytest.mark.parametrize("missing", [row(5, "file:gm/gone.json", "fitted", 2.0),
+                                     row(5, "ipndm", "file:gm/gone.json", 2.0)])
+def test_a_row_whose_file_is_missing_names_it(tmp_path, shipped_files, missing):
+    path = v2_table(tmp_path / "shipped", [missing])
+    with pytest.raises(AutoTableError) as e:
+        auto_choice(FP, 5)  # a shipped table's error is reported, not skipped
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert str(shipped_files / "gone.json") in str(e.value) and "missing" in str(e.value)
+
+
+def test_several_rows_at_one_nfe_are_written_and_kept_by_rank(tmp_path, shipped_files):
+    path = auto.save_auto_table(KINDS_ROWS, model="gm", fingerprint=FP, metric="fd",
+                                path=tmp_path / "shipped" / "t.json", conditions={"num": 1000})
+    table = load_auto_table(path)
+    assert table["rows"] == KINDS_ROWS and table["conditions"] == {"num": 1000}
+    with pytest.raises(AutoTableError, match="missing"):  # a table that could not be read back: not written
+        auto.save_auto_table([row(5, "file:gm/gone.json", "fitted", 2.0)], model="gm", fingerprint=FP,
+                             metric="fd", path=tmp_path / "shipped" / "u.json")
+    assert not (tmp_path / "shipped" / "u.json").exists()
+
+
+TINY = {"in_channels": 1, "resolution": 8, "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1,
+        "attn_resolutions": []}
+
+
+def tiny_checkpoint(path: Path, seed: int, num_classes: int = 3, **config) -> str:
+    from edm.checkpoint import save_checkpoint
+    from edm.networks import build_network
+
+    torch.manual_seed(seed)
+    kwargs = {**TINY, "num_classes": num_classes}
+    net = build_network("unet", **kwargs)
+    with torch.no_grad():  # a fresh UNet's output convolution is zero: make it say something
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_checkpoint(path, net, {"network": {"name": "unet", "kwargs": kwargs},
+                                "precond": {"scheme": "edm", "params": {"sigma_data": 0.5}},
+                                "data": {"shape": [1, 8, 8], "num_classes": num_classes}, **config})
+    return str(path)
+
+
+@pytest.fixture
+def teacher(tmp_path, user_dir):
+    """A teacher whose record names two students (one of other classes), and its table: a registry row,
+    and rows running each student, the better first, the one of other classes the best."""
+    from tools.models import load_model
+    from tools.solvers.file import fingerprint
+
+    student = tiny_checkpoint(tmp_path / "student", seed=1)
+    other = tiny_checkpoint(tmp_path / "other", seed=2, num_classes=5)
+    unnamed = tiny_checkpoint(tmp_path / "unnamed", seed=3)
+    path = tiny_checkpoint(tmp_path / "teacher", seed=0, students=["student", str(tmp_path / "other")])
+    # the student runs on the range it records (a distilled student's levels are those it learned)
+    rows = [row(3, "ipndm", "karras", 9.0),
+            row(3, "euler", "karras", 2.0, model=student, steps=2, sigma_min=0.05, rho=5.0),
+            row(3, "euler", "karras", 1.0, model=other, steps=2),
+            row(3, "euler", "karras", 0.5, model=unnamed, steps=3)]
+    v2_table(user_dir, rows, fingerprint(load_model(path).denoiser), name="teacher.json")
+    return path, student
+
+
+def generate(out: Path, *args):
+    return invoke(cli.main, "generate", "--seeds", "0-3", "--outdir", out, "--device", "cpu", "--no-progress",
+                  *map(str, args))
+
+
+def test_a_model_row_runs_the_student_it_names(tmp_path, teacher):
+    path, student = teacher
+    result = generate(tmp_path / "auto", "--model", path, "--sampler", "auto", "--nfe", 3)
+    assert result.exit_code == 0, result.output
+    # the student of other classes and the one the record does not name are passed over
+    said = [line for line in result.output.splitlines() if "runs student" in line]
+    assert len(said) == 1 and said[0].startswith(f"--sampler auto at NFE 3: runs student {student} (euler")
+    record = json.loads((tmp_path / "auto" / "edm-generate.json").read_text())
+    assert record["model"] == student and record["auto"]["model"] == student
+    assert record["auto"]["asked_model"] == path and record["auto"]["kind"] == "model"
+    assert (record["sampler"], record["steps"], record["schedule_options"]) == ("euler", 2, {"rho": 5.0})
+    assert record["sigmas"][-2] == pytest.approx(0.05)
+    direct = generate(tmp_path / "direct", "--model", student, "--sampler", "euler", "--steps", 2,
+                      "--sigma-min", 0.05, "--rho", 5)
+    assert direct.exit_code == 0, direct.output
+    images = sorted(p.name for p in (tmp_path / "direct").rglob("*.png"))
+    assert len(images) == 4 and images == sorted(p.name for p in (tmp_path / "auto").rglob("*.png"))
+    for name in images:  # the same bytes per seed as running the student itself
+        assert next((tmp_path / "auto").rglob(name)).read_bytes() == next((tmp_path / "direct").rglob(name)) \
+            .read_bytes()
+
+
+def test_guidance_or_steering_passes_the_student_over(tmp_path, teacher):
+    path, _ = teacher
+    for extra in (["--guidance", 1.0], ["--threshold", "static"], ["--sigma-max", 40]):
+        out = tmp_path / extra[0].strip("-")
+        result = generate(out, "--model", path, "--sampler", "auto", "--nfe", 3, "--class", 1, *extra)
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "edm-generate.json").read_text())
+        assert "runs student" not in result.output and record["model"] == path
+        assert (record["sampler"], record["auto"]["kind"]) == ("ipndm", "registry")

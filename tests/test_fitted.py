@@ -444,9 +444,9 @@ def test_sampler_auto_picks_what_the_table_says(tmp_path, monkeypatch):
     from tools.solvers import auto
 
     monkeypatch.setenv("EDM_AUTO_DIR", str(tmp_path / "auto"))
-    # measured on as many images as the shipped digits table (512): a smaller table would be passed over
+    # measured on as many images as the shipped digits table (1000): a smaller table would be passed over
     cells = [{"sampler": sampler, "schedule": schedule, "nfe_budget": 4, "steps": 4, "nfe": 4,
-              "evaluations": 4, "stochastic": False, "status": "ok", "num": 512, "ode_rmse": None, "fd": fd,
+              "evaluations": 4, "stochastic": False, "status": "ok", "num": 1000, "ode_rmse": None, "fd": fd,
               "detector": "digits"}
              for sampler, schedule, fd in (("dpmpp_2m", "karras", 9.0), ("deis", "kl_optimal", 3.0),
                                            ("euler", "exponential", 5.0))]

@@ -654,7 +654,10 @@ def _stage_flag_of(key: str) -> str:
 def report_ignored(model, prompts=None, auto=None) -> None:
     """One warning line naming each setting of the model's files that the loader does not honour, one for
     prompts the text encoders truncate (``prompts``: a ``tools.generate.prompts.Prompts``) and one for an
-    auto table ``--sampler auto`` passed over (``auto``: the record of its pick, with its ``note``)."""
+    auto table ``--sampler auto`` passed over (``auto``: the record of its pick, with its ``note``); before
+    them, the line saying that auto runs a student in place of the model asked for (its ``runs``)."""
+    if auto and auto.get("runs"):
+        click.echo(auto["runs"], err=True)
     if auto and auto.get("note"):
         click.echo(f"warning: {auto['note']}", err=True)
     ignored = getattr(model, "ignored", None) or []

@@ -274,6 +274,8 @@ class _Choice:
     schedule: str = "karras"
     fitted: Any = None  # tools.solvers.use.Fitted
     pick: Any = None  # --sampler auto's pick
+    says: str | None = None  # a line for the user: auto runs another model than the one asked for
+    ranges: dict[str, float] = field(default_factory=dict)  # auto's student: the range it was trained on
 
 
 def _choose_sampler(request: SamplingRequest, corrector_steps: int) -> _Choice:
@@ -293,11 +295,31 @@ def _choose_sampler(request: SamplingRequest, corrector_steps: int) -> _Choice:
     return _Choice(kind, schedule=request.schedule)
 
 
-def _auto_choice(model, nfe: int | None, corrector_steps: int) -> _Choice:
-    pick = auto_pick(model, nfe)
+def _auto_choice(model, request: SamplingRequest, corrector_steps: int, device, dtype) -> tuple[_Choice, Any]:
+    """--sampler auto's pick for the loaded model, and the model it runs: the one asked for, or a student
+    of it that a model row names (``tools.solvers.students``). A fitted solver's pick is read as
+    ``--sampler file:PATH`` is (its model and guidance are checked by the caller, as for one given)."""
+    from tools.solvers.students import AutoGate
+
+    steering = request.steering
+    steered = bool(request.guidance) or bool(steering is not None and steering.items()) or corrector_steps > 0
+    ranged = any(getattr(request, name) is not None for name in ("sigma_min", "sigma_max", "rho"))
+    gate = AutoGate(model, device=device, dtype=dtype, steered=steered, ranged=ranged)
+    pick = auto_pick(model, request.nfe, gate)
+    if pick.kind == "solver":
+        fitted = read_fitted(pick.sampler, nfe=pick.nfe)
+        return _Choice(AUTO, fitted.solver.spec, fitted.solver.levels, {}, FITTED_SCHEDULE, fitted=fitted,
+                       pick=pick), model
     spec, options = sampler_spec(pick.sampler), dict(pick.options)
-    steps, _ = resolve_steps(spec, None, nfe, options, corrector_steps)
-    return _Choice(AUTO, spec, steps, options, pick.schedule, pick=pick)
+    if pick.kind == "model":
+        student = gate.loaded[pick.model]
+        says = (f"--sampler auto at NFE {pick.nfe}: runs student {pick.model} ({pick.sampler} / "
+                f"{pick.schedule}, {pick.steps} steps) in place of {model.source}: {pick.metric} "
+                f"{pick.value:.3g} in {pick.source.removeprefix('table ')}")
+        return _Choice(AUTO, spec, pick.steps, options, pick.schedule, pick=pick, says=says,
+                       ranges=dict(pick.ranges or {})), student
+    steps, _ = resolve_steps(spec, None, request.nfe, options, corrector_steps)
+    return _Choice(AUTO, spec, steps, options, pick.schedule, pick=pick), model
 
 
 @dataclass
@@ -326,8 +348,19 @@ def _check_no_schedule(choice: _Choice, request: SamplingRequest) -> None:
                        f"{float(levels[-2]):g}): drop {flag}", given[0])
 
 
+def _auto_record(choice: _Choice, request: SamplingRequest) -> dict[str, Any] | None:
+    """What a run's record says of --sampler auto's pick: the pick itself, and for a student's pick the
+    model asked for and the line the commands print (``runs``)."""
+    if choice.pick is None:
+        return None
+    record = dict(choice.pick.__dict__)
+    if choice.says is not None:
+        record.update(runs=choice.says, asked_model=str(getattr(request.model, "source", request.model)))
+    return record
+
+
 def _levels(choice: _Choice, model, request: SamplingRequest) -> _Levels:
-    ranges = (request.sigma_min, request.sigma_max, request.rho)
+    ranges = tuple(choice.ranges.get(key, getattr(request, key)) for key in ("sigma_min", "sigma_max", "rho"))
     if choice.fitted is not None:
         _check_no_schedule(choice, request)
         return _Levels(model, choice.fitted.solver.sigmas.clone(), FITTED_SCHEDULE, {}, choice.options)
@@ -393,11 +426,11 @@ def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampl
     device, dtype = resolve_device(request.device), resolve_dtype(request.dtype)
     model = load(request.model, device, dtype, request.trust_pickle)
     guidance, steering = request.guidance, request.steering
+    if choice.kind == AUTO:
+        choice, model = _auto_choice(model, request, corrector_steps, device, dtype)
     if choice.fitted is not None:
         guidance = check_fitted_use(choice.fitted, model, guidance)
         steering = fitted_steering(choice.fitted, steering)
-    if choice.kind == AUTO:
-        choice = _auto_choice(model, request.nfe, corrector_steps)
     model, prompts = check_prompting(request.prompting, model, resize_model)
     low_res = check_low_res(request, model, staged)
     guidance = check_guidance(model, guidance_or_default(guidance, model, prompts, steering))
@@ -414,8 +447,8 @@ def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampl
     except ValueError as e:  # restart cannot take a corrector or resampling
         raise BadInput(one_line(e), "corrector" if corrector_steps else "resample") from None
     setup = Sampling(model=levels.model, sampler=choice.spec.name if choice.fitted is None else
-                     choice.fitted.name, solver=runs, auto=None if choice.pick is None else
-                     dict(choice.pick.__dict__), options=levels.options, schedule=levels.schedule,
+                     choice.fitted.name, solver=runs, auto=_auto_record(choice, request),
+                     options=levels.options, schedule=levels.schedule,
                      schedule_options=levels.schedule_options, sigmas=levels.sigmas, steps=choice.steps,
                      nfe=nfe_per_image, class_label=steer.class_label, guidance=guidance, device=device,
                      dtype=dtype, denoiser=steer.denoiser(levels.model, dtype), steer=steer,

@@ -95,14 +95,15 @@ def check_fitted_use(fitted: Fitted, model, guidance):
     return fitted_guidance(fitted, guidance)
 
 
-def auto_pick(model, nfe):
-    """``tools.solvers.auto.AutoChoice`` for the model at ``nfe``; BadInput without a budget."""
+def auto_pick(model, nfe, accept=None):
+    """``tools.solvers.auto.AutoChoice`` for the model at ``nfe``; BadInput without a budget. ``accept``:
+    which rows the run may take (``tools.solvers.students.AutoGate``; default every row but a model's)."""
     if nfe is None:
         raise BadInput("--sampler auto picks a sampler for an NFE budget: give --nfe", "nfe")
-    from tools.solvers.auto import auto_choice
+    from tools.solvers.auto import auto_choice, plain
     from tools.solvers.file import fingerprint
 
     try:
-        return auto_choice(fingerprint(model.denoiser), nfe)
+        return auto_choice(fingerprint(model.denoiser), nfe, accept or plain)
     except ValueError as e:
         raise BadInput(one_line(e), "sampler") from None
