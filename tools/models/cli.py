@@ -104,7 +104,7 @@ def model_block(record: Mapping[str, Any]) -> str:
     if record["parameters"]:
         rows.append(("parameters", f"{record['parameters']:,}"))
     for key in ("prediction", "x0_thresholding", "num_train_timesteps", "layout", "class", "sigma_data",
-                "use_fp16", "note"):
+                "use_fp16", "note", "sampling_default", "guidance_input"):
         if key in info:
             rows.append((key.replace("_", " "), compact(info[key])))
     for i, setting in enumerate(info.get("ignored") or []):
