@@ -102,6 +102,7 @@ class GuidanceInput(Protocol):
     """
 
     range: tuple[float, float] | None
+    keys: tuple[str, ...]  # the keyword arguments :meth:`kwargs` gives
 
     def describe(self) -> str: ...
 

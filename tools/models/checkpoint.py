@@ -138,6 +138,7 @@ class NetworkGuidance:
     ``guidance`` keyword, one ``w`` per sample (a :class:`~.base.GuidanceInput`)."""
 
     range: tuple[float, float] | None = None
+    keys: tuple[str, ...] = ("guidance",)
 
     def describe(self) -> str:
         trained = "" if self.range is None else f", trained on w in [{self.range[0]:g}, {self.range[1]:g}]"

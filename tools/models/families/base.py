@@ -101,7 +101,8 @@ class PipelineFamily:
 
     A family defines :meth:`backbone` and :meth:`conditioner` (None for a class-conditional family, which
     defines :meth:`classes` and :meth:`class_arguments` instead); :meth:`geometry` (a UNet's by default),
-    :meth:`low_res` (a super-resolution family's image input; none by default), :meth:`info_fields` (none
+    :meth:`low_res` (a super-resolution family's image input; none by default), :meth:`guidance_input` (a
+    network that takes the guidance weight; none by default), :meth:`info_fields` (none
     by default) and :meth:`info_rows` (the rows every pipeline shows) where it differs.
     """
 
@@ -140,6 +141,12 @@ class PipelineFamily:
         """A super-resolution family's :class:`~tools.models.base.LowResConditioner` (``keys``: the
         denoiser's keyword arguments it gives, besides the text conditioner's) for latents of
         ``geometry``; None, the default, for a family that takes no image."""
+        return None
+
+    def guidance_input(self, network: nn.Module):
+        """A family whose network takes the guidance weight as an input (LCM's ``time_cond_proj_dim``): its
+        :class:`~tools.models.base.GuidanceInput`, whose ``keys`` join the denoiser's conditions; None, the
+        default, for a family guided by classifier-free guidance."""
         return None
 
     def geometry(self, config) -> Geometry:
