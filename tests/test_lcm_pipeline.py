@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pipelines_tiny
 import pytest
 import torch
+from PIL import Image
 
+from _support import assert_usage_error, invoke, plan_of
 from samplers.noise import latent_draws
+from tools.cli import main
 from tools.models.families.lcm import GuidanceEmbedding, guidance_scale_embedding
 from tools.models.pipelines import load_pipeline
+from tools.request import Prompting
 from tools.schedules.steps import diffusers_schedule, pinned_to_timesteps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,6 +53,22 @@ def test_loads_with_its_guidance_embedding(built):
                                rtol=0, atol=0)
     torch.testing.assert_close(guidance_scale_embedding(w, 7), pipe.get_guidance_scale_embedding(w, 7),
                                rtol=0, atol=0)
+
+
+def test_a_unet_and_pipeline_class_that_do_not_fit_are_refused(built, tiny_pipeline, tmp_path):
+    import shutil
+
+    from tools.models import ModelError
+
+    _, _, path = built
+    for source, class_name, named in ((path, "StableDiffusionPipeline", "time_cond_proj_dim"),
+                                      (tiny_pipeline("sd"), "LatentConsistencyModelPipeline", "lacks")):
+        copy = tmp_path / class_name
+        shutil.copytree(source, copy)
+        index = json.loads((copy / "model_index.json").read_text())
+        (copy / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+        with pytest.raises(ModelError, match=named):
+            load_pipeline(copy)
 
 
 def test_lcm_timesteps_skip_through_the_original_schedule(built):
@@ -123,3 +144,57 @@ def test_the_boundary_scalings_are_lcm_schedulers(built):
     x0 = (x_t - (1 - abar).sqrt().float() * eps) / abar.sqrt().float()
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(t)
     assert (ours - (c_skip * x_t + c_out * x0)).abs().max() <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# The lcm sampler on --schedule diffusers (registered in samplers.distilled)
+
+
+def _needs_lcm_sampler():
+    import samplers
+
+    if "lcm" not in samplers.list():
+        pytest.skip("the lcm sampler is not registered (samplers/distilled.py)")
+
+
+def pipeline_on_our_noise(pipe, steps: int, w: float, seeds: list[int], prompt: str, output_type: str):
+    """The pipeline's images started from our latents (NVlabs' stream) and re-noised from each seed's
+    sampler stream, one generator per seed: what our sampler draws, in the pipeline's loop."""
+    from samplers.noise import SAMPLER_STREAM, latents, stream_seed
+
+    generators = [torch.Generator().manual_seed(stream_seed(seed, SAMPLER_STREAM)) for seed in seeds]
+    with torch.no_grad():
+        return pipe(prompt=[prompt] * len(seeds), num_inference_steps=steps, guidance_scale=1 + w,
+                    generator=generators, latents=latents(seeds, (4, 8, 8)), output_type=output_type,
+                    height=16, width=16).images
+
+
+@pytest.mark.parametrize(("steps", "w", "seeds"), [(1, 7.5, [3, 11]), (2, 0.5, [3, 11]), (4, 7.5, [11]),
+                                                   (4, 2.0, [3, 11])])
+def test_the_lcm_sampler_gives_the_pipelines_images(built, steps, w, seeds):
+    _needs_lcm_sampler()
+    pipe, _, path = built
+    plan = plan_of(f"diffusers:{path}", seeds, path / "unused", sampler="lcm", schedule="diffusers",
+                   steps=steps, guidance=w, device="cpu", prompting=Prompting(prompt="a cat"))
+    assert plan.sampling.evaluations == steps  # one UNet call per step: the weight is an input, not CFG
+    ours = (plan.sampling.images(seeds) / 2 + 0.5).clamp(0, 1)
+    theirs = pipeline_on_our_noise(pipe, steps, w, seeds, "a cat", "pt")
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_edm_generate_writes_the_pipelines_images(built, tmp_path):
+    _needs_lcm_sampler()
+    pipe, _, path = built
+    command = ["generate", "--model", f"diffusers:{path}", "--sampler", "lcm", "--schedule", "diffusers",
+               "--steps", 4, "--guidance", 3.0, "--prompt", "a cat", "--seeds", "3,11", "--no-progress",
+               "--device", "cpu"]
+    result = invoke(main, *command, "--outdir", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"{seed:06d}.png").convert("RGB"))
+                     for seed in (3, 11)])
+    theirs = np.stack([np.asarray(image) for image in pipeline_on_our_noise(pipe, 4, 3.0, [3, 11], "a cat",
+                                                                             "pil")])
+    assert (ours == theirs).mean() >= 0.999 and np.abs(ours.astype(int) - theirs).max() <= 1
+    refused = invoke(main, *command, "--negative-prompt", "blurry", "--outdir", tmp_path / "other")
+    assert_usage_error(refused, "--negative-prompt", "takes the guidance weight as an input")
+    assert not (tmp_path / "other").exists()

@@ -420,8 +420,10 @@ def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampl
     field its conditioner's ``level_flag`` names (default the model's).
     """
     corrector_steps = _corrector_steps(request.steering)  # the flags' count: budgets include them
-    if request.sampler is not None:  # a sampler named: checked before the model is loaded
+    if request.sampler is not None:  # what the names alone tell is checked before the model is loaded
         _choose_sampler(request, corrector_steps)
+    elif request.schedule is not None:
+        check_schedule(request.schedule)
     device, dtype = resolve_device(request.device), resolve_dtype(request.dtype)
     model = load(request.model, device, dtype, request.trust_pickle)
     request = with_recorded(request, model)
