@@ -47,6 +47,7 @@ def test_loads_with_its_guidance_embedding(built):
     assert model.info["conditions"] == ["encoder_hidden_states", "timestep_cond"]
     assert "timestep_scaling" in model.info["scheduler"]["honoured"]
     assert "time_cond_proj_dim" in model.info["guidance_input"]
+    assert (model.sampling.sampler, model.sampling.steps, model.sampling.schedule) == ("lcm", 4, "diffusers")
     json.dumps(model.info)
     w = torch.tensor([0.0, 1.5, 7.5])
     torch.testing.assert_close(guidance_scale_embedding(w, 16), pipe.get_guidance_scale_embedding(w, 16),
@@ -180,6 +181,15 @@ def test_the_lcm_sampler_gives_the_pipelines_images(built, steps, w, seeds):
     ours = (plan.sampling.images(seeds) / 2 + 0.5).clamp(0, 1)
     theirs = pipeline_on_our_noise(pipe, steps, w, seeds, "a cat", "pt")
     assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_the_pipelines_default_is_its_own_loop(built):
+    _needs_lcm_sampler()
+    _, _, path = built
+    plan = plan_of(f"diffusers:{path}", [0], path / "unused", device="cpu", prompting=Prompting(prompt="a"))
+    setup = plan.sampling
+    assert (setup.sampler, setup.steps, setup.schedule, setup.guidance) == ("lcm", 4, "diffusers", 7.5)
+    assert setup.settings()["guidance_input"] is True
 
 
 def test_edm_generate_writes_the_pipelines_images(built, tmp_path):

@@ -160,6 +160,7 @@ def test_the_weight_changes_the_image_and_defaults_to_the_recorded_one(weighted)
     assert not torch.allclose(sample(0.0), sample(2.5), atol=1e-3)
     default = prepare_sampling(SamplingRequest(model=str(weighted), steps=2, device="cpu"))
     assert default.guidance == 1.5
+    assert default.settings()["guidance_input"] is True and "(a network input)" in default.describe()
 
 
 @pytest.mark.parametrize(("flags", "named"), [

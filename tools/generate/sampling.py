@@ -211,6 +211,8 @@ class Sampling:
                   "class": self.class_label, "guidance": self.guidance, "dtype": dtype_name(self.dtype),
                   "device": self.device.type}
         steering = self.steer.steering.given()
+        if self.steer.settings.get("guidance_input") is not None:
+            record["guidance_input"] = True  # the weight went into the network, one evaluation per step
         if self.steer.threshold is not None:
             steering["x0_threshold"] = dict(self.steer.threshold)  # also the model's own (diffusers)
         if steering:
@@ -237,6 +239,8 @@ class Sampling:
         cls = "" if not self.model.num_classes else (
             f", class {self.class_label}" if self.class_label is not None else ", random classes")
         guidance = f", guidance w={self.guidance:g}" if self.guidance else ""
+        if self.steer.settings.get("guidance_input") is not None:
+            guidance = f", guidance w={self.guidance:g} (a network input)"
         steering = self.steer.steering.given()
         guidance += "".join(f", {k.replace('_', '-')} {v}" for k, v in steering.items())
         if self.prompts is not None:

@@ -186,6 +186,7 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
         default_guidance=guidance_scale - 1.0,
         low_res=low_res,
         guidance_input=guidance_input,
+        sampling=family.sampling,
     )
 
 
@@ -229,6 +230,8 @@ def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile
         info["unused_components"] = unused  # e.g. a safety checker: not run
     if guidance_input is not None:
         info["guidance_input"] = guidance_input.describe()
+    if family.sampling is not None:
+        info["sampling_default"] = family.sampling.describe()
     info.update(family.info_fields(saved, conditioner, denoising))
     if denoising.ignored:
         info["ignored"] = denoising.ignored

@@ -98,6 +98,8 @@ class PipelineFamily:
         scheduler: the :class:`SchedulerKind` that makes the network's backbone a denoiser.
         vae_scaling_factor: the latent scaling the pipeline class imposes on its VAE whatever the VAE's
             config says (None, the default: the config's).
+        sampling: the sampler, steps and schedule a request that names none runs (the loaded model's
+            ``sampling``); None, the default: the library's.
 
     A family defines :meth:`backbone` and :meth:`conditioner` (None for a class-conditional family, which
     defines :meth:`classes` and :meth:`class_arguments` instead); :meth:`geometry` (a UNet's by default),
@@ -115,6 +117,9 @@ class PipelineFamily:
     optional: tuple[str, ...] = ()
     scheduler: SchedulerKind
     vae_scaling_factor: float | None = None
+    #: the sampling the family's pipelines run by default (a ``tools.models.base.RecordedSampling``, e.g. a
+    #: latent consistency model's sampler and steps); None: the library's defaults
+    sampling: Any = None
 
     def backbone(self, network: nn.Module) -> nn.Module:
         """The network as the backbone ``F(x_in, t, **conditions)`` of :attr:`scheduler`'s denoiser, the

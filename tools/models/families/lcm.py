@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from samplers.protocol import forward_attribute
 
-from ..base import ModelError
+from ..base import ModelError, RecordedSampling
 from ..saved_pipeline import SchedulerFile
 from .base import Denoising, Geometry, cast_floating
 from .discrete import DiscreteTime
@@ -141,6 +141,8 @@ class LatentConsistency(StableDiffusion):
     display_name = "Latent consistency model (SD 1.x/2.x UNet)"
     pipelines = MappingProxyType({"LatentConsistencyModelPipeline": 8.5})
     scheduler = ConsistencyTime()
+    # the pipeline's own loop at its default 4 steps: LCMScheduler's timesteps, re-noised each step
+    sampling = RecordedSampling(sampler="lcm", steps=4, schedule="diffusers")
 
     def backbone(self, network: nn.Module) -> nn.Module:
         return LCMBackbone(network)
