@@ -75,10 +75,12 @@ def model_block(record: Mapping[str, Any]) -> str:
         rows += _pipeline_rows(info)
         # a super-resolution pipeline's image conditions are not text
         image = (info.get("low_res") or {}).get("conditions") or []
-        text = [c for c in info.get("conditions") or [] if c not in image]
+        weight = info.get("guidance_conditions") or []  # the guidance weight's, as a network input
+        text = [c for c in info.get("conditions") or [] if c not in image and c not in weight]
+        negative = "" if weight else ", --negative-prompt"
         classes_row = (("classes", f"{classes} (class-conditional: --class 0..{classes - 1}; default "
                                    f"--guidance {_guidance(info)})") if classes else
-                       ("conditioning", f"text: {', '.join(text)} (--prompt, --negative-prompt; default "
+                       ("conditioning", f"text: {', '.join(text)} (--prompt{negative}; default "
                                         f"--guidance {_guidance(info)})"
                                         + (f"; image: {', '.join(image)} (--low-res, --noise-level)"
                                            if image else "")))

@@ -230,6 +230,7 @@ def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile
         info["unused_components"] = unused  # e.g. a safety checker: not run
     if guidance_input is not None:
         info["guidance_input"] = guidance_input.describe()
+        info["guidance_conditions"] = list(guidance_input.keys)  # conditions that are not the text's
     if family.sampling is not None:
         info["sampling_default"] = family.sampling.describe()
     info.update(family.info_fields(saved, conditioner, denoising))
