@@ -503,7 +503,8 @@ class UNet(nn.Module):
               text: Tensor | None = None, augment_labels: Tensor | None = None,
               guidance: Tensor | None = None) -> Tensor:
         """The activated embedding ``silu(MLP(features(c_noise)) + W class_labels)``, ``[B, 4 C]``."""
-        return F.silu(condition_vector(self, noise_labels, class_labels, batch, text, augment_labels, guidance))
+        return F.silu(condition_vector(self, noise_labels, class_labels, batch, text, augment_labels,
+                                       guidance))
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None,
                 text_tokens: Tensor | None = None, cond_image: Tensor | None = None,

@@ -206,6 +206,30 @@ class Objective:
         objective record rebuilds the denoiser)."""
         return {"scheme": self.scheme.name, "params": dict(self.params)}
 
+    # Hooks of objectives with state or a teacher (distillation, :mod:`edm.distill`); no-ops here.
+
+    def attach(self, net, share, device) -> None:
+        """Called once the run's network exists (before any step, and before a resumed state is restored):
+        ``net`` the raw network, ``share`` the run's :class:`~edm.distributed.BatchShare`."""
+
+    def at_step(self, step: int) -> None:
+        """Called before each training step with the number of steps done."""
+
+    def after_step(self, net) -> None:
+        """Called after each optimizer step (and the EMA update)."""
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Tensors of the objective's own state, saved with the training state (resume is bit-exact)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_tensors` saved."""
+
+    def sampling_record(self) -> dict | None:
+        """The sampling defaults a checkpoint trained with this objective records (its ``sampling``), or
+        None."""
+        return None
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({params})"
@@ -333,3 +357,8 @@ def denoiser_from_config(backbone, config: dict) -> Precond:
     if not isinstance(record, dict) or not isinstance(record.get("name"), str):
         raise ValueError(f"malformed objective record {record!r}")
     return objectives.get(record["name"], **record.get("params", {})).denoiser(backbone)
+
+
+# The distillation objectives (progressive, consistency) register themselves; imported last, since they
+# build on the classes above, so that every checkpoint's objective record resolves.
+from . import distill  # noqa: E402, F401

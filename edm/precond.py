@@ -222,16 +222,17 @@ class EDMScheme(Scheme):
 class ConsistencyScheme(EDMScheme):
     """A consistency model's parameterisation (Song et al. 2023, Appendix C): EDM's with the boundary
     condition ``D(x; sigma_min) = x`` built in, ``c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2)`` and
-    ``c_out = (sigma - sigma_min) sd / sqrt(sigma^2 + sd^2)``; ``c_in`` and ``c_noise`` are EDM's, so a student
-    initialised from an EDM teacher starts as that teacher away from ``sigma_min``. Below ``sigma_min``
-    (sampling only) the output is ``x``: the consistency function is the identity there."""
+    ``c_out = (sigma - sigma_min) sd / sqrt(sigma^2 + sd^2)``; ``c_in`` and ``c_noise`` are EDM's, so a
+    student initialised from an EDM teacher starts as that teacher away from ``sigma_min``. Below
+    ``sigma_min`` (sampling only) the output is ``x``: the consistency function is the identity there."""
 
     def c_skip(self, sigma):
         sd2 = self.sigma_data**2
         return sd2 / ((sigma - self.sigma_min).clamp(min=0) ** 2 + sd2)
 
     def c_out(self, sigma):
-        return (sigma - self.sigma_min).clamp(min=0) * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
+        above = (sigma - self.sigma_min).clamp(min=0)
+        return above * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
 
 
 class EpsScheme(Scheme):

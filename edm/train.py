@@ -66,9 +66,10 @@ NETWORK_NAME = "network"
 # Hyperparameters saved with the training state; a resumed run takes them from there.
 _HYPERPARAMETERS = ("data", "cond", "batch", "lr", "warmup", "ema_halflife_kimg", "ema_decay", "ema_rampup",
                     "P_mean", "P_std", "sigma_data", "seed", "network", "network_kwargs", "objective",
-                    "objective_options", "factor", "noise_aug")
+                    "objective_options", "factor", "noise_aug", "init")
 # What a training state saved before a hyperparameter existed means by its absence.
-_ABSENT = {"objective": "edm", "objective_options": {}, "cond": None, "factor": None, "noise_aug": None}
+_ABSENT = {"objective": "edm", "objective_options": {}, "cond": None, "factor": None, "noise_aug": None,
+           "init": None}
 # The hyperparameters of super-resolution (conditioning kind low-res) alone.
 _LOW_RES_OPTIONS = ("factor", "noise_aug")
 
@@ -172,10 +173,11 @@ def _rng_states(device: torch.device, generators: Mapping[str, torch.Generator])
 
 
 def _state_files(outdir: Path, step: int, options: dict, net, ema, optimizer, generators,
-                 device) -> list[tuple[Path, Callable[[str], object]]]:
+                 device, objective) -> list[tuple[Path, Callable[[str], object]]]:
     """``[(tensors, writer), (training-state.json, writer)]`` for :func:`atomic_write_all`."""
     tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors.update({f"objective.{k}": v for k, v in objective.state_tensors().items()})
     adam, adam_record = optimizer_state(optimizer)
     tensors.update(adam)
     tensors.update(_rng_states(device, generators))
@@ -222,13 +224,15 @@ def load_training_state(path) -> tuple[dict, dict[str, torch.Tensor]]:
     return record, tensors
 
 
-def _restore(record, tensors, net, ema, optimizer, generators, device) -> None:
-    def section(prefix):
-        n = len(prefix)
-        return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+def _section(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    n = len(prefix)
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-    net.load_state_dict(section("net."))
-    ema.load_state_dict(section("ema."))
+
+def _restore(record, tensors, net, ema, optimizer, generators, device, objective) -> None:
+    net.load_state_dict(_section(tensors, "net."))
+    ema.load_state_dict(_section(tensors, "ema."))
+    objective.load_state_tensors(_section(tensors, "objective."))
     restore_optimizer(optimizer, record, tensors)
     for name, gen in generators.items():
         gen.set_state(tensors[f"rng.{name}"])
@@ -269,6 +273,7 @@ def train(
     objective_options: dict | None = None,
     factor: int | None = None,
     noise_aug: dict | None = None,
+    init=None,
 ) -> TrainResult:
     """Train ``network`` on ``data`` with EDM's loss; write checkpoints to ``outdir``; see the module doc.
 
@@ -295,6 +300,9 @@ def train(
             conditioning augmentation's level (:class:`edm.conditions.NoiseAugmentation`'s ``high``,
             ``low``, ``zero``; default: its defaults).
         seed: seeds every random draw.
+        init: a checkpoint (its stem, ``NAME.json`` or ``NAME.safetensors``) whose weights the network
+            starts from instead of its random initialisation (distillation: the teacher or the previous
+            student); only a guidance embedding the checkpoint lacks keeps its (zero) initialisation.
         checkpoint_every: also write checkpoints every this many steps (always at the end).
         resume: a training state (``outdir`` or its ``training-state.json``) to continue; all
             hyperparameters above are then taken from it, only ``steps``/``kimg``,
@@ -314,13 +322,15 @@ def train(
                "network_kwargs": dict(network_kwargs or {}), "objective": objective,
                "objective_options": dict(objective_options or {}),
                "factor": None if factor is None else int(factor),
-               "noise_aug": None if noise_aug is None else dict(noise_aug)}
+               "noise_aug": None if noise_aug is None else dict(noise_aug),
+               "init": None if init is None else str(init)}
     record = tensors = None
     if resume is not None:
         record, tensors = load_training_state(resume)
         saved = record["options"]
         options.update({k: saved[k] if k in saved else _ABSENT[k] for k in _HYPERPARAMETERS})
         options["total_steps"] = saved.get("total_steps")
+        options["seconds"] = float(saved.get("seconds") or 0.0)
         if outdir is None:
             outdir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     if outdir is None:
@@ -360,6 +370,8 @@ def train(
         if device.type == "cuda":
             torch.cuda.manual_seed(options["seed"])
         net = build_network(options["network"], **options["network_kwargs"]).to(device).train()
+        if options["init"] is not None and record is None:
+            initialise(net, options["init"])
         expected = (net.in_channels, *image_size(net.resolution))
         if tuple(dataset.shape) != expected and record is not None:
             raise ValueError(f"dataset {dataset.name} has shape {list(dataset.shape)}, the saved network "
@@ -370,22 +382,27 @@ def train(
         generators = {"data": torch.Generator("cpu").manual_seed(options["seed"]),
                       "noise": torch.Generator(device).manual_seed(options["seed"] + 1)}
         step = 0
-        if record is not None:
-            _restore(record, tensors, net, ema, optimizer, generators, device)
-            step = int(record["step"])
         share = BatchShare(device)  # this process's rows of each minibatch under torchrun (one process: all)
+        objective.attach(net, share, device)
+        if record is not None:
+            _restore(record, tensors, net, ema, optimizer, generators, device, objective)
+            step = int(record["step"])
         options["processes"] = share.world
         precond = objective.denoiser(share.rows_of(net))
         loss_fn = objective.loss
         batch = min(options["batch"], len(dataset))
         share.check_batch(batch)
 
+        before = float(options.get("seconds") or 0.0)  # the training time of the runs this one continues
+
         def save():
             error = None
+            options["seconds"] = round(before + time.perf_counter() - started, 1)
             if share.is_main:  # one writer; the other ranks learn whether it succeeded
                 config = _checkpoint_config(options, dataset, step, command, recent, objective)
                 files = checkpoint_files(outdir / NETWORK_NAME, ema, config)
-                files += _state_files(outdir, step, options, net, ema, optimizer, generators, device)
+                files += _state_files(outdir, step, options, net, ema, optimizer, generators, device,
+                                      objective)
                 try:
                     _save(outdir, files)
                 except OutdirError as e:
@@ -399,6 +416,7 @@ def train(
         state_path = outdir / f"{STATE_NAME}.json"
         try:
             while step < steps:
+                objective.at_step(step)
                 images, cond = batch_condition(dataset, options["cond"], batch, generators["data"], device,
                                                options["factor"], augmentation)
                 loss = loss_fn(precond, images, generator=generators["noise"], **cond)
@@ -415,6 +433,7 @@ def train(
                         p_ema.lerp_(p.detach(), 1.0 - beta)
                     for b_ema, b in zip(ema.buffers(), net.buffers()):
                         b_ema.copy_(b)
+                objective.after_step(net)
                 step += 1
                 recent.append(loss)
                 del recent[:-100]
@@ -485,7 +504,9 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, ob
     training.update({"step": step, "total_steps": options["total_steps"],
                      "kimg": round(step * options["batch"] / 1000, 3),
                      "loss": (sum(recent) / len(recent)) if recent else None,
-                     "torch": torch.__version__, "processes": options.get("processes", 1)})
+                     "torch": torch.__version__, "processes": options.get("processes", 1),
+                     # wall time of the training (resumed runs: summed), including loading and checkpoints
+                     "seconds": options.get("seconds")})
     condition = {"kind": options["cond"]}
     if options["cond"] == "text":
         condition.update({"alphabet": ALPHABET, "length": dataset.text_length,
@@ -495,10 +516,36 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, ob
         factor = options["factor"]
         condition.update({"factor": factor, "low_res_shape": [C, H // factor, W // factor],
                           "noise_aug": options["noise_aug"]})
-    return {"network": {"name": options["network"], "kwargs": options["network_kwargs"]},
-            "condition": condition,
-            "precond": objective.precond_record(), "objective": objective.record(),
-            "data": data, "command": command, "seed": options["seed"], "training": training}
+    config = {"network": {"name": options["network"], "kwargs": options["network_kwargs"]},
+              "condition": condition,
+              "precond": objective.precond_record(), "objective": objective.record(),
+              "data": data, "command": command, "seed": options["seed"], "training": training}
+    sampling = objective.sampling_record()
+    if sampling is not None:
+        config["sampling"] = sampling
+    return config
+
+
+def initialise(net: torch.nn.Module, init) -> None:
+    """Load the weights of the checkpoint ``init`` into ``net``; a guidance embedding ``net`` has and the
+    checkpoint lacks keeps its initialisation (zero: the student starts as its teacher). ValueError
+    (one line) for anything else that does not fit."""
+    from .checkpoint import paths
+
+    weights, _ = paths(init)
+    try:
+        state = load_file(weights)
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"cannot read the initial weights {weights}: {e}") from None
+    own = net.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith("map_guidance.")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        bad = (missing or unexpected or mismatched)[0]
+        raise ValueError(f"the initial weights {weights} do not fit the network (first differing tensor: "
+                         f"{bad})")
+    net.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in state.items()}})
 
 
 def _progress(enabled: bool, total: int, initial: int):

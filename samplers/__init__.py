@@ -7,6 +7,7 @@ on ``edm``.
 from . import (  # noqa: F401  (register the samplers)
            adams,
            ancestral,
+           distilled,
            dpm_solver,
            guidance,
            karras,

@@ -21,7 +21,8 @@ class Model:
     """A user's denoiser (``samplers.protocol.Denoiser``) as samplers call it: ``model(x, sigma: float)``.
 
     Broadcasts sigma to a ``[B]`` tensor of x's dtype, passes the conditioning, returns x's dtype,
-    and exposes ``round_sigma`` on floats when the denoiser has one (discrete-time models).
+    and exposes ``round_sigma`` on floats and the ascending table ``sigmas`` when the denoiser has them
+    (discrete-time models).
     """
 
     def __init__(self, denoiser, cond=None):
@@ -29,6 +30,8 @@ class Model:
         self.cond = dict(cond or {})
         if hasattr(denoiser, "round_sigma"):
             self.round_sigma = self._round_sigma
+        if getattr(denoiser, "sigmas", None) is not None:  # a discrete model's table (tcd places steps on it)
+            self.sigmas = denoiser.sigmas
 
     def _round_sigma(self, sigma: float) -> float:
         return float(self.denoiser.round_sigma(torch.tensor(sigma, dtype=torch.float64)))

@@ -245,6 +245,7 @@ def schedules_command(names: tuple[str, ...], as_json: bool) -> None:
 def _register_commands() -> None:
     # Each command lives beside the library it fronts; importing them is cheap (torch loads when one runs).
     from .compare.cli import bench
+    from .distill_cli import distill
     from .fid.cli import fid
     from .generate.cli import generate
     from .models.cli import info
@@ -252,7 +253,7 @@ def _register_commands() -> None:
     from .train_cli import train
     from .tune_cli import tune_schedule, tune_solver
 
-    for command in (bench, fid, generate, info, train, train_classifier, tune_schedule, tune_solver):
+    for command in (bench, distill, fid, generate, info, train, train_classifier, tune_schedule, tune_solver):
         main.add_command(command)
 
 
