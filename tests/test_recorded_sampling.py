@@ -78,6 +78,15 @@ def test_flags_override_the_recorded_default(student):
     assert float(ranged.sigmas[0]) == pytest.approx(10) and ranged.steps == 2
 
 
+def test_a_distilled_students_record_runs_on_its_own_levels(tmp_path):
+    from edm.distill import student_levels, student_sampling
+
+    record = student_sampling(4, 0.002, 80.0, 7.0)
+    setup = prepare_sampling(SamplingRequest(model=str(_digits_copy(tmp_path, record)), device="cpu"))
+    assert (setup.sampler, setup.steps) == ("euler", 4)
+    torch.testing.assert_close(setup.sigmas[:-1], student_levels(4, 0.002, 80.0, 7.0)[:4].to(setup.sigmas))
+
+
 def test_models_without_a_record_keep_heun_18_karras():
     setup = prepare_sampling(SamplingRequest(model="digits", device="cpu"))
     assert (setup.sampler, setup.steps, setup.schedule) == ("heun", 18, "karras")
