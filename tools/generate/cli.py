@@ -60,6 +60,8 @@ def generate(seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
       edm generate --outdir out --sampler dpmpp_2m_sde --nfe 20 --eta 0.5
       edm generate --outdir out --sampler euler_ancestral --guidance 1.5
       edm generate --outdir out --model runs/ckpt.json --sampler edm --s-churn 40
+      edm generate --outdir out --model runs/pd/student-2   a student: its recorded sampler, steps, schedule
+      edm generate --outdir lcm --model diffusers:lcm --prompt "a cat" --guidance 7.5     LCM's own loop
       edm generate --outdir out --class 3 --guidance 1 --guide-model digits-weak     autoguidance
       edm generate --outdir out --unconditional --classifier digits-classifier --class 3
       edm generate --outdir edit --init-image out --strength 0.3 --unconditional    img2img
