@@ -1,6 +1,6 @@
-"""Tiny random-weight pipelines (Stable Diffusion 1.x / 2.x, SDXL, SD3, DiT, PixArt, the x4 upscaler), built
-offline and saved with ``save_pretrained``: the test doubles of the real checkpoints, with the real pipelines'
-scheduler configs.
+"""Tiny random-weight pipelines (Stable Diffusion 1.x / 2.x, SDXL, SD3, DiT, PixArt, the x4 upscaler, a
+latent consistency model), built offline and saved with ``save_pretrained``: the test doubles of the real
+checkpoints, with the real pipelines' scheduler configs.
 
 Each builder seeds torch, builds the pipeline from tiny components, saves it to ``path`` and returns the
 in-memory pipeline (in float32, on the CPU). Sizes: latents of 4 channels and 8 x 8 at the default size,
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["BUILDERS", "DIT_CLASSES", "build_dit", "build_pixart", "build_sd", "build_sd3", "build_sdxl",
-           "build_upscale", "byte_vocabulary", "random_unet2d",
+__all__ = ["BUILDERS", "DIT_CLASSES", "build_dit", "build_lcm", "build_pixart", "build_sd", "build_sd3",
+           "build_sdxl", "build_upscale", "byte_vocabulary", "random_unet2d",
            "save_unet_pipeline", "tiny_t5_tokenizer", "tiny_tokenizer"]
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -99,10 +99,12 @@ def _vae(*, shift_factor=None, scaling_factor=0.18215, sd3=False, levels: int = 
                          shift_factor=shift_factor, force_upcast=True, **extra).eval()
 
 
-def _unet(*, cross_attention_dim=32, linear=False, sdxl=False, upscale=False):
+def _unet(*, cross_attention_dim=32, linear=False, sdxl=False, upscale=False, time_cond_proj_dim=None):
     from diffusers import UNet2DConditionModel
 
     extra = {"in_channels": 4}
+    if time_cond_proj_dim is not None:  # LCM's guidance embedding
+        extra["time_cond_proj_dim"] = time_cond_proj_dim
     if upscale:  # the low-res image's 3 channels after the latent's 4; the noise level as a class
         extra = {"in_channels": 7, "num_class_embeds": UPSCALE_CLASSES}
     if sdxl:  # addition embedding of (pooled text embedding of encoder 2, the 6 time ids)
@@ -136,6 +138,27 @@ def build_sd(path, prediction_type: str = "epsilon"):
         vae=_vae(), text_encoder=_text_encoder(), tokenizer=tiny_tokenizer(),
         unet=_unet(linear=prediction_type != "epsilon"), scheduler=scheduler, safety_checker=None,
         feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    return _save(pipe, path)
+
+
+#: LCM-Dreamshaper-v7's scheduler, as it ships it
+LCM_SCHEDULER = {"_class_name": "LCMScheduler", **_SD_BETAS, "clip_sample": False,
+                 "original_inference_steps": 50, "prediction_type": "epsilon", "set_alpha_to_one": True,
+                 "steps_offset": 1, "timestep_scaling": 10.0, "timestep_spacing": "leading"}
+LCM_EMBEDDING = 16  # time_cond_proj_dim of the tiny LCM UNet (256 in LCM-Dreamshaper-v7)
+
+
+def build_lcm(path):
+    """A latent consistency model (``LatentConsistencyModelPipeline``): an SD 1.x UNet with a guidance
+    embedding (``time_cond_proj_dim``, random like the rest, so the weight matters) and LCMScheduler."""
+    import diffusers
+
+    torch.manual_seed(0)
+    pipe = diffusers.LatentConsistencyModelPipeline(
+        vae=_vae(), text_encoder=_text_encoder(), tokenizer=tiny_tokenizer(),
+        unet=_unet(time_cond_proj_dim=LCM_EMBEDDING),
+        scheduler=diffusers.LCMScheduler.from_config(LCM_SCHEDULER), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
     return _save(pipe, path)
 
 
@@ -298,6 +321,7 @@ BUILDERS = {
     "pixart_sigma": lambda path: build_pixart(path, sigma=True),  # T5 of 300 tokens
     "pixart_micro": lambda path: build_pixart(path, micro_conditions=True),  # resolution, aspect ratio
     "upscale": build_upscale,  # x4: DDPM low-res noise, DDIM, v
+    "lcm": build_lcm,  # latent consistency model: guidance embedding, LCMScheduler
 }
 
 

@@ -33,6 +33,7 @@ EXPECTED = [
     ("PixArtAlphaPipeline", ("pixart", 4.5)),
     ("PixArtSigmaPipeline", ("pixart", 4.5)),
     ("StableDiffusionUpscalePipeline", ("sd-upscale", 9.0)),
+    ("LatentConsistencyModelPipeline", ("lcm", 8.5)),
 ]
 
 
@@ -48,7 +49,7 @@ def registry():
 
 
 def test_the_registered_families():
-    assert list(FAMILIES) == ["sd", "sdxl", "sd3", "dit", "pixart", "sd-upscale"]
+    assert list(FAMILIES) == ["sd", "sdxl", "sd3", "dit", "pixart", "sd-upscale", "lcm"]
     assert list(PIPELINES.items()) == EXPECTED
     for class_name, (name, _) in EXPECTED:
         assert for_pipeline(class_name) is FAMILIES[name]

@@ -25,8 +25,8 @@ from .steering import flags as steering_flags
 
 __all__ = ["CONTEXT", "DETECTORS", "DTYPE_NAMES", "SAMPLING_PARAMS", "SectionedCommand", "cli_errors",
            "command", "detector_option", "detector_weights_option", "flag_of", "one_of", "one_sampler",
-           "option", "option_value", "parse_list", "progress_option", "prompting", "refuse_sampler_flags",
-           "report_ignored", "sampler_options",
+           "RECORDED_DEFAULTS", "option", "option_value", "parse_list", "progress_option", "prompting",
+           "refuse_sampler_flags", "report_ignored", "sampler_options",
            "sampling_options", "seeds_option", "steering", "usage_error", "channel_mult_value",
            "sigma_data_value", "training_data_value"]
 
@@ -335,6 +335,9 @@ def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str
         nfe = None if nfe is None else one_of(nfe, "NFE budget", "nfe", command)
     except BadInput as e:
         raise usage_error(e) from None
+    if sampler is None:  # the model's recorded sampler: its options are checked once the model is loaded
+        return nfe, {key[len(SAMPLER_OPTION_PREFIX):]: value for key, value in flags.items()
+                     if key.startswith(SAMPLER_OPTION_PREFIX) and value is not None}
     from tools.solvers.use import special_sampler
 
     kind = special_sampler(sampler)
@@ -476,6 +479,15 @@ SAMPLING_PARAMS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 
 _DEFAULTS = {"model": "digits", "trust_pickle": False, "sampler": "heun", "schedule": "karras"}
 
+#: ``sampling_options(**RECORDED_DEFAULTS)``: a command whose sampler, steps and schedule default to the
+#: model's recorded ones (a distilled student's; ``tools.generate.sampling.with_recorded``)
+RECORDED_DEFAULTS: dict[str, Any] = {
+    "sampler": None, "schedule": None,
+    "helps": {"sampler": SAMPLING_PARAMS["sampler"][2]["help"] + "  [default: the sampler the model records "
+                         "(a distilled student's, with its steps and options), else heun]",
+              "schedule": SAMPLING_PARAMS["schedule"][2]["help"] + "  [default: the schedule (and sigma "
+                          "range) the model records, else karras]"}}
+
 
 def sampling_options(*, exclude: Sequence[str] = (), only: Sequence[str] | None = None,
                      helps: Mapping[str, str] | None = None, **defaults: Any) -> Callable:
@@ -578,9 +590,6 @@ STAGE_HELP = "[--sr-model stage]"
 STAGE_FLAGS = STAGE_FIELDS
 #: the stages a command may have, by the parameter of their model (``sr_model``: ``--sr-model``)
 STAGE_MODELS = ("sr_model",)
-_STAGE_DEFAULTS = {"sampler": "heun", "schedule": "karras"}
-
-
 def stage_flag(flag: str, stage: str) -> str:
     """``--steps`` of stage ``sr``: ``--sr-steps``."""
     return f"--{stage}-{flag.removeprefix('--')}"
@@ -605,8 +614,8 @@ def sr_stage_options(fn: Callable) -> Callable:
                   help="A cascade: sample --model, then this super-resolution model on each seed's image "
                        "(as written, the base stage's PNGs in OUTDIR/base/); its low-resolution input "
                        "must be the base model's image size. --noise-aug / --noise-level apply to it; the "
-                       "--sr-* flags set its sampling (default: its own, heun, karras, 18 steps). Its "
-                       "randomness comes from seed stream_seed(seed, STAGE_STREAM).")(fn)
+                       "--sr-* flags set its sampling (default: its own recorded one, else heun, karras, "
+                       "18 steps). Its randomness comes from seed stream_seed(seed, STAGE_STREAM).")(fn)
 
 
 def _stage_usage(error: click.UsageError, stage: str) -> click.UsageError:
@@ -632,8 +641,7 @@ def sr_stage_request(flags: dict[str, Any], base, command: str):
     if base.low_res is not None:
         raise click.UsageError("--low-res and --sr-model exclude each other: the --sr-model stage's input is "
                                "the base model's images")
-    sampler = stage.pop("sampler") or _STAGE_DEFAULTS["sampler"]
-    schedule = stage.pop("schedule") or _STAGE_DEFAULTS["schedule"]
+    sampler, schedule = stage.pop("sampler"), stage.pop("schedule")  # None: the stage model's recorded ones
     steps = stage.pop("steps")
     try:
         nfe, options = one_sampler(sampler, steps, stage.pop("nfe"), stage, command, "sr_schedule")
@@ -651,15 +659,18 @@ def _stage_flag_of(key: str) -> str:
     return f"--sr-{key.replace('_', '-')}"
 
 
-def report_ignored(model, prompts=None, auto=None) -> None:
+def report_ignored(model, prompts=None, auto=None, notes=()) -> None:
     """One warning line naming each setting of the model's files that the loader does not honour, one for
     prompts the text encoders truncate (``prompts``: a ``tools.generate.prompts.Prompts``) and one for an
-    auto table ``--sampler auto`` passed over (``auto``: the record of its pick, with its ``note``); before
-    them, the line saying that auto runs a student in place of the model asked for (its ``runs``)."""
+    auto table ``--sampler auto`` passed over (``auto``: the record of its pick, with its ``note``), and one
+    per note of the checked steering (``notes``: ``CheckedSteering.notes``); before them, the line saying
+    that auto runs a student in place of the model asked for (its ``runs``)."""
     if auto and auto.get("runs"):
         click.echo(auto["runs"], err=True)
     if auto and auto.get("note"):
         click.echo(f"warning: {auto['note']}", err=True)
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
     ignored = getattr(model, "ignored", None) or []
     if ignored:
         click.echo(f"warning: not honoured: {'; '.join(ignored)}", err=True)

@@ -47,10 +47,14 @@ class SamplingRequest:
         model: a model spec for ``tools.models.load_model`` (``"digits"``, a checkpoint path,
             ``"diffusers:DIR"``, an NVlabs ``.pkl`` with ``trust_pickle``) or a loaded ``LoadedModel``.
         sampler, options: a registered sampler and the options to override (``samplers.get(name).options``);
-            also ``file:PATH`` (a fitted solver) or ``auto`` (with ``nfe``).
-        schedule, rho, sigma_min, sigma_max: the sigma schedule; the range defaults to the model's, table
-            schedules get the model's ``sigmas``, ``diffusers`` gives a diffusers model's own timesteps.
-        steps, nfe: the number of steps (default 18) or an NFE budget (the most steps within it).
+            also ``file:PATH`` (a fitted solver) or ``auto`` (with ``nfe``). None: the model's recorded
+            sampler (``LoadedModel.sampling``, a distilled student's) with its steps and options, else heun.
+        schedule, rho, sigma_min, sigma_max: the sigma schedule; None: the model's recorded schedule, else
+            karras; the range defaults to the model's recorded one, else the model's own; table schedules get
+            the model's ``sigmas``, ``diffusers`` gives a diffusers model's own timesteps.
+        steps, nfe: the number of steps (default: the recorded sampler's steps, else 18) or an NFE budget
+            (the most steps within it). How recorded defaults combine with given fields:
+            ``tools.generate.sampling.with_recorded``.
         class_label: the class of every image; None draws one per seed (class-conditional models).
         guidance: the guidance weight w >= 0 (0: none; diffusers' guidance_scale = 1 + w); None is a text
             model's pipeline default, else 0.
@@ -68,8 +72,8 @@ class SamplingRequest:
     """
 
     model: Any = "digits"
-    sampler: str = "heun"
-    schedule: str = "karras"
+    sampler: str | None = None
+    schedule: str | None = None
     steps: int | None = None
     nfe: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)

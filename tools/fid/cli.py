@@ -31,6 +31,7 @@ from tools.common import BadInput, one_line
 from tools.options import (
     CONTEXT,
     DETECTORS,
+    RECORDED_DEFAULTS,
     SectionedCommand,
     cli_errors,
     command,
@@ -216,7 +217,7 @@ def calc_command(images, ref, metrics, detector, detector_weights, num, seed, ba
 
 
 @command("gen")
-@sampling_options()
+@sampling_options(**RECORDED_DEFAULTS)
 @sr_stage_options
 @seeds_option(None, "Instead of --num: the seeds of the images, e.g. 0-49999 or 0-63,100 (NVlabs' syntax).")
 @option("Seeds and classes", "--num", type=int, callback=_image_count, default=None, metavar="K",
@@ -258,7 +259,8 @@ def gen_command(seeds, num, seed_offset, ref, metrics, detector, detector_weight
             setup.prompts.assign(seeds)
         ranks = _started_ranks(setup.device)
         if ranks.rank == 0:
-            report_ignored(setup.model, setup.prompts, setup.auto)
+            report_ignored(setup.model, setup.prompts, setup.auto,
+                           setup.steer.notes)
         with ranks, cli_errors(setup.device, batch):
             mine = ranks.share(seeds)
             batches = (sample_images(setup, mine[start:start + batch]) for start in range(0, len(mine),

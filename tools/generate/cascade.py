@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from samplers.noise import STAGE_STREAM, stream_seed
-from tools.common import BadInput
+from tools.common import BadInput, flagged
 from tools.images import from_uint8, to_uint8
 from tools.request import STAGE_FIELDS, SamplingRequest
 
@@ -95,6 +95,8 @@ class Cascade:
 def _stage_error(error: BadInput) -> BadInput:
     """The super-resolution stage's error, naming its own flag (``--sr-steps``, not ``--steps``)."""
     param, message = error.param, str(error)
+    if param == "options":  # sampler options, checked once the stage's sampler is known: name their flags
+        message = flagged(message, {term: f"--sr-{term.replace('_', '-')}" for term in error.terms})
     if "--sr-" not in message:
         message = f"the --sr-model stage: {message}"
     return BadInput(message, f"sr_{param}" if param in _STAGE_PARAMS else param)

@@ -12,6 +12,7 @@ import os
 import click
 
 from tools.options import (
+    RECORDED_DEFAULTS,
     cli_errors,
     command,
     option,
@@ -27,7 +28,7 @@ __all__ = ["generate"]
 
 
 @command("generate")
-@sampling_options()
+@sampling_options(**RECORDED_DEFAULTS)
 @sr_stage_options
 @seeds_option("0-63", "Seeds, one image each: ranges and commas, e.g. 0-63,100.")
 @option("Output", "--outdir", required=True, type=click.Path(file_okay=False), metavar="DIR",
@@ -59,6 +60,8 @@ def generate(seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
       edm generate --outdir out --sampler dpmpp_2m_sde --nfe 20 --eta 0.5
       edm generate --outdir out --sampler euler_ancestral --guidance 1.5
       edm generate --outdir out --model runs/ckpt.json --sampler edm --s-churn 40
+      edm generate --outdir out --model runs/pd/student-2   a student: its recorded sampler, steps, schedule
+      edm generate --outdir lcm --model diffusers:lcm --prompt "a cat" --guidance 7.5     LCM's own loop
       edm generate --outdir out --class 3 --guidance 1 --guide-model digits-weak     autoguidance
       edm generate --outdir out --unconditional --classifier digits-classifier --class 3
       edm generate --outdir edit --init-image out --strength 0.3 --unconditional    img2img
@@ -85,7 +88,8 @@ def generate(seeds, outdir, subdirs, grid, overwrite, batch, progress, **flags):
         plan = planning.prepare(request, output, sr)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
-        report_ignored(plan.sampling.model, plan.sampling.prompts, plan.sampling.auto)
+        report_ignored(plan.sampling.model, plan.sampling.prompts, plan.sampling.auto,
+                       plan.sampling.steer.notes)
     if progress and rank0:
         click.echo(f"Generating {plan.describe()}", err=True)
     with cli_errors(plan.sampling.device, plan.batch):

@@ -140,10 +140,13 @@ def check_prompting(prompting: Prompting | None, model, resize) -> tuple[Any, Pr
 def guidance_or_default(guidance, model, prompts: Prompts | None, steering=None):
     """``guidance`` as given; None is the pipeline's own default (its guidance_scale - 1) for a text model,
     and for a class-conditional pipeline (DiT) sampled with its class (``steering`` asks for neither
-    ``--unconditional`` nor ``--guide-model``); 0 (no guidance) for any other model."""
+    ``--unconditional`` nor ``--guide-model``), and for a model that takes the weight as an input (its
+    recorded default); 0 (no guidance) for any other model."""
     if guidance is not None:
         return guidance
     default = getattr(model, "default_guidance", None)
+    if default is not None and getattr(model, "guidance_input", None) is not None:
+        return default
     with_class = bool(getattr(model, "num_classes", 0)) and not (
         steering is not None and (steering.unconditional or steering.guide_model is not None))
     return default if default is not None and (prompts is not None or with_class) else 0.0

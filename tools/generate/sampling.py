@@ -46,8 +46,11 @@ from tools.steering.threshold import threshold_flags, threshold_setting
 from .low_res import LowResInput, check_low_res
 from .prompts import Prompts, check_prompting, guidance_or_default
 
-__all__ = ["GUIDANCE_MEANING", "Sampling", "check_denoiser", "check_sampler", "load",
-           "prepare_sampling"]
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SCHEDULE", "GUIDANCE_MEANING", "Sampling", "check_denoiser",
+           "check_sampler", "load", "prepare_sampling", "with_recorded"]
+
+#: what a request that names no sampler / schedule runs on a model that records none
+DEFAULT_SAMPLER, DEFAULT_SCHEDULE = "heun", "karras"
 
 GUIDANCE_MEANING = ("w is the classifier-free guidance weight: D + w (D - D_uncond) (with --guide-model, "
                     "autoguidance's D + w (D - D_weak)); 0 is none, larger is stronger (diffusers' "
@@ -208,6 +211,8 @@ class Sampling:
                   "class": self.class_label, "guidance": self.guidance, "dtype": dtype_name(self.dtype),
                   "device": self.device.type}
         steering = self.steer.steering.given()
+        if self.steer.settings.get("guidance_input") is not None:
+            record["guidance_input"] = True  # the weight went into the network, one evaluation per step
         if self.steer.threshold is not None:
             steering["x0_threshold"] = dict(self.steer.threshold)  # also the model's own (diffusers)
         if steering:
@@ -234,6 +239,8 @@ class Sampling:
         cls = "" if not self.model.num_classes else (
             f", class {self.class_label}" if self.class_label is not None else ", random classes")
         guidance = f", guidance w={self.guidance:g}" if self.guidance else ""
+        if self.steer.settings.get("guidance_input") is not None:
+            guidance = f", guidance w={self.guidance:g} (a network input)"
         steering = self.steer.steering.given()
         guidance += "".join(f", {k.replace('_', '-')} {v}" for k, v in steering.items())
         if self.prompts is not None:
@@ -285,7 +292,8 @@ def _choose_sampler(request: SamplingRequest, corrector_steps: int) -> _Choice:
         fitted = read_fitted(request.sampler, steps=request.steps, nfe=request.nfe, options=options)
         return _Choice(kind, fitted.solver.spec, fitted.solver.levels, {}, request.schedule, fitted=fitted)
     if kind is None:
-        check_schedule(request.schedule)  # before the model is loaded: the name alone tells
+        if request.schedule is not None:  # before the model is loaded: the name alone tells
+            check_schedule(request.schedule)
         spec = sampler_spec(request.sampler)
         steps, _ = resolve_steps(spec, request.steps, request.nfe, options, corrector_steps)
         return _Choice(kind, spec, steps, check_option_names(spec, options), request.schedule)
@@ -293,6 +301,33 @@ def _choose_sampler(request: SamplingRequest, corrector_steps: int) -> _Choice:
         raise BadInput("--sampler auto picks the sampler, its options and the steps for an NFE budget: give "
                        "--nfe alone", "sampler")
     return _Choice(kind, schedule=request.schedule)
+
+
+def with_recorded(request: SamplingRequest, model) -> SamplingRequest:
+    """``request`` with what it leaves unset taken from the model's recorded default
+    (``model.sampling``, a :class:`tools.models.base.RecordedSampling`), else heun on karras.
+
+    The recorded sampler runs when the request names none; the recorded steps (unless ``steps`` or
+    ``nfe`` is given) and options (under the given ones) go with the recorded sampler only, whether named
+    or not. The recorded schedule and sigma range apply to any registered sampler unless given, the
+    recorded rho only on the recorded schedule. A fitted solver or ``auto`` brings its own levels: it
+    takes nothing recorded."""
+    recorded = getattr(model, "sampling", None)
+    sampler = request.sampler or (recorded and recorded.sampler) or DEFAULT_SAMPLER
+    if recorded is None or special_sampler(sampler) is not None:
+        return request.replace(sampler=sampler, schedule=request.schedule or DEFAULT_SCHEDULE)
+    changes: dict[str, Any] = {"sampler": sampler}
+    if sampler == (recorded.sampler or DEFAULT_SAMPLER):
+        if request.steps is None and request.nfe is None:
+            changes["steps"] = recorded.steps
+        changes["options"] = {**recorded.options, **request.options}
+    changes["schedule"] = request.schedule or recorded.schedule or DEFAULT_SCHEDULE
+    for name in ("sigma_min", "sigma_max"):
+        given = getattr(request, name)
+        changes[name] = given if given is not None else getattr(recorded, name)
+    if request.rho is None and changes["schedule"] == recorded.schedule:
+        changes["rho"] = recorded.rho
+    return request.replace(**changes)
 
 
 def _auto_choice(model, request: SamplingRequest, corrector_steps: int, device, dtype) -> tuple[_Choice, Any]:
@@ -422,9 +457,14 @@ def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampl
     field its conditioner's ``level_flag`` names (default the model's).
     """
     corrector_steps = _corrector_steps(request.steering)  # the flags' count: budgets include them
-    choice = _choose_sampler(request, corrector_steps)
+    if request.sampler is not None:  # what the names alone tell is checked before the model is loaded
+        _choose_sampler(request, corrector_steps)
+    elif request.schedule is not None:
+        check_schedule(request.schedule)
     device, dtype = resolve_device(request.device), resolve_dtype(request.dtype)
     model = load(request.model, device, dtype, request.trust_pickle)
+    request = with_recorded(request, model)
+    choice = _choose_sampler(request, corrector_steps)
     guidance, steering = request.guidance, request.steering
     if choice.kind == AUTO:
         choice, model = _auto_choice(model, request, corrector_steps, device, dtype)

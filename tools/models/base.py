@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from samplers.protocol import forward_attribute
 from tools.common import BadInput
 
-__all__ = ["Autoencoder", "ClasslessDenoiser", "LabelledDenoiser", "LoadedModel", "LowResConditioner",
-           "ModelError", "TextConditioner", "parameter_count"]
+__all__ = ["Autoencoder", "ClasslessDenoiser", "GuidanceInput", "LabelledDenoiser", "LoadedModel",
+           "LowResConditioner", "ModelError", "RecordedSampling", "TextConditioner", "parameter_count"]
 
 # Discrete-time models also expose their sigma <-> timestep maps.
 _TIME_MAPS = ("sigma_to_t", "t_to_sigma")
@@ -25,6 +25,90 @@ class ModelError(BadInput):
 
     def __init__(self, message: str, param: str | None = "model"):
         super().__init__(message, param)
+
+
+#: the types of a recorded sampling default's fields that are not numbers
+_RECORDED_TYPES = {"sampler": str, "schedule": str, "steps": int, "options": Mapping}
+
+
+def _recorded_fits(key: str, value) -> bool:
+    kind = _RECORDED_TYPES.get(key, (int, float))
+    return not isinstance(value, bool) and isinstance(value, kind) and not (key == "steps" and value < 1)
+
+
+@dataclass(frozen=True)
+class RecordedSampling:
+    """The sampling a model's files record as its default (a distilled student's sampler, steps and
+    schedule); each field None (``options`` empty) where nothing is recorded.
+
+    How a request uses it (``tools.generate.sampling.with_recorded``): without ``--sampler`` the recorded
+    sampler runs with its steps and options (``--steps`` / ``--nfe`` and given options override); with
+    ``--sampler`` the recorded steps and options apply only when it names the recorded sampler. The
+    recorded schedule and sigma range apply to every registered sampler unless given; the recorded rho
+    only on the recorded schedule.
+    """
+
+    sampler: str | None = None
+    steps: int | None = None
+    schedule: str | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    rho: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    #: the keys of a checkpoint's ``config["sampling"]`` read into these fields
+    KEYS = ("sampler", "steps", "schedule", "sigma_min", "sigma_max", "rho", "options")
+
+    @classmethod
+    def read(cls, section: Mapping[str, Any], where: str) -> RecordedSampling | None:
+        """The fields of a recorded ``sampling`` section (other keys are someone else's), None if it records
+        none of them; ModelError naming ``where`` for a value of the wrong type."""
+        given = {key: section[key] for key in cls.KEYS if section.get(key) is not None}
+        if not given:
+            return None
+        bad = [key for key, value in given.items() if not _recorded_fits(key, value)]
+        if bad:
+            raise ModelError(f"{where}: sampling.{bad[0]} = {given[bad[0]]!r} does not fit (sampler and "
+                             "schedule are names, steps a positive integer, options an object, sigma_min, "
+                             "sigma_max and rho numbers)")
+        floats = {key: float(value) for key, value in given.items() if key not in _RECORDED_TYPES}
+        return cls(**{**given, **floats, "options": dict(given.get("options") or {})})
+
+    def describe(self) -> str:
+        """One line: ``euler, 2 steps, karras sigma 0.5...80 rho 7``."""
+        parts = [self.sampler or "heun"]
+        parts[0] += "".join(f" {k}={v}" for k, v in self.options.items())
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.schedule is not None or self.sigma_min is not None or self.sigma_max is not None:
+            schedule = self.schedule or "karras"
+            if self.sigma_min is not None or self.sigma_max is not None:
+                low = "model's" if self.sigma_min is None else f"{self.sigma_min:g}"
+                high = "model's" if self.sigma_max is None else f"{self.sigma_max:g}"
+                schedule += f" sigma {low}...{high}"
+            if self.rho is not None:
+                schedule += f" rho {self.rho:g}"
+            parts.append(schedule)
+        return ", ".join(parts)
+
+
+class GuidanceInput(Protocol):
+    """A model that takes the classifier-free guidance weight ``w`` as an input of its network (a guided
+    distillation student, an LCM UNet's ``time_cond_proj_dim`` embedding) instead of being guided by two
+    evaluations: ``--guidance W`` becomes the denoiser's keyword arguments :meth:`kwargs`.
+
+    ``range`` is the ``(lo, hi)`` of weights the network was trained on (None: not recorded); a weight
+    outside it is warned about, not refused.
+    """
+
+    range: tuple[float, float] | None
+    keys: tuple[str, ...]  # the keyword arguments :meth:`kwargs` gives
+
+    def describe(self) -> str: ...
+
+    def kwargs(self, w: float, batch: int, device, dtype) -> dict[str, Tensor]:
+        """The denoiser's keyword arguments for weight ``w`` and a batch of ``batch``."""
+        ...
 
 
 @dataclass
@@ -51,6 +135,12 @@ class LoadedModel:
     # Super-resolution models: turns low-resolution images into the denoiser's keyword arguments (see
     # :class:`LowResConditioner`). None: the model takes no image.
     low_res: Any = None
+    # The sampler, steps and schedule the model records as its default (see :class:`RecordedSampling`);
+    # None: heun, 18 steps, karras on the model's range.
+    sampling: RecordedSampling | None = None
+    # A model that takes the guidance weight as a network input (see :class:`GuidanceInput`); None: the
+    # weight is classifier-free guidance's, two evaluations per step.
+    guidance_input: Any = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -139,7 +229,8 @@ class LabelledDenoiser(nn.Module):
     ``class_labels`` is ``None`` (unconditional) or a ``[B, num_classes]`` one-hot tensor whose
     all-zero rows are unconditional.  ``convert(labels)`` turns a checked ``[B, K]`` float tensor
     into the keyword arguments of ``inner``; unconditional models get no class argument at all.
-    The output has the dtype of ``x`` (NVlabs' networks answer in float32 whatever they get).
+    The output has the dtype of ``x`` (NVlabs' networks answer in float32 whatever they get). Other keyword
+    arguments go to ``inner`` as they are (a network's guidance weight, :class:`GuidanceInput`).
     The protocol's optional attributes of ``inner`` (``samplers.protocol.OPTIONAL_ATTRIBUTES``) and its
     discrete-time maps (``sigma_to_t``, ``t_to_sigma``) are exposed unchanged.
     """
@@ -166,8 +257,9 @@ class LabelledDenoiser(nn.Module):
             labels = labels.to(x.dtype).expand(batch, -1)
         return self._convert(labels)
 
-    def forward(self, x: Tensor, sigma, class_labels=None) -> Tensor:
-        out = self.inner(x, sigma, **self.labels(x, class_labels))
+    def forward(self, x: Tensor, sigma, class_labels=None, **network) -> Tensor:
+        # ``network``: inputs the network itself takes besides the class (a guidance weight, GuidanceInput)
+        out = self.inner(x, sigma, **self.labels(x, class_labels), **network)
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def __getattr__(self, name):
@@ -184,7 +276,7 @@ class ClasslessDenoiser(nn.Module):
     class (a text, a low-resolution image): class labels may only be None or all zero (the message says
     what the model takes: :attr:`takes`), the output has the dtype of ``x``, and the protocol's optional
     attributes of ``inner`` are exposed. Subclasses check their own keyword arguments and call
-    :meth:`evaluate`."""
+    :meth:`evaluate`, passing on those the network itself takes (a guidance weight: GuidanceInput)."""
 
     what = "model"
     takes = "its own condition"

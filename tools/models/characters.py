@@ -71,7 +71,7 @@ class TextDenoiser(ClasslessDenoiser):
         super().__init__(inner)
         self.length, self.pad = int(length), int(pad)
 
-    def forward(self, x: Tensor, sigma, class_labels=None, text_tokens=None) -> Tensor:
+    def forward(self, x: Tensor, sigma, class_labels=None, text_tokens=None, **network) -> Tensor:
         self.refuse_classes(class_labels)
         if text_tokens is None:
             text_tokens = torch.full((1, self.length), self.pad, dtype=torch.int64)
@@ -79,4 +79,4 @@ class TextDenoiser(ClasslessDenoiser):
         if text_tokens.ndim != 2 or text_tokens.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"text_tokens must be [{x.shape[0]}, {self.length}] (or [1, {self.length}]), "
                              f"got {list(text_tokens.shape)}")
-        return self.evaluate(x, sigma, text_tokens=text_tokens.expand(x.shape[0], -1))
+        return self.evaluate(x, sigma, text_tokens=text_tokens.expand(x.shape[0], -1), **network)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tools.common import one_line
 
-from .base import LabelledDenoiser, LoadedModel, ModelError, parameter_count
+from .base import LabelledDenoiser, LoadedModel, ModelError, RecordedSampling, parameter_count
 from .characters import CharacterConditioner, TextDenoiser
 from .low_res import CheckpointLowRes, LowResDenoiser
 
-__all__ = ["BUILTIN", "builtin_path", "claims", "identity", "list_builtin", "load", "load_builtin",
-           "load_checkpoint_model"]
+__all__ = ["BUILTIN", "NetworkGuidance", "builtin_path", "claims", "identity", "list_builtin", "load",
+           "load_builtin", "load_checkpoint_model"]
 
 #: built-in name -> checkpoint stem relative to the edm package
 BUILTIN = {"digits": Path("weights") / "digits",
@@ -113,6 +114,13 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
                         f"--guidance {default_guidance or 0:g})")
     if low_res is not None:
         info["low_res"] = low_res.describe()
+    recorded = RecordedSampling.read(sampling, str(config_path))
+    if recorded is not None:
+        info["sampling_default"] = recorded.describe()
+    guidance_input = _guidance_input(config, sampling, config_path)
+    if guidance_input is not None:
+        info["guidance_input"] = guidance_input.describe()
+        default_guidance = sampling.get("guidance", default_guidance)
     return LoadedModel(
         denoiser=denoiser,
         shape=shape,
@@ -126,7 +134,45 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
         conditioner=conditioner,
         default_guidance=None if default_guidance is None else float(default_guidance),
         low_res=low_res,
+        sampling=recorded,
+        guidance_input=guidance_input,
     )
+
+
+@dataclass(frozen=True)
+class NetworkGuidance:
+    """The guidance weight as our networks' own input (``network.kwargs.guidance_embed``): the denoiser's
+    ``guidance`` keyword, one ``w`` per sample (a :class:`~.base.GuidanceInput`)."""
+
+    range: tuple[float, float] | None = None
+    keys: tuple[str, ...] = ("guidance",)
+
+    def describe(self) -> str:
+        trained = "" if self.range is None else f", trained on w in [{self.range[0]:g}, {self.range[1]:g}]"
+        return f"the network takes the guidance weight w as an input (one evaluation per step{trained})"
+
+    def kwargs(self, w: float, batch: int, device, dtype) -> dict[str, torch.Tensor]:
+        return {"guidance": torch.full((batch,), float(w), device=device, dtype=dtype)}
+
+
+def _guidance_input(config: dict, sampling: dict, config_path) -> NetworkGuidance | None:
+    """The guidance input of a network with ``guidance_embed`` (range: ``sampling.guidance_range``)."""
+    network = config.get("network") if isinstance(config.get("network"), dict) else {}
+    kwargs = network.get("kwargs") if isinstance(network.get("kwargs"), dict) else {}
+    if not kwargs.get("guidance_embed"):
+        return None
+    recorded = sampling.get("guidance_range")
+    if recorded is None:
+        return NetworkGuidance()
+    try:
+        lo, hi = (float(v) for v in recorded)
+    except (TypeError, ValueError):
+        raise ModelError(f"checkpoint config {config_path}: sampling.guidance_range must be [lo, hi], got "
+                         f"{recorded!r}") from None
+    if not 0 <= lo <= hi:
+        raise ModelError(f"checkpoint config {config_path}: sampling.guidance_range must have 0 <= lo <= hi, "
+                         f"got {recorded!r}")
+    return NetworkGuidance((lo, hi))
 
 
 def _low_res_conditioner(condition: dict, sampling: dict, config_path) -> CheckpointLowRes:

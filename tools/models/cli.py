@@ -75,10 +75,12 @@ def model_block(record: Mapping[str, Any]) -> str:
         rows += _pipeline_rows(info)
         # a super-resolution pipeline's image conditions are not text
         image = (info.get("low_res") or {}).get("conditions") or []
-        text = [c for c in info.get("conditions") or [] if c not in image]
+        weight = info.get("guidance_conditions") or []  # the guidance weight's, as a network input
+        text = [c for c in info.get("conditions") or [] if c not in image and c not in weight]
+        negative = "" if weight else ", --negative-prompt"
         classes_row = (("classes", f"{classes} (class-conditional: --class 0..{classes - 1}; default "
                                    f"--guidance {_guidance(info)})") if classes else
-                       ("conditioning", f"text: {', '.join(text)} (--prompt, --negative-prompt; default "
+                       ("conditioning", f"text: {', '.join(text)} (--prompt{negative}; default "
                                         f"--guidance {_guidance(info)})"
                                         + (f"; image: {', '.join(image)} (--low-res, --noise-level)"
                                            if image else "")))
@@ -104,7 +106,7 @@ def model_block(record: Mapping[str, Any]) -> str:
     if record["parameters"]:
         rows.append(("parameters", f"{record['parameters']:,}"))
     for key in ("prediction", "x0_thresholding", "num_train_timesteps", "layout", "class", "sigma_data",
-                "use_fp16", "note"):
+                "use_fp16", "note", "sampling_default", "guidance_input"):
         if key in info:
             rows.append((key.replace("_", " "), compact(info[key])))
     for i, setting in enumerate(info.get("ignored") or []):

@@ -75,9 +75,10 @@ class LowResDenoiser(ClasslessDenoiser):
     what = "super-resolution model"
     takes = "a low-resolution image"
 
-    def forward(self, x: Tensor, sigma, class_labels=None, cond_image=None, augment_labels=None) -> Tensor:
+    def forward(self, x: Tensor, sigma, class_labels=None, cond_image=None, augment_labels=None,
+                **network) -> Tensor:
         self.refuse_classes(class_labels)
         if cond_image is None or augment_labels is None:
             raise ValueError("this super-resolution model needs its low-resolution image (cond_image and "
                              "augment_labels)")
-        return self.evaluate(x, sigma, cond_image=cond_image, augment_labels=augment_labels)
+        return self.evaluate(x, sigma, cond_image=cond_image, augment_labels=augment_labels, **network)

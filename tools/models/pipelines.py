@@ -159,6 +159,7 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
                          "networks are supported")
     low_res = family.low_res(saved, net, geometry)
     denoising = family.scheduler.denoiser(family.backbone(net), scheduler, geometry, dtype)
+    guidance_input = family.guidance_input(net)
     guidance_scale = family.pipelines[saved.class_name]
     num_classes = family.classes(net)
     if num_classes:  # class-conditional (DiT): this library's one-hot labels
@@ -166,6 +167,7 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
         conditions = ["class_labels"]
     else:  # the text conditioner's keyword arguments, and a super-resolution model's image input's
         conditions = list(conditioner.keys) + ([] if low_res is None else list(low_res.keys))
+        conditions += [] if guidance_input is None else list(guidance_input.keys)
         denoiser = PipelineDenoiser(denoising.inner, conditions)
     return LoadedModel(
         denoiser=denoiser,
@@ -176,17 +178,20 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
         sigmas=denoising.sigmas,
         kind="diffusers",
         source=saved.source,
-        info=_info(family, saved, scheduler, vae, conditioner, denoising, geometry, conditions),
+        info=_info(family, saved, scheduler, vae, conditioner, denoising, geometry, conditions,
+                   guidance_input),
         threshold=denoising.threshold,
         autoencoder=vae,
         conditioner=conditioner,
         default_guidance=guidance_scale - 1.0,
         low_res=low_res,
+        guidance_input=guidance_input,
+        sampling=family.sampling,
     )
 
 
-def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile, vae, conditioner,
-          denoising: Denoising, geometry: Geometry, conditions: list[str]) -> dict:
+def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile, vae, conditioner,  # noqa: PLR0913
+          denoising: Denoising, geometry: Geometry, conditions: list[str], guidance_input=None) -> dict:
     """The loaded model's info record (``edm info --json``)."""
     image = vae.image_shape(geometry.shape)
     info = {
@@ -223,6 +228,11 @@ def _info(family: PipelineFamily, saved: SavedPipeline, scheduler: SchedulerFile
     unused = [name for name in saved.listed() if name not in used]
     if unused:
         info["unused_components"] = unused  # e.g. a safety checker: not run
+    if guidance_input is not None:
+        info["guidance_input"] = guidance_input.describe()
+        info["guidance_conditions"] = list(guidance_input.keys)  # conditions that are not the text's
+    if family.sampling is not None:
+        info["sampling_default"] = family.sampling.describe()
     info.update(family.info_fields(saved, conditioner, denoising))
     if denoising.ignored:
         info["ignored"] = denoising.ignored

@@ -14,7 +14,7 @@ and turns them into what :func:`samplers.sample` needs to reproduce that schedul
   is ``init_noise_sigma * latent``, i.e. ``sigma_max`` with ``timestep_spacing`` linspace / trailing and
   ``sqrt(sigma_max^2 + 1)`` otherwise (diffusers' rule, kept as it is); the end is x itself. (DiTPipeline
   runs these schedulers on another state, see ``sigma_space`` of :func:`diffusers_plan`.)
-* VP (DDIM, DPM-Solver, UniPC): the state is ``x_t = sqrt(abar) x``, starting at ``latent``; the start is
+* VP (DDIM, DPM-Solver, UniPC, LCM): the state is ``x_t = sqrt(abar) x``, starting at ``latent``; the start is
   ``sqrt(1 + sigma_max^2) latent`` and the end ``x_t = x / sqrt(1 + sigma_end^2)`` (1 at sigma 0).
 * flow (FlowMatch*, DPM-Solver / UniPC with ``use_flow_sigmas``): the state is ``x_t = (1 - t) x`` with
   ``sigma = t / (1 - t)``; the start is ``latent / (1 - t_0)`` (``sigmas[0] = inf`` and x the latent
@@ -52,6 +52,7 @@ COUNTERPARTS: dict[str, str] = {
     "dpmpp_2m": "DPMSolverMultistepScheduler",
     "dpmpp_2m_sde": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
+    "lcm": "LCMScheduler",
 }
 
 #: our sampler -> the diffusers scheduler class, for flow-matching models (``flow=True``); DPM-Solver and
@@ -76,7 +77,7 @@ _SIGMA_SPACE = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "He
 _LOG_MIDPOINTS = {"KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"}
 #: interleave each step's second evaluation into sigmas / timesteps
 _TWO_EVALUATIONS = {"HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"}
-_VP_STATE = {"DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"}
+_VP_STATE = {"DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "LCMScheduler"}
 
 #: settings under which diffusers maps its sigmas to times by log-sigma interpolation
 _LOG_TIME_SETTINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
@@ -283,7 +284,7 @@ def _sigma_space_plan(scheduler, name: str) -> DiffusersPlan:
     return DiffusersPlan(name, sigmas, timesteps.clone(), start, 1.0, {}, interpolation)
 
 
-# --- VP-state schedulers (DDIM, DPM-Solver, UniPC) ----------------------------------------------------
+# --- VP-state schedulers (DDIM, DPM-Solver, UniPC, LCM) ----------------------------------------------
 
 
 def _ddim_sigmas(scheduler, table: Tensor, steps: int) -> tuple[Tensor, float]:
@@ -296,6 +297,16 @@ def _ddim_sigmas(scheduler, table: Tensor, steps: int) -> tuple[Tensor, float]:
     final = float(torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64))
     end = math.sqrt((1 - final) / final) if final < 1 else 0.0
     return table[timesteps], end
+
+
+def _lcm_sigmas(scheduler, table: Tensor, steps: int) -> tuple[Tensor, float]:
+    # its timesteps skip through the original_inference_steps schedule; a step noises the consistency
+    # function's x0 back to the next timestep, and the last one returns that x0 (sigma 0)
+    return table[torch.as_tensor(scheduler.timesteps).long()], 0.0
+
+
+#: the VP schedulers that keep no ``sigmas``: their step sigmas and final sigma from their timesteps
+_OWN_SIGMAS = {"DDIMScheduler": _ddim_sigmas, "LCMScheduler": _lcm_sigmas}
 
 
 def _options(scheduler, name: str, sampler: str) -> dict:
@@ -327,8 +338,8 @@ def _check_last_order(scheduler, name: str, steps: int, end: float) -> None:
 def _vp_plan(scheduler, name: str, sampler: str, steps: int) -> DiffusersPlan:
     table = _table(scheduler)
     options = _options(scheduler, name, sampler)
-    if name == "DDIMScheduler":
-        sigmas, end = _ddim_sigmas(scheduler, table, steps)
+    if name in _OWN_SIGMAS:
+        sigmas, end = _OWN_SIGMAS[name](scheduler, table, steps)
     else:
         timesteps = torch.as_tensor(scheduler.timesteps).long()
         sigmas = table[timesteps]

@@ -1,6 +1,7 @@
 """The built-in steering kinds, registered in this order: the order of their flags on the help page and of
 their checks (their wrappers are ordered by layer: the unconditional switch around each network, then
-classifier-free guidance or autoguidance, then classifier guidance, then thresholding)."""
+the weight as a network input, classifier-free guidance or autoguidance, then classifier guidance, then
+thresholding)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from .autoguidance import AutoguidanceKind
 from .cfg import ClassifierFreeKind
 from .classifier import ClassifierGuidanceKind
 from .corrector import CorrectorKind
+from .guidance_input import GuidanceInputKind
 from .img2img import Img2ImgKind
 from .inpainting import InpaintingKind
 from .interval import GuidanceIntervalKind
@@ -19,9 +21,9 @@ from .unconditional import UnconditionalKind
 
 __all__ = ["BUILTIN_KINDS"]
 
-BUILTIN_KINDS = (ClassifierFreeKind(), NegativeClassKind(), GuidanceIntervalKind(), GuidanceRescaleKind(),
-                 AutoguidanceKind(), UnconditionalKind(), ClassifierGuidanceKind(), ThresholdKind(),
-                 Img2ImgKind(), InpaintingKind(), CorrectorKind())
+BUILTIN_KINDS = (GuidanceInputKind(), ClassifierFreeKind(), NegativeClassKind(), GuidanceIntervalKind(),
+                 GuidanceRescaleKind(), AutoguidanceKind(), UnconditionalKind(), ClassifierGuidanceKind(),
+                 ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind())
 
 for _kind in BUILTIN_KINDS:
     register(_kind)

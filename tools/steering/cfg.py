@@ -15,8 +15,10 @@ __all__ = ["ClassifierFreeKind", "classifier_free"]
 
 
 def classifier_free(c: Checking) -> bool:
-    """The guidance weight is classifier-free guidance's (given, and no guide model takes it)."""
-    return bool(c.guidance) and not c.given("guide_model")
+    """The guidance weight is classifier-free guidance's (given, and neither a guide model nor the model's
+    own network takes it: :mod:`tools.steering.guidance_input`)."""
+    network_takes_it = getattr(c.model, "guidance_input", None) is not None
+    return bool(c.guidance) and not c.given("guide_model") and not network_takes_it
 
 
 class ClassifierFreeKind(SteeringKind):

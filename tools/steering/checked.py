@@ -60,7 +60,7 @@ class CheckedSteering:
     kinds: tuple[SteeringKind, ...]
     evaluations_per_call: int
     autoencoder: Any = None  # a latent model's: init images are encoded, masks downsampled
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # warnings for the user (one line each): the kinds' "warnings"
 
     @property
     def edit(self) -> EditImages | None:
@@ -126,4 +126,5 @@ def check_steering(steering: Steering | None, model, *, guidance: float, class_l
     _, evaluations = compose(kinds, settings, c.guidance, model, dtype)
     return CheckedSteering(steering=steering, guidance=c.guidance, num_classes=c.num_classes,
                            class_label=class_label, settings=settings, kinds=kinds,
-                           evaluations_per_call=evaluations, autoencoder=getattr(model, "autoencoder", None))
+                           evaluations_per_call=evaluations, autoencoder=getattr(model, "autoencoder", None),
+                           notes=tuple(settings.get("warnings", ())))

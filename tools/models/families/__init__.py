@@ -12,7 +12,7 @@ from .registry import FAMILIES, PIPELINES, for_pipeline, register
 # Importing a family module registers it. This order is the registration order, which messages list the
 # supported pipelines in: isort must keep it.
 # isort: off
-from . import sd, sdxl, sd3, dit, pixart, upscale  # noqa: F401
+from . import sd, sdxl, sd3, dit, pixart, upscale, lcm  # noqa: F401
 # isort: on
 
 __all__ = ["FAMILIES", "PIPELINES", "for_pipeline", "register"]

@@ -98,10 +98,13 @@ class PipelineFamily:
         scheduler: the :class:`SchedulerKind` that makes the network's backbone a denoiser.
         vae_scaling_factor: the latent scaling the pipeline class imposes on its VAE whatever the VAE's
             config says (None, the default: the config's).
+        sampling: the sampler, steps and schedule a request that names none runs (the loaded model's
+            ``sampling``); None, the default: the library's.
 
     A family defines :meth:`backbone` and :meth:`conditioner` (None for a class-conditional family, which
     defines :meth:`classes` and :meth:`class_arguments` instead); :meth:`geometry` (a UNet's by default),
-    :meth:`low_res` (a super-resolution family's image input; none by default), :meth:`info_fields` (none
+    :meth:`low_res` (a super-resolution family's image input; none by default), :meth:`guidance_input` (a
+    network that takes the guidance weight; none by default), :meth:`info_fields` (none
     by default) and :meth:`info_rows` (the rows every pipeline shows) where it differs.
     """
 
@@ -114,6 +117,9 @@ class PipelineFamily:
     optional: tuple[str, ...] = ()
     scheduler: SchedulerKind
     vae_scaling_factor: float | None = None
+    #: the sampling the family's pipelines run by default (a ``tools.models.base.RecordedSampling``, e.g. a
+    #: latent consistency model's sampler and steps); None: the library's defaults
+    sampling: Any = None
 
     def backbone(self, network: nn.Module) -> nn.Module:
         """The network as the backbone ``F(x_in, t, **conditions)`` of :attr:`scheduler`'s denoiser, the
@@ -140,6 +146,12 @@ class PipelineFamily:
         """A super-resolution family's :class:`~tools.models.base.LowResConditioner` (``keys``: the
         denoiser's keyword arguments it gives, besides the text conditioner's) for latents of
         ``geometry``; None, the default, for a family that takes no image."""
+        return None
+
+    def guidance_input(self, network: nn.Module):
+        """A family whose network takes the guidance weight as an input (LCM's ``time_cond_proj_dim``): its
+        :class:`~tools.models.base.GuidanceInput`, whose ``keys`` join the denoiser's conditions; None, the
+        default, for a family guided by classifier-free guidance."""
         return None
 
     def geometry(self, config) -> Geometry:

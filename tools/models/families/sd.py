@@ -30,6 +30,10 @@ class StableDiffusion(UNetFamily):
             raise ModelError(f"{unet}: its UNet takes an added '{added}' embedding (an SDXL UNet?), which a "
                              f"{self.display_name} pipeline does not give it: save it with the matching "
                              "pipeline's model_index.json")
+        if network.config.get("time_cond_proj_dim") and self.guidance_input(network) is None:
+            raise ModelError(f"{unet}: its UNet takes a guidance embedding (time_cond_proj_dim, a latent "
+                             f"consistency model?), which a {self.display_name} pipeline does not give it: "
+                             "save it as a LatentConsistencyModelPipeline")
         width, cross = getattr(encoder.config, "hidden_size", None), network.config.get("cross_attention_dim")
         if width is not None and cross is not None and width != cross:
             raise ModelError(f"{unet}: its UNet attends to text of width {cross}, but text_encoder gives "
