@@ -314,8 +314,10 @@ class ConsistencyObjective(DistillationObjective):
     def sampling_record(self) -> dict:
         p = self.params
         sigmas = p["sample_sigmas"] or [p["sigma_max"]]
+        # karras of len(sigmas) steps: its sigma_min is the last level (one step: the curve's end, unused)
         record = {"sampler": "consistency", "steps": len(sigmas), "schedule": "karras",
-                  "sigma_max": sigmas[0], "sigma_min": sigmas[-1], "rho": p["rho"],
+                  "sigma_max": sigmas[0], "sigma_min": sigmas[-1] if len(sigmas) > 1 else p["sigma_min"],
+                  "rho": p["rho"],
                   "options": {"eps": p["sigma_min"]}}
         if p["guidance"]:
             record["guidance_range"] = list(p["guidance"])

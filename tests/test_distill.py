@@ -346,6 +346,15 @@ def test_guided_distillation_of_an_unconditional_teacher_is_refused(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_one_step_consistency_student_records_a_schedule_that_runs(teacher, tmp_path):
+    from samplers import schedules
+
+    distill(str(teacher), tmp_path / "cd", method="consistency", train_steps=1, batch=4, progress=False)
+    record = json.loads((tmp_path / "cd" / "network.json").read_text())["sampling"]
+    levels = schedules.karras(record["steps"], record["sigma_min"], record["sigma_max"], rho=record["rho"])
+    assert levels.tolist() == [80.0, 0.0]
+
+
 def test_cli_runs_and_records_its_command(teacher, tmp_path):
     out = tmp_path / "cd"
     result = invoke(distill_command, "--teacher", teacher, "--method", "consistency", "--out", out,

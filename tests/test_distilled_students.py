@@ -54,7 +54,8 @@ def test_generate_runs_a_student_at_its_recorded_sampler_and_steps(tmp_path):
                     "--no-progress")
     assert result.exit_code == 0, result.output
     record = json.loads(next((tmp_path / "a").glob("*.json")).read_text())
-    assert record["sampler"] == "euler" and record["steps"] == 2 and record["nfe"] == 2
+    assert record["sampler"] == "euler" and record["steps"] == 2
+    assert record["sigmas"] == [80.0, 2.515218976147159, 0.0]  # the student's own levels
     explicit = invoke(main, "generate", "--model", "digits-pd2", "--seeds", "0-3", "--outdir", tmp_path / "b",
                       "--sampler", "euler", "--steps", "2", "--schedule", "karras", "--sigma-min",
                       str(json.loads(builtin_path("digits-pd2").with_suffix(".json").read_text())
