@@ -48,6 +48,7 @@ from tools.generate.sampling import prepare_sampling  # noqa: E402
 from tools.images import to_uint8  # noqa: E402
 from tools.labels import class_labels  # noqa: E402
 from tools.models import load_model  # noqa: E402
+from tools.models.checkpoint import builtin_path  # noqa: E402
 from tools.request import SamplingRequest  # noqa: E402
 
 PARTS = ("teacher", "registry", "fitted", "students", "guided")
@@ -193,7 +194,35 @@ def report(results: dict, args) -> tuple[list[str], list[bool]]:
             lines.append(f"| {w:g} | {teacher['fd_digits']:.3f} | {student['fd_digits']:.3f} | {ratio:.2f}x "
                          f"({'met' if ok else 'MISSED'}) | {100 * teacher['accuracy']:.1f}% | "
                          f"{100 * student['accuracy']:.1f}% |")
+    lines += ["", "## Training cost", "",
+              "Wall time of the training that made each student, from `digits`, all rounds included (the "
+              "students record it as `training.seconds`, and their command, shown by `edm info`). One "
+              "thread per run on a 2-core x86_64 CPU shared with 2-3 other runs and test suites (load 5-8), "
+              "so an idle machine is faster; a CPU-minute here is one minute of one such thread.", "",
+              "| method | training (CPU-minutes) | command |", "|---|---|---|"]
+    for name in STUDENTS + ("digits-pd2-guided",):
+        try:
+            record = json.loads(builtin_path(name).with_suffix(".json").read_text())
+        except OSError:
+            continue
+        seconds = record.get("training", {}).get("seconds")
+        minutes = "?" if seconds is None else f"{seconds / 60:.0f}"
+        lines.append(f"| {name} | {minutes} | `{record.get('command', '')}` |")
+    lines += [f"| {name} | {cost} | {how} |" for name, cost, how in FITTING_COSTS]
+    notes = Path(__file__).resolve().parent / "results" / "distillation_notes.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     return lines, checks
+
+
+#: what the solvers and schedules of this table cost to fit (bench/results/few_step.md)
+FITTING_COSTS = (
+    ("fitted solvers (3, 4, 5 NFE)", "94 (47 min, 2 threads)",
+     "`edm tune-solver` via `bench/few_step.py digits --calibration 256` (3 and 4 NFE; 5 NFE refitted on "
+     "1024 seeds in 52 min, 1 thread)"),
+    ("tuned schedules (ipndm, 3-5 NFE)", "part of the above", "`edm tune-schedule`, 16 seeds, 100 runs each"),
+    ("registry samplers", "0", "no training"),
+)
 
 
 def plot(results: dict, path: Path) -> None:

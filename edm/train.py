@@ -452,14 +452,15 @@ def train(
 
 
 def continued_command(outdir: Path, steps: int) -> str | None:
-    """The command recorded by the run in ``outdir``, its length set to ``--steps steps``: the recipe that
-    trains a resumed run's weights from scratch (resuming is bit-exact). None if it recorded none."""
+    """The ``edm train`` command recorded by the run in ``outdir``, its length set to ``--steps steps``: the
+    recipe that trains a resumed run's weights from scratch (resuming is bit-exact). None if it recorded
+    none or another command."""
     try:
         command = json.loads((outdir / f"{NETWORK_NAME}.json").read_text()).get("command")
     except (OSError, ValueError, AttributeError):
         return None
-    if not isinstance(command, str) or not command:
-        return None
+    if not isinstance(command, str) or not command.startswith("edm train"):
+        return None  # another command (edm distill) sets its own lengths: the caller's line stands
     length = re.compile(r" --(?:steps|kimg) \S+")
     if length.search(command):
         return length.sub(f" --steps {steps}", command, count=1)

@@ -355,6 +355,17 @@ def test_a_one_step_consistency_student_records_a_schedule_that_runs(teacher, tm
     assert levels.tolist() == [80.0, 0.0]
 
 
+def test_resuming_from_the_command_line_keeps_the_recorded_command(teacher, tmp_path):
+    flags = ["--teacher", teacher, "--method", "progressive", "--out", tmp_path / "pd", "--steps", "2",
+             "--end-steps", "2", "--train-steps", "2", "--batch", "4", "--no-progress"]
+    assert invoke(distill_command, *flags).exit_code == 0
+    first = json.loads((tmp_path / "pd" / "student-2" / "network.json").read_text())["command"]
+    result = invoke(distill_command, *flags, "--resume")
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "pd" / "student-2" / "network.json").read_text())["command"]
+    assert again == first and " --steps 2 " in again and " --train-steps 2 " in again
+
+
 def test_cli_runs_and_records_its_command(teacher, tmp_path):
     out = tmp_path / "cd"
     result = invoke(distill_command, "--teacher", teacher, "--method", "consistency", "--out", out,
