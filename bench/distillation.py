@@ -58,7 +58,7 @@ BATCH = 500
 PAIRS = (("euler", "karras"), ("dpmpp_2m", "karras"), ("ipndm", "kl_optimal"), ("ipndm_afs", "exponential"),
          ("deis", "karras"), ("unipc", "kl_optimal"))
 REGISTRY_NFE = (2, 3, 4, 5, 6, 8, 10)
-STUDENTS = ("digits-pd1", "digits-pd2", "digits-pd4", "digits-cd")
+STUDENTS = ("digits-pd1", "digits-pd2", "digits-pd4", "digits-pd8", "digits-cd")
 WEIGHTS = (0.0, 1.0, 2.0)
 TARGETS = {1: 1.5, 2: 1.15, 4: 1.05}  # NFE -> the largest FD ratio to converged a student may have
 ACCURACY = 0.95

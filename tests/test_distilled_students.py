@@ -20,6 +20,7 @@ from tools.models.checkpoint import builtin_path
 from tools.request import SamplingRequest
 
 STUDENTS = {"digits-pd1": ("euler", 1), "digits-pd2": ("euler", 2), "digits-pd4": ("euler", 4),
+            "digits-pd8": ("euler", 8),
             "digits-cd": ("consistency", None)}
 
 

@@ -107,7 +107,8 @@ def test_unconditional_checkpoint_takes_no_labels(tmp_path):
 
 def test_builtin_names(tmp_path, monkeypatch):
     assert list_builtin() == ["digits", "digits-4x4", "digits-cd", "digits-dit", "digits-pd1", "digits-pd2",
-                              "digits-pd2-guided", "digits-pd4", "digits-sr", "digits-text", "digits-weak"]
+                              "digits-pd2-guided", "digits-pd4", "digits-pd8", "digits-sr", "digits-text",
+                              "digits-weak"]
     monkeypatch.setitem(models.BUILTIN, "digits", tmp_path / "absent")
     with pytest.raises(ModelError) as error:
         load_model("digits")

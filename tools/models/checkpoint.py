@@ -30,10 +30,11 @@ BUILTIN = {"digits": Path("weights") / "digits",
            # super-resolution 4x4 -> 8x8 from the low-resolution image alone (indices < 1400)
            "digits-sr": Path("weights") / "digits-sr",
            # students of digits (edm distill; bench/results/distillation.md): progressive distillation to
-           # 1, 2 and 4 Euler steps, consistency distillation, and a 2-step student taking the CFG weight
+           # 1, 2, 4 and 8 Euler steps, consistency distillation, and a 2-step student taking the CFG weight
            "digits-pd1": Path("weights") / "digits-pd1",
            "digits-pd2": Path("weights") / "digits-pd2",
            "digits-pd4": Path("weights") / "digits-pd4",
+           "digits-pd8": Path("weights") / "digits-pd8",
            "digits-cd": Path("weights") / "digits-cd",
            "digits-pd2-guided": Path("weights") / "digits-pd2-guided"}
 
