@@ -357,8 +357,3 @@ def denoiser_from_config(backbone, config: dict) -> Precond:
     if not isinstance(record, dict) or not isinstance(record.get("name"), str):
         raise ValueError(f"malformed objective record {record!r}")
     return objectives.get(record["name"], **record.get("params", {})).denoiser(backbone)
-
-
-# The distillation objectives (progressive, consistency) register themselves; imported last, since they
-# build on the classes above, so that every checkpoint's objective record resolves.
-from . import distill  # noqa: E402, F401

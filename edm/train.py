@@ -47,6 +47,7 @@ from safetensors.torch import load_file, save_file
 
 from . import (
     digits_text,  # noqa: F401  (registers the "digits-text" dataset)
+    distill,  # noqa: F401  (registers the distillation objectives "progressive" and "consistency")
     dit,  # noqa: F401  (registers "dit" in the network registry)
 )
 from .checkpoint import atomic_write_all, checkpoint_files, optimizer_state, read_record, restore_optimizer
@@ -524,6 +525,9 @@ def _checkpoint_config(options, dataset: Dataset, step: int, command, recent, ob
     sampling = objective.sampling_record()
     if sampling is not None:
         config["sampling"] = sampling
+    distillation = getattr(objective, "distillation_record", None)
+    if distillation is not None:
+        config["distillation"] = distillation()
     return config
 
 

@@ -18,11 +18,11 @@ from edm.distill import (
     ConsistencyObjective,
     ProgressiveObjective,
     Teacher,
-    distill,
     heun_teacher_step,
     student_levels,
     student_sampling,
 )
+from edm.distill_run import distill
 from edm.precond import Precond, schemes
 from edm.train import train
 from tools.distill_cli import distill as distill_command
@@ -235,8 +235,10 @@ def test_progressive_rounds_record_their_schedule_and_chain_teachers(teacher, tm
                         (1, str(out / "student-2" / "network"))):
         record = json.loads((out / f"student-{n}" / "network.json").read_text())
         assert record["sampling"] == student_sampling(n, 0.002, 80.0, 7.0)
-        assert record["objective"]["params"]["teacher"] == previous
-        assert record["objective"]["params"]["teacher_sampler"] == ("heun" if n == 4 else "euler")
+        assert record["objective"] is None  # the precond section rebuilds the student's denoiser
+        assert record["distillation"]["method"] == "progressive"
+        assert record["distillation"]["params"]["teacher"] == previous
+        assert record["distillation"]["params"]["teacher_sampler"] == ("heun" if n == 4 else "euler")
         assert record["training"]["init"] == previous
 
 
@@ -379,6 +381,6 @@ def test_cli_runs_and_records_its_command(teacher, tmp_path):
 
     assert set(record["sampling"]["options"]) <= set(samplers.get("consistency").options)
     assert record["sampling"]["options"]["eps"] == 0.002  # the boundary level the student was trained with
-    assert record["objective"]["name"] == "consistency"
+    assert record["distillation"]["method"] == "consistency" and record["objective"] is None
     assert record["precond"]["scheme"] == "consistency"
 

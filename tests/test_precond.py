@@ -92,7 +92,7 @@ def test_scheme_defaults_and_ranges():
     custom = edm.schemes.get("edm", sigma_data=1.0, sigma_max=10)
     assert custom.sigma_data == 1.0 and custom.sigma_max == 10.0
     assert isinstance(edm.schemes.get("ve"), VEScheme)
-    assert sorted(edm.schemes.list()) == ["edm", "flow", "iddpm", "ve", "vp"]
+    assert sorted(edm.schemes.list()) == ["consistency", "edm", "flow", "iddpm", "ve", "vp"]
 
 
 def test_vp_time_inverse():

@@ -204,7 +204,7 @@ FLOORS = (
     ("tools.generate",),
     ("tools.fid",),
     ("tools.compare",),
-    ("tools.cli", "tools.train_cli", "tools.train_classifier_cli", "tools.tune_cli"),
+    ("tools.cli", "tools.distill_cli", "tools.train_cli", "tools.train_classifier_cli", "tools.tune_cli"),
 )
 
 

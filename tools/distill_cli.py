@@ -1,5 +1,5 @@
 """``edm distill``: distil an EDM teacher into a few-step student, by progressive distillation (rounds that
-halve the steps) or consistency distillation (:mod:`edm.distill`).
+halve the steps) or consistency distillation (:mod:`edm.distill`, :mod:`edm.distill_run`).
 
 Each run is an ``edm train`` run underneath (checkpoints, EMA, resume, torchrun data parallelism), so the
 students are checkpoints: ``edm generate --model OUT/student-2`` samples with the sampler, steps and
@@ -141,7 +141,7 @@ def distill(**params):
     """
     import torch
 
-    from edm.distill import distill as run_distillation
+    from edm.distill_run import distill as run_distillation
     from tools.device import resolve_device
     from tools.ranks import Ranks
 
