@@ -294,8 +294,14 @@ def test_two_processes_distil_the_student_of_one(teacher, tmp_path):
     done = subprocess.run(command, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
+    start = {f"net.{k}": v for k, v in load_file(str(teacher) + ".safetensors").items()}
+    moved = max(float((a[k] - start[k]).abs().max()) for k in start)
+    assert moved > 1e-4  # the three steps did move the weights (Adam: about lr = 2e-4 per step)
+    # Adam's first steps are nearly lr * sign(gradient): where a gradient is about 0 (the zero-initialised
+    # guidance embedding) the ranks' summation order shows (observed 2e-5); a wrong share of the batch
+    # would differ by as much as the steps themselves
     for prefix in ("net.", "ema."):
-        assert _max_difference(a, b, prefix) <= 1e-5, prefix
+        assert _max_difference(a, b, prefix) <= 0.1 * moved, prefix
 
 
 # ---------------------------------------------------------------------------------------------------
