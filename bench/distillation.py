@@ -121,10 +121,11 @@ def part_students(seeds, args) -> list[dict]:
         record = _recorded(student)
         settings = {k: record[k] for k in ("sampler", "steps", "schedule", "sigma_min", "sigma_max", "rho")
                     if k in record}
-        rows.append(run(f"{student} ({record.get('sampler')}, recorded)", student, seeds, part="students",
+        shown = args.names.get(student, student)
+        rows.append(run(f"{shown} ({record.get('sampler')}, recorded)", student, seeds, part="students",
                         options=record.get("options") or {}, **settings))
         for extra in args.student_extra.get(student, ()):
-            rows.append(run(f"{student} ({extra.get('label', extra['sampler'])})", student, seeds,
+            rows.append(run(f"{shown} ({extra.get('label', extra['sampler'])})", student, seeds,
                             part="students", **{k: v for k, v in extra.items() if k != "label"}))
     return rows
 
@@ -265,6 +266,7 @@ def main() -> int:
     parser.add_argument("--students", default=",".join(STUDENTS))
     parser.add_argument("--student-extra", default="{}",
                         help="JSON: student -> list of extra settings to measure it with")
+    parser.add_argument("--names", default="{}", help="JSON: student spec -> the name the report shows")
     parser.add_argument("--guided-student", default="digits-pd2")
     parser.add_argument("--num-guided", type=int, default=1000,
                         help="seeds of the guided part (its teacher costs two evaluations per step)")
@@ -272,6 +274,7 @@ def main() -> int:
     args = parser.parse_args()
     args.students = [s for s in args.students.split(",") if s]
     args.student_extra = json.loads(args.student_extra)
+    args.names = json.loads(args.names)
     folder = out_dir(args) / "distillation"
     folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
