@@ -293,20 +293,20 @@ def condition_vector(net: nn.Module, noise_labels: Tensor, class_labels: Tensor 
     weight = net.map_layer0.weight
     noise_labels = _per_sample(noise_labels, batch, weight.device, "noise_labels")
     h = net.map_layer0(net.map_noise(noise_labels).to(weight.dtype))
-    if getattr(net, "noise_aug", False):
-        if augment_labels is None:
-            raise ValueError("this network takes augment_labels: the noise level of its conditioning image")
-        augment_labels = _per_sample(augment_labels, batch, weight.device, "augment_labels")
-        h = h + net.map_augment(net.map_noise(augment_labels).to(weight.dtype))
-    elif augment_labels is not None:
-        raise ValueError("augment_labels given to a network without noise augmentation (noise_aug=False)")
-    if getattr(net, "guidance_embed", False):
-        if guidance is None:
-            raise ValueError("this network takes guidance: the classifier-free guidance weight w per sample")
-        guidance = _per_sample(guidance, batch, weight.device, "guidance")
-        h = h + net.map_guidance(net.map_noise(guidance).to(weight.dtype))
-    elif guidance is not None:
-        raise ValueError("guidance given to a network without a guidance embedding (guidance_embed=False)")
+    # the scalar inputs embedded like the noise level, each only by a network built to take it
+    for flag, map_name, name, value, meaning, lacking in (
+            ("noise_aug", "map_augment", "augment_labels", augment_labels,
+             "the noise level of its conditioning image", "noise augmentation"),
+            ("guidance_embed", "map_guidance", "guidance", guidance,
+             "the classifier-free guidance weight w per sample", "a guidance embedding")):
+        if not getattr(net, flag, False):
+            if value is not None:
+                raise ValueError(f"{name} given to a network without {lacking} ({flag}=False)")
+            continue
+        if value is None:
+            raise ValueError(f"this network takes {name}: {meaning}")
+        value = _per_sample(value, batch, weight.device, name)
+        h = h + getattr(net, map_name)(net.map_noise(value).to(weight.dtype))
     c = net.map_layer1(F.silu(h))
     if text is not None:
         c = c + net.map_text(text.mean(dim=1))

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from tools.common import BadInput, one_line, spelled_out
-from tools.options import usage_error
+from tools.options import optimizer_flags, usage_error
 
 __all__ = ["distill", "resolve_teacher", "METHOD_FLAGS"]
 
@@ -116,14 +116,7 @@ def _sample_sigmas(ctx, param, value):
 @click.option("--sample-sigmas", default=None, callback=_sample_sigmas,
               help="consistency: the levels the student records for sampling, decreasing (e.g. 80,0.8 for "
                    "two steps) [default: --sigma-max, one step].")
-@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True,
-              help="Adam learning rate.")
-@click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Linear learning-rate warm-up, in steps.")
-@click.option("--ema", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
-              help="EMA half-life of the student in kimg (ramped up over the images seen, as edm train).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
+@optimizer_flags(batch=64, lr=2e-4, warmup=0)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
               help="Also write checkpoints every this many steps (always at the end of a run).")
 @click.option("--resume", is_flag=True, default=False,

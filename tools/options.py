@@ -734,3 +734,26 @@ def training_data_value(ctx, param, value):
     if value != "digits" and not Path(value).exists():
         raise click.BadParameter(f"{value!r} is neither 'digits' nor an existing folder or .npz/.npy file")
     return value
+
+
+def optimizer_flags(*, batch: int, lr: float, warmup: int):
+    """``--batch``, ``--lr``, ``--warmup``, ``--ema`` and ``--seed``, the flags of a training run that
+    ``edm train`` and ``edm distill`` share (in that order), with the command's own defaults."""
+    flags = (
+        click.option("--batch", type=click.IntRange(min=1), default=batch, show_default=True,
+                     help="Batch size."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=lr, show_default=True,
+                     help="Adam learning rate."),
+        click.option("--warmup", type=click.IntRange(min=0), default=warmup, show_default=True,
+                     help="Linear learning-rate warm-up, in steps."),
+        click.option("--ema", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
+                     help="EMA half-life in kimg (ramped up over the first images seen, as NVlabs)."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed."),
+    )
+
+    def decorate(fn):
+        for flag in reversed(flags):
+            fn = flag(fn)
+        return fn
+
+    return decorate

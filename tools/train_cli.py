@@ -12,7 +12,13 @@ from __future__ import annotations
 import click
 
 from tools.common import BadInput, one_line, spelled_out
-from tools.options import channel_mult_value, sigma_data_value, training_data_value, usage_error
+from tools.options import (
+    channel_mult_value,
+    optimizer_flags,
+    sigma_data_value,
+    training_data_value,
+    usage_error,
+)
 
 __all__ = ["train", "canonical_command", "ARCH_FLAGS", "OBJECTIVE_FLAGS"]
 
@@ -82,14 +88,7 @@ def _data_value(ctx, param, value):
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 10000].")
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Training length in thousands of images (instead of --steps).")
-@click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True, help="Batch size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Adam learning rate.")
-@click.option("--warmup", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Linear learning-rate warm-up, in steps.")
-@click.option("--ema", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
-              help="EMA half-life in kimg (ramped up over the first images seen, as NVlabs).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
+@optimizer_flags(batch=128, lr=1e-3, warmup=200)
 @click.option("--arch", type=click.Choice(sorted(ARCH_FLAGS)), default="unet", show_default=True,
               help="Backbone: the EDM/ADM-style UNet or a Diffusion Transformer (DiT).")
 @click.option("--channels", type=click.IntRange(min=1), default=64, show_default=True,
