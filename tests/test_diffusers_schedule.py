@@ -60,6 +60,7 @@ REFUSED = {
     ("zero_snr", "lms"): "other noise levels",
     ("zero_snr", "dpm_2"): "other noise levels",
     ("zero_snr", "dpm_2_ancestral"): "other noise levels",
+    ("zero_snr", "lcm"): "starting at zero SNR",  # LCM's loop starts at the first timestep's sigma: inf
     ("karras", "dpm_2"): "not its noise levels",  # Karras sigmas, timesteps rounded
     ("karras", "dpm_2_ancestral"): "not its noise levels",
     ("karras", "dpmpp_2m"): "rounds its timesteps",

@@ -19,6 +19,8 @@ from tools.models import load_model
 from tools.models.checkpoint import builtin_path
 from tools.request import SamplingRequest
 
+#: students redone from another student's run (digits-pd2: 2500 steps from digits-pd4's continued round)
+REDONE_FROM = {"digits-pd2": "digits-pd4"}
 STUDENTS = {"digits-pd1": ("euler", 1), "digits-pd2": ("euler", 2), "digits-pd4": ("euler", 4),
             "digits-pd8": ("euler", 8),
             "digits-cd": ("consistency", None)}
@@ -28,7 +30,12 @@ STUDENTS = {"digits-pd1": ("euler", 1), "digits-pd2": ("euler", 2), "digits-pd4"
 def test_student_records_its_recipe_cost_and_sampling(name):
     record = json.loads(builtin_path(name).with_suffix(".json").read_text())
     sampler, steps = STUDENTS[name]
-    assert record["command"].startswith("edm distill --teacher digits ")
+    if name in REDONE_FROM:  # distilled from another student's run: the one that student's recipe ends in
+        parent = json.loads(builtin_path(REDONE_FROM[name]).with_suffix(".json").read_text())["command"]
+        run = parent.rsplit("--resume ", 1)[1].split()[0]
+        assert record["command"].startswith(f"edm distill --teacher {run} ")
+    else:
+        assert record["command"].startswith("edm distill --teacher digits ")
     assert record["training"]["seconds"] > 0
     assert record["sampling"]["sampler"] == sampler
     if steps is not None:
