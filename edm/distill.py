@@ -142,7 +142,7 @@ class Teacher:
     def bind(self, cond: dict, guidance: Tensor | None) -> Callable:
         """``D(x, sigma)`` of the teacher on these conditions (guided at ``guidance`` per sample)."""
         if guidance is None or self.takes_guidance:
-            extra = {} if guidance is None else {"guidance": guidance}
+            extra = guidance_kwargs(guidance)
             return lambda x, sigma: self.denoiser(x, sigma, **cond, **extra)
         labels = cond.get("class_labels")
         if labels is None:
@@ -155,6 +155,11 @@ class Teacher:
             return conditional + _column(guidance, x) * (conditional - unconditional)
 
         return guided
+
+
+def guidance_kwargs(guidance: Tensor | None) -> dict:
+    """The keyword arguments that give a network taking the weight (``guidance_embed``) its ``w``."""
+    return {} if guidance is None else {"guidance": guidance}
 
 
 def _draw_guidance(options: dict, batch: int, generator, device) -> Tensor | None:
@@ -190,9 +195,6 @@ class DistillationObjective(Objective):
         precond = checkpoint.denoiser
         precond.backbone = share.rows_of(backbone)
         self.teacher = Teacher(precond, bool(getattr(backbone, "guidance_embed", False)))
-
-    def guidance_kwargs(self, guidance: Tensor | None) -> dict:
-        return {} if guidance is None else {"guidance": guidance}
 
     def record(self) -> None:
         """None: a student's denoiser is rebuilt from its ``precond`` section (EDM's or the consistency
@@ -252,7 +254,7 @@ class ProgressiveObjective(DistillationObjective):
             x_teacher = step(D, step(D, x, s, mid), mid, s_next)
             ratio = _column(s_next / s, x)
             target = (x_teacher - ratio * x) / (1 - ratio)
-        denoised = net(x, s, **cond, **self.guidance_kwargs(guidance))
+        denoised = net(x, s, **cond, **guidance_kwargs(guidance))
         return _column(self.scheme.loss_weight(s), x) * (denoised - target) ** 2
 
     def precond_record(self):
@@ -370,7 +372,7 @@ class ConsistencyObjective(DistillationObjective):
         t_n, t_next = (v.to(images.dtype) for v in self._draw_pairs(batch, generator, device))
         noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
         guidance = _draw_guidance(p, batch, generator, device)
-        extra = self.guidance_kwargs(guidance)
+        extra = guidance_kwargs(guidance)
         x_next = images + _column(t_next, images) * noise
         with torch.no_grad():
             D = self.teacher.bind(cond, guidance)
@@ -390,8 +392,7 @@ class ConsistencyObjective(DistillationObjective):
         if self.params["target_ema"] > 0:
             import copy
 
-            backbone = net.net if hasattr(net, "share") else net
-            self.target_net = copy.deepcopy(backbone).requires_grad_(False)
+            self.target_net = copy.deepcopy(net).requires_grad_(False)
             self.target = self.denoiser(share.rows_of(self.target_net))
 
     def after_step(self, net) -> None:

@@ -127,17 +127,6 @@ def _registered(name: Any) -> bool:
     return isinstance(name, str) and not name.startswith("file:")
 
 
-def _runs_at(sampler: str, nfe: int, options: Mapping[str, Any] | None) -> bool:
-    """Whether ``sampler`` (registered) takes a fixed budget of ``nfe`` with ``options``."""
-    import samplers
-
-    try:
-        samplers.steps_for_nfe(sampler, nfe, dict(options or {}))
-    except (ValueError, KeyError, TypeError):
-        return False
-    return True
-
-
 def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         return None
@@ -199,7 +188,7 @@ def write_auto_table(cells: Iterable[Mapping[str, Any]], *, model: str, fingerpr
         if cell.get("status") != "ok" or not (_registered(sampler) and _registered(schedule)):
             continue
         options = dict(cell.get("options") or sampler_options.get(sampler) or {})
-        if isinstance(budget, int) and _runs_at(sampler, budget, options):
+        if isinstance(budget, int) and auto_rows.takes_budget(sampler, budget, options):
             usable.append({**cell, "options": options})
     metric = _quality_metric(usable)
     settings = dict(conditions or {})
@@ -373,7 +362,7 @@ def plain(choice: AutoChoice) -> bool:
 def fallback(nfe: int) -> AutoChoice:
     """The documented rule's pick at ``nfe`` (see the module docstring)."""
     for below, sampler, schedule in FALLBACK:
-        if (below is None or nfe < below) and _runs_at(sampler, nfe, None):
+        if (below is None or nfe < below) and auto_rows.takes_budget(sampler, nfe, None):
             return AutoChoice(sampler, schedule, {}, nfe, "fallback", None, None)
     # only reached if a budget is too small for the rule's sampler; euler runs at any budget
     return AutoChoice("euler", "karras", {}, nfe, "fallback", None, None)

@@ -105,7 +105,8 @@ def row_cost(row: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _takes(sampler: str, nfe: int, options: Mapping[str, Any] | None) -> bool:
+def takes_budget(sampler: str, nfe: int, options: Mapping[str, Any] | None) -> bool:
+    """Whether the registered ``sampler`` takes a fixed budget of ``nfe`` with ``options``."""
     import samplers
 
     try:
@@ -176,12 +177,12 @@ def _check_model(row, folder) -> str | None:
 
 def _registry_runs(row, nfe: int) -> bool:
     return _registered(row["sampler"]) and _schedule_known(row["schedule"]) \
-        and _takes(row["sampler"], nfe, row.get("options"))
+        and takes_budget(row["sampler"], nfe, row.get("options"))
 
 
 KINDS: dict[str, Kind] = {
     "registry": Kind(_check_registry, _registry_runs),
-    "schedule": Kind(_check_schedule, lambda row, nfe: _takes(row["sampler"], nfe, row.get("options"))),
+    "schedule": Kind(_check_schedule, lambda row, nfe: takes_budget(row["sampler"], nfe, row.get("options"))),
     "solver": Kind(_check_solver, lambda row, nfe: row_cost(row) == nfe),
     "model": Kind(_check_model, lambda row, nfe: (row_cost(row) or nfe + 1) <= nfe),
 }
