@@ -5,10 +5,16 @@ Exponential Integrator"): one denoiser call per step, earlier derivatives reused
   constant-step coefficients and a lower-order warm start. On a non-uniform schedule those
   coefficients are only consistent to second order (see ``ipndm``'s docstring). It is the algorithm of
   diffusers' ``IPNDMScheduler`` (a v-prediction scheduler whose DDIM step on the combined eps is our
-  Euler step on the combined d; tests/test_ipndm_parity.py). The variable-step iPNDM (exact
-  Adams-Bashforth weights of the actual steps, ComfyUI's ``ipndm_v``) is ``lms`` here.
+  Euler step on the combined d; tests/test_ipndm_parity.py).
   ``ipndm_afs`` is iPNDM with the analytical first step (no model call at sigma_max), the variant
   few-step studies use at NFE ~5; diffusers' scheduler also starts that way.
+* ``ipndm_v``: variable-step iPNDM (ComfyUI's ``sample_ipndm_v``, from the diff-sampler code of Zhou et
+  al.): Adams-Bashforth weights that depend on the actual step sizes, and a final step onto sigma = 0
+  that returns the denoised image. Its weights are the published ones: AB2 exact for the actual steps,
+  AB3 up to an O(h) change of one weight (``max_order`` 2 and 3 converge at orders 2 and 3 on the
+  Karras grid), but the
+  fourth-order ones are not AB4 and do not sum to 1 on unequal steps, so the default (max_order 4,
+  as ComfyUI) is second order (``ipndm_v_weights``; ``lms`` has exact weights of every order).
 * ``deis``: DEIS "tAB", an exponential-integrator Adams-Bashforth. In the EDM parametrisation the ODE is
   dx/dsigma = eps(sigma) with eps = (x - D)/sigma; DEIS fits a Lagrange polynomial in
   u = log sigma through the last ``order`` eps values and integrates it exactly:
@@ -52,6 +58,31 @@ def ipndm_nfe(sigmas, options) -> int:
     return steps - (1 if options["afs"] and steps else 0)
 
 
+def check_max_order(name: str, max_order) -> None:
+    """ValueError unless ``max_order`` is an integer in 1..4 (the orders the iPNDM weights exist for)."""
+    if not isinstance(max_order, int) or isinstance(max_order, bool) or not 1 <= max_order <= 4:
+        raise ValueError(f"{name} max_order must be an integer in 1..4, got {max_order!r}")
+
+
+def adams_bashforth(model, x, sigmas, *, callback, max_order, weights, afs=False):
+    """The iPNDM loop: ``x_next = x + (sigma_next - sigma) * sum_k w_k d_{i-k}`` with d = (x - D) / sigma.
+
+    ``weights(i, n) -> (w_0, ..., w_{n-1})`` are the weights of step ``i`` on its ``n`` newest derivatives
+    (newest first; n grows 1, 2, ... up to ``max_order``, the warm start); fewer weights than n use only
+    the newest ones. ``afs``: the analytical first step (``ipndm``'s docstring).
+    """
+    ds = []  # derivatives, newest first
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = torch.zeros_like(x) if afs and i == 0 else model(x, sigma)
+        report(callback, i, x, sigma, denoised)
+        ds.insert(0, (x - denoised) / sigma)
+        del ds[max_order:]
+        dt = sigma_next - sigma
+        x = lincomb((1.0, x), *((dt * w, d) for w, d in zip(weights(i, len(ds)), ds)))
+    return x
+
+
 @register("ipndm", order=2, nfe_per_step=1, reference=ZHANG_CHEN,
           description="iPNDM: constant-coefficient Adams-Bashforth (up to 4th) on dx/dsigma, warm start",
           count_nfe=ipndm_nfe)
@@ -71,19 +102,9 @@ def ipndm(model, x, sigmas, *, noise=None, callback=None, max_order=4, afs=False
     diffusers' IPNDMScheduler's first step from t = 1 (tests/test_ipndm_parity.py). A callback sees
     that step's denoised image as 0, the value the step used.
     """
-    if not isinstance(max_order, int) or isinstance(max_order, bool) or not 1 <= max_order <= 4:
-        raise ValueError(f"ipndm max_order must be an integer in 1..4, got {max_order!r}")
-    ds = []  # derivatives, newest first
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = torch.zeros_like(x) if afs and i == 0 else model(x, sigma)
-        report(callback, i, x, sigma, denoised)
-        ds.insert(0, (x - denoised) / sigma)
-        del ds[max_order:]
-        dt = sigma_next - sigma
-        coeffs = AB_COEFFS[len(ds) - 1]
-        x = lincomb((1.0, x), *((dt * c, d) for c, d in zip(coeffs, ds)))
-    return x
+    check_max_order("ipndm", max_order)
+    return adams_bashforth(model, x, sigmas, callback=callback, max_order=max_order, afs=afs,
+                           weights=lambda i, n: AB_COEFFS[n - 1])
 
 
 @register("ipndm_afs", order=1, nfe_per_step=1, last_step_nfe=0, reference=f"{ZHANG_CHEN}; {GENIE_AFS}",
@@ -94,6 +115,70 @@ def ipndm_afs(model, x, sigmas, *, noise=None, callback=None, max_order=4, afs=T
 
     The saved first call is what last_step_nfe = 0 books: steps - 1 calls for ``steps`` steps."""
     return ipndm(model, x, sigmas, noise=noise, callback=callback, max_order=max_order, afs=afs)
+
+
+# --- variable-step iPNDM ------------------------------------------------------------------------
+
+
+def ipndm_v_weights(h: list[float]) -> list[float]:
+    """The published variable-step iPNDM weights (newest first) for signed sigma steps ``h`` = (this
+    step, the one before, ...), 1 to 4 of them; the step is ``x + h[0] * sum_k w_k d_{i-k}``.
+
+    With a, b, c, d = h and rho = b (b + c) / (c (c + d)):
+
+    * order 2: the exact variable-step AB2, w = (1 + a / 2b, -a / 2b);
+    * order 3: AB2 plus t1 * (1, -(1 + b/c), b/c), t1 = 1/2 - a^2 / (6 b (b + c));
+    * order 4: that plus t2 * (1, -(1 + b/c + rho), b/c + rho (1 + c/d), -rho b/c) with
+      t2 = [(1 - a / 3(a + b)) / 2 + (1 - a / 2(a + b)) a / 6(a + b + c)] a (a + b)(a + b + c)
+      / (b (b + c)(b + c + d)).
+
+    Order 2 is the exact variable-step AB2 and, on equal steps, order 3 is AB3 (``AB_COEFFS``). On
+    unequal steps the exact AB3 term is t1 = a (2a + 3b) / (6 b (b + c)); the published t1 exceeds it by
+    ((b - a)(a + b) + b (c - a)) / (2 b (b + c)), zero on equal steps and O(h) on a smoothly graded
+    schedule, which keeps third order (measured). Order 4 is not AB4: on equal steps t2
+    is 11/24 where AB4's third-difference weight is 3/8 (so the default is the classic weights plus
+    1/12 of a third difference), and on unequal steps its weights sum to 1 + t2 rho (c/d - b/c), not
+    1. On the Karras grid that inconsistency makes max_order = 4 second order, and only from about
+    256 steps on (tests/test_convergence.py); ``lms`` has the exact variable-step weights.
+    """
+    a = h[0]
+    w = [1.0]
+    if len(h) >= 2:
+        b = h[1]
+        w = [1 + a / (2 * b), -a / (2 * b)]
+    if len(h) >= 3:
+        c = h[2]
+        t1 = 0.5 - a * a / (6 * b * (b + c))
+        w = [w[0] + t1, w[1] - (1 + b / c) * t1, t1 * b / c]
+    if len(h) >= 4:
+        d = h[3]
+        rho = b * (b + c) / (c * (c + d))
+        t2 = (((1 - a / (3 * (a + b))) / 2 + (1 - a / (2 * (a + b))) * a / (6 * (a + b + c)))
+              * a * (a + b) * (a + b + c) / (b * (b + c) * (b + c + d)))
+        w = [w[0] + t2, w[1] - (1 + b / c + rho) * t2, w[2] + (b / c + rho * (1 + c / d)) * t2,
+             -t2 * rho * b / c]
+    return w
+
+
+ZHOU = ("Zhou et al. 2024, Fast ODE-based Sampling for Diffusion Models in Around 5 Steps (diff-sampler's "
+        "iPNDM_v); as ComfyUI's sample_ipndm_v")
+
+
+# Order 2: max_order 2 and 3 reach 2 and 3 on the Karras grid, but the published 4th-order weights do not
+# sum to 1 on unequal steps: the default (max_order 4) is second order, from ~256 steps on.
+@register("ipndm_v", order=2, nfe_per_step=1, reference=ZHOU,
+          description="Variable-step iPNDM: Adams-Bashforth weights of the actual step sizes (up to 4th)")
+def ipndm_v(model, x, sigmas, *, noise=None, callback=None, max_order=4):
+    """Variable-step iPNDM: ``ipndm`` with the weights of ``ipndm_v_weights`` for the actual steps, and
+    the step onto sigma = 0 an Euler step (it returns the denoised image), as ComfyUI's ipndm_v."""
+    check_max_order("ipndm_v", max_order)
+
+    def weights(i, n):
+        if sigmas[i + 1] == 0:
+            return (1.0,)
+        return ipndm_v_weights([sigmas[i + 1 - k] - sigmas[i - k] for k in range(n)])
+
+    return adams_bashforth(model, x, sigmas, callback=callback, max_order=max_order, weights=weights)
 
 
 # --- DEIS (tAB) ----------------------------------------------------------------------------------
