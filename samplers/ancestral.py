@@ -4,6 +4,26 @@
 DDIM with parameter eta is exactly this with an Euler step (its x0/eps update is the Euler step of the
 PF-ODE in sigma, its noise std is sigma_up), and DDPM's ancestral step is DDIM with eta = 1
 (Song et al. 2021, Sec. 4.1), so those are registered here too.
+
+On flow models (``x_t = (1 - t) y + t n``, run as the EDM denoiser of ``x = x_t / (1 - t)``,
+``sigma = t / (1 - t)``, see ``edm.flow``) these samplers need no variant. Given the clean image y
+(D = y), x = y + sigma n goes to y + sigma_down n + sigma_up n', and sigma_down^2 + sigma_up^2 =
+sigma_next^2 makes that exactly y + sigma_next n'', i.e. ``x_t = (1 - t_next) y + t_next n''``: the
+flow's law at t_next given y. The Euler (DDIM) step is the same map in x and in x_t (it is exact
+for a constant D in either), and eta = 1 is the DDPM posterior q(x_next | x, y) of the flow's own
+Gaussian path. With the true denoiser (the posterior mean of y, not y) one step from the exact
+marginal keeps the mean and loses exactly (1 - sigma_down / sigma)^2 E[Var(y | x)] of variance
+(per coordinate, in x units): the step's O(h^2) discretization error, not a flow-specific one.
+
+ComfyUI switches these samplers to ``*_RF`` variants for flow models: in flow time, Euler to
+``t_down = t_next (1 + (t_next / t - 1) eta)``, scale x_t by (1 - t_next) / (1 - t_down) and add noise
+of std sqrt(t_next^2 - t_down^2 (1 - t_next)^2 / (1 - t_down)^2). In EDM units that is exactly our
+step with sigma_down = t_down / (1 - t_down) and sigma_up = sqrt(sigma_next^2 - sigma_down^2): the
+same ancestral split with another choice of sigma_down for a given eta, so it keeps the law given y
+exactly too. It is our step at a per-step eta' = sigma_up / (sigma_next sqrt(1 - sigma_next^2 /
+sigma^2)), not at a constant one: eta' tends to sqrt(eta) as the steps shrink (at every noise level),
+so RF's eta = 1 tends to our eta = 1, the posterior, and on a 20-step Karras grid it is our eta'
+between about 0.90 (the large steps at high noise) and 1 (tests/test_ancestral_flow.py).
 """
 
 from __future__ import annotations
