@@ -12,9 +12,9 @@ Exponential Integrator"): one denoiser call per step, earlier derivatives reused
   al.): Adams-Bashforth weights that depend on the actual step sizes, and a final step onto sigma = 0
   that returns the denoised image. Its weights are the published ones: AB2 exact for the actual steps,
   AB3 up to an O(h) change of one weight (``max_order`` 2 and 3 converge at orders 2 and 3 on the
-  Karras grid), but the
-  fourth-order ones are not AB4 and do not sum to 1 on unequal steps, so the default (max_order 4,
-  as ComfyUI) is second order (``ipndm_v_weights``; ``lms`` has exact weights of every order).
+  Karras grid), but the fourth-order ones are not AB4 and do not sum to 1 on unequal steps, so the
+  default (max_order 4, as ComfyUI) is second order (``ipndm_v_weights``; ``lms`` has exact weights
+  of every order).
 * ``deis``: DEIS "tAB", an exponential-integrator Adams-Bashforth. In the EDM parametrisation the ODE is
   dx/dsigma = eps(sigma) with eps = (x - D)/sigma; DEIS fits a Lagrange polynomial in
   u = log sigma through the last ``order`` eps values and integrates it exactly:

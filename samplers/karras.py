@@ -24,7 +24,7 @@ def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tma
     sampler whose step depends on where it sits in the schedule."""
     steps = len(sigmas) - 1
     updates = update if isinstance(update, list) else [update] * steps
-    for i, update in enumerate(updates):
+    for i, step_update in enumerate(updates):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         gamma = churn_gamma(sigma, steps, s_churn, s_tmin, s_tmax)
         sigma_hat = sigma * (1 + gamma)
@@ -34,7 +34,7 @@ def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tma
             x = torch.add(x, noise(sigma_hat, sigma), alpha=s_noise * math.sqrt(sigma_hat**2 - sigma**2))
         denoised = model(x, sigma_hat)
         report(callback, i, x, sigma, denoised, sigma_hat)
-        x = update(model, x, sigma_hat, denoised, sigma_next)
+        x = step_update(model, x, sigma_hat, denoised, sigma_next)
     return x
 
 
@@ -86,13 +86,14 @@ def heunpp_step(model, x, sigma, denoised, sigma_to, *, chain, scale):
     ``x + (sigma_to - sigma) (w_0 d_0 + sum_j w_j d_j)`` with ``w_j = chain_j / (k * scale)`` for
     k = len(chain) + 1 evaluations and ``w_0 = 1 - sum_j w_j``. An empty chain is an Euler step.
     """
+    dt = sigma_to - sigma
     d = (x - denoised) / sigma
-    terms, x_j, d_j, level_j = [(1.0, x), (sigma_to - sigma, d)], x, d, sigma
-    for level in chain:
-        x_j = lincomb((1.0, x_j), (level - level_j, d_j))
+    weights = [level / ((len(chain) + 1) * scale) for level in chain]
+    terms, x_j, d_j, level_j = [(1.0, x), (dt * (1 - sum(weights)), d)], x, d, sigma
+    for level, w in zip(chain, weights):
+        x_j = lincomb((1.0, x_j), (level - level_j, d_j))  # Euler on to the next level
         d_j, level_j = (x_j - model(x_j, level)) / level, level
-        w = level / ((len(chain) + 1) * scale)
-        terms += [((sigma_to - sigma) * w, d_j), (-(sigma_to - sigma) * w, d)]
+        terms.append((dt * w, d_j))
     return lincomb(*terms)
 
 
