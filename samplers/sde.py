@@ -69,8 +69,8 @@ def er_sde_integrals(scaler, sigma: float, sigma_next: float) -> tuple[float, fl
 
     Gauss-Legendre in log s, where the integrands ``s / N(s)`` and ``(s - sigma) s / N(s)`` are smooth
     (N(s) ~ s near 0): 16 nodes reach float64 rounding on the steps samplers take. ComfyUI sums 200 left
-    rectangles in s instead, which is off by ~0.5% of these weights and caps the order at 1 as steps
-    shrink.
+    rectangles in s instead, off by about 0.1% and 0.6%: an O(h^2 / 200) error per step that makes the
+    method first order as steps shrink (its ODE limit measures 2.0, 1.8, 1.5 from 32 to 256 steps).
     """
     a, b = math.log(sigma_next), math.log(sigma)
     first = second = 0.0
