@@ -25,11 +25,11 @@ schedule refines the same path, so strong convergence can be measured.
 from __future__ import annotations
 
 import math
-from functools import cache
 
-import numpy as np
 import torch
 
+from .adams import lagrange_basis
+from .multistep import _gauss_legendre  # nodes and weights on [0, 1], cached
 from .phi import phi
 from .registry import register
 from .steps import lam, lincomb, report
@@ -58,12 +58,6 @@ def er_sde_noise_scaler(sigma: float) -> float:
 _QUADRATURE_NODES = 16
 
 
-@cache
-def _gauss_legendre01(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    nodes, weights = np.polynomial.legendre.leggauss(n)
-    return tuple((nodes + 1) / 2), tuple(weights / 2)
-
-
 def er_sde_integrals(scaler, sigma: float, sigma_next: float) -> tuple[float, float]:
     """``(int 1/N, int (s - sigma)/N)`` over s from ``sigma_next`` to ``sigma`` (both > 0).
 
@@ -74,7 +68,7 @@ def er_sde_integrals(scaler, sigma: float, sigma_next: float) -> tuple[float, fl
     """
     a, b = math.log(sigma_next), math.log(sigma)
     first = second = 0.0
-    for u, w in zip(*_gauss_legendre01(_QUADRATURE_NODES)):
+    for u, w in zip(*_gauss_legendre(_QUADRATURE_NODES)):
         s = math.exp(a + (b - a) * u)
         weight = w * (b - a) * s / scaler(s)
         first += weight
@@ -244,13 +238,7 @@ def sa_coefficients(lambdas: list[float], lam_s: float, lam_t: float, tau: float
     moments = [big_h * math.factorial(m) * phi(m + 1, -big_h) for m in range(len(nodes))]
     if simple_order_2 and len(nodes) == 2:
         moments[1] = big_h / 2
-    weights = []
-    for j, node in enumerate(nodes):
-        others = [u for k, u in enumerate(nodes) if k != j]
-        poly = np.polynomial.polynomial.polyfromroots(others) if others else np.ones(1)
-        poly = poly / math.prod(node - u for u in others)
-        weights.append(float(sum(a * m for a, m in zip(poly, moments))))
-    return weights
+    return [float(sum(a * m for a, m in zip(poly, moments))) for poly in lagrange_basis(nodes)]
 
 
 def _combine(decay: float, x, weights: list[float], history: list) -> torch.Tensor:
