@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (register the samplers)
            noise,
            restart,
            schedules,
+           sde,
            unipc,
 )
 from .api import check_options, sample

@@ -219,13 +219,18 @@ def deis_coefficients(sigmas: list[float], sigma_next: float) -> list[float]:
     big_h = math.log(sigma_next / sigma_0)
     ts = [math.log(s / sigma_0) / big_h for s in sigmas]
     moments = _exp_moments(big_h, len(ts) - 1)
-    coeffs = []
-    for j, tj in enumerate(ts):
-        others = [tk for k, tk in enumerate(ts) if k != j]
+    return [sigma_0 * big_h * float(sum(a * m for a, m in zip(poly, moments))) for poly in lagrange_basis(ts)]
+
+
+def lagrange_basis(nodes: list[float]) -> list[np.ndarray]:
+    """The Lagrange basis polynomials on ``nodes`` in monomial form: ``out[j][m]`` is the coefficient of
+    ``t^m`` in the polynomial that is 1 at ``nodes[j]`` and 0 at the others (degree len(nodes) - 1)."""
+    basis = []
+    for j, tj in enumerate(nodes):
+        others = [tk for k, tk in enumerate(nodes) if k != j]
         poly = np.polynomial.polynomial.polyfromroots(others) if others else np.ones(1)
-        poly = poly / math.prod(tj - tk for tk in others)
-        coeffs.append(sigma_0 * big_h * float(sum(a * m for a, m in zip(poly, moments))))
-    return coeffs
+        basis.append(poly / math.prod(tj - tk for tk in others))
+    return basis
 
 
 @register("deis", order=3, nfe_per_step=1, reference=ZHANG_CHEN,
