@@ -1,7 +1,7 @@
 """The sampler names people type elsewhere, as (sampler, schedule, CFG++) of this library.
 
 * A1111 / Forge's names ("DPM++ 2M Karras"): the sampler, and the schedule the suffix names (" Karras",
-  " Exponential"); without a suffix the schedule is None, the model's default.
+  " Exponential"); without a suffix the schedule is None: the command's default (the model's own).
 * ComfyUI's ``*_cfg_pp`` names: the sampler run with CFG++ (``samplers.guidance.CFGPlusPlus``); A1111's
   "DDIM CFG++" likewise. ComfyUI's other names are this registry's own, but for ``uni_pc_bh2``.
 
