@@ -40,5 +40,5 @@ class CFGPlusPlusKind(SteeringKind):
         if settings.get("cfg_pp") and not spec.cfg_pp:
             from samplers.registry import cfg_pp_samplers
 
-            raise BadInput(f"--cfg-pp: sampler {spec.name!r} does not take CFG++; the samplers that do: "
+            raise BadInput(f"sampler {spec.name!r} does not take CFG++ (--cfg-pp); the samplers that do: "
                            f"{', '.join(cfg_pp_samplers())}", "cfg_pp")
