@@ -147,7 +147,7 @@ def samplers_table(specs) -> str:
     headers = ["name", "order", "NFE", "stochastic", "noise", "cfg++", "options", "reference"]
     rows = [[s.name, str(s.order), nfe_rule(s), _yes_no(s.stochastic), s.noise or "none", _yes_no(s.cfg_pp),
              _format_options(s.options), s.reference] for s in specs]
-    return _table(headers, rows, shrink={"options": 30, "reference": 20})
+    return _table(headers, rows, shrink={"options": 24, "reference": 20})
 
 
 def alias_record(alias) -> dict[str, Any]:
