@@ -10,7 +10,12 @@
 * ``gradient_estimation``: Permenter & Yuan's gamma-corrected Euler, one derivative back.
 
 The samplers that declare CFG++ take each step's (target, direction) from ``steps.evaluate`` and keep the
-direction in their history, as ComfyUI's ``*_cfg_pp`` samplers keep the unconditional prediction.
+direction in their history, as ComfyUI's ``*_cfg_pp`` samplers keep the unconditional prediction: the step
+runs from ``x + (D_guided - D_uncond)`` with D_guided as its D, which is ComfyUI's ``dpmpp_2m_cfg_pp``
+and ``gradient_estimation_cfg_pp`` exactly. ComfyUI's ``res_multistep_cfg_pp`` (and its ancestral form)
+differs after the first step: it weights D_uncond, not D_guided, by h (phi_1 - phi_2 / c2), so there the
+guidance reaches x only through the shifted start, scaled by e^{-h}; the rule here is one for every
+multistep sampler (and is ComfyUI's on the first step).
 """
 
 from __future__ import annotations

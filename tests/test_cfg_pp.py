@@ -275,6 +275,22 @@ def test_thresholding_forwards_the_pair_with_the_guided_part_thresholded():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_inpainting_forwards_the_pair_keeping_the_known_region_in_both():
+    from samplers.editing import Inpainting
+
+    x, cond = start()
+    sigma = torch.full((2,), 2.0, dtype=torch.float64)
+    init = torch.full((1, DIM), 0.3, dtype=torch.float64)
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+    pair = Inpainting(CFGPlusPlus(toy, W), init, mask, x / SIGMAS[0]).with_unconditional(x, sigma, **cond)
+    kept = init.expand(2, DIM)[:, :2]
+    blended = torch.cat([kept + 2.0 * x[:, :2] / SIGMAS[0], x[:, 2:]], dim=1)
+    for got, want in zip(pair, (d_guided(blended, 2.0), d_uncond(blended, 2.0))):
+        assert torch.equal(got[:, :2], kept)
+        torch.testing.assert_close(got[:, 2:], want[:, 2:], rtol=1e-14, atol=1e-15)
+    assert not hasattr(Inpainting(toy, init, mask, x), "with_unconditional")
+
+
 def test_a_sampler_that_does_not_declare_cfg_pp_is_refused():
     x, cond = start()
     with pytest.raises(ValueError, match="does not take CFG\\+\\+") as caught:
