@@ -119,3 +119,13 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, args, flag, says):
     result = invoke(*BASE, *args, "--outdir", out)
     _support.assert_usage_error(result, f"'{flag}'", says)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["tune-solver", "--nfe", 4], ["tune-schedule", "--sampler", "euler",
+                                                                    "--nfe", 4]])
+def test_the_fits_refuse_cfg_pp(tmp_path, command):
+    """A fit solves the deterministic ODE of the guided denoiser; CFG++ is no such ODE."""
+    out = tmp_path / "fit.json"
+    result = invoke(*command, "--guidance", 1, "--cfg-pp", "--out", out)
+    _support.assert_usage_error(result, "does not take --cfg-pp")
+    assert not out.exists()
