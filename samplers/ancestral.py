@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from .registry import register
-from .steps import ancestral_split, dpm2_step, dpmpp_2s_step, euler_step, report
+from .steps import ancestral_split, dpm2_step, dpmpp_2s_step, euler_step, evaluate, report
 
 K_DIFFUSION = "Crowson, k-diffusion (github.com/crowsonkb/k-diffusion)"
 
@@ -41,29 +41,27 @@ def ancestral(update, model, x, sigmas, *, noise, callback, eta, s_noise, networ
 
     ``network_eps``: under an x0 transform (thresholding), step as DDIM's eq. 12 in x0/epsilon form with
     the transformed x0 but the network's own epsilon (diffusers' DDIM, ``use_clipped_model_output=False``).
+    The step starts from ``steps.evaluate``'s point, so it is CFG++'s where the sampler declares it.
     """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        split = network_eps and hasattr(model, "split")
-        raw, denoised = model.split(x, sigma) if split else (None, model(x, sigma))
+        x_step, denoised, _ = evaluate(model, x, sigma, network_eps=network_eps)
         report(callback, i, x, sigma, denoised)
         sigma_down, sigma_up = ancestral_split(sigma, sigma_next, eta)
-        if raw is None or raw is denoised:
-            x = update(model, x, sigma, denoised, sigma_down)
-        else:
-            x = denoised + (x - raw) * (sigma_down / sigma)
+        x = update(model, x_step, sigma, denoised, sigma_down)
         if sigma_next > 0 and sigma_up > 0:
             x = torch.add(x, noise(sigma, sigma_next), alpha=s_noise * sigma_up)
     return x
 
 
-@register("euler_ancestral", order=1, nfe_per_step=1, stochastic=True, noise="iid", reference=K_DIFFUSION)
+@register("euler_ancestral", order=1, nfe_per_step=1, stochastic=True, noise="iid", reference=K_DIFFUSION,
+          cfg_pp=True)
 def euler_ancestral(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0):
     """Ancestral sampling with Euler steps."""
     return ancestral(euler_step, model, x, sigmas, noise=noise, callback=callback, eta=eta, s_noise=s_noise)
 
 
-@register("ddim", order=1, nfe_per_step=1, noise="iid",
+@register("ddim", order=1, nfe_per_step=1, noise="iid", cfg_pp=True,
           option_help={"eta": "DDIM's eta: 0 is deterministic DDIM, 1 is DDPM's posterior noise."},
           reference="Song et al. 2021, Denoising Diffusion Implicit Models (eq. 12)",
           description="DDIM with parameter eta (0: deterministic, 1: DDPM), in sigma form")
@@ -89,7 +87,7 @@ def dpm_2_ancestral(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_n
 
 
 @register("dpmpp_2s_ancestral", order=2, nfe_per_step=2, last_step_nfe=1, stochastic=True, noise="iid",
-          reference="Lu et al. 2022, DPM-Solver++ (2S), ancestral as k-diffusion")
+          cfg_pp=True, reference="Lu et al. 2022, DPM-Solver++ (2S), ancestral as k-diffusion")
 def dpmpp_2s_ancestral(model, x, sigmas, *, noise=None, callback=None, eta=1.0, s_noise=1.0):
     """Ancestral sampling with DPM-Solver++(2S) steps."""
     return ancestral(dpmpp_2s_step, model, x, sigmas, noise=noise, callback=callback, eta=eta,

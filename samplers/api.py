@@ -22,7 +22,7 @@ class Model:
 
     Broadcasts sigma to a ``[B]`` tensor of x's dtype, passes the conditioning, returns x's dtype,
     and exposes ``round_sigma`` on floats and the ascending table ``sigmas`` when the denoiser has them
-    (discrete-time models).
+    (discrete-time models), and ``with_unconditional`` when the denoiser offers CFG++'s pair.
     """
 
     def __init__(self, denoiser, cond=None):
@@ -30,6 +30,8 @@ class Model:
         self.cond = dict(cond or {})
         if hasattr(denoiser, "round_sigma"):
             self.round_sigma = self._round_sigma
+        if hasattr(denoiser, "with_unconditional"):  # CFG++ (samplers.guidance.CFGPlusPlus)
+            self.with_unconditional = self._with_unconditional
         if getattr(denoiser, "sigmas", None) is not None:  # a discrete model's table (tcd places steps on it)
             self.sigmas = denoiser.sigmas
 
@@ -42,6 +44,11 @@ class Model:
 
     def _sigma(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+
+    def _with_unconditional(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(guided x0, unconditional x0)`` of one evaluation (CFG++), in x's dtype."""
+        guided, negative = self.denoiser.with_unconditional(x, self._sigma(x, sigma), **self.cond)
+        return guided.to(x.dtype), negative.to(x.dtype)
 
     def split(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(raw, used)`` x0 predictions of one evaluation: they differ only under an x0 transform that
@@ -109,9 +116,14 @@ def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, co
     exactly diffusers' ``FlowMatchEulerDiscreteScheduler`` step from t = 1. The chosen sampler then runs
     on ``sigmas[1:]``; this adds one denoiser evaluation to the sampler's count on ``sigmas[1:]``. The
     callback sees that step as ``i = 0`` (with ``sigma = inf``) and the sampler's steps shifted by one.
+
+    CFG++: a denoiser offering ``with_unconditional`` (``samplers.guidance.CFGPlusPlus``) runs only with a
+    sampler that declares it (``samplers.get(name).cfg_pp``); ValueError naming those otherwise.
     """
     spec = registry.get(sampler)
     check_options(spec, options)
+    if hasattr(denoiser, "with_unconditional"):
+        registry.check_cfg_pp(spec)
     resample = check_resample(resample)
     if langevin is not None or resample is not None:
         registry.check_runs_in_parts(spec)

@@ -90,17 +90,28 @@ class Inpainting(DenoiserWrapper):
         self.init = init
         self.keep = mask.to(torch.bool).logical_not()
         self.latents = latents
+        if hasattr(denoiser, "with_unconditional"):  # CFG++: both of its predictions keep the known region
+            self.with_unconditional = self._with_unconditional
 
     def known(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """The init image noised to ``sigma`` with the seed's latents."""
         return self.init.to(x.dtype) + sigma_column(sigma, x) * self.latents.to(x.dtype)
 
-    def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+    def blended(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The denoiser's input: ``x`` with the known region replaced by the noised init image."""
         keep = self.keep
         if self.start is not None:
             keep = keep & (sigma_column(sigma, x) < self.start)
-        x_in = torch.where(keep, self.known(x, sigma), x)
-        return torch.where(self.keep, self.init.to(x.dtype), self.denoiser(x_in, sigma, **cond))
+        return torch.where(keep, self.known(x, sigma), x)
+
+    def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        out = self.denoiser(self.blended(x, sigma), sigma, **cond)
+        return torch.where(self.keep, self.init.to(x.dtype), out)
+
+    def _with_unconditional(self, x: torch.Tensor, sigma, **cond) -> tuple[torch.Tensor, torch.Tensor]:
+        init = self.init.to(x.dtype)
+        pair = self.denoiser.with_unconditional(self.blended(x, sigma), sigma, **cond)
+        return tuple(torch.where(self.keep, init, out) for out in pair)
 
     def __repr__(self) -> str:
         return f"Inpainting({self.denoiser!r}, kept fraction {float(self.keep.float().mean()):.2f})"

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 
 from .registry import register
-from .steps import churn_gamma, dpm2_step, euler_step, heun_step, lincomb, report
+from .steps import churn_gamma, dpm2_step, euler_step, evaluate, heun_step, lincomb, report
 
 EDM_PAPER = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models"
 
@@ -21,7 +21,8 @@ EDM_PAPER = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based
 def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tmax, s_noise,
             round_sigma=None):
     """Algorithm 2's loop around a single-step ``update``, or a list of them (one per step) for a
-    sampler whose step depends on where it sits in the schedule."""
+    sampler whose step depends on where it sits in the schedule; each step starts from
+    ``steps.evaluate``'s point (CFG++ where the sampler declares it)."""
     steps = len(sigmas) - 1
     updates = update if isinstance(update, list) else [update] * steps
     for i, step_update in enumerate(updates):
@@ -32,13 +33,13 @@ def churned(update, model, x, sigmas, *, noise, callback, s_churn, s_tmin, s_tma
             sigma_hat = float(round_sigma(sigma_hat))
         if sigma_hat > sigma:
             x = torch.add(x, noise(sigma_hat, sigma), alpha=s_noise * math.sqrt(sigma_hat**2 - sigma**2))
-        denoised = model(x, sigma_hat)
+        x_step, denoised, _ = evaluate(model, x, sigma_hat)
         report(callback, i, x, sigma, denoised, sigma_hat)
-        x = step_update(model, x, sigma_hat, denoised, sigma_next)
+        x = step_update(model, x_step, sigma_hat, denoised, sigma_next)
     return x
 
 
-@register("euler", order=1, nfe_per_step=1, noise="iid", reference=EDM_PAPER,
+@register("euler", order=1, nfe_per_step=1, noise="iid", reference=EDM_PAPER, cfg_pp=True,
           description="Euler steps of the probability-flow ODE, with optional EDM churn")
 def euler(model, x, sigmas, *, noise=None, callback=None, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf,
           s_noise=1.0):

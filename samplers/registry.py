@@ -96,6 +96,9 @@ class SamplerSpec:
     floats) for samplers whose NFE depends on the schedule rather than on the number of steps alone.
     ``options`` are the keyword-only parameters of ``fn`` (but ``noise``, ``callback``) with their
     defaults; ``option_help`` has a one-line description of each.
+    ``cfg_pp``: the sampler takes CFG++ (Chung et al. 2024): given a denoiser offering
+    ``with_unconditional`` (``samplers.guidance.CFGPlusPlus``), each step's x0 target is the guided
+    prediction and its re-noising direction the unconditional one (``samplers.steps.evaluate``).
     """
 
     name: str
@@ -110,6 +113,7 @@ class SamplerSpec:
     reference: str
     description: str
     count_nfe: NfeCounter | None = field(default=None, repr=False)
+    cfg_pp: bool = False
 
     @property
     def adaptive(self) -> bool:
@@ -161,7 +165,7 @@ _REGISTRY = Registry("sampler")
 
 
 def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False, noise=None,
-             option_help=None, reference="", description="", count_nfe=None):
+             option_help=None, reference="", description="", count_nfe=None, cfg_pp=False):
     """Decorator adding a sampler function to the registry under ``name``.
 
     The function must be named ``name``; its keyword-only parameters other than ``noise`` and
@@ -171,6 +175,8 @@ def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False,
     multi-line one). Entries sharing an
     algorithm with other defaults are small functions of their own calling the shared implementation.
     ``count_nfe``: see :class:`SamplerSpec` (with ``nfe_per_step=None``, for a schedule-dependent NFE).
+    ``cfg_pp``: the sampler's loop takes each step's (target, direction) from ``samplers.steps.evaluate``,
+    so it runs CFG++ when the denoiser offers it (see :class:`SamplerSpec`).
     """
     if noise not in NOISE_KINDS:
         raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
@@ -198,6 +204,7 @@ def register(name, *, order, nfe_per_step, last_step_nfe=None, stochastic=False,
             stochastic=stochastic, noise=noise, options=MappingProxyType(options),
             option_help=MappingProxyType(helps), reference=reference,
             description=description or (doc_line[0] if doc_line else ""), count_nfe=count_nfe,
+            cfg_pp=bool(cfg_pp),
         ))
         return fn
 
@@ -216,6 +223,18 @@ def get(name) -> SamplerSpec:
     if isinstance(spec, SamplerSpec):
         return spec
     return _REGISTRY[name]
+
+
+def cfg_pp_samplers() -> builtins.list[str]:
+    """Names of the samplers that declare CFG++ (``register(..., cfg_pp=True)``), sorted."""
+    return [name for name in _REGISTRY.names() if _REGISTRY[name].cfg_pp]
+
+
+def check_cfg_pp(spec: SamplerSpec) -> None:
+    """ValueError (one line naming the samplers that take it) unless sampler ``spec`` declares CFG++."""
+    if not spec.cfg_pp:
+        raise ValueError(f"sampler {spec.name!r} does not take CFG++; the samplers that do: "
+                         f"{', '.join(cfg_pp_samplers())}")
 
 
 def steps_for_nfe(name: str, nfe: int, options: Mapping[str, Any] | None = None,

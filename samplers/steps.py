@@ -53,6 +53,28 @@ def churn_gamma(sigma: float, steps: int, s_churn: float, s_tmin: float, s_tmax:
     return min(s_churn / steps, math.sqrt(2) - 1)
 
 
+def evaluate(model, x, sigma, *, network_eps=False):
+    """One evaluation of the model as ``(x_step, target, direction)``: the step's x0 target, the x0 whose
+    noise ``(x - direction) / sigma`` the step re-noises with, and the point the step starts from,
+    ``x_step = x + (target - direction) = target + sigma * (x - direction) / sigma``: the point at sigma
+    with the target as its x0 and the direction's noise, so any update written for one x0 takes both.
+
+    Under CFG++ (a model offering ``with_unconditional``, ``samplers.guidance.CFGPlusPlus``) the target is
+    the guided x0 and the direction the unconditional one (Chung et al. 2024); with ``network_eps`` and an
+    x0 transform offering ``split`` (thresholding) the direction is the untransformed x0 (diffusers' DDIM).
+    Otherwise both are the one output and ``x_step`` is ``x`` itself, so the step is unchanged bit for bit.
+    """
+    if hasattr(model, "with_unconditional"):
+        target, direction = model.with_unconditional(x, sigma)
+    elif network_eps and hasattr(model, "split"):
+        direction, target = model.split(x, sigma)
+    else:
+        target = direction = model(x, sigma)
+    if direction is target:
+        return x, target, direction
+    return x + (target - direction), target, direction
+
+
 # --- single-step updates -------------------------------------------------------------------------
 
 

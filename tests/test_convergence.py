@@ -41,6 +41,10 @@ CASES = [
     ("dpmpp_3m_sde", {"eta": 0.0}, 2),
     ("dpmpp_3m", {}, 3),  # the same multistep with phi_3 weight 2
     ("res_multistep", {}, 2),
+    ("res_multistep_ancestral", {"eta": 0.0}, 2),
+    # gamma = 2 extrapolates d by a whole step's change where Adams-Bashforth takes half of it: the
+    # O(h^2) local error does not cancel, first order.
+    ("gradient_estimation", {}, 1),
     # Constant-step Adams weights on the graded Karras grid leave an O(h^3) local error: second order
     # for any max_order >= 2 (measured 2.0-2.1 up to 256 steps), so ipndm is registered as order 2.
     ("ipndm", {}, 2),

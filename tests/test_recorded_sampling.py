@@ -175,6 +175,7 @@ def test_the_weight_changes_the_image_and_defaults_to_the_recorded_one(weighted)
 @pytest.mark.parametrize(("flags", "named"), [
     (("--guidance-interval", "0.3,5"), "--guidance-interval"),
     (("--guidance-rescale", "0.5"), "--guidance-rescale"),
+    (("--cfg-pp",), "--cfg-pp"),
     (("--negative-class", "2"), "--negative-class"),
     (("--guide-model", "digits-weak"), "--guide-model"),
 ])

@@ -378,7 +378,7 @@ def test_a_rerun_with_other_steering_is_refused(files, sets):
 # 6. Help
 
 
-NEW_FLAGS = ["--negative-class", "--guidance-interval", "--guidance-rescale", "--guide-model",
+NEW_FLAGS = ["--negative-class", "--guidance-interval", "--guidance-rescale", "--cfg-pp", "--guide-model",
              "--unconditional", "--classifier", "--classifier-scale", "--threshold", "--threshold-percentile",
              "--init-image", "--strength", "--mask", "--resample", "--corrector", "--corrector-steps",
              "--snr"]

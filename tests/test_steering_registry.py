@@ -121,8 +121,8 @@ def test_a_kind_registered_by_a_module_is_a_flag_a_check_a_wrapper_and_a_cost(tm
 
 
 def test_the_builtin_flags_in_order():
-    assert list(flags()) == ["negative_class", "guidance_interval", "guidance_rescale", "guide_model",
-                             "unconditional", "classifier", "classifier_scale", "threshold",
+    assert list(flags()) == ["negative_class", "guidance_interval", "guidance_rescale", "cfg_pp",
+                             "guide_model", "unconditional", "classifier", "classifier_scale", "threshold",
                              "threshold_percentile", "init_image", "strength", "mask", "resample",
                              "corrector", "corrector_steps", "snr"]
 

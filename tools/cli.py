@@ -136,6 +136,7 @@ def sampler_record(spec) -> dict[str, Any]:
         "adaptive": spec.adaptive,
         "stochastic": spec.stochastic,
         "noise": spec.noise,
+        "cfg_pp": spec.cfg_pp,
         "options": dict(spec.options),
         "reference": spec.reference,
         "description": spec.description,
@@ -143,10 +144,22 @@ def sampler_record(spec) -> dict[str, Any]:
 
 
 def samplers_table(specs) -> str:
-    headers = ["name", "order", "NFE", "stochastic", "noise", "options", "reference"]
-    rows = [[s.name, str(s.order), nfe_rule(s), _yes_no(s.stochastic), s.noise or "none",
+    headers = ["name", "order", "NFE", "stochastic", "noise", "cfg++", "options", "reference"]
+    rows = [[s.name, str(s.order), nfe_rule(s), _yes_no(s.stochastic), s.noise or "none", _yes_no(s.cfg_pp),
              _format_options(s.options), s.reference] for s in specs]
-    return _table(headers, rows, shrink={"options": 30, "reference": 20})
+    return _table(headers, rows, shrink={"options": 24, "reference": 20})
+
+
+def alias_record(alias) -> dict[str, Any]:
+    """A sampler alias (``samplers.aliases.Alias``) as plain data (the ``--aliases --json`` entry)."""
+    return {"alias": alias.name, "sampler": alias.sampler, "schedule": alias.schedule, "cfg_pp": alias.cfg_pp,
+            "source": alias.source}
+
+
+def aliases_table(aliases) -> str:
+    headers = ["alias", "sampler", "schedule", "cfg++", "source"]
+    rows = [[a.name, a.sampler, a.schedule or "default", _yes_no(a.cfg_pp), a.source] for a in aliases]
+    return _table(headers, rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,7 +206,10 @@ def main() -> None:
 @main.command("samplers")
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (full text, all fields) instead.")
-def samplers_command(names: tuple[str, ...], as_json: bool) -> None:
+@click.option("--aliases", "aliases", is_flag=True,
+              help="List the sampler names of A1111/Forge and ComfyUI that --sampler also takes, with the "
+                   "sampler, schedule and CFG++ each means.")
+def samplers_command(names: tuple[str, ...], as_json: bool, aliases: bool) -> None:
     """List the registered samplers, or only those NAMEd.
 
     \b
@@ -205,9 +221,19 @@ def samplers_command(names: tuple[str, ...], as_json: bool) -> None:
       stochastic  whether it injects fresh noise by default
       noise       kind of noise it can draw: iid normals, increments of one
                   Brownian path, or none
+      cfg++       whether it takes --cfg-pp (CFG++ guidance)
       options     the options it accepts, with their defaults
     """
     import samplers
+
+    if aliases:
+        from samplers.aliases import ALIASES
+
+        if names:
+            raise click.UsageError("--aliases lists the whole table: give no NAME")
+        table = list(ALIASES.values())
+        _echo_json([alias_record(a) for a in table]) if as_json else click.echo(aliases_table(table))
+        return
 
     specs = _lookup(names or samplers.list(), samplers.get, "NAME")
     if as_json:

@@ -345,12 +345,38 @@ def one_sampler(sampler: str, steps, nfe, flags: Mapping[str, Any], command: str
         return nfe, sampler_options([sampler], flags)[sampler]
     what = "a fitted solver (--sampler file:PATH)" if kind == "file" else "--sampler auto"
     refuse_sampler_flags(flags, what)
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and schedule_param in ctx.params and (
-            ctx.get_parameter_source(schedule_param) is not click.core.ParameterSource.DEFAULT):
+    if _typed(schedule_param):
         raise click.BadParameter(f"{what} picks its own noise levels: drop --schedule",
                                  param_hint="'--schedule'")
     return nfe, {}
+
+
+def _typed(param: str) -> bool:
+    """The flag of the current command's parameter ``param`` was given on the command line (not defaulted)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and param in ctx.params and (
+        ctx.get_parameter_source(param) is not click.core.ParameterSource.DEFAULT)
+
+
+def sampler_alias(sampler: str | None, schedule: str | None,
+                  schedule_param: str = "schedule") -> tuple[str | None, str | None, bool]:
+    """``(sampler, schedule, cfg_pp)`` that a sampler name typed as elsewhere means (``samplers.aliases``:
+    "DPM++ 2M Karras" is dpmpp_2m on karras, "euler_cfg_pp" euler with CFG++); other names unchanged. A
+    usage error when the alias names a schedule and ``--schedule`` names another."""
+    if sampler is None:
+        return sampler, schedule, False
+    from samplers.aliases import resolve
+
+    alias = resolve(sampler)
+    if alias is None:
+        return sampler, schedule, False
+    if alias.schedule is not None:
+        if schedule is not None and schedule != alias.schedule and _typed(schedule_param):
+            raise click.BadParameter(f"--sampler {sampler!r} samples on the {alias.schedule} schedule, not "
+                                     f"{schedule}: drop --schedule or name the sampler without the schedule",
+                                     param_hint="'--schedule'")
+        schedule = alias.schedule
+    return alias.sampler, schedule, alias.cfg_pp
 
 
 def option_value(text: str):
@@ -572,12 +598,16 @@ def sampling_request(flags: dict[str, Any], command: str, dtype: str = "float32"
                      refused: Sequence[str] = (), text_refused: bool = False):
     """Pop every sampling option out of a command's ``flags`` into the ``tools.request.SamplingRequest`` the
     command runs, built once here (see :func:`model_request`; the sampler, its options, the schedule and
-    the steps or NFE budget too). Usage errors (one line, exit 2) for what the flags alone tell."""
+    the steps or NFE budget too; a sampler alias resolved, :func:`sampler_alias`). Usage errors (one line,
+    exit 2) for what the flags alone tell."""
     request = model_request(flags, command, dtype, refused=refused, text_refused=text_refused)
     sampler, schedule, steps, nfe = (flags.pop(key) for key in ("sampler", "schedule", "steps", "nfe"))
+    sampler, schedule, cfg_pp = sampler_alias(sampler, schedule)
     nfe, options = one_sampler(sampler, steps, nfe, flags, command)
     for key in [key for key in flags if key.startswith(SAMPLER_OPTION_PREFIX)]:
         flags.pop(key)
+    if cfg_pp:  # a *_cfg_pp name is the sampler with --cfg-pp
+        request = request.replace(steering=(request.steering or Steering()).replace(cfg_pp=True))
     return request.replace(sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, options=options)
 
 
@@ -644,6 +674,10 @@ def sr_stage_request(flags: dict[str, Any], base, command: str):
     sampler, schedule = stage.pop("sampler"), stage.pop("schedule")  # None: the stage model's recorded ones
     steps = stage.pop("steps")
     try:
+        sampler, schedule, cfg_pp = sampler_alias(sampler, schedule, "sr_schedule")
+        if cfg_pp:
+            raise click.BadParameter("the --sr-model stage is not guided: CFG++ does not apply",
+                                     param_hint="'--sampler'")
         nfe, options = one_sampler(sampler, steps, stage.pop("nfe"), stage, command, "sr_schedule")
     except click.UsageError as e:
         raise _stage_usage(e, "sr") from None

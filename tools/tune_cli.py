@@ -154,7 +154,7 @@ def tune_solver(ctx, sampler, nfe, schedule, seeds, num, heldout, iterations, re
     if seeds is not None and num is not None:
         raise click.UsageError("--seeds and --num are mutually exclusive: give one")
     request = model_request(flags, "edm tune-solver", why="it fits the deterministic ODE solve",
-                            text_refused=True)
+                            refused=("cfg_pp",), text_refused=True)
     seeds = seeds if seeds is not None else calibration_seeds(num or DEFAULT_NUM)
     try:
         out_path = check_writable_file(out, "out", example="solver.json")
@@ -283,7 +283,7 @@ def tune_schedule(ctx, sampler, steps, nfe, schedule, seeds, num, init, max_eval
         init = schedule
     request = model_request(flags, "edm tune-schedule", "float64", why="it fits the deterministic ODE solve",
                             refused=("init_image", "strength", "mask", "resample", "corrector",
-                                     "corrector_steps", "snr"), text_refused=True)
+                                     "corrector_steps", "snr", "cfg_pp"), text_refused=True)
     nfe, options = one_sampler(sampler, steps, nfe, flags, "edm tune-schedule")
     import samplers
 

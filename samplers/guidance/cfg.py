@@ -133,6 +133,10 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         weight = per_sample(self.w, sigma, x, self.interval)
         if not bool(weight.any()):  # outside the interval: the conditional model alone, one call of B
             return self.denoiser(x, sigma, **cond)
+        return self.combine(*self.both(x, sigma, cond), weight)
+
+    def both(self, x: torch.Tensor, sigma, cond: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(D_cond, D_neg)`` from one call of ``2B`` (the conditional half first)."""
         batch = x.shape[0]
         negative = self.negative_cond(cond)
         missing = set(cond) ^ set(negative)
@@ -142,7 +146,10 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         args = {k: _stack(k, cond[k], negative[k], batch) for k in cond}
         sigma2 = torch.cat([sigma, sigma]) if _batched(sigma, batch) else sigma
         both = self.denoiser(torch.cat([x, x]), sigma2, **args)
-        d_cond, d_neg = both[:batch], both[batch:]
+        return both[:batch], both[batch:]
+
+    def combine(self, d_cond: torch.Tensor, d_neg: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The guided x0 from the two predictions and the per-sample weight (rescaled where guided)."""
         out = d_cond + weight * (d_cond - d_neg)
         if self.rescale:
             out = torch.where(weight != 0, cfg_rescale(out, d_cond, self.rescale), out)

@@ -68,6 +68,8 @@ class Thresholded(DenoiserWrapper):
         self.percentile = float(percentile)
         self.limit = float(limit)
         self.max_value = float(max_value)
+        if hasattr(denoiser, "with_unconditional"):  # CFG++ passes through, its guided part thresholded
+            self.with_unconditional = self._with_unconditional
 
     def threshold(self, x0: torch.Tensor) -> torch.Tensor:
         if self.kind == "static":
@@ -78,6 +80,11 @@ class Thresholded(DenoiserWrapper):
         """``(raw x0_hat, thresholded x0_hat)`` of one evaluation."""
         raw = self.denoiser(x, sigma, **cond)
         return raw, self.threshold(raw)
+
+    def _with_unconditional(self, x: torch.Tensor, sigma, **cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """CFG++'s ``(guided x0, unconditional x0)`` with the guided one thresholded."""
+        guided, negative = self.denoiser.with_unconditional(x, sigma, **cond)
+        return self.threshold(guided), negative
 
     def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         return self.split(x, sigma, **cond)[1]

@@ -483,6 +483,9 @@ def prepare_bench(request: BenchRequest) -> Bench:
                                     device=device, dtype=p, trust_pickle=sampling.trust_pickle,
                                     prompts=prompts[p])
                   for p in precisions}
+        for name in sampler_names:  # a kind may need what only some samplers have (CFG++)
+            spec = fitted[name].solver.spec if name in fitted else samplers.get(name)
+            steers[precisions[0]].check_sampler(spec)
     for one in fitted.values():  # each solver file is for this model, guidance weight and thresholding
         with _bench_errors():  # all cells share the steering: a solver's is checked, not filled in
             check_fitted_use(one, raw[precisions[0]], guidance or 0.0)

@@ -476,6 +476,7 @@ def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampl
     guidance = check_guidance(model, guidance_or_default(guidance, model, prompts, steering))
     steer = check_steering(steering, model, guidance=guidance, class_label=request.class_label,
                            device=device, dtype=dtype, trust_pickle=request.trust_pickle, prompts=prompts)
+    steer.check_sampler(choice.spec)
     levels = _levels(choice, model, request)
     check_run_steps(steer.edit, len(levels.sigmas) - 1, "nfe" if request.nfe is not None else "steps")
     runs = choice.spec.name if choice.fitted is None else choice.fitted.solver  # what samplers.sample runs

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .autoguidance import AutoguidanceKind
 from .cfg import ClassifierFreeKind
+from .cfg_pp import CFGPlusPlusKind
 from .classifier import ClassifierGuidanceKind
 from .corrector import CorrectorKind
 from .guidance_input import GuidanceInputKind
@@ -22,8 +23,8 @@ from .unconditional import UnconditionalKind
 __all__ = ["BUILTIN_KINDS"]
 
 BUILTIN_KINDS = (GuidanceInputKind(), ClassifierFreeKind(), NegativeClassKind(), GuidanceIntervalKind(),
-                 GuidanceRescaleKind(), AutoguidanceKind(), UnconditionalKind(), ClassifierGuidanceKind(),
-                 ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind())
+                 GuidanceRescaleKind(), CFGPlusPlusKind(), AutoguidanceKind(), UnconditionalKind(),
+                 ClassifierGuidanceKind(), ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind())
 
 for _kind in BUILTIN_KINDS:
     register(_kind)

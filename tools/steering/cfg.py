@@ -1,7 +1,8 @@
 """Classifier-free guidance (Ho & Salimans 2022), the guidance of ``--guidance W`` without
 ``--guide-model``: ``D + w (D - D_neg)``, the negative condition the dropped class label, a text model's
 negative prompt or ``--negative-class``'s class (:mod:`tools.steering.negative_class`), limited by
-``--guidance-interval`` and rescaled by ``--guidance-rescale``. It declares no flag of its own."""
+``--guidance-interval``, rescaled by ``--guidance-rescale``, CFG++ under ``--cfg-pp``. It declares no
+flag of its own."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ class ClassifierFreeKind(SteeringKind):
     def wrap(self, denoiser: Callable, b: Building) -> Callable:
         if not b.settings.get("classifier_free"):
             return denoiser
-        from samplers.guidance import ClassifierFreeGuidance
+        from samplers.guidance import CFGPlusPlus, ClassifierFreeGuidance
 
-        return ClassifierFreeGuidance(denoiser, b.guidance, b.settings.get("negative"),
+        guider = CFGPlusPlus if b.settings.get("cfg_pp") else ClassifierFreeGuidance  # --cfg-pp
+        return guider(denoiser, b.guidance, b.settings.get("negative"),
                                       interval=b.settings.get("interval"),
                                       rescale=b.settings.get("rescale", 0.0))

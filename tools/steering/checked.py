@@ -82,6 +82,11 @@ class CheckedSteering:
         """The keyword arguments of ``samplers.guidance.Thresholded`` (the flags' or the model's own)."""
         return self.settings.get("threshold")
 
+    def check_sampler(self, spec) -> None:
+        """BadInput (one line naming the flag) when a kind's wrapper needs what sampler ``spec`` lacks."""
+        for kind in self.kinds:
+            kind.check_sampler(spec, self.settings)
+
     def denoiser(self, model, dtype: torch.dtype) -> Callable:
         """The model's denoiser evaluated in ``dtype`` with guidance and thresholding (editing is per run)."""
         return compose(self.kinds, self.settings, self.guidance, model, dtype)[0]

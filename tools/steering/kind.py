@@ -8,7 +8,9 @@ registered with :func:`tools.steering.registry.register`. It declares
   click nor torch);
 * :meth:`SteeringKind.requires`: which flag combinations it refuses, before anything is loaded;
 * :meth:`SteeringKind.check`: its values checked and its files or models loaded, into the settings;
-* :meth:`SteeringKind.wrap`: the denoiser wrapper it builds from those settings, at its :attr:`layer`.
+* :meth:`SteeringKind.wrap`: the denoiser wrapper it builds from those settings, at its :attr:`layer`;
+* :meth:`SteeringKind.check_sampler`: whether the run's sampler takes what it built (CFG++ needs one that
+  declares it).
 
 The cost of a kind in network evaluations is read from the wrapper it builds: a wrapper with an
 ``evaluations`` attribute (network evaluations per call, counting its inner denoiser as one, as
@@ -91,6 +93,10 @@ class SteeringKind:
         """The denoiser with this kind's wrapper around it (``denoiser`` itself when the kind is off)."""
         return denoiser
 
+    def check_sampler(self, spec: Any, settings: Mapping[str, Any]) -> None:
+        """BadInput (one line naming the flag) when the sampler ``spec`` (a ``samplers.registry.SamplerSpec``)
+        cannot run what this kind built from ``settings``."""
+
     def __repr__(self) -> str:
         return f"<steering kind {self.name}: {', '.join(f.flag for f in self.flags) or 'no flags'}>"
 
@@ -104,7 +110,7 @@ class Checking:
     prompts (its negative condition is classifier-free guidance's); ``num_classes`` the classes of the
     conditioning, the model's unless a kind supplies them (a classifier guiding an unconditional model);
     ``settings`` what the kinds' checks found, read by their wrappers and by the run. The built-in kinds'
-    keys: ``classifier_free``, ``negative``, ``interval``, ``rescale`` (classifier-free guidance),
+    keys: ``classifier_free``, ``negative``, ``interval``, ``rescale``, ``cfg_pp`` (classifier-free guidance),
     ``guide`` (autoguidance), ``drop_labels`` (the unconditional switch), ``classifier``,
     ``classifier_scale``, ``threshold``, ``edit`` (img2img and inpainting's images), ``resample`` and
     ``corrector`` (read by the run's sampler).
