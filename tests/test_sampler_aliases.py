@@ -92,6 +92,19 @@ def test_cfg_pp_name_is_the_sampler_with_cfg_pp(tmp_path):
     assert record["sampler"] == "euler" and record["steering"] == {"cfg_pp": True}
 
 
+def test_cfg_pp_takes_the_paper_s_lambda_below_1(tmp_path):
+    """CFG++'s lambda = 1 + w in [0, 1] is w in [-1, 0]: the guided x0 interpolates between the negative
+    and conditional predictions, so w = -1 steps to the unconditional x0 along the unconditional
+    direction, which is plain unguided sampling of the unconditional model."""
+    for name, args in {"lambda0": ["--sampler", "euler_cfg_pp", "--guidance", -1],
+                       "uncond": ["--sampler", "euler", "--unconditional"],
+                       "lambda06": ["--sampler", "euler_cfg_pp", "--guidance", -0.4]}.items():
+        result = invoke(*BASE, *args, "--outdir", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    assert pngs(tmp_path / "lambda0") == pngs(tmp_path / "uncond")
+    assert pngs(tmp_path / "lambda06") != pngs(tmp_path / "uncond")
+
+
 def test_a1111_name_is_its_sampler_on_its_schedule(tmp_path):
     for name, args in {"alias": ["--sampler", "DPM++ 2M Karras", "--schedule", "karras"],
                        "plain": ["--sampler", "dpmpp_2m", "--schedule", "karras"],
@@ -105,8 +118,10 @@ def test_a1111_name_is_its_sampler_on_its_schedule(tmp_path):
 
 @pytest.mark.parametrize(("args", "flag", "says"), [
     (["--sampler", "heun", "--cfg-pp", "--guidance", 1], "--cfg-pp", "the samplers that do: ddim, dpmpp_2m"),
-    (["--sampler", "euler", "--cfg-pp"], "--cfg-pp", "--guidance W > 0"),
-    (["--sampler", "euler_cfg_pp", "--guidance", 0], "--cfg-pp", "--guidance W > 0"),
+    (["--sampler", "euler", "--cfg-pp"], "--cfg-pp", "--guidance W != 0 (W >= -1)"),
+    (["--sampler", "euler_cfg_pp", "--guidance", 0], "--cfg-pp", "--guidance W != 0 (W >= -1)"),
+    (["--sampler", "euler_cfg_pp", "--guidance", -1.5], "--guidance", ">= -1 with --cfg-pp"),
+    (["--sampler", "euler", "--guidance", -0.4], "--guidance", ">= 0"),
     (["--sampler", "euler", "--cfg-pp", "--guidance", 1, "--guide-model", "digits-weak"], "--cfg-pp",
      "--guide-model"),
     (["--sampler", "euler", "--cfg-pp", "--guidance", 1, "--classifier", "digits-classifier"], "--cfg-pp",

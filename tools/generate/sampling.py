@@ -74,16 +74,19 @@ def check_sampler(name: str, options: Mapping[str, Any], sigmas: torch.Tensor) -
                        f"{one_line(e)}", "options", terms=terms) from None
 
 
-def check_guidance(model, guidance) -> float:
-    """The guidance weight w: a finite number >= 0 (whether the model can take it is
-    :func:`tools.steering.check_steering`'s question: autoguidance needs no class)."""
+def check_guidance(model, guidance, cfg_pp: bool = False) -> float:
+    """The guidance weight w: a finite number >= 0, or >= -1 under CFG++ (whose paper writes the guided x0
+    as ``D_uncond + lambda (D - D_uncond)`` with lambda in [0, 1]: lambda = 1 + w, so w in [-1, 0] is the
+    paper's range). Whether the model can take it is :func:`tools.steering.check_steering`'s question
+    (autoguidance needs no class)."""
     try:
         guidance = float(guidance)
     except (TypeError, ValueError):
         raise BadInput(f"guidance must be a number, got {guidance!r}", "guidance") from None
-    if not math.isfinite(guidance) or guidance < 0:
-        raise BadInput(f"guidance must be a finite number >= 0, got {guidance:g}; {GUIDANCE_MEANING}",
-                       "guidance")
+    lowest, why = (-1.0, " with --cfg-pp (CFG++'s lambda = 1 + w)") if cfg_pp else (0.0, "")
+    if not math.isfinite(guidance) or guidance < lowest:
+        raise BadInput(f"guidance must be a finite number >= {lowest:g}{why}, got {guidance:g}; "
+                       f"{GUIDANCE_MEANING}", "guidance")
     return guidance
 
 
@@ -473,7 +476,8 @@ def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampl
         steering = fitted_steering(choice.fitted, steering)
     model, prompts = check_prompting(request.prompting, model, resize_model)
     low_res = check_low_res(request, model, staged)
-    guidance = check_guidance(model, guidance_or_default(guidance, model, prompts, steering))
+    cfg_pp = steering is not None and bool(steering.cfg_pp)
+    guidance = check_guidance(model, guidance_or_default(guidance, model, prompts, steering), cfg_pp)
     steer = check_steering(steering, model, guidance=guidance, class_label=request.class_label,
                            device=device, dtype=dtype, trust_pickle=request.trust_pickle, prompts=prompts)
     steer.check_sampler(choice.spec)

@@ -22,15 +22,17 @@ class CFGPlusPlusKind(SteeringKind):
     name = "cfg-pp"
     flags = (Flag("cfg_pp", "Guidance", type=bool,
                   help="CFG++ (Chung et al. 2024): step to the guided x0 but re-noise along the "
-                       "unconditional one; needs --guidance W > 0 and a sampler that takes it (`edm "
-                       "samplers` column cfg++). ComfyUI's cfg is 1 + W."),)
+                       "unconditional one; needs --guidance W != 0 (W >= -1: the paper's lambda is 1 + W, "
+                       "its range [0, 1] is W in [-1, 0]) and a sampler that takes it (`edm samplers` "
+                       "column cfg++). ComfyUI's cfg is 1 + W."),)
 
     def requires(self, c: Checking) -> None:
         c.requires("cfg_pp", not c.given("guide_model"),
                    "is classifier-free guidance's, not autoguidance's: drop --guide-model")
         c.requires("cfg_pp", not c.given("classifier"),
                    "does not take classifier guidance: drop --classifier")
-        c.requires("cfg_pp", classifier_free(c), "needs classifier-free guidance: give --guidance W > 0")
+        c.requires("cfg_pp", classifier_free(c),
+                   "needs classifier-free guidance: give --guidance W != 0 (W >= -1)")
 
     def check(self, c: Checking) -> None:
         if c.given("cfg_pp"):
