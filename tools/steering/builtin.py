@@ -15,6 +15,7 @@ from .inpainting import InpaintingKind
 from .interval import GuidanceIntervalKind
 from .method import GuidanceMethodKind
 from .negative_class import NegativeClassKind
+from .perturbed import PerturbedKind
 from .registry import register
 from .rescale import GuidanceRescaleKind
 from .threshold import ThresholdKind
@@ -24,7 +25,8 @@ __all__ = ["BUILTIN_KINDS"]
 
 BUILTIN_KINDS = (GuidanceInputKind(), ClassifierFreeKind(), NegativeClassKind(), GuidanceIntervalKind(),
                  GuidanceRescaleKind(), AutoguidanceKind(), UnconditionalKind(), ClassifierGuidanceKind(),
-                 ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind(), GuidanceMethodKind())
+                 ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind(), GuidanceMethodKind(),
+                 PerturbedKind())
 
 for _kind in BUILTIN_KINDS:
     register(_kind)
