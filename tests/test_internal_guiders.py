@@ -9,9 +9,9 @@ our sampler's counterpart, as ``--schedule diffusers`` reproduces it):
 * PAG on tiny SD3: ``StableDiffusion3PAGPipeline`` (``"blocks.1"``, and ``"blocks.0"``);
 * SLG on tiny SD3: ``StableDiffusion3Pipeline(skip_guidance_layers=[0])`` with its start below step 0 so
   every step is guided (ours has no step window);
-* SEG on the tiny UNet: the guided prediction against the one composed by hand from diffusers'
-  SmoothedEnergyGuidance hook on the same blocks (its ``_gaussian_blur_2d`` on the queries) and the
-  guider's formula with CFG on; and ``blur_queries`` against ``_gaussian_blur_2d`` itself.
+* SEG and SLG on the tiny UNet: the guided prediction against the one composed by hand from diffusers'
+  hooks on the same blocks (SmoothedEnergyGuidance's ``_gaussian_blur_2d`` on the queries, SkipLayerGuidance's
+  block skip) and the guiders' formula with CFG on; ``blur_queries`` against ``_gaussian_blur_2d`` itself.
 """
 
 from __future__ import annotations
@@ -116,12 +116,27 @@ def test_blur_queries_is_diffusers_gaussian_blur(sigma, height, width):
     torch.testing.assert_close(mean, theirs_mean, rtol=0, atol=1e-6)
 
 
-def test_seg_on_the_unet_is_diffusers_hook_and_guider_formula(tiny_pipeline):
-    from diffusers.hooks import HookRegistry
+def _diffusers_seg_hook(unet, fqn, blur):
     from diffusers.hooks.smoothed_energy_guidance_utils import (
         SmoothedEnergyGuidanceConfig,
         _apply_smoothed_energy_guidance_hook,
     )
+
+    _apply_smoothed_energy_guidance_hook(unet, SmoothedEnergyGuidanceConfig(indices=[0], fqn=fqn), blur,
+                                         name="oracle")
+
+
+def _diffusers_slg_hook(unet, fqn, _):
+    from diffusers.hooks.layer_skip import LayerSkipConfig, _apply_layer_skip_hook
+
+    _apply_layer_skip_hook(unet, LayerSkipConfig(indices=[0], fqn=fqn), name="oracle")
+
+
+@pytest.mark.parametrize("kind,hook", [("seg", _diffusers_seg_hook), ("slg", _diffusers_slg_hook)])
+def test_seg_and_slg_on_the_unet_are_diffusers_hooks_with_the_guider_formula(tiny_pipeline, kind, hook):
+    """The perturbed prediction of diffusers' hook (SmoothedEnergyGuidance's query blur; SkipLayerGuidance's
+    whole-block skip) on the mid block, combined by the guiders' formula with CFG on."""
+    from diffusers.hooks import HookRegistry
 
     from samplers.guidance.perturbed import PerturbedGuidance
     from tools.models.pipelines import load_pipeline
@@ -136,22 +151,21 @@ def test_seg_on_the_unet_is_diffusers_hook_and_guider_formula(tiny_pipeline):
     with torch.no_grad():
         d_cond = model.denoiser(x, sigma, **cond)
         d_neg = model.denoiser(x, sigma, **negative)
-        config = SmoothedEnergyGuidanceConfig(indices=[0], fqn="mid_block.attentions.0.transformer_blocks")
-        _apply_smoothed_energy_guidance_hook(unet, config, blur, name="seg-oracle")
-        d_seg = model.denoiser(x, sigma, **cond)
+        hook(unet, "mid_block.attentions.0.transformer_blocks", blur)
+        d_pert = model.denoiser(x, sigma, **cond)
         for module in unet.modules():
             registry = getattr(module, "_diffusers_hook", None)
-            if isinstance(registry, HookRegistry) and "seg-oracle" in registry.hooks:
-                registry.remove_hook("seg-oracle")
+            if isinstance(registry, HookRegistry) and "oracle" in registry.hooks:
+                registry.remove_hook("oracle")
         assert torch.equal(model.denoiser(x, sigma, **cond), d_cond)  # the oracle's hooks are gone
-        # diffusers' SmoothedEnergyGuidance.forward with CFG on (use_original_formulation False), on x0
-        theirs = d_neg + (1 + w) * (d_cond - d_neg) + s * (d_cond - d_seg)
-        perturbation = model.perturbation("seg", ["mid"], blur_sigma=blur)
+        # the guiders' forward with CFG on (use_original_formulation False), on x0
+        theirs = d_neg + (1 + w) * (d_cond - d_neg) + s * (d_cond - d_pert)
+        perturbation = model.perturbation(kind, ["mid"], **({"blur_sigma": blur} if kind == "seg" else {}))
         try:
             ours = PerturbedGuidance(model.denoiser, perturbation, s, w, negative)(x, sigma, **cond)
         finally:
             perturbation.remove()
-    assert (d_seg - d_cond).abs().max() > 1e-3
+    assert (d_pert - d_cond).abs().max() > 1e-3
     assert (ours - theirs).abs().max().item() <= 1e-4
 
 
