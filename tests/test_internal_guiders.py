@@ -268,3 +268,70 @@ def test_the_batch_does_not_change_the_images(tiny_pipeline, tmp_path, method):
                                       for seed in range(3)]).int()
     moved = (written[1] - written[3]).abs()
     assert moved.max() <= 1 and (moved > 0).float().mean() <= 1e-3
+
+
+class _Toy:
+    """A denoiser whose 'network' answers ``x * a + cond`` with ``a = 2`` on perturbed rows, 1 elsewhere:
+    the perturbed prediction differs from the conditional one by ``x`` exactly."""
+
+    def __init__(self, perturbation):
+        self.perturbation, self.batches = perturbation, []
+
+    def __call__(self, x, sigma, c):
+        self.batches.append(x.shape[0])
+        rows = self.perturbation.selected(x.shape[0])
+        scale = torch.ones(x.shape[0]) if rows is None else 1.0 + rows.float()
+        return x * scale.view(-1, 1) + c
+
+
+@pytest.mark.parametrize("w,s", [(1.5, 2.0), (0.0, 2.0), (1.5, 0.0)])
+def test_the_combination_is_the_closed_form(w, s):
+    from samplers.guidance.perturbed import PerturbedGuidance, RowPerturbation
+
+    perturbation = RowPerturbation("pag")
+    toy = _Toy(perturbation)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    c, c_neg = torch.randn(3, 4), torch.randn(3, 4)
+    guider = PerturbedGuidance(toy, perturbation, s, w, {"c": c_neg})
+    out = guider(x, torch.tensor([1.0, 2.0, 3.0]), c=c)
+    d_cond, d_neg, d_pert = x + c, x + c_neg, 2 * x + c
+    torch.testing.assert_close(out, d_cond + w * (d_cond - d_neg) + s * (d_cond - d_pert))
+    assert toy.batches == [3 * guider.evaluations] and guider.evaluations == 1 + (w != 0) + (s != 0)
+    assert perturbation.mask is None  # cleared after the call
+
+
+def test_intervals_limit_the_terms_per_sample():
+    from samplers.guidance.perturbed import PerturbedGuidance, RowPerturbation
+
+    perturbation = RowPerturbation("slg")
+    toy = _Toy(perturbation)
+    x, c, c_neg = torch.ones(3, 2), torch.zeros(3, 2), torch.full((3, 2), 5.0)
+    sigma = torch.tensor([0.5, 2.0, 20.0])
+    guider = PerturbedGuidance(toy, perturbation, 3.0, 1.0, {"c": c_neg}, interval=(0.0, 10.0),
+                               perturb_interval=(1.0, 100.0))
+    out = guider(x, sigma, c=c)
+    # sample 0: CFG only; sample 1: both terms; sample 2: outside the interval of both
+    expected = torch.tensor([1 + 1 * (1 - 6), 1 + 1 * (1 - 6) + 3 * (1 - 2), 1.0])
+    torch.testing.assert_close(out[:, 0], expected)
+    toy.batches.clear()
+    guider(x, torch.full((3,), 50.0), c=c)  # nothing guided anywhere: one plain call of B
+    assert toy.batches == [3]
+
+
+def test_row_perturbation_checks():
+    from samplers.guidance.perturbed import RowPerturbation
+
+    with pytest.raises(ValueError, match="one of pag, seg, slg"):
+        RowPerturbation("xyz")
+    perturbation = RowPerturbation("seg", {"blur_sigma": 2.0})
+    undone = []
+    perturbation.on_remove(lambda: undone.append(1))
+    perturbation.on_remove(lambda: undone.append(2))
+    with perturbation.rows(torch.tensor([True, False])):
+        assert perturbation.selected(4).tolist() == [True, False, True, False]
+        with pytest.raises(ValueError, match="3 rows for a mask of 2"):
+            perturbation.selected(3)
+    assert perturbation.selected(2) is None
+    perturbation.remove()
+    perturbation.remove()
+    assert undone == [2, 1]
