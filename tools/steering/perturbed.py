@@ -71,6 +71,8 @@ class PerturbedKind(SteeringKind):
         for flag in self.flags:
             c.requires(flag.name, flag.name.startswith(f"{method}_"),
                        f"needs --guidance-method {flag.name.split('_')[0]}")
+        if method in METHODS:  # two guiders of one weight: which one --guidance W sets would be a guess
+            c.requires("guide_model", False, f"does not combine with --guidance-method {method}")
 
     def check(self, c: Checking) -> None:
         method = c.steering.guidance_method
