@@ -220,8 +220,9 @@ def test_separate_call_equals_batched(tiny_pipeline):
 @pytest.mark.parametrize("args,message", [
     (["--guidance-method", "pag", "--pag-layers", "mid,down.9"], "no layer 'down.9'"),
     (["--guidance-method", "pag", "--pag-layers", "middle"], "no layer 'middle'"),
-    (["--guidance-method", "pag", "--pag-scale", "-1"], "--pag-scale must be a finite number >= 0"),
-    (["--guidance-method", "seg", "--seg-blur-sigma", "0"], "--seg-blur-sigma must be > 0"),
+    (["--guidance-method", "slg", "--slg-layers", "blocks.0"], "its layers: down.1, up.0, mid"),
+    (["--guidance-method", "pag", "--pag-scale", "-1"], "--pag-scale': must be a finite number >= 0"),
+    (["--guidance-method", "seg", "--seg-blur-sigma", "0"], "--seg-blur-sigma': must be > 0"),
     (["--pag-scale", "2"], "--pag-scale needs --guidance-method pag"),
     (["--guidance-method", "slg", "--seg-layers", "mid"], "--seg-layers needs --guidance-method seg"),
     (["--guidance-method", "pag", "--guidance", "1", "--guide-model", "digits-weak"],
@@ -333,3 +334,14 @@ def test_row_perturbation_checks():
     perturbation.remove()
     perturbation.remove()
     assert undone == [2, 1]
+
+
+def test_default_layers_the_network_lacks_are_named(tiny_pipeline, tmp_path):
+    """SD3's SLG default (blocks 7-9, as diffusers recommends) on a two-block transformer."""
+    path = tiny_pipeline("sd3")
+    result = invoke(main, "generate", "--model", f"diffusers:{path}", "--prompt", PROMPT, "--steps", "2",
+                    "--seeds", "0", "--outdir", str(tmp_path / "out"), "--device", "cpu", "--no-progress",
+                    "--guidance-method", "slg")
+    assert_usage_error(result, "--slg-layers", "no layer 'blocks.7'", "its layers: blocks.0, blocks.1",
+                              "the network's default layers")
+    assert not (tmp_path / "out").exists()

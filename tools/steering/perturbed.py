@@ -82,26 +82,26 @@ class PerturbedKind(SteeringKind):
         scale = getattr(c.steering, f"{method}_scale")
         scale = spec.default_scale if scale is None else float(scale)
         if not (math.isfinite(scale) and scale >= 0):
-            raise BadInput(f"--{method}-scale must be a finite number >= 0, got {scale:g}", f"{method}_scale")
+            raise BadInput(f"must be a finite number >= 0, got {scale:g}", f"{method}_scale")
         options = {}
         for flag, option in spec.options:
             value = getattr(c.steering, flag)
             if value is not None:
                 if not float(value) > 0:
-                    raise BadInput(f"--{flag.replace('_', '-')} must be > 0 (inf: the mean), got {value:g}",
-                                   flag)
+                    raise BadInput(f"must be > 0 (inf: the mean), got {value:g}", flag)
                 options[option] = float(value)
         if spec.options and "blur_sigma" not in options:
             options["blur_sigma"] = math.inf
+        layers = _layers(getattr(c.steering, f"{method}_layers"))
         try:
-            perturbation = c.model.perturbation(method, _layers(getattr(c.steering, f"{method}_layers")),
-                                                **options)
+            perturbation = c.model.perturbation(method, layers, **options)
         except ValueError as e:
-            raise BadInput(f"--{method}-layers: {one_line(e)}", f"{method}_layers") from None
+            default = "" if layers else " (the network's default layers; name others)"
+            raise BadInput(f"{one_line(e)}{default}", f"{method}_layers") from None
         if perturbation is None:
             raise BadInput(f"--guidance-method {method} needs a network with {spec.needs}: "
                            f"{c.model.source} has none (they exist for diffusers UNet2DConditionModel "
-                           "and SD3Transformer2DModel networks)", "guidance_method")
+                           "and SD3Transformer2DModel networks)")
         # the perturbed guider takes over the weight of classifier-free guidance
         w = c.guidance if c.settings.get("classifier_free") else 0.0
         c.settings["classifier_free"] = False
