@@ -343,5 +343,5 @@ def test_default_layers_the_network_lacks_are_named(tiny_pipeline, tmp_path):
                     "--seeds", "0", "--outdir", str(tmp_path / "out"), "--device", "cpu", "--no-progress",
                     "--guidance-method", "slg")
     assert_usage_error(result, "--slg-layers", "no layer 'blocks.7'", "its layers: blocks.0, blocks.1",
-                              "the network's default layers")
+                       "the network's default layers")
     assert not (tmp_path / "out").exists()
