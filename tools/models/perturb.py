@@ -233,7 +233,7 @@ def _grid(tokens: int, height: int, width: int) -> tuple[int, int]:
 
 def _install_seg(network, modules, perturbation) -> None:
     size: dict[str, tuple[int, int]] = {}
-    sigma = float(perturbation.options.get("blur_sigma", 1.0))
+    sigma = float(perturbation.options.get("blur_sigma", math.inf))
 
     def record(module, args, kwargs):
         x = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
@@ -277,7 +277,8 @@ _INSTALLERS = {"pag": _install_pag, "seg": _install_seg, "slg": _install_slg}
 
 
 def install(network: nn.Module, kind: str, layers: Sequence[str] | None = None, **options) -> RowPerturbation:
-    """Hook ``network`` for ``kind`` in ``layers`` (None: the network's defaults) and return the
+    """Hook ``network`` for ``kind`` in ``layers`` (None: the network's defaults), with SEG's option
+    ``blur_sigma`` (tokens; default inf: the queries' mean), and return the
     :class:`RowPerturbation` its hooks read (``remove()`` takes them out again). ValueError (one line)
     for a network without hooks, an unknown layer name or a bad option."""
     if kind not in _INSTALLERS:
@@ -286,7 +287,7 @@ def install(network: nn.Module, kind: str, layers: Sequence[str] | None = None, 
     if unknown:
         raise ValueError(f"{kind} takes no option {', '.join(sorted(unknown))}")
     if kind == "seg":
-        sigma = float(options.get("blur_sigma", 1.0))
+        sigma = float(options.get("blur_sigma", math.inf))
         if not sigma > 0:
             raise ValueError(f"seg blur sigma must be positive (inf: the mean), got {sigma:g}")
         options = {"blur_sigma": sigma}

@@ -22,17 +22,17 @@ __all__ = ["METHODS", "PerturbedKind", "PerturbedMethod"]
 @dataclass(frozen=True)
 class PerturbedMethod:
     """One perturbed guider: its default scale (diffusers'), what it perturbs (for messages) and its
-    options beyond scale and layers (flag name -> the option of ``LoadedModel.perturbation``)."""
+    options beyond scale and layers: ``(flag name, option of LoadedModel.perturbation, default)``."""
 
     default_scale: float
     needs: str
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str, float], ...] = ()
 
 
 METHODS = {
     "pag": PerturbedMethod(3.0, "self-attention hooks"),
     "slg": PerturbedMethod(2.8, "transformer-block hooks"),
-    "seg": PerturbedMethod(2.8, "self-attention query hooks", (("seg_blur_sigma", "blur_sigma"),)),
+    "seg": PerturbedMethod(2.8, "self-attention query hooks", (("seg_blur_sigma", "blur_sigma", math.inf),)),
 }
 
 
@@ -84,14 +84,11 @@ class PerturbedKind(SteeringKind):
         if not (math.isfinite(scale) and scale >= 0):
             raise BadInput(f"must be a finite number >= 0, got {scale:g}", f"{method}_scale")
         options = {}
-        for flag, option in spec.options:
+        for flag, option, default in spec.options:
             value = getattr(c.steering, flag)
-            if value is not None:
-                if not float(value) > 0:
-                    raise BadInput(f"must be > 0 (inf: the mean), got {value:g}", flag)
-                options[option] = float(value)
-        if spec.options and "blur_sigma" not in options:
-            options["blur_sigma"] = math.inf
+            options[option] = default if value is None else float(value)
+            if not options[option] > 0:
+                raise BadInput(f"must be > 0 (inf: the mean), got {value:g}", flag)
         layers = _layers(getattr(c.steering, f"{method}_layers"))
         try:
             perturbation = c.model.perturbation(method, layers, **options)
