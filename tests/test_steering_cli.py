@@ -381,7 +381,8 @@ def test_a_rerun_with_other_steering_is_refused(files, sets):
 NEW_FLAGS = ["--negative-class", "--guidance-interval", "--guidance-rescale", "--cfg-pp", "--guide-model",
              "--unconditional", "--classifier", "--classifier-scale", "--threshold", "--threshold-percentile",
              "--init-image", "--strength", "--mask", "--resample", "--corrector", "--corrector-steps",
-             "--snr"]
+             "--snr", "--guidance-method", "--pag-scale", "--pag-layers", "--slg-scale", "--slg-layers",
+             "--seg-scale", "--seg-layers", "--seg-blur-sigma"]
 
 
 @pytest.mark.parametrize("command", [["generate"], ["fid", "gen"]])

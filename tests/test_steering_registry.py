@@ -124,7 +124,9 @@ def test_the_builtin_flags_in_order():
     assert list(flags()) == ["negative_class", "guidance_interval", "guidance_rescale", "cfg_pp",
                              "guide_model", "unconditional", "classifier", "classifier_scale", "threshold",
                              "threshold_percentile", "init_image", "strength", "mask", "resample",
-                             "corrector", "corrector_steps", "snr"]
+                             "corrector", "corrector_steps", "snr", "guidance_method", "pag_scale",
+                             "pag_layers", "slg_scale", "slg_layers", "seg_scale", "seg_layers",
+                             "seg_blur_sigma"]
 
 
 class _Clash(SteeringKind):

@@ -34,7 +34,7 @@ import torch
 
 from .wrapper import DenoiserWrapper, check_interval, check_weight, per_sample
 
-__all__ = ["ClassifierFreeGuidance", "cfg_rescale", "drop_class_labels", "guided"]
+__all__ = ["ClassifierFreeGuidance", "cfg_rescale", "drop_class_labels", "guided", "stack_inputs"]
 
 
 def drop_class_labels(cond: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,27 +50,46 @@ def _batched(value, batch: int) -> bool:
     return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch
 
 
-def _stack(name: str, cond_value, negative_value, batch: int):
-    """``cond_value`` and ``negative_value`` as one argument of a ``2B`` batch (conditional half first)."""
-    if isinstance(cond_value, torch.Tensor) or isinstance(negative_value, torch.Tensor):
-        if not (isinstance(cond_value, torch.Tensor) and isinstance(negative_value, torch.Tensor)):
-            raise ValueError(f"guidance: {name} is a tensor in one of the conditional and negative "
-                             "inputs only; both must be tensors to share one batched call")
-        if cond_value.ndim == 0 and negative_value.ndim == 0 and torch.equal(cond_value, negative_value):
-            return cond_value
-        halves = []
-        for value in (cond_value, negative_value):
+def _stack(name: str, values: list, batch: int):
+    """The values of argument ``name`` in each of several inputs as one argument of a ``len(values) * B``
+    batch, in the order given (the conditional input first)."""
+    if any(isinstance(v, torch.Tensor) for v in values):
+        if not all(isinstance(v, torch.Tensor) for v in values):
+            raise ValueError(f"guidance: {name} is a tensor in some of the conditional and negative "
+                             "inputs only; all must be tensors to share one batched call")
+        if all(v.ndim == 0 for v in values) and all(torch.equal(values[0], v) for v in values[1:]):
+            return values[0]
+        parts = []
+        for value in values:
             if value.ndim >= 1 and value.shape[0] == 1 and batch != 1:
                 value = value.expand(batch, *value.shape[1:])
             if not _batched(value, batch):
                 raise ValueError(f"guidance: {name} must have a leading batch dimension of {batch} (or 1), "
                                  f"got shape {list(value.shape)}")
-            halves.append(value)
-        return torch.cat(halves)
-    if cond_value is not negative_value and cond_value != negative_value:
-        raise ValueError(f"guidance: {name} differs between the conditional and negative inputs "
-                         f"({cond_value!r} vs {negative_value!r}) but is not a batched tensor")
-    return cond_value
+            parts.append(value)
+        return torch.cat(parts)
+    first = values[0]
+    for other in values[1:]:
+        if first is not other and first != other:
+            raise ValueError(f"guidance: {name} differs between the conditional and negative inputs "
+                             f"({first!r} vs {other!r}) but is not a batched tensor")
+    return first
+
+
+def stack_inputs(x: torch.Tensor, sigma, inputs: list[Mapping[str, Any]]) -> tuple:
+    """``(x, sigma, cond)`` of one call evaluating each keyword-argument set of ``inputs`` at ``x`` and
+    ``sigma``: ``x`` repeated, and every argument stacked in the order of ``inputs`` (the first is the
+    conditional one; each must take the same arguments)."""
+    batch, first = x.shape[0], inputs[0]
+    for other in inputs[1:]:
+        missing = set(first) ^ set(other)
+        if missing:
+            raise ValueError(f"guidance: the conditional and negative inputs must take the same "
+                             f"arguments; only one has {', '.join(sorted(missing))}")
+    count = len(inputs)
+    args = {k: _stack(k, [c[k] for c in inputs], batch) for k in first}
+    sigmas = torch.cat([sigma] * count) if _batched(sigma, batch) else sigma
+    return torch.cat([x] * count), sigmas, args
 
 
 def cfg_rescale(guided_x0: torch.Tensor, cond_x0: torch.Tensor, phi: float) -> torch.Tensor:
@@ -138,14 +157,8 @@ class ClassifierFreeGuidance(DenoiserWrapper):
     def both(self, x: torch.Tensor, sigma, cond: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(D_cond, D_neg)`` from one call of ``2B`` (the conditional half first)."""
         batch = x.shape[0]
-        negative = self.negative_cond(cond)
-        missing = set(cond) ^ set(negative)
-        if missing:
-            raise ValueError(f"guidance: the conditional and negative inputs must take the same "
-                             f"arguments; only one has {', '.join(sorted(missing))}")
-        args = {k: _stack(k, cond[k], negative[k], batch) for k in cond}
-        sigma2 = torch.cat([sigma, sigma]) if _batched(sigma, batch) else sigma
-        both = self.denoiser(torch.cat([x, x]), sigma2, **args)
+        xs, sigmas, args = stack_inputs(x, sigma, [cond, self.negative_cond(cond)])
+        both = self.denoiser(xs, sigmas, **args)
         return both[:batch], both[batch:]
 
     def combine(self, d_cond: torch.Tensor, d_neg: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

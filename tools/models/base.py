@@ -141,6 +141,19 @@ class LoadedModel:
     # A model that takes the guidance weight as a network input (see :class:`GuidanceInput`); None: the
     # weight is classifier-free guidance's, two evaluations per step.
     guidance_input: Any = None
+    # A network with hooks for the guiders that perturb it (PAG, SEG, SLG): ``perturb_hooks(kind, layers,
+    # **options)`` installs them and returns the ``samplers.guidance.perturbed.RowPerturbation`` they read
+    # (see :meth:`perturbation`). None: a network without such hooks.
+    perturb_hooks: Callable | None = None
+
+    def perturbation(self, kind: str, layers=None, **options):
+        """The network hooked for ``kind`` (``"pag"``, ``"seg"``, ``"slg"``) in ``layers`` (names of the
+        network's own scheme; None: its defaults) with ``options`` (``blur_sigma`` for SEG): the
+        ``RowPerturbation`` its hooks read, whose ``remove()`` takes them out. None for a model whose
+        network has no such hooks; ValueError (one line) for an unknown layer or a bad option."""
+        if self.perturb_hooks is None:
+            return None
+        return self.perturb_hooks(kind, layers, **options)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from tools.common import BadInput
 
+from . import perturb
 from .base import ClasslessDenoiser, LabelledDenoiser, LoadedModel, ModelError
 from .diffusers import PREFIX, read_json
 from .families import PIPELINES, for_pipeline
@@ -187,6 +188,7 @@ def load_pipeline(root, *, device="cpu", dtype=torch.float32, source: str | None
         low_res=low_res,
         guidance_input=guidance_input,
         sampling=family.sampling,
+        perturb_hooks=perturb.hooks(net),
     )
 
 

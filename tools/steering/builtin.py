@@ -14,7 +14,9 @@ from .guidance_input import GuidanceInputKind
 from .img2img import Img2ImgKind
 from .inpainting import InpaintingKind
 from .interval import GuidanceIntervalKind
+from .method import GuidanceMethodKind
 from .negative_class import NegativeClassKind
+from .perturbed import PerturbedKind
 from .registry import register
 from .rescale import GuidanceRescaleKind
 from .threshold import ThresholdKind
@@ -24,7 +26,8 @@ __all__ = ["BUILTIN_KINDS"]
 
 BUILTIN_KINDS = (GuidanceInputKind(), ClassifierFreeKind(), NegativeClassKind(), GuidanceIntervalKind(),
                  GuidanceRescaleKind(), CFGPlusPlusKind(), AutoguidanceKind(), UnconditionalKind(),
-                 ClassifierGuidanceKind(), ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind())
+                 ClassifierGuidanceKind(), ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind(),
+                 GuidanceMethodKind(), PerturbedKind())
 
 for _kind in BUILTIN_KINDS:
     register(_kind)
