@@ -7,6 +7,7 @@ its input), against the hooked network with only some rows masked.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -18,6 +19,9 @@ from torch.testing import assert_close
 from edm.dit import DiT
 from edm.networks import UNet
 from edm.perturb import PerturbationError, default_layers, perturb, perturbable_layers, unperturb
+from tools.common import BadInput
+from tools.models.checkpoint import NetworkPerturbation
+from tools.models.loader import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -251,3 +255,53 @@ def test_a_mask_of_the_wrong_batch_is_refused(unet):
                 unet(x, c_noise)
     finally:
         unperturb(unet)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loaded models of the project's checkpoints
+
+
+@torch.no_grad()
+def test_digits_is_perturbed_through_its_loaded_model(monkeypatch):
+    model = load_model("digits")
+    network = model.denoiser.inner.backbone
+    assert perturbable_layers(network, "pag") == ["enc.3", "enc.4", "mid.0", "dec.0", "dec.1", "dec.2"]
+    assert perturbable_layers(network, "slg") == ["enc.0", "enc.1", "enc.4", "mid.0", "mid.1"]
+    gen = torch.Generator().manual_seed(0)
+    x, sigma = torch.randn(3, 1, 8, 8, generator=gen), torch.full((3,), 2.0)
+    labels = F.one_hot(torch.tensor([3, 3, 3]), 10).float()
+    plain = model.denoiser(x, sigma, class_labels=labels)
+    perturbation = model.perturbation("pag", ["mid.0"])
+    try:
+        with perturbation.rows(MASK):
+            got = model.denoiser(x, sigma, class_labels=labels)
+    finally:
+        unperturb(network)
+    attn = network.mid[0].attn
+    monkeypatch.setattr(attn, "forward", _unet_attention(attn, identity=True))
+    expected = model.denoiser(x, sigma, class_labels=labels)
+    assert torch.equal(got[~MASK], plain[~MASK])
+    assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got[1], plain[1], atol=1e-3)
+
+
+def test_loaded_models_refuse_bad_perturbations_in_one_line():
+    dit = load_model("digits-dit")
+    depth = dit.info["network"]["kwargs"]["depth"]
+    valid = ", ".join(f"blocks.{i}" for i in range(depth))
+    cases = [
+        (lambda: dit.perturbation("slg", ["mid.0"]), "slg_layers",
+         f"unknown layer 'mid.0' for slg; valid: {valid}"),
+        (lambda: dit.perturbation("seg", None, blur_sigma=-1), "seg_blur_sigma", "positive number"),
+        (lambda: dit.perturbation("pgd", None), "guidance_method", "unknown perturbation 'pgd'"),
+        (lambda: NetworkPerturbation(torch.nn.Conv2d(1, 1, 1))("seg"), "guidance_method",
+         "seg needs self-attention layers; this Conv2d has none"),
+        (lambda: dataclasses.replace(dit, perturb=None).perturbation("pag"),
+         "guidance_method", "pag guidance perturbs the network's insides"),
+    ]
+    for call, param, message in cases:
+        with pytest.raises(BadInput, match=message) as error:
+            call()
+        assert error.value.param == param and "\n" not in str(error.value)
+    network = dit.denoiser.inner.backbone
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in network.modules())

@@ -141,6 +141,18 @@ class LoadedModel:
     # A model that takes the guidance weight as a network input (see :class:`GuidanceInput`); None: the
     # weight is classifier-free guidance's, two evaluations per step.
     guidance_input: Any = None
+    # How the guiders that perturb the network's insides (PAG, SEG, SLG) reach it: ``(kind, layers,
+    # **options)`` -> the perturbation its hooks read (see :meth:`perturbation`). None: no such hooks.
+    perturb: Callable | None = None
+
+    def perturbation(self, kind: str, layers: Sequence[str] | None = None, **options):
+        """The network perturbation ``kind`` ("pag", "seg", "slg") hooked into ``layers`` (None: the
+        model's default), off until its ``rows(mask)`` says which rows of a call to perturb; BadInput
+        naming the flag at fault when the model cannot be perturbed so."""
+        if self.perturb is None:
+            raise BadInput(f"{kind} guidance perturbs the network's insides, which this {self.kind} model "
+                           "does not expose", "guidance_method")
+        return self.perturb(kind, layers, **options)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

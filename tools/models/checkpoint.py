@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from tools.common import one_line
+from tools.common import BadInput, one_line
 
 from .base import LabelledDenoiser, LoadedModel, ModelError, RecordedSampling, parameter_count
 from .characters import CharacterConditioner, TextDenoiser
 from .low_res import CheckpointLowRes, LowResDenoiser
 
-__all__ = ["BUILTIN", "NetworkGuidance", "builtin_path", "claims", "identity", "list_builtin", "load",
-           "load_builtin", "load_checkpoint_model"]
+__all__ = ["BUILTIN", "NetworkGuidance", "NetworkPerturbation", "builtin_path", "claims", "identity",
+           "list_builtin", "load", "load_builtin", "load_checkpoint_model"]
 
 #: built-in name -> checkpoint stem relative to the edm package
 BUILTIN = {"digits": Path("weights") / "digits",
@@ -137,7 +137,26 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
         low_res=low_res,
         sampling=recorded,
         guidance_input=guidance_input,
+        perturb=NetworkPerturbation(precond.backbone),
     )
+
+
+@dataclass(frozen=True)
+class NetworkPerturbation:
+    """How the guiders that perturb a network's insides (PAG, SEG, SLG) reach a checkpoint's network
+    (:func:`edm.perturb.perturb`): ``(kind, layers, **options)`` -> the perturbation hooked into it;
+    BadInput naming the flag at fault (``--pag-layers``, ``--seg-blur-sigma``, ``--guidance-method``)."""
+
+    network: torch.nn.Module
+
+    def __call__(self, kind: str, layers=None, **options):
+        from edm.perturb import PerturbationError, perturb
+
+        try:
+            return perturb(self.network, kind, layers, **options)
+        except PerturbationError as e:
+            param = {"kind": "guidance_method", "layers": f"{kind}_layers"}.get(e.field, f"{kind}_{e.field}")
+            raise BadInput(one_line(e), param) from None
 
 
 @dataclass(frozen=True)
