@@ -16,10 +16,12 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch.testing import assert_close
 
+from _support import invoke
 from edm.dit import DiT
 from edm.networks import UNet
 from edm.perturb import PerturbationError, default_layers, perturb, perturbable_layers, unperturb
 from tools.common import BadInput
+from tools.models import cli as models_cli
 from tools.models.checkpoint import NetworkPerturbation
 from tools.models.loader import load_model
 
@@ -283,6 +285,14 @@ def test_digits_is_perturbed_through_its_loaded_model(monkeypatch):
     assert torch.equal(got[~MASK], plain[~MASK])
     assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got[1], plain[1], atol=1e-3)
+
+
+def test_edm_info_lists_the_layers():
+    result = invoke(models_cli.info, "digits")
+    assert result.exit_code == 0, result.output
+    assert ("internal guidance  pag, seg: enc.3, enc.4, mid.0 (default), dec.0, dec.1, dec.2; "
+            "slg: enc.0, enc.1, enc.4, mid.0 (default), mid.1") in result.output
+    assert NetworkPerturbation(torch.nn.Conv2d(1, 1, 1)).describe() == "none"
 
 
 def test_loaded_models_refuse_bad_perturbations_in_one_line():
