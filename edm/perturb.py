@@ -232,16 +232,21 @@ def default_layers(network: nn.Module, kind: str) -> list[str]:
     return [] if anatomy is None or not _sites(network, kind) else [anatomy.default(network)]
 
 
-def perturb(network: nn.Module, kind: str, layers: Sequence[str] | None = None, **options) -> RowPerturbation:
-    """Hook ``layers`` of ``network`` (default :func:`default_layers`) with a new perturbation of ``kind``
+def perturb(network: nn.Module, kind: str, layers: Sequence[str] | str | None = None,
+            **options) -> RowPerturbation:
+    """Hook ``layers`` of ``network`` (names, or one comma-separated string; default
+    :func:`default_layers`) with a new perturbation of ``kind``
     and return it: switched off (mask None) until its ``rows(mask)`` says which rows to perturb.
     :class:`PerturbationError` (one line) for an unknown kind, layer or option, or a network without
     such layers."""
     spec = _kind(kind)
     sites = _sites(network, kind)
     if not sites:
-        raise PerturbationError(f"{kind} needs {spec.what}; this {type(network).__name__} has none that it "
-                                "knows", "kind")
+        known = ", ".join(cls.__name__ for cls in _ANATOMIES)
+        raise PerturbationError(f"{kind} needs {spec.what}, and none are known in a {type(network).__name__} "
+                                f"(known: those of {known})", "kind")
+    if isinstance(layers, str):  # "enc.3,mid.0", as a flag gives them
+        layers = [name.strip() for name in layers.split(",")]
     names = default_layers(network, kind) if layers is None else list(layers)
     unknown = [name for name in names if name not in sites]
     if unknown or not names:

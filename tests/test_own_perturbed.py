@@ -215,6 +215,20 @@ def test_each_row_depends_on_its_own_inputs(request, which, kind, options):
     assert not torch.allclose(shuffled[3], batched[1], atol=1e-3)  # row 1 unperturbed differs
 
 
+@torch.no_grad()
+def test_layers_may_be_one_comma_separated_string(unet):
+    x, c_noise = _inputs(unet)
+    outputs = []
+    for layers in (["enc.2", "dec.1"], "enc.2, dec.1", ["enc.2"]):
+        perturbation = perturb(unet, "pag", layers)
+        try:
+            with perturbation.rows(MASK):
+                outputs.append(unet(x, c_noise))
+        finally:
+            unperturb(unet)
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
+
+
 def test_layer_names(unet, dit):
     assert perturbable_layers(unet, "pag") == ["enc.2", "mid.0", "dec.0", "dec.1"]
     assert perturbable_layers(unet, "seg") == ["enc.2", "mid.0", "dec.0", "dec.1"]
@@ -232,6 +246,7 @@ def test_bad_perturbations_are_one_line_errors(unet):
          "unknown layer 'mid.7' for pag; valid: enc.2, mid.0, dec.0, dec.1"),
         (("slg", ["dec.0"]), {}, "layers", "unknown layer 'dec.0' for slg; valid: enc.0, mid.0, mid.1"),
         (("slg", []), {}, "layers", "no layers given for slg"),
+        (("slg", "mid.0, dec.0"), {}, "layers", "unknown layer 'dec.0' for slg"),
         (("cfg", None), {}, "kind", "unknown perturbation 'cfg'; valid: pag, seg, slg"),
         (("seg", None), {"blur_sigma": 0}, "blur_sigma", "blur_sigma must be a positive number"),
         (("seg", None), {"blur_sigma": "wide"}, "blur_sigma", "blur_sigma must be a positive number"),
@@ -242,7 +257,8 @@ def test_bad_perturbations_are_one_line_errors(unet):
         with pytest.raises(PerturbationError, match=message.replace("(", r"\(")) as error:
             perturb(unet, *args, **options)
         assert error.value.field == field and "\n" not in str(error.value)
-    with pytest.raises(PerturbationError, match="pag needs self-attention layers; this Conv2d has none"):
+    with pytest.raises(PerturbationError, match="pag needs self-attention layers, and none are known in a "
+                       r"Conv2d \(known: those of UNet, DiT\)"):
         perturb(torch.nn.Conv2d(1, 1, 1), "pag")
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())  # nothing was hooked
 
@@ -305,7 +321,7 @@ def test_loaded_models_refuse_bad_perturbations_in_one_line():
         (lambda: dit.perturbation("seg", None, blur_sigma=-1), "seg_blur_sigma", "positive number"),
         (lambda: dit.perturbation("pgd", None), "guidance_method", "unknown perturbation 'pgd'"),
         (lambda: NetworkPerturbation(torch.nn.Conv2d(1, 1, 1))("seg"), "guidance_method",
-         "seg needs self-attention layers; this Conv2d has none"),
+         "seg needs self-attention layers, and none are known in a Conv2d"),
         (lambda: dataclasses.replace(dit, perturb=None).perturbation("pag"),
          "guidance_method", "pag guidance perturbs the network's insides"),
     ]
