@@ -119,7 +119,7 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
     if recorded is not None:
         info["sampling_default"] = recorded.describe()
     perturbation = NetworkPerturbation(precond.backbone)
-    info["internal_guidance"] = perturbation.describe()
+    info["guider_layers"] = perturbation.describe()
     guidance_input = _guidance_input(config, sampling, config_path)
     if guidance_input is not None:
         info["guidance_input"] = guidance_input.describe()
