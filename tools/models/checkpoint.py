@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from tools.common import one_line
+from tools.common import BadInput, one_line
 
 from .base import LabelledDenoiser, LoadedModel, ModelError, RecordedSampling, parameter_count
 from .characters import CharacterConditioner, TextDenoiser
 from .low_res import CheckpointLowRes, LowResDenoiser
 
-__all__ = ["BUILTIN", "NetworkGuidance", "builtin_path", "claims", "identity", "list_builtin", "load",
-           "load_builtin", "load_checkpoint_model"]
+__all__ = ["BUILTIN", "NetworkGuidance", "NetworkPerturbation", "builtin_path", "claims", "identity",
+           "list_builtin", "load", "load_builtin", "load_checkpoint_model"]
 
 #: built-in name -> checkpoint stem relative to the edm package
 BUILTIN = {"digits": Path("weights") / "digits",
@@ -118,6 +118,8 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
     recorded = RecordedSampling.read(sampling, str(config_path))
     if recorded is not None:
         info["sampling_default"] = recorded.describe()
+    perturbation = NetworkPerturbation(precond.backbone)
+    info["guider_layers"] = perturbation.describe()
     guidance_input = _guidance_input(config, sampling, config_path)
     if guidance_input is not None:
         info["guidance_input"] = guidance_input.describe()
@@ -137,7 +139,40 @@ def load_checkpoint_model(path, *, device="cpu", dtype=torch.float32, source=Non
         low_res=low_res,
         sampling=recorded,
         guidance_input=guidance_input,
+        perturb_hooks=perturbation,
     )
+
+
+@dataclass(frozen=True)
+class NetworkPerturbation:
+    """How the guiders that perturb a network's insides (PAG, SEG, SLG) reach a checkpoint's network
+    (:func:`edm.perturb.perturb`): ``(kind, layers, **options)`` -> the perturbation hooked into it;
+    BadInput naming the flag at fault (``--pag-layers``, ``--seg-blur-sigma``, ``--guidance-method``)."""
+
+    network: torch.nn.Module
+
+    def __call__(self, kind: str, layers=None, **options):
+        from edm.perturb import PerturbationError, perturb
+
+        try:
+            return perturb(self.network, kind, layers, **options)
+        except PerturbationError as e:
+            param = {"kind": "guidance_method", "layers": f"{kind}_layers"}.get(e.field, f"{kind}_{e.field}")
+            raise BadInput(one_line(e), param) from None
+
+    def describe(self) -> str:
+        """The layers each guider can perturb, the default marked, for ``edm info``: ``pag, seg: enc.3,
+        mid.0 (default), ...; slg: ...`` (``none`` for a network without such layers)."""
+        from edm.perturb import KINDS, default_layers, perturbable_layers
+
+        kinds_of: dict[str, list[str]] = {}  # kinds sharing their layers share a line
+        for kind in KINDS:
+            default = default_layers(self.network, kind)
+            layers = [f"{name} (default)" if name in default else name
+                      for name in perturbable_layers(self.network, kind)]
+            if layers:
+                kinds_of.setdefault(", ".join(layers), []).append(kind)
+        return "; ".join(f"{', '.join(kinds)}: {layers}" for layers, kinds in kinds_of.items()) or "none"
 
 
 @dataclass(frozen=True)

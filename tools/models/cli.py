@@ -106,7 +106,7 @@ def model_block(record: Mapping[str, Any]) -> str:
     if record["parameters"]:
         rows.append(("parameters", f"{record['parameters']:,}"))
     for key in ("prediction", "x0_thresholding", "num_train_timesteps", "layout", "class", "sigma_data",
-                "use_fp16", "note", "sampling_default", "guidance_input"):
+                "use_fp16", "note", "sampling_default", "guidance_input", "guider_layers"):
         if key in info:
             rows.append((key.replace("_", " "), compact(info[key])))
     for i, setting in enumerate(info.get("ignored") or []):

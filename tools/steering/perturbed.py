@@ -98,7 +98,7 @@ class PerturbedKind(SteeringKind):
         if perturbation is None:
             raise BadInput(f"--guidance-method {method} needs a network with {spec.needs}: "
                            f"{c.model.source} has none (they exist for diffusers UNet2DConditionModel "
-                           "and SD3Transformer2DModel networks)")
+                           "and SD3Transformer2DModel networks and this project's UNet and DiT checkpoints)")
         # the perturbed guider takes over the weight of classifier-free guidance
         w = c.guidance if c.settings.get("classifier_free") else 0.0
         c.settings["classifier_free"] = False
