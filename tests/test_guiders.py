@@ -20,6 +20,7 @@ import _support
 from samplers.guidance import ClassifierFreeGuidance
 from samplers.guidance.guiders import RULES, laplacian_pyramid, make_rule, rebuild_pyramid
 from tools.cli import main
+from tools.generate.record import RECORD_NAME
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 logging.getLogger("diffusers.guiders.guider_utils").setLevel(logging.ERROR)  # "experimental" warnings
@@ -160,7 +161,7 @@ def test_rule_options_are_checked():
 
 def generate(tmp_path, *args):
     return _support.invoke(main, "generate", "--no-progress", "--device", "cpu", "--model", "digits",
-                           "--num", 2, "--steps", 6, "--out", tmp_path / "out", *args)
+                           "--seeds", "0-1", "--steps", 6, "--outdir", tmp_path / "out", *args)
 
 
 @pytest.mark.parametrize("method", ["apg", "apg_mix", "cfg_zero_star", "tcfg", "fdg", "mambo"])
@@ -168,15 +169,15 @@ def test_generate_with_each_method_writes_images_and_records_it(tmp_path, method
     result = generate(tmp_path, "--guidance", 1, "--guidance-method", method)
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
-    records = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
-    assert any(r.get("steering", {}).get("guidance_method") == method for r in records), records
+    record = json.loads((tmp_path / "out" / RECORD_NAME).read_text())
+    assert record["steering"] == {"guidance_method": method}, record
 
 
 def test_options_change_the_images_and_cfg_is_the_default(tmp_path):
     def images(*args):
         out = tmp_path / str(len(list(tmp_path.iterdir())))
         result = _support.invoke(main, "generate", "--no-progress", "--device", "cpu", "--model", "digits",
-                                 "--num", 2, "--steps", 6, "--guidance", 2, "--out", out, *args)
+                                 "--seeds", "0-1", "--steps", 6, "--guidance", 2, "--outdir", out, *args)
         assert result.exit_code == 0, result.output
         return [p.read_bytes() for p in sorted(out.glob("*.png"))]
 
@@ -189,7 +190,7 @@ def test_options_change_the_images_and_cfg_is_the_default(tmp_path):
     (("--guidance-method", "apg"), ("--guidance-method", "--guidance W > 0")),
     (("--guidance", 1, "--guidance-method", "apg", "--mambo-alpha", 2), ("--mambo-alpha", "mambo")),
     (("--guidance", 1, "--apg-eta", 0.5), ("--apg-eta", "apg")),
-    (("--guidance", 1, "--guidance-method", "apg", "--apg-eta", 2), ("--apg-eta", "[0, 1]")),
+    (("--guidance", 1, "--guidance-method", "apg", "--apg-eta", 2), ("--apg-eta", "0 <= value <= 1")),
     (("--guidance", 1, "--guidance-method", "fdg", "--fdg-scales", "1,x"), ("--fdg-scales",)),
     (("--guidance", 1, "--guidance-method", "fdg", "--fdg-levels", 4), ("--fdg-levels", "8x8")),
     (("--guidance", 1, "--guidance-method", "pag"), ("--guidance-method", "not built yet")),

@@ -13,6 +13,7 @@ from .guidance_input import GuidanceInputKind
 from .img2img import Img2ImgKind
 from .inpainting import InpaintingKind
 from .interval import GuidanceIntervalKind
+from .method import GuidanceMethodKind
 from .negative_class import NegativeClassKind
 from .registry import register
 from .rescale import GuidanceRescaleKind
@@ -22,7 +23,8 @@ from .unconditional import UnconditionalKind
 __all__ = ["BUILTIN_KINDS"]
 
 BUILTIN_KINDS = (GuidanceInputKind(), ClassifierFreeKind(), NegativeClassKind(), GuidanceIntervalKind(),
-                 GuidanceRescaleKind(), AutoguidanceKind(), UnconditionalKind(), ClassifierGuidanceKind(),
+                 GuidanceRescaleKind(), GuidanceMethodKind(), AutoguidanceKind(),
+                 UnconditionalKind(), ClassifierGuidanceKind(),
                  ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind())
 
 for _kind in BUILTIN_KINDS:

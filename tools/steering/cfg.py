@@ -1,7 +1,8 @@
 """Classifier-free guidance (Ho & Salimans 2022), the guidance of ``--guidance W`` without
 ``--guide-model``: ``D + w (D - D_neg)``, the negative condition the dropped class label, a text model's
 negative prompt or ``--negative-class``'s class (:mod:`tools.steering.negative_class`), limited by
-``--guidance-interval`` and rescaled by ``--guidance-rescale``. It declares no flag of its own."""
+``--guidance-interval``, rescaled by ``--guidance-rescale``, its two predictions combined by
+``--guidance-method``'s rule (:mod:`tools.steering.method`). It declares no flag of its own."""
 
 from __future__ import annotations
 
@@ -47,7 +48,10 @@ class ClassifierFreeKind(SteeringKind):
         if not b.settings.get("classifier_free"):
             return denoiser
         from samplers.guidance import ClassifierFreeGuidance
+        from samplers.guidance.guiders import make_rule
 
+        rule = b.settings.get("rule")  # --guidance-method's (tools.steering.method); a fresh one per build
         return ClassifierFreeGuidance(denoiser, b.guidance, b.settings.get("negative"),
                                       interval=b.settings.get("interval"),
-                                      rescale=b.settings.get("rescale", 0.0))
+                                      rescale=b.settings.get("rescale", 0.0),
+                                      rule=None if rule is None else make_rule(rule[0], **rule[1]))
