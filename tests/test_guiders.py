@@ -195,8 +195,34 @@ def test_options_change_the_images_and_cfg_is_the_default(tmp_path):
     (("--guidance", 1, "--guidance-method", "fdg", "--fdg-levels", 4), ("--fdg-levels", "8x8")),
     (("--guidance", 1, "--guidance-method", "pag"), ("--guidance-method", "not built yet")),
     (("--guidance", 1, "--guidance-start", 0.5, "--guidance-stop", 0.2), ("--guidance-start",)),
+    (("--guidance", 1, "--guidance-start", 0.5, "--guidance-stop", 0.55), ("guide no step of the 6",)),
 ])
 def test_bad_method_input_is_one_usage_line_and_writes_nothing(tmp_path, args, fragments):
     result = generate(tmp_path, *args)
     _support.assert_usage_error(result, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+def test_guidance_start_stop_are_diffusers_steps_as_a_sigma_interval():
+    import samplers
+    from tools.steering.interval import steps_interval
+
+    sigmas = samplers.schedules.get("karras")(10, 0.002, 80.0)
+    lo, hi = steps_interval(sigmas, (0.2, 0.75), None)  # diffusers: steps int(2.0) <= i < int(7.5)
+    guided = [i for i in range(10) if lo < sigmas[i] <= hi]
+    assert guided == [2, 3, 4, 5, 6]
+    lo, hi = steps_interval(sigmas, (0.2, 0.75), (0.5, 10.0))
+    assert [i for i in range(10) if lo < sigmas[i] <= hi] == [i for i in guided if 0.5 < sigmas[i] <= 10]
+
+
+def test_guidance_stop_changes_the_images_and_start_zero_stop_one_does_not(tmp_path):
+    def images(*args):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        result = _support.invoke(main, "generate", "--no-progress", "--device", "cpu", "--model", "digits",
+                                 "--seeds", "0-1", "--steps", 6, "--guidance", 2, "--outdir", out, *args)
+        assert result.exit_code == 0, result.output
+        return [p.read_bytes() for p in sorted(out.glob("*.png"))]
+
+    assert images() == images("--guidance-start", 0, "--guidance-stop", 1)
+    assert images() != images("--guidance-method", "apg", "--guidance-stop", 0.5) != images(
+        "--guidance-method", "apg")
