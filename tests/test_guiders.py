@@ -58,17 +58,17 @@ def our_run(rule, w: float, pairs) -> list[torch.Tensor]:
 # (rule name, its options, the diffusers guider with the same options at weight w)
 CASES = {
     "cfg": ({}, lambda w: dg.ClassifierFreeGuidance(guidance_scale=1 + w)),
-    "apg": ({"eta": 0.3, "momentum": -0.5, "norm_threshold": 20.0},
+    "apg": ({"eta": 0.3, "momentum": -0.5, "norm_threshold": 5.0},  # the differences' norms are about 10
             lambda w: dg.AdaptiveProjectedGuidance(guidance_scale=w, eta=0.3,
                                                    adaptive_projected_guidance_momentum=-0.5,
-                                                   adaptive_projected_guidance_rescale=20.0,
+                                                   adaptive_projected_guidance_rescale=5.0,
                                                    use_original_formulation=True)),
     "apg-default": ({}, lambda w: dg.AdaptiveProjectedGuidance(guidance_scale=w,
                                                                use_original_formulation=True)),
-    "apg_mix": ({"apg_weight": 4.0, "eta": 0.2, "momentum": -0.6, "norm_threshold": 25.0, "start_step": 2},
+    "apg_mix": ({"apg_weight": 4.0, "eta": 0.2, "momentum": -0.6, "norm_threshold": 6.0, "start_step": 2},
                 lambda w: dg.AdaptiveProjectedMixGuidance(
                     guidance_scale=w, adaptive_projected_guidance_scale=4.0, eta=0.2,
-                    adaptive_projected_guidance_momentum=-0.6, adaptive_projected_guidance_rescale=25.0,
+                    adaptive_projected_guidance_momentum=-0.6, adaptive_projected_guidance_rescale=6.0,
                     adaptive_projected_guidance_start_step=2, use_original_formulation=True)),
     "cfg_zero_star": ({"zero_init_steps": 2},
                       lambda w: dg.ClassifierFreeZeroStarGuidance(guidance_scale=1 + w, zero_init_steps=2)),

@@ -69,7 +69,8 @@ def _register(cls: type[GuidanceRule]) -> type[GuidanceRule]:
 
 
 def make_rule(name: str, **options: Any) -> GuidanceRule:
-    """The rule ``name`` with ``options``; ValueError (one line) for an unknown name or a bad option."""
+    """The rule ``name`` with ``options``; ValueError (one line) for an unknown name or an option out of its
+    bounds, TypeError for an option the rule does not have."""
     if name not in RULES:
         raise ValueError(f"unknown guidance rule {name!r}; known: {', '.join(RULES)}")
     return RULES[name](**options)
