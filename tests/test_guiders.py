@@ -143,6 +143,21 @@ def test_a_run_resets_the_rule_so_a_sample_depends_on_its_seed_alone():
         assert torch.equal(run[0], run[2]), name  # the second run of seed 0 starts afresh
         assert torch.allclose(torch.cat(run[:2]), both, atol=1e-5), name
         assert guided.rule.count == 9  # heun: 2 evaluations per step but the last
+    # through a wrapper that only forwards attributes (as edm bench's timer does) the reset reaches the rule
+    again = samplers.sample(Forwarding(guided), samplers.noise.latents([0], (1, 8, 8)) * 80, sigmas, "heun",
+                            seeds=[0], cond={"class_labels": torch.eye(10)[[0]]})
+    assert torch.equal(again, run[0]) and guided.rule.count == 9
+
+
+class Forwarding:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["inner"], name)
+
+    def __call__(self, x, sigma, **cond):
+        return self.inner(x, sigma, **cond)
 
 
 def test_rule_options_are_checked():

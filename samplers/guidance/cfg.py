@@ -95,7 +95,7 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         interval: ``(sigma_lo, sigma_hi)``: guide only for ``sigma_lo < sigma <= sigma_hi``.
         rescale: Lin et al.'s ``phi`` in [0, 1]; 0 is plain CFG.
         rule: how the two predictions combine (``samplers.guidance.guiders``: APG, CFG-Zero*, ...);
-            default the formula above. A stateful rule is reset by :meth:`reset`.
+            default the formula above. A stateful rule is reset by :meth:`reset_state`.
     """
 
     def __init__(self, denoiser: Callable, w: float = 0.0,
@@ -121,10 +121,10 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         """Network evaluations per guided call: the conditional and negative halves of one ``2B`` batch."""
         return 1 if self.w == 0 else 2
 
-    def reset(self) -> None:
+    def reset_state(self) -> None:
         """Start the rule's state afresh (APG's momentum, CFG-Zero*'s evaluation count), and the inner's."""
         self.rule.reset()
-        super().reset()
+        super().reset_state()
 
     @property
     def guidance_scale(self) -> float:

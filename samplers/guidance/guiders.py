@@ -41,10 +41,10 @@ which leaves ``x`` where it is.
 State. A rule sees one evaluation at a time, and state advances per evaluation, as diffusers' guiders do
 per denoiser call: APG's momentum buffer (one per sample), the evaluation counter of CFG-Zero*'s zero init
 and of apg_mix's switch. A sampler with two evaluations per step (Heun) advances the counter twice per
-step. :meth:`GuidanceRule.reset` starts afresh; ``samplers.sample`` resets its denoiser chain at the start
-of every run, so a sample depends on its own run only. Evaluations outside the guidance interval
-(weight 0 for the whole batch) go through :meth:`GuidanceRule.plain`: they advance the counter but not
-the momentum.
+step. :meth:`GuidanceRule.reset` starts afresh; ``samplers.sample`` resets its denoiser chain
+(``reset_state``) at the start of every run, so a sample depends on its own run only. Evaluations outside
+the guidance interval (weight 0 for the whole batch) go through :meth:`GuidanceRule.plain`: they advance
+the counter but not the momentum.
 """
 
 from __future__ import annotations

@@ -85,8 +85,8 @@ class GuidanceMethodKind(SteeringKind):
     name = "guidance-method"
     flags = (Flag("guidance_method", "Guidance", choices=METHODS, metavar="NAME",
                   help="How guidance combines the conditional and negative predictions: cfg (default), apg, "
-                       "apg_mix, cfg_zero_star, tcfg, fdg, mambo (each 2 evaluations per step, as cfg); pag, "
-                       "slg, seg (network internals)."),
+                       "apg_mix, cfg_zero_star, tcfg, fdg, mambo (each 2 network evaluations per call, as "
+                       "cfg); pag, slg, seg (network internals)."),
              *(option.flag for option in OPTIONS))
 
     @staticmethod
