@@ -381,7 +381,10 @@ def test_a_rerun_with_other_steering_is_refused(files, sets):
 NEW_FLAGS = ["--negative-class", "--guidance-interval", "--guidance-rescale", "--guide-model",
              "--unconditional", "--classifier", "--classifier-scale", "--threshold", "--threshold-percentile",
              "--init-image", "--strength", "--mask", "--resample", "--corrector", "--corrector-steps",
-             "--snr"]
+             "--snr", "--guidance-start", "--guidance-stop", "--guidance-method", "--apg-eta",
+             "--apg-momentum", "--apg-norm-threshold", "--apg-mix-weight", "--apg-mix-start-step",
+             "--zero-init-steps",
+             "--fdg-scales", "--fdg-levels", "--fdg-parallel-weights", "--mambo-alpha"]
 
 
 @pytest.mark.parametrize("command", [["generate"], ["fid", "gen"]])
