@@ -9,12 +9,15 @@ the next step's sigma) follow the sigma, as with ``--guidance-interval``."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from tools.common import BadInput, one_line
 
 from .kind import Checking, Flag, SteeringKind
 from .parse import number
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["GuidanceIntervalKind", "parse_interval", "steps_interval"]
 
