@@ -98,6 +98,7 @@ def test_each_rule_is_diffusers_guider_over_consecutive_evaluations(case, w):
 
 
 def test_fdg_without_weights_is_w_at_every_level_and_the_pyramid_inverts():
+    assert make_rule("fdg", levels=3, parallel_weights=(0.5,)).parallel_weights == (0.5, 0.5, 0.5)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     assert len(laplacian_pyramid(x, 3)) == 3
     assert torch.allclose(rebuild_pyramid(laplacian_pyramid(x, 3)), x, atol=1e-12)
@@ -209,6 +210,8 @@ def test_options_and_guidance_stop_change_the_images_and_the_defaults_do_not(tmp
     (("--guidance", 1, "--guidance-method", "apg", "--apg-eta", 2), ("--apg-eta", "0 <= value <= 1")),
     (("--guidance", 1, "--guidance-method", "fdg", "--fdg-scales", "1,x"), ("--fdg-scales",)),
     (("--guidance", 1, "--guidance-method", "fdg", "--fdg-levels", 4), ("--fdg-levels", "8x8")),
+    (("--guidance", 1, "--guidance-method", "fdg", "--fdg-scales", "3,1", "--fdg-levels", 3),
+     ("--fdg-levels", "2 weights for 3 levels")),
     (("--guidance", 1, "--guidance-method", "pag"), ("--guidance-method", "not built yet")),
     (("--guidance", 1, "--guidance-start", 0.5, "--guidance-stop", 0.2), ("--guidance-start",)),
     (("--guidance", 1, "--guidance-start", 0.5, "--guidance-stop", 0.55), ("guide no step of the 6",)),

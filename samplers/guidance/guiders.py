@@ -330,7 +330,8 @@ def check_pyramid(shape: tuple[int, ...], levels: int) -> None:
 class FrequencyDecoupled(GuidanceRule):
     """FDG: CFG on each level of a Laplacian pyramid of both predictions, level ``i`` (finest first) with
     weight ``weights[i]`` (default: ``w`` at each of ``levels`` levels) and its difference's part parallel
-    to ``D_cond``'s level weighted by ``parallel_weights[i]`` (default 1: plain CFG per level), then the
+    to ``D_cond``'s level weighted by ``parallel_weights[i]`` (one number: every level's; default 1: plain
+    CFG per level), then the
     pyramid rebuilt. diffusers' ``FrequencyDecoupledGuidance`` with ``use_original_formulation=True``,
     ``guidance_scales = weights`` and ``parallel_weights``; its default form with ``1 + weights`` is the
     same only with parallel weights 1 (it adds the projected difference to the negative level)."""
@@ -345,8 +346,10 @@ class FrequencyDecoupled(GuidanceRule):
         if weights is not None and len(weights) != levels:
             raise ValueError(f"guidance rule fdg: {len(weights)} weights for {levels} levels")
         if parallel_weights is None or isinstance(parallel_weights, int | float):
-            parallel_weights = (1.0 if parallel_weights is None else parallel_weights,) * levels
+            parallel_weights = (1.0 if parallel_weights is None else parallel_weights,)
         parallel_weights = self._list("parallel_weights", parallel_weights)
+        if len(parallel_weights) == 1:  # one weight for every level
+            parallel_weights *= levels
         if len(parallel_weights) != levels:
             raise ValueError(f"guidance rule fdg: {len(parallel_weights)} parallel weights for {levels} "
                              "levels")
