@@ -133,6 +133,9 @@ def sample(denoiser, x, sigmas, sampler="heun", seeds=None, callback=None, *, co
         raise ValueError("x must be a floating-point tensor of shape [B, ...] with B >= 1")
     infinite = _starts_at_infinity(sigmas)
     sigma_list = _validate_tail(sigmas) if infinite else validate_sigmas(sigmas).tolist()
+    reset = getattr(denoiser, "reset_state", None)  # a wrapper chain's (samplers.guidance.DenoiserWrapper)
+    if callable(reset):
+        reset()  # a stateful guidance rule (APG's momentum) starts every run afresh
     model = Model(denoiser, cond)
     options = {**spec.options, **options}
     with torch.no_grad():

@@ -378,11 +378,14 @@ def test_a_rerun_with_other_steering_is_refused(files, sets):
 # 6. Help
 
 
-NEW_FLAGS = ["--negative-class", "--guidance-interval", "--guidance-rescale", "--cfg-pp", "--guide-model",
-             "--unconditional", "--classifier", "--classifier-scale", "--threshold", "--threshold-percentile",
-             "--init-image", "--strength", "--mask", "--resample", "--corrector", "--corrector-steps",
-             "--snr", "--guidance-method", "--pag-scale", "--pag-layers", "--slg-scale", "--slg-layers",
-             "--seg-scale", "--seg-layers", "--seg-blur-sigma"]
+NEW_FLAGS = ["--negative-class", "--guidance-interval", "--guidance-start", "--guidance-stop",
+             "--guidance-rescale", "--guidance-method", "--apg-eta", "--apg-momentum",
+             "--apg-norm-threshold", "--apg-mix-weight", "--apg-mix-start-step", "--zero-init-steps",
+             "--fdg-scales", "--fdg-levels", "--fdg-parallel-weights", "--mambo-alpha", "--pag-scale",
+             "--pag-layers", "--slg-scale", "--slg-layers", "--seg-scale", "--seg-layers",
+             "--seg-blur-sigma", "--cfg-pp", "--guide-model", "--unconditional", "--classifier",
+             "--classifier-scale", "--threshold", "--threshold-percentile", "--init-image", "--strength",
+             "--mask", "--resample", "--corrector", "--corrector-steps", "--snr"]
 
 
 @pytest.mark.parametrize("command", [["generate"], ["fid", "gen"]])

@@ -121,12 +121,15 @@ def test_a_kind_registered_by_a_module_is_a_flag_a_check_a_wrapper_and_a_cost(tm
 
 
 def test_the_builtin_flags_in_order():
-    assert list(flags()) == ["negative_class", "guidance_interval", "guidance_rescale", "cfg_pp",
-                             "guide_model", "unconditional", "classifier", "classifier_scale", "threshold",
+    assert list(flags()) == ["negative_class", "guidance_interval", "guidance_start", "guidance_stop",
+                             "guidance_rescale", "guidance_method", "apg_eta", "apg_momentum",
+                             "apg_norm_threshold", "apg_mix_weight", "apg_mix_start_step",
+                             "zero_init_steps", "fdg_scales", "fdg_levels", "fdg_parallel_weights",
+                             "mambo_alpha", "pag_scale", "pag_layers", "slg_scale", "slg_layers",
+                             "seg_scale", "seg_layers", "seg_blur_sigma", "cfg_pp", "guide_model",
+                             "unconditional", "classifier", "classifier_scale", "threshold",
                              "threshold_percentile", "init_image", "strength", "mask", "resample",
-                             "corrector", "corrector_steps", "snr", "guidance_method", "pag_scale",
-                             "pag_layers", "slg_scale", "slg_layers", "seg_scale", "seg_layers",
-                             "seg_blur_sigma"]
+                             "corrector", "corrector_steps", "snr"]
 
 
 class _Clash(SteeringKind):

@@ -30,7 +30,8 @@ __all__ = ["tune_schedule", "tune_solver"]
 
 # What tune-solver fits with (the steering flags but those that leave the deterministic ODE solve): its help
 # lists only these, and it takes no others.
-_SOLVER_REFUSED = ("init_image", "strength", "mask", "resample", "corrector", "corrector_steps", "snr")
+_SOLVER_REFUSED = ("init_image", "strength", "mask", "resample", "corrector", "corrector_steps", "snr",
+                   "guidance_start", "guidance_stop")
 SOLVER_FLAGS = ("model", "trust_pickle", "sampler", "nfe", "schedule", "sigma_min", "sigma_max",
                 "class_label", "guidance", *(name for name in STEERING_FLAGS if name not in _SOLVER_REFUSED),
                 "device", "dtype")
@@ -56,11 +57,16 @@ def _not_taken(names, command: str, why: str) -> dict[str, str]:
     return {flag_of(name): f"{command} does not take {flag_of(name)}: {why}" for name in names}
 
 
-SCHEDULE_NOT_TAKEN_WHY = _not_taken(SCHEDULE_NOT_TAKEN, "edm tune-schedule", "it tunes an image model's "
-                                    "deterministic ODE solve (no text, editing or corrector)")
+# step fractions name steps of a schedule that the fit moves; a sigma interval stays put
+_STEPS_WHY = "the fit moves the noise levels, so steps name no fixed sigmas: give --guidance-interval LO,HI"
+SCHEDULE_NOT_TAKEN_WHY = {
+    **_not_taken(SCHEDULE_NOT_TAKEN, "edm tune-schedule", "it tunes an image model's deterministic ODE "
+                 "solve (no text, editing or corrector)"),
+    **_not_taken(("guidance_start", "guidance_stop"), "edm tune-schedule", _STEPS_WHY)}
 SOLVER_NOT_TAKEN_WHY = {
     **_not_taken([name for name in SAMPLING_PARAMS if name not in SOLVER_FLAGS], "edm tune-solver",
                  "it fits an image model's deterministic ODE solve (no text, editing or corrector)"),
+    **_not_taken(("guidance_start", "guidance_stop"), "edm tune-solver", _STEPS_WHY),
     "--steps": "a fitted solver makes exactly N model calls: give the budget as --nfe N",
     "--rho": "a fit starts from a registered --schedule and moves its levels itself",
 }

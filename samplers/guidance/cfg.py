@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .guiders import ClassifierFree, GuidanceRule
 from .wrapper import DenoiserWrapper, check_interval, check_weight, per_sample
 
 __all__ = ["ClassifierFreeGuidance", "cfg_rescale", "drop_class_labels", "guided", "stack_inputs"]
@@ -112,11 +113,14 @@ class ClassifierFreeGuidance(DenoiserWrapper):
             ``cond -> negative cond``.
         interval: ``(sigma_lo, sigma_hi)``: guide only for ``sigma_lo < sigma <= sigma_hi``.
         rescale: Lin et al.'s ``phi`` in [0, 1]; 0 is plain CFG.
+        rule: how the two predictions combine (``samplers.guidance.guiders``: APG, CFG-Zero*, ...);
+            default the formula above. A stateful rule is reset by :meth:`reset_state`.
     """
 
     def __init__(self, denoiser: Callable, w: float = 0.0,
                  negative: Mapping[str, Any] | Callable[[dict], Mapping[str, Any]] | None = None, *,
-                 interval: tuple[float, float] | None = None, rescale: float = 0.0):
+                 interval: tuple[float, float] | None = None, rescale: float = 0.0,
+                 rule: GuidanceRule | None = None):
         super().__init__(denoiser)
         if negative is not None and not (callable(negative) or isinstance(negative, Mapping)):
             raise ValueError(f"negative must be None, a mapping or a function of the conditioning, "
@@ -127,11 +131,19 @@ class ClassifierFreeGuidance(DenoiserWrapper):
             raise ValueError(f"rescale phi must be in [0, 1], got {self.rescale:g}")
         self.negative = negative
         self.interval = check_interval(interval)
+        if rule is not None and not isinstance(rule, GuidanceRule):
+            raise ValueError(f"rule must be a samplers.guidance.guiders.GuidanceRule, got {rule!r}")
+        self.rule = ClassifierFree() if rule is None else rule
 
     @property
     def evaluations(self) -> int:
         """Network evaluations per guided call: the conditional and negative halves of one ``2B`` batch."""
         return 1 if self.w == 0 else 2
+
+    def reset_state(self) -> None:
+        """Start the rule's state afresh (APG's momentum, CFG-Zero*'s evaluation count), and the inner's."""
+        self.rule.reset()
+        super().reset_state()
 
     @property
     def guidance_scale(self) -> float:
@@ -151,7 +163,7 @@ class ClassifierFreeGuidance(DenoiserWrapper):
             return self.denoiser(x, sigma, **cond)
         weight = per_sample(self.w, sigma, x, self.interval)
         if not bool(weight.any()):  # outside the interval: the conditional model alone, one call of B
-            return self.denoiser(x, sigma, **cond)
+            return self.rule.plain(self.denoiser(x, sigma, **cond))
         return self.combine(*self.both(x, sigma, cond), weight)
 
     def both(self, x: torch.Tensor, sigma, cond: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +174,9 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         return both[:batch], both[batch:]
 
     def combine(self, d_cond: torch.Tensor, d_neg: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The guided x0 from the two predictions and the per-sample weight (rescaled where guided)."""
-        out = d_cond + weight * (d_cond - d_neg)
+        """The guided x0 from the two predictions and the per-sample weight: the rule's combination
+        (rescaled where guided)."""
+        out = self.rule(d_cond, d_neg, weight)
         if self.rescale:
             out = torch.where(weight != 0, cfg_rescale(out, d_cond, self.rescale), out)
         return out
@@ -171,6 +184,7 @@ class ClassifierFreeGuidance(DenoiserWrapper):
     def __repr__(self) -> str:
         extra = "" if self.interval is None else f", interval={self.interval}"
         extra += f", rescale={self.rescale:g}" if self.rescale else ""
+        extra += "" if isinstance(self.rule, ClassifierFree) else f", rule={self.rule!r}"
         return f"ClassifierFreeGuidance({self.denoiser!r}, w={self.w:g}{extra})"
 
 

@@ -21,6 +21,13 @@ class DenoiserWrapper:
             raise ValueError(f"denoiser must be callable, got {denoiser!r}")
         self.denoiser = denoiser
 
+    def reset_state(self) -> None:
+        """Forget any state of earlier runs (a stateful guidance rule's), here and in the inner denoiser (any
+        that has ``reset_state``, wrapper or not); ``samplers.sample`` calls it at the start of every run."""
+        inner = getattr(self.denoiser, "reset_state", None)
+        if callable(inner):
+            inner()
+
     def __getattr__(self, name):
         # Only reached for attributes not set in __init__: forward the denoiser protocol attributes, so
         # hasattr(wrapper, "round_sigma") is true exactly when the wrapped denoiser has one.

@@ -32,7 +32,10 @@ NOT_TAKEN = {"steps": "edm bench compares samplers at equal NFE: give budgets wi
              "init_image": "edm bench compares samplers on generation, not image editing",
              "strength": "edm bench compares samplers on generation, not image editing",
              "mask": "edm bench compares samplers on generation, not image editing",
-             "resample": "edm bench compares samplers on generation, not image editing"}
+             "resample": "edm bench compares samplers on generation, not image editing",
+             # their steps differ from cell to cell; a sigma interval means the same in every cell
+             "guidance_start": "edm bench runs each budget on other steps: give --guidance-interval LO,HI",
+             "guidance_stop": "edm bench runs each budget on other steps: give --guidance-interval LO,HI"}
 
 def _parse_options(ctx, param, items) -> dict[str, dict]:
     options: dict[str, dict] = {}

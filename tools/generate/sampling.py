@@ -483,6 +483,7 @@ def prepare_sampling(request: SamplingRequest, *, staged: bool = False) -> Sampl
     steer.check_sampler(choice.spec)
     levels = _levels(choice, model, request)
     check_run_steps(steer.edit, len(levels.sigmas) - 1, "nfe" if request.nfe is not None else "steps")
+    steer = steer.for_schedule(steer.run_sigmas(levels.sigmas))  # --guidance-start/stop on these steps
     runs = choice.spec.name if choice.fitted is None else choice.fitted.solver  # what samplers.sample runs
     check_sampler(runs, levels.options, levels.sigmas)
     corrector_steps = steer.corrector.steps if steer.corrector is not None else 0

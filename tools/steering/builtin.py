@@ -25,9 +25,9 @@ from .unconditional import UnconditionalKind
 __all__ = ["BUILTIN_KINDS"]
 
 BUILTIN_KINDS = (GuidanceInputKind(), ClassifierFreeKind(), NegativeClassKind(), GuidanceIntervalKind(),
-                 GuidanceRescaleKind(), CFGPlusPlusKind(), AutoguidanceKind(), UnconditionalKind(),
-                 ClassifierGuidanceKind(), ThresholdKind(), Img2ImgKind(), InpaintingKind(), CorrectorKind(),
-                 GuidanceMethodKind(), PerturbedKind())
+                 GuidanceRescaleKind(), GuidanceMethodKind(), PerturbedKind(), CFGPlusPlusKind(),
+                 AutoguidanceKind(), UnconditionalKind(), ClassifierGuidanceKind(), ThresholdKind(),
+                 Img2ImgKind(), InpaintingKind(), CorrectorKind())
 
 for _kind in BUILTIN_KINDS:
     register(_kind)

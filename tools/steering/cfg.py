@@ -1,8 +1,9 @@
 """Classifier-free guidance (Ho & Salimans 2022), the guidance of ``--guidance W`` without
 ``--guide-model``: ``D + w (D - D_neg)``, the negative condition the dropped class label, a text model's
 negative prompt or ``--negative-class``'s class (:mod:`tools.steering.negative_class`), limited by
-``--guidance-interval``, rescaled by ``--guidance-rescale``, CFG++ under ``--cfg-pp``. It declares no
-flag of its own."""
+``--guidance-interval``, rescaled by ``--guidance-rescale``, its two predictions combined by
+``--guidance-method``'s rule (:mod:`tools.steering.method`), CFG++ under ``--cfg-pp``. It declares no flag
+of its own."""
 
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ class ClassifierFreeKind(SteeringKind):
         if not b.settings.get("classifier_free"):
             return denoiser
         from samplers.guidance import CFGPlusPlus, ClassifierFreeGuidance
+        from samplers.guidance.guiders import make_rule
 
         guider = CFGPlusPlus if b.settings.get("cfg_pp") else ClassifierFreeGuidance  # --cfg-pp
-        return guider(denoiser, b.guidance, b.settings.get("negative"),
-                                      interval=b.settings.get("interval"),
-                                      rescale=b.settings.get("rescale", 0.0))
+        rule = b.settings.get("rule")  # --guidance-method's (tools.steering.method); a fresh one per build
+        return guider(denoiser, b.guidance, b.settings.get("negative"), interval=b.settings.get("interval"),
+                      rescale=b.settings.get("rescale", 0.0),
+                      rule=None if rule is None else make_rule(rule[0], **rule[1]))

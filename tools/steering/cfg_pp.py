@@ -12,6 +12,7 @@ from tools.common import BadInput
 
 from .cfg import classifier_free
 from .kind import Checking, Flag, SteeringKind
+from .method import INTERNAL
 
 __all__ = ["CFGPlusPlusKind"]
 
@@ -31,6 +32,9 @@ class CFGPlusPlusKind(SteeringKind):
                    "is classifier-free guidance's, not autoguidance's: drop --guide-model")
         c.requires("cfg_pp", not c.given("classifier"),
                    "does not take classifier guidance: drop --classifier")
+        c.requires("cfg_pp", (c.steering.guidance_method or "cfg") not in INTERNAL,
+                   "steps along classifier-free guidance's negative prediction: it does not combine with "
+                   "--guidance-method pag, slg or seg")
         c.requires("cfg_pp", classifier_free(c),
                    "needs classifier-free guidance: give --guidance W != 0 (W >= -1)")
 

@@ -4,7 +4,7 @@ gives a :class:`CheckedSteering`, which builds the denoiser chain and each batch
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -15,6 +15,7 @@ from tools.labels import check_class
 
 from .edit import EditImages, edit_start, plain_start
 from .given import Steering
+from .interval import steps_interval
 from .kind import NETWORK, Building, Checking, SteeringKind
 from .registry import kinds as registered_kinds
 
@@ -96,6 +97,15 @@ class CheckedSteering:
         if self.edit is None or self.edit.strength == 1:
             return sigmas
         return sigmas[len(sigmas) - 1 - img2img_steps(len(sigmas) - 1, self.edit.strength):]
+
+    def for_schedule(self, sigmas: torch.Tensor) -> CheckedSteering:
+        """This steering for a run on ``sigmas`` (its :meth:`run_sigmas`): ``--guidance-start/stop``'s steps
+        made a sigma interval (``settings["interval"]``); BadInput when they leave no step to guide."""
+        window = self.settings.get("steps_window")
+        if window is None:
+            return self
+        interval = steps_interval(sigmas, window, self.settings.get("interval"))
+        return replace(self, settings=MappingProxyType({**self.settings, "interval": interval}))
 
     def start(self, denoiser: Callable, latents: torch.Tensor, sigmas: torch.Tensor, seeds: Sequence[int],
               start_scale: float | None = None):

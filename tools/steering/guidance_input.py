@@ -16,7 +16,8 @@ from .kind import GUIDANCE, Building, Checking, SteeringKind
 __all__ = ["GuidanceInputKind", "WeightInput", "takes_weight"]
 
 #: the flags that shape two-evaluation guidance, which a model taking the weight refuses
-_REFUSED = ("guidance_interval", "guidance_rescale", "cfg_pp", "negative_class", "guide_model")
+_REFUSED = ("guidance_interval", "guidance_start", "guidance_stop", "guidance_rescale", "guidance_method",
+            "cfg_pp", "negative_class", "guide_model")
 
 
 def takes_weight(model) -> bool:

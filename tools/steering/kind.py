@@ -110,7 +110,9 @@ class Checking:
     prompts (its negative condition is classifier-free guidance's); ``num_classes`` the classes of the
     conditioning, the model's unless a kind supplies them (a classifier guiding an unconditional model);
     ``settings`` what the kinds' checks found, read by their wrappers and by the run. The built-in kinds'
-    keys: ``classifier_free``, ``negative``, ``interval``, ``rescale``, ``cfg_pp`` (classifier-free guidance),
+    keys: ``classifier_free``, ``negative``, ``interval``, ``steps_window`` (``--guidance-start/stop``, made
+    part of ``interval`` once the run's sigmas are known), ``rescale``, ``rule``, ``cfg_pp`` (classifier-free
+    guidance), ``perturbed`` (PAG, SLG, SEG),
     ``guide`` (autoguidance), ``drop_labels`` (the unconditional switch), ``classifier``,
     ``classifier_scale``, ``threshold``, ``edit`` (img2img and inpainting's images), ``resample`` and
     ``corrector`` (read by the run's sampler).
