@@ -212,7 +212,7 @@ def test_options_and_guidance_stop_change_the_images_and_the_defaults_do_not(tmp
     (("--guidance", 1, "--guidance-method", "fdg", "--fdg-levels", 4), ("--fdg-levels", "8x8")),
     (("--guidance", 1, "--guidance-method", "fdg", "--fdg-scales", "3,1", "--fdg-levels", 3),
      ("--fdg-levels", "2 weights for 3 levels")),
-    (("--guidance", 1, "--guidance-method", "pag"), ("--guidance-method", "not built yet")),
+    (("--guidance", 1, "--guidance-method", "pag", "--cfg-pp"), ("--cfg-pp", "does not combine with")),
     (("--guidance", 1, "--guidance-start", 0.5, "--guidance-stop", 0.2), ("--guidance-start",)),
     (("--guidance", 1, "--guidance-start", 0.5, "--guidance-stop", 0.55), ("guide no step of the 6",)),
 ])
