@@ -34,6 +34,9 @@ from samplers.registry import cfg_pp_samplers  # noqa: E402
 from tools.steering import Steering  # noqa: E402
 
 WEIGHTS = (0.5, 1.0, 2.0)
+# CFG++'s paper guides with lambda = 1 + w in [0, 1]: these weights exist for CFG++ only (plain CFG takes
+# w >= 0), so they are measured beside the unguided sampler.
+LAMBDA_WEIGHTS = (-0.8, -0.4)
 METHODS = {"CFG": None, "CFG++": Steering(cfg_pp=True)}
 
 
@@ -44,13 +47,17 @@ def measure(names, nfe: int, num: int) -> list[dict]:
     targets = drawn_classes(seeds)
     rows = []
     for name in names:
-        for w in WEIGHTS:
-            for method, steering in METHODS.items():
-                flag = " --cfg-pp" if steering is not None else ""
-                command = f"edm fid gen --num {num} --sampler {name} --nfe {nfe} --guidance {w:g}{flag}"
-                row, _ = run_point(method, w, command, seeds, targets, classify, steering=steering,
-                                   sampler=name, nfe=nfe, guidance=w)
-                rows.append({"sampler": name, **row})
+        command = f"edm fid gen --num {num} --sampler {name} --nfe {nfe}"
+        row, _ = run_point("none", 0.0, command, seeds, targets, classify, sampler=name, nfe=nfe)
+        rows.append({"sampler": name, **row})
+        points = [(w, m) for w in WEIGHTS for m in METHODS] + [(w, "CFG++") for w in LAMBDA_WEIGHTS]
+        for w, method in points:
+            steering = METHODS[method]
+            flag = " --cfg-pp" if steering is not None else ""
+            command = f"edm fid gen --num {num} --sampler {name} --nfe {nfe} --guidance {w:g}{flag}"
+            row, _ = run_point(method, w, command, seeds, targets, classify, steering=steering,
+                               sampler=name, nfe=nfe, guidance=w)
+            rows.append({"sampler": name, **row})
     return rows
 
 
@@ -60,7 +67,8 @@ def report(rows: list[dict], num: int, nfe: int) -> str:
              f"Run {time.strftime('%Y-%m-%d')} on {platform.machine()} CPU, torch {torch.__version__}, "
              f"{torch.get_num_threads()} thread(s). FD-digits against the shipped reference (lower is "
              "better); class accuracy of an RBF SVM on raw pixels (higher is better). Our w is ComfyUI's "
-             "cfg - 1.", "",
+             "cfg - 1; CFG++'s paper writes lambda = 1 + w, its range [0, 1] being w in [-1, 0] (rows "
+             "w < 0, CFG++ only, beside the unguided `none`).", "",
              "| sampler | w | method | NFE | network evals / image | FD-digits | class accuracy | command |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
