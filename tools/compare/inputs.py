@@ -34,8 +34,9 @@ class BenchError(BadInput):
 # The model
 
 
-#: the fields of a latent text-to-image LoadedModel kept when one is given as an object
-_LATENT_PARTS = ("info", "autoencoder", "conditioner", "default_guidance")
+#: the fields of a LoadedModel given as an object that come along: a latent text-to-image model's parts,
+#: and the hooks of the guiders that perturb its network (PAG, SLG, SEG)
+_LATENT_PARTS = ("info", "autoencoder", "conditioner", "default_guidance", "perturb_hooks")
 
 
 def as_loaded(model, *, shape=None, sigma_min=None, sigma_max=None, sigmas=None,
