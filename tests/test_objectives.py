@@ -509,8 +509,18 @@ def test_every_deterministic_sampler_converges_on_the_ddpm_model(ddpm_model, fin
     steps), relative to its largest value, shrinks (adaptive dpm_adaptive: stays) and ends below 25%."""
     noise, labels, fine = fine_solution
     scale = fine.abs().max()
-    errors = [((_solve(ddpm_model, sampler, steps, noise, labels) - fine).abs().max() / scale).item()
-              for steps in (8, 16)]
+
+    def errors_of(name):
+        return [((_solve(ddpm_model, name, steps, noise, labels) - fine).abs().max() / scale).item()
+                for steps in (8, 16)]
+
+    errors = errors_of(sampler)
+    if sampler == "gradient_estimation":
+        # Its gamma = 2 extrapolation cancels most of the error at 8 steps on this model (1.8e-4 of the
+        # scale, against 9.5e-4 at 16; the reference is good to 3e-5), so it is held to beating the Euler
+        # steps it corrects at both step counts instead (euler: 4.2e-3, 2.0e-3).
+        assert all(e < u for e, u in zip(errors, errors_of("euler"))), errors
+        return
     assert errors[1] <= errors[0] and errors[1] < 0.25, errors
 
 
